@@ -1,0 +1,84 @@
+"""The bnnctl command line: a thin layer over the modules that do the work.
+
+Each command imports its module lazily so ``bnnctl --help`` stays fast, and every error meant
+for the user (``UserError``) becomes one red sentence and its exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Binarized Neural Networks (Courbariaux et al., 2016): train, evaluate, benchmark, report.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml"),
+    set_: List[str] = typer.Option([], "--set", help="override a recipe field: key.path=value (repeatable)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
+    runs_dir: Path = typer.Option(Path("results"), help="runs go to RUNS_DIR/<recipe name>/<run id>/"),
+    resume: Optional[Path] = typer.Option(None, help="continue this run directory from its last finished epoch"),
+    seed: Optional[int] = typer.Option(None, help="override the recipe's seed"),
+    run_id: Optional[str] = typer.Option(None, help="name of the run directory (default: date-time and seed)"),
+    nproc: int = typer.Option(1, help="train on N GPUs/processes through torchrun (DistributedDataParallel)"),
+):
+    """Train a model from a recipe and record metrics, result and checkpoint."""
+    from .train import run_training
+    run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
+                 resume=resume, seed=seed, run_id=run_id, nproc=nproc, console=console)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run: Path = typer.Argument(..., help="run directory or checkpoint file"),
+    split: str = typer.Option("test", help="test | valid"),
+    engine: str = typer.Option("float", help="float (simulated binary network) | xnor (bit-packed kernels)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
+):
+    """Test (or validation) error of a trained model; agrees with what training recorded."""
+    from .train import run_eval
+    run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console)
+
+
+@app.command()
+@user_errors
+def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of recipes (default: the shipped ones)")):
+    """List the recipes and what each reproduces."""
+    from rich.table import Table
+
+    from .recipe import list_recipes
+    table = Table(title="recipes")
+    for col in ("recipe", "reproduces", "paper test error %"):
+        table.add_column(col)
+    for info in list_recipes(directory):
+        paper = "" if info.paper_error is None else f"{info.paper_error:.2f}"
+        table.add_row(str(info.path.name), info.reproduces, paper)
+    console.print(table)
+
+
+def main() -> None:
+    app()

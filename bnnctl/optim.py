@@ -1,0 +1,63 @@
+"""Optimizers and learning-rate schedules, chosen by a recipe.
+
+Each binary layer's latent weights get a parameter group of their own whose learning rate is
+the schedule's LR times the layer's ``lr_scale`` (the Theano code's per-layer "Glorot" scale,
+applied as ``W + scale * (adam(W) - W)``, which for Adam is the same as scaling its LR). All other
+parameters (biases, BN) use the schedule's LR unscaled.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .layers import binary_layers
+
+
+def param_groups(model: nn.Module, use_lr_scale: bool) -> list[dict[str, Any]]:
+    groups, seen = [], set()
+    for layer in binary_layers(model):
+        groups.append({"params": [layer.weight], "lr_scale": layer.lr_scale if use_lr_scale else 1.0})
+        seen.add(id(layer.weight))
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr_scale": 1.0})
+    return groups
+
+
+def make_adam(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"
+    return torch.optim.Adam(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
+                            fused=fused, foreach=None if fused else True)
+
+
+# optimizer name -> factory(param groups, optimizer cfg, device); shift-based AdaMax registers here.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": make_adam}
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
+    opt = OPTIMIZERS[cfg["name"]](param_groups(model, cfg["glorot_lr_scale"]), cfg, device)
+    set_lr(opt, cfg["lr"])
+    return opt
+
+
+def lr_at(epoch: int, lr: float, schedule: dict[str, Any], epochs: int) -> float:
+    """Learning rate of 0-based ``epoch``.
+
+    exponential: lr * (lr_final / lr) ** (epoch / epochs), the Theano code's per-epoch decay
+    LR_decay = (LR_fin / LR_start) ** (1 / num_epochs); cutting ``train.epochs`` compresses
+    the decay to match. step: lr * gamma ** (epoch // step_epochs), the Torch7 schedule.
+    """
+    kind = schedule["kind"]
+    if kind == "exponential":
+        return lr * math.exp(math.log(schedule["lr_final"] / lr) * epoch / epochs)
+    if kind == "step":
+        return lr * schedule["gamma"] ** (epoch // schedule["step_epochs"])
+    return lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
