@@ -42,12 +42,11 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="continue this run directory from its last finished epoch"),
     seed: Optional[int] = typer.Option(None, help="override the recipe's seed"),
     run_id: Optional[str] = typer.Option(None, help="name of the run directory (default: date-time and seed)"),
-    nproc: int = typer.Option(1, help="train on N GPUs/processes through torchrun (DistributedDataParallel)"),
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
     from .train import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
-                 resume=resume, seed=seed, run_id=run_id, nproc=nproc, console=console)
+                 resume=resume, seed=seed, run_id=run_id, console=console)
 
 
 @app.command("eval")

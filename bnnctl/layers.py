@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .binarize import binarize_ste
+from .binarize import binarize_ste, binarize_weight
 
 
 def glorot_lr_scale(fan_in: int, fan_out: int) -> float:
@@ -34,7 +34,7 @@ class BinaryLayer:
     lr_scale: float
 
     def binary_weight(self) -> torch.Tensor:
-        return binarize_ste(self.weight, self.stochastic and self.training)
+        return binarize_weight(self.weight, self.stochastic and self.training)
 
     @torch.no_grad()
     def clip_(self) -> None:

@@ -1,0 +1,466 @@
+"""The training loop: one recipe in, one recorded run out.
+
+A run lives in ``<runs_dir>/<recipe name>/<run id>/``:
+
+* ``recipe.yaml``  the resolved recipe (every field), the run's single source of truth;
+* ``metrics.csv``  one row per finished epoch;
+* ``result.json``  the paper's protocol: test error at the best-validation epoch, plus
+                    provenance (seed, commit, versions, hardware, wall time, status);
+* ``checkpoint.pt`` everything needed to resume after the last finished epoch (git-ignored);
+* ``best.pt``      the model at the best-validation epoch, what ``bnnctl eval`` reads.
+
+Every file is written atomically (temporary file, then rename), so Ctrl-C or a kill at any
+moment leaves a run that ``--resume`` continues from its last finished epoch. On the CPU a
+resumed run ends with exactly the numbers of an uninterrupted one: the checkpoint carries
+the random states of dropout, stochastic binarization and the data order.
+
+The hot loop keeps to the device: the dataset can live there, batches are drawn by an
+on-device permutation, and the loss is summed on the device and read once per epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import __version__
+from .data import Splits, load_splits
+from .errors import UserError
+from .layers import binary_layers
+from .models import build_model, count_parameters
+from .optim import build_optimizer, lr_at, set_lr
+from .recipe import dump_recipe, load_recipe, resolve
+
+CHECKPOINT_FORMAT = "bnnctl-checkpoint"
+MODEL_FORMAT = "bnnctl-model"
+FORMAT_VERSION = 1
+
+
+class TrainingDiverged(UserError):
+    exit_code = 3
+
+
+# ---------------------------------------------------------------------------- small utilities
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def git_commit() -> str:
+    """HEAD of the repository bnnctl runs from, with '+dirty' when tracked files differ."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "bnnctl": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "python": platform.python_version(), "device": str(device), "hardware": hardware(device),
+        "commit": git_commit(),
+    }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA GPU on this machine.")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}.")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------- loss and evaluation
+
+def squared_hinge(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """mean(max(0, 1 - t * y)^2) over batch and classes, t = +1 for the label and -1 elsewhere."""
+    targets = F.one_hot(labels, output.shape[1]).to(output.dtype) * 2 - 1
+    return (1 - targets * output).clamp_min(0).square().mean()
+
+
+def cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output, labels)
+
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "squared_hinge": squared_hinge, "cross_entropy": cross_entropy,
+}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
+             batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
+             ) -> tuple[float, float]:
+    """(mean loss, error in %) of the model in eval mode on (x, y)."""
+    was_training = model.training
+    model.eval()
+    errors = torch.zeros((), device=device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=device)
+    for start in range(0, len(x), batch_size):
+        xb = transform(x[start:start + batch_size].to(device, non_blocking=True))
+        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        with autocast():
+            out = model(xb)
+        out = out.float()
+        errors += (out.argmax(1) != yb).sum()
+        loss_sum += loss_fn(out, yb) * len(yb)
+    model.train(was_training)
+    n = max(len(x), 1)
+    return loss_sum.item() / n, 100.0 * errors.item() / n
+
+
+# ---------------------------------------------------------------------------- the run
+
+def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Path:
+    base = runs_dir / name
+    run_id = run_id or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-s{seed}"
+    path, i = base / run_id, 1
+    while path.exists():
+        i += 1
+        path = base / f"{run_id}-{i}"
+    path.mkdir(parents=True)
+    return path
+
+
+class Trainer:
+    """Holds a run's state; ``fit`` trains from ``self.epoch`` to the recipe's last epoch."""
+
+    def __init__(self, recipe: dict[str, Any], splits: Splits, device: torch.device, run_dir: Path,
+                 console: Console, command: str):
+        self.recipe, self.splits, self.device, self.run_dir = recipe, splits, device, run_dir
+        self.console, self.command = console, command
+        fast = recipe["fast"]
+        torch.manual_seed(recipe["seed"])
+        self.model = build_model(recipe["model"], splits.input_shape, splits.num_classes).to(device)
+        if fast["channels_last"] and recipe["model"]["arch"] == "convnet":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if fast["compile"] else self.model
+        self.optimizer = build_optimizer(self.model, recipe["optimizer"], device)
+        self.loss_fn = LOSSES[recipe["train"]["loss"]]
+        self.latent_weights = [layer.weight for layer in binary_layers(self.model)]
+        self.clip_values = {layer.clip_value for layer in binary_layers(self.model)}
+        self.use_bf16 = fast["bf16"] and device.type == "cuda"
+        # The data order has its own generator so that it is saved and restored with the run.
+        self.shuffle_gen = torch.Generator(device=device if fast["data_on_device"] else "cpu")
+        self.shuffle_gen.manual_seed(recipe["seed"] + 1)
+        self.epoch = 0
+        self.metrics: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": None, "valid_error_pct": math.inf, "test_error_pct": None}
+        self.wall_time = 0.0
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # -- state -------------------------------------------------------------------------
+    def autocast(self):
+        if self.use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.shuffle_gen.set_state(state["shuffle"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "best": self.best, "metrics": self.metrics, "rng": self.rng_state(),
+            "wall_time": self.wall_time, "started": self.started,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
+        self.wall_time, self.started = state["wall_time"], state["started"]
+        self.set_rng_state(state["rng"])
+
+    def model_record(self) -> dict[str, Any]:
+        return {
+            "format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
+            "dataset": self.splits.dataset, "variant": self.splits.variant,
+            "epoch": self.best["epoch"], "valid_error_pct": self.best["valid_error_pct"],
+            "test_error_pct": self.best["test_error_pct"],
+        }
+
+    # -- recording ---------------------------------------------------------------------
+    def result(self, status: str) -> dict[str, Any]:
+        r, rows = self.recipe, self.metrics
+        last = rows[-1] if rows else {}
+        return {
+            "recipe": r["name"], "reproduces": r["reproduces"], "paper": r["paper"],
+            "dataset": self.splits.dataset, "variant": self.splits.variant,
+            "status": status, "epochs_run": self.epoch, "epochs_planned": r["train"]["epochs"],
+            "best_epoch": self.best["epoch"],
+            "best_valid_error_pct": None if self.best["epoch"] is None else self.best["valid_error_pct"],
+            "test_error_pct": self.best["test_error_pct"],
+            "last_test_error_pct": last.get("test_error_pct"),
+            "seed": r["seed"], "parameters": count_parameters(self.model),
+            "train_size": len(self.splits.x_train), "valid_size": len(self.splits.x_valid),
+            "test_size": len(self.splits.x_test),
+            "wall_time_s": round(self.wall_time, 2),
+            "epoch_time_s": round(sum(m["epoch_time_s"] for m in rows) / len(rows), 3) if rows else None,
+            "started": self.started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": self.command, **environment(self.device),
+        }
+
+    def write_records(self, status: str, checkpoint: bool = True) -> None:
+        if self.metrics:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=list(self.metrics[0]))
+            writer.writeheader()
+            writer.writerows(self.metrics)
+            atomic_write_text(self.run_dir / "metrics.csv", out.getvalue())
+        if checkpoint:
+            atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+        # result.json last: it only ever points at files already on disk.
+        atomic_write_text(self.run_dir / "result.json", json.dumps(self.result(status), indent=2) + "\n")
+
+    # -- training ----------------------------------------------------------------------
+    @torch.no_grad()
+    def clip_(self) -> None:
+        if self.recipe["fast"]["foreach_clip"] and len(self.clip_values) == 1:
+            (c,) = self.clip_values
+            torch._foreach_clamp_min_(self.latent_weights, -c)
+            torch._foreach_clamp_max_(self.latent_weights, c)
+        else:
+            for layer in binary_layers(self.model):
+                layer.clip_()
+
+    def train_epoch(self, progress: Progress | None) -> float:
+        x, y, bs = self.splits.x_train, self.splits.y_train, self.recipe["train"]["batch_size"]
+        n_batches = len(x) // bs  # the authors' loops drop the last partial batch
+        if n_batches == 0:
+            raise UserError(f"train.batch_size {bs} is larger than the {len(x)} training images.")
+        order = torch.randperm(len(x), device=self.shuffle_gen.device, generator=self.shuffle_gen)
+        loss_sum = torch.zeros((), device=self.device)
+        self.model.train()
+        task = progress.add_task(f"epoch {self.epoch + 1}", total=n_batches) if progress else None
+        for b in range(n_batches):
+            idx = order[b * bs:(b + 1) * bs]
+            xb = self.splits.transform(x[idx].to(self.device, non_blocking=True))
+            yb = y[idx].to(self.device, non_blocking=True)
+            if self.recipe["fast"]["channels_last"] and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                out = self.forward(xb)
+            loss = self.loss_fn(out.float(), yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.clip_()
+            loss_sum += loss.detach()
+            if progress is not None:
+                progress.advance(task)
+        if progress is not None:
+            progress.remove_task(task)
+        return loss_sum.item() / n_batches
+
+    def fit(self, interactive: bool = True) -> dict[str, Any]:
+        r = self.recipe
+        epochs, eval_bs = r["train"]["epochs"], r["train"]["eval_batch_size"]
+        s = self.splits
+        self._print_header()
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=self.console, transient=True,
+                            disable=not interactive)
+        with progress:
+            while self.epoch < epochs:
+                lr = lr_at(self.epoch, r["optimizer"]["lr"], r["schedule"], epochs)
+                set_lr(self.optimizer, lr)
+                t0 = time.perf_counter()
+                train_loss = self.train_epoch(progress)
+                if not math.isfinite(train_loss):
+                    self.write_records("diverged", checkpoint=False)
+                    raise TrainingDiverged(
+                        f"the training loss became {train_loss} in epoch {self.epoch + 1}; the run stopped and "
+                        f"{self.run_dir} keeps the state after epoch {self.epoch}.")
+                valid_loss, valid_err = evaluate(self.forward, s.x_valid, s.y_valid, s.transform, self.loss_fn,
+                                                 eval_bs, self.device, self.autocast)
+                _, test_err = evaluate(self.forward, s.x_test, s.y_test, s.transform, self.loss_fn,
+                                       eval_bs, self.device, self.autocast)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                epoch_time = time.perf_counter() - t0
+                self.wall_time += epoch_time
+                self.epoch += 1
+                row = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss, "valid_loss": valid_loss,
+                       "valid_error_pct": valid_err, "test_error_pct": test_err,
+                       "epoch_time_s": round(epoch_time, 3)}
+                self.metrics.append(row)
+                improved = valid_err <= self.best["valid_error_pct"]  # '<=' as in the Theano code
+                if improved:
+                    self.best = {"epoch": self.epoch, "valid_error_pct": valid_err, "test_error_pct": test_err}
+                    atomic_torch_save(self.model_record(), self.run_dir / "best.pt")
+                done = self.epoch == epochs
+                save = done or self.epoch % r["train"]["checkpoint_every"] == 0
+                self.write_records("finished" if done else "running", checkpoint=save)
+                self._print_row(row, improved)
+        return self.result("finished")
+
+    def _print_header(self) -> None:
+        self.console.print(f"{'epoch':>7} {'lr':>9} {'train loss':>11} {'valid err %':>11} "
+                           f"{'test err %':>10} {'time s':>8}", style="bold", highlight=False)
+
+    def _print_row(self, row: dict[str, Any], improved: bool) -> None:
+        mark = " *" if improved else ""
+        self.console.print(
+            f"{row['epoch']:>7} {row['lr']:>9.2e} {row['train_loss']:>11.4f} {row['valid_error_pct']:>11.2f} "
+            f"{row['test_error_pct']:>10.2f} {row['epoch_time_s']:>8.2f}{mark}", highlight=False)
+
+
+def load_checkpoint(path: Path, expected: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a broken file is the user's to replace
+        raise UserError(f"{path} is not a readable bnnctl file ({type(e).__name__}).") from None
+    if not isinstance(state, dict) or state.get("format") != expected:
+        raise UserError(f"{path} is not a {expected} file.")
+    if state.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path} has format version {state.get('version')}; this bnnctl reads version {FORMAT_VERSION}.")
+    return state
+
+
+def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
+                 resume: Path | None, seed: int | None, run_id: str | None,
+                 console: Console) -> dict[str, Any]:
+    dev = resolve_device(device)
+    command = " ".join(["bnnctl", *sys.argv[1:]]) if sys.argv and "bnnctl" in sys.argv[0] else "bnnctl train"
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume / "checkpoint.pt", CHECKPOINT_FORMAT)
+        cfg = resolve(state["recipe"], str(resume / "recipe.yaml"))
+        if overrides or seed is not None:
+            raise UserError("--resume continues a run exactly as recorded; drop --set and --seed.")
+        run_dir = resume
+    else:
+        cfg = load_recipe(recipe, (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    splits = load_splits(cfg["data"], data_dir)
+    cfg["data"]["variant"] = splits.variant
+    if cfg["fast"]["data_on_device"]:
+        splits = splits.to(dev)
+    if state is None:
+        run_dir = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(cfg))
+    trainer = Trainer(cfg, splits, dev, run_dir, console, command)
+    if state is not None:
+        trainer.load_state_dict(state)
+        console.print(f"resuming {run_dir} after epoch {trainer.epoch} of {cfg['train']['epochs']}")
+    console.print(f"[bold]{cfg['name']}[/] on {splits.variant} ({len(splits.x_train)} train / "
+                  f"{len(splits.x_valid)} valid / {len(splits.x_test)} test), {count_parameters(trainer.model):,} "
+                  f"parameters, {hardware(dev)}; run directory {run_dir}", highlight=False)
+    try:
+        result = trainer.fit(interactive=console.is_terminal)
+    except KeyboardInterrupt:
+        trainer.write_records("interrupted", checkpoint=False)
+        console.print(f"\ninterrupted after epoch {trainer.epoch}; continue with: "
+                      f"bnnctl train {recipe} --resume {run_dir}", highlight=False)
+        raise SystemExit(130) from None
+    best = result["best_epoch"]
+    console.print(f"test error at the best-validation epoch ({best}): [bold]{result['test_error_pct']:.2f}%[/] "
+                  f"on {splits.variant}; recorded in {run_dir}/result.json", highlight=False)
+    return result
+
+
+# ---------------------------------------------------------------------------- eval
+
+def load_model(run: Path) -> tuple[dict[str, Any], torch.nn.Module, dict[str, Any]]:
+    """(model record, model in eval mode on the CPU, recorded result or {}) of a run dir or best.pt."""
+    path = run / "best.pt" if run.is_dir() else run
+    record = load_checkpoint(path, MODEL_FORMAT)
+    recipe = resolve(record["recipe"], str(path))
+    model = build_model(recipe["model"], tuple(record["input_shape"]), record["num_classes"])
+    model.load_state_dict(record["model"])
+    model.eval()
+    result_path = path.parent / "result.json"
+    recorded = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    return record, model, recorded
+
+
+def run_eval(run: Path, split: str, engine: str, device: str, data_dir: Path | None, console: Console) -> float:
+    if split not in ("test", "valid"):
+        raise UserError(f"--split must be test or valid, got {split!r}.")
+    if engine not in ("float", "xnor"):
+        raise UserError(f"--engine must be float or xnor, got {engine!r}.")
+    dev = resolve_device(device)
+    record, model, recorded = load_model(run)
+    recipe = record["recipe"]
+    splits = load_splits(recipe["data"], data_dir)
+    if recipe["data"].get("variant") and splits.variant != recipe["data"]["variant"]:
+        console.print(f"[yellow]note:[/] trained on {recipe['data']['variant']}, evaluating on {splits.variant}")
+    x, y = splits.split(split)
+    if engine == "xnor":
+        from .engine import engine_error
+        error = engine_error(record, model, x, y, splits.transform, dev)
+    else:
+        model = model.to(dev)
+        _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe["train"]["loss"]],
+                            recipe["train"]["eval_batch_size"], dev)
+    console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {engine}, "
+                  f"epoch {record['epoch']})", highlight=False)
+    key = "test_error_pct" if split == "test" else "valid_error_pct"
+    if record.get(key) is not None:
+        same = abs(record[key] - error) < 1e-9
+        console.print(f"recorded at training: {record[key]:.2f}% ({'agrees' if same else 'differs'})",
+                      highlight=False)
+    return error
