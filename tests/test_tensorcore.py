@@ -1,0 +1,197 @@
+"""The 1-bit tensor-core GEMM (cuda/xnor_tc.cu): its CPU-side logic always, the kernel itself on a GPU.
+
+On the CPU, bnnctl.kernels.tensorcore models the kernel's data flow (stage tiles, swizzle, ldmatrix
+fragments, the mma's PTX fragment layouts, the epilogue's correction and output mapping); these tests
+hold that model to the float +/-1 product. With nvcc the source is compiled for sm_90 and its SASS
+must contain BMMA; with a GPU the kernel's output must equal the float product exactly.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnnctl import kernels
+from bnnctl.kernels import tensorcore as tc
+
+REPO = Path(__file__).resolve().parent.parent
+CUDA = torch.cuda.is_available()
+
+
+def pm1_inputs(m: int, n: int, k: int, seed: int, device: str = "cpu"):
+    """Random activations and weights with exact zeros and -0.0 (both count as +1), and their ±1 product."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    x[torch.rand(m, k, generator=g) < 0.1] = 0.0
+    w[torch.rand(n, k, generator=g) < 0.1] = -0.0
+    expected = (torch.where(x >= 0, 1.0, -1.0).double() @ torch.where(w >= 0, 1.0, -1.0).double().T).to(torch.int32)
+    return x.to(device), w.to(device), expected
+
+
+SHAPES = [(1, 1, 1), (1, 7, 31), (5, 1, 64), (3, 5, 70), (9, 17, 255), (16, 8, 256), (7, 9, 257),
+          (33, 12, 513), (2, 3, 1000)]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_correction_from_and_counts_equals_pm1_product(m, n, k):
+    x, w, expected = pm1_inputs(m, n, k, seed=m * 1000 + k)
+    assert torch.equal(tc.and_popcount_gemm(kernels.pack(x), kernels.pack(w), k), expected)
+
+
+def test_row_popcount_counts_the_nonnegative_entries():
+    x, _, _ = pm1_inputs(6, 1, 300, seed=3)
+    assert tc.row_popcount(kernels.pack(x)).tolist() == (x >= 0).sum(1).tolist()
+    # int64 words and their int32 view are the same bits
+    assert torch.equal(tc.row_popcount(kernels.pack(x).view(torch.int32)), tc.row_popcount(kernels.pack(x)))
+
+
+def _fragments_by_the_book(a_bits: torch.Tensor, b_bits: torch.Tensor):
+    """Registers of every lane for A (16 x 256 bits) and B (256 x 8 bits), bit by bit from the PTX table."""
+    a = torch.zeros(32, 4, dtype=torch.int64)
+    b = torch.zeros(32, 2, dtype=torch.int64)
+    for lane in range(32):
+        group, tig = lane // 4, lane % 4
+        for r in range(4):  # a_r: row group (+8 for odd r), columns tig*32 + bit (+128 for r >= 2)
+            for bit in range(32):
+                a[lane, r] |= int(a_bits[group + 8 * (r % 2), 128 * (r // 2) + tig * 32 + bit]) << bit
+        for r in range(2):  # b_r: column group, rows tig*32 + bit (+128 for r = 1)
+            for bit in range(32):
+                b[lane, r] |= int(b_bits[128 * r + tig * 32 + bit, group]) << bit
+    # reinterpret the low 32 bits as int32 registers
+    return a.to(torch.int32), b.to(torch.int32)
+
+
+def test_mma_model_multiplies_fragments_laid_out_by_the_ptx_table():
+    g = torch.Generator().manual_seed(7)
+    a_bits = torch.rand(16, 256, generator=g) < 0.5
+    b_bits = torch.rand(256, 8, generator=g) < 0.5
+    a, b = _fragments_by_the_book(a_bits, b_bits)
+    c = torch.randint(-100, 100, (32, 4), generator=g, dtype=torch.int32)
+    d = tc.mma_m16n8k256_and_popc(a, b, c)
+    product = a_bits.int() @ b_bits.int()
+    for lane in range(32):
+        for r in range(4):
+            row, col = lane // 4 + 8 * (r // 2), 2 * (lane % 4) + r % 2
+            assert d[lane, r] == c[lane, r] + product[row, col]
+    # the model is sensitive to the register order: swapping a1 and a2 changes the product
+    assert not torch.equal(tc.mma_m16n8k256_and_popc(a[:, [0, 2, 1, 3]], b, c), d)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 300, 513), (3, 5, 70), (130, 9, 1100), (17, 260, 192),
+                                   (129, 257, 600)])
+def test_emulated_kernel_equals_pm1_product(m, n, k):
+    """Whole blocks with ragged edges, several stages, a partial last stage, K words not a multiple of 4."""
+    x, w, expected = pm1_inputs(m, n, k, seed=k)
+    assert torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k), expected)
+
+
+def test_emulated_kernel_notices_a_wrong_swizzle(monkeypatch):
+    """If the fragment reads forgot the swizzle that the loads apply, the product must come out wrong."""
+    x, w, expected = pm1_inputs(20, 20, 512, seed=11)
+    real_addresses = tc._fragment_addresses
+
+    def unswizzled_addresses(step):
+        with monkeypatch.context() as patch:
+            patch.setattr(tc, "swizzle", lambda row, segment: segment)
+            return real_addresses(step)
+
+    monkeypatch.setattr(tc, "_fragment_addresses", unswizzled_addresses)
+    assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 512), expected)
+
+
+def test_threshold_bits_are_packed_like_pack():
+    x, w, _ = pm1_inputs(5, 70, 40, seed=5)
+    dot = tc.and_popcount_gemm(kernels.pack(x), kernels.pack(w), 40)
+    thresh = torch.randn(70) * 4
+    # pack() sets bit = (value >= 0), and in IEEE arithmetic dot - thresh >= 0 exactly when dot >= thresh
+    expected = kernels.pack(dot.float() - thresh[None, :])
+    assert torch.equal(tc.threshold_bits(dot, thresh), expected)
+
+
+# ---- compiled code ----------------------------------------------------------------------------------
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return shutil.which("nvcc") or (str(Path(home) / "bin" / "nvcc") if (Path(home) / "bin" / "nvcc").exists() else None)
+
+
+def _cuobjdump() -> tuple[str, dict] | None:
+    """cuobjdump and an environment where it finds nvdisasm: CUDA_HOME/bin, PATH, or pip's nvidia-cuda-* wheels."""
+    home = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+    candidates = [home / "bin"] + [Path(p) / "nvidia" / "cu13" / "bin" for p in sys.path if p]
+    for folder in candidates:
+        if (folder / "cuobjdump").exists() and (folder / "nvdisasm").exists():
+            return str(folder / "cuobjdump"), {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}
+    found = shutil.which("cuobjdump")
+    return (found, dict(os.environ)) if found and shutil.which("nvdisasm") else None
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+def test_kernel_compiles_for_sm90_without_spills_and_uses_bmma(tmp_path):
+    cubin = tmp_path / "xnor_tc.cubin"
+    result = subprocess.run([_nvcc(), "-arch=sm_90", "-O3", "-std=c++17", "--resource-usage", "-cubin",
+                             str(REPO / "cuda" / "xnor_tc.cu"), "-o", str(cubin)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    usage = result.stdout + result.stderr
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", usage)
+    assert frames and all(f == ("0", "0", "0") for f in frames), usage
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("compiled without spills; cuobjdump/nvdisasm not found to check the SASS")
+    exe, env = tool
+    sass = subprocess.run([exe, "--dump-sass", str(cubin)], capture_output=True, text=True, env=env, timeout=120)
+    assert sass.returncode == 0, sass.stderr
+    assert "BMMA.168256.AND.POPC" in sass.stdout
+    assert "LDSM" in sass.stdout  # fragments come in through ldmatrix, not per-word shared loads
+    assert not re.search(r"\b(LDL|STL)\b", sass.stdout)  # no local memory
+
+
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+CUDA_SHAPES = [(1, 1, 1), (1, 300, 513), (300, 1, 64), (3, 5, 70), (130, 9, 1100), (17, 260, 192),
+               (129, 257, 600), (64, 64, 8192), (257, 513, 4096), (1000, 700, 2500)]
+
+
+def _poisoned_allocator(shape, dtype, value):
+    """Leave a freed block of the output's size full of `value`, so unwritten outputs show up."""
+    junk = torch.full(shape, value, dtype=dtype, device="cuda")
+    del junk
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("m,n,k", CUDA_SHAPES)
+def test_cuda_tc_gemm_is_exact(m, n, k):
+    x, w, expected = pm1_inputs(m, n, k, seed=m + n + k, device="cuda")
+    a, b = kernels.pack(x), kernels.pack(w)
+    _poisoned_allocator((m, n), torch.int32, -(2**31) + 7)
+    out = kernels.xnor_gemm(a, b, k, impl="tc")
+    assert out.dtype == torch.int32 and out.device.type == "cuda"
+    assert torch.equal(out.cpu(), expected)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("m,n,k", [(3, 70, 40), (129, 257, 600), (64, 64, 8192)])
+def test_cuda_threshold_epilogue_writes_packed_bits(m, n, k):
+    x, w, expected_dot = pm1_inputs(m, n, k, seed=k, device="cuda")
+    thresh = torch.randn(n, generator=torch.Generator().manual_seed(k)) * 8
+    words = -(-n // 64)
+    _poisoned_allocator((m, words), torch.int64, 0x5A5A5A5A5A5A5A5A)
+    bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda())
+    assert torch.equal(bits.cpu(), tc.threshold_bits(expected_dot, thresh))
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_tc_gemm_matches_the_cuda_core_kernel_on_a_large_product():
+    x, w, _ = pm1_inputs(512, 768, 8192 + 96, seed=1, device="cuda")
+    a, b = kernels.pack(x), kernels.pack(w)
+    assert torch.equal(kernels.xnor_gemm(a, b, x.shape[1], impl="tc"), kernels.xnor_gemm(a, b, x.shape[1]))
