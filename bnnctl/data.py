@@ -207,3 +207,6 @@ def load_splits(cfg: dict[str, Any], root: str | Path | None = None) -> Splits:
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return Splits(t(x_tr), t(y_tr).long(), t(x_va), t(y_va).long(), t(x_te), t(y_te).long(),
                   num_classes, cfg["dataset"], raw.variant, transform)
+
+
+from . import data_cifar_svhn  # noqa: E402,F401  registers cifar10 / svhn and their preprocessors

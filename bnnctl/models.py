@@ -29,8 +29,8 @@ def batch_norm(dims: int, features: int, eps: float, momentum: float) -> nn.Modu
 NORMS: dict[str, Callable[[int, int, float, float], nn.Module]] = {"bn": batch_norm}
 
 
-def _norm(cfg: dict[str, Any], dims: int, features: int) -> nn.Module:
-    return NORMS[cfg["norm"]](dims, features, cfg["bn_eps"], cfg["bn_momentum"])
+def _norm(cfg: dict[str, Any], dims: int, features: int, kind: str | None = None) -> nn.Module:
+    return NORMS[kind or cfg["norm"]](dims, features, cfg["bn_eps"], cfg["bn_momentum"])
 
 
 def _dense_stack(cfg: dict[str, Any], in_features: int, num_classes: int, hidden: list[int],
@@ -44,7 +44,7 @@ def _dense_stack(cfg: dict[str, Any], in_features: int, num_classes: int, hidden
         if dropout_hidden > 0:
             layers.append(nn.Dropout(dropout_hidden))
     layers += [BinaryLinear(widths[-1], num_classes, bias=cfg["bias"], stochastic=cfg["stochastic_weights"]),
-               _norm(cfg, 1, num_classes)]
+               _norm(cfg, 1, num_classes, cfg.get("output_norm"))]
     return layers
 
 
@@ -89,3 +89,6 @@ def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+from . import shift  # noqa: E402,F401  registers the shift_bn / torch7_bn norms

@@ -61,3 +61,6 @@ def lr_at(epoch: int, lr: float, schedule: dict[str, Any], epochs: int) -> float
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
+
+
+from . import shift  # noqa: E402,F401  registers the shift_adamax optimizer

@@ -76,6 +76,7 @@ SCHEMA: dict[str, Any] = {
         "dropout_hidden": f(NUM, 0.0),
         "bias": f(bool, True),
         "norm": f(str, "bn", choices=("bn",)),
+        "output_norm": f(str, None, nullable=True, choices=("bn",), help="norm after the output layer; null: model.norm"),
         "bn_eps": f(NUM, 1e-4),
         "bn_momentum": f(NUM, 0.1),
         "stochastic_weights": f(bool, False),
@@ -94,6 +95,9 @@ SCHEMA: dict[str, Any] = {
         "betas": f(list, [0.9, 0.999], items=NUM),
         "eps": f(NUM, 1e-8),
         "glorot_lr_scale": f(bool, True, help="scale each binary layer's LR by 1/sqrt(1.5/(fan_in+fan_out))"),
+        "lr_scale_pow2": f(bool, False, help="shift_adamax: round each binary layer's LR scale to a power of two"),
+        "norm_lr_scale": f(bool, False, help="shift_adamax: each BN gamma learns at LR * 1/sqrt(1.5/features)"),
+        "clip_all": f(bool, False, help="shift_adamax: clip every parameter, not only binary weights, to [-1, 1]"),
     },
     "schedule": {
         "kind": f(str, "exponential", choices=("exponential", "step", "constant")),
@@ -253,6 +257,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[st
 
 
 def resolve(raw: dict[str, Any], source: str = "recipe") -> dict[str, Any]:
+    # The modules that register datasets, norms and optimizers extend SCHEMA's choices on import.
+    from . import data, models, optim  # noqa: F401
     recipe = _validate(raw, SCHEMA, "", source)
     _check_consistency(recipe, source)
     return recipe

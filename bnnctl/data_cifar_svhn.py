@@ -1,0 +1,240 @@
+"""CIFAR-10 and SVHN: sources, the pylearn2 SVHN split, and the Torch7 preprocessors.
+
+Sources (``data.source``):
+* ``auto`` / ``torchvision``: the original files under the data root, checked against
+  torchvision's md5s and downloaded by torchvision when absent (where there is internet):
+  ``<root>/cifar-10-batches-py/`` and ``<root>/SVHN/{train,test,extra}_32x32.mat``.
+* ``npz``: a pre-staged ``.npz`` (x_train, y_train, x_test, y_test; SVHN may add x_extra,
+  y_extra). A relative ``data.npz`` is looked up in the working directory, then in the data
+  root. The file's own ``variant`` array names what it holds: the CIFAR-10 stand-in built by
+  ``shared/data/cifar10-reconstruction/build.py`` says 'cifar10-jpeg', and every run on it is
+  recorded as that, never as CIFAR-10. The stand-in is only read when the recipe names it.
+
+A run on files that are not the originals must say so: with ``data.variant`` set to a variant of
+the dataset ('svhn-synthetic', 'cifar10-…') the md5 check is skipped and the run is recorded
+under that name; without it, files that fail the check are an error.
+
+SVHN labels: the .mat files store digit 0 as 10; here it is 0 (as torchvision does).
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import preprocessing
+from .data import DATASETS, PREPROCESSORS, SPLITTERS, DataError, RawData, _verified, load_npz
+from .recipe import register_choice
+
+
+def wants_npz(cfg: dict[str, Any]) -> bool:
+    return cfg["source"] == "npz" or (cfg["source"] == "auto" and bool(cfg["npz"]))
+
+
+def npz_path(cfg: dict[str, Any], root: Path) -> Path:
+    """``data.npz`` as given if it exists (or is absolute), else the same name under the data root."""
+    given = Path(cfg["npz"]).expanduser()
+    if given.is_absolute() or given.exists() or not (root / given).exists():
+        return given
+    return root / given
+
+
+def recorded_variant(cfg: dict[str, Any], dataset: str) -> str:
+    """The name a run on the dataset's own file layout is recorded under; see the module docstring."""
+    label = cfg.get("variant")
+    if not label or label == dataset:
+        return dataset
+    if not label.startswith(dataset + "-"):
+        raise DataError(f"data.variant {label!r} does not name a variant of {dataset} "
+                        f"(use '{dataset}' or '{dataset}-<what it is>').")
+    return label
+
+
+def _check_file(path: Path, md5: str | None, variant: str, dataset: str) -> None:
+    if variant == dataset and not _verified(path, md5):
+        raise DataError(f"{path} fails its md5 check: delete it and stage the original file again, or label "
+                        f"a modified copy with --set data.variant={dataset}-<what it is>.")
+
+
+def _check_color_images(x: np.ndarray, source: str) -> None:
+    """Colour images of any size (the originals are 32x32; the ConvNets adapt to smaller test images)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise DataError(f"{source} holds images of shape {tuple(x.shape[1:])}, expected 3-channel (3, H, W) images.")
+
+
+# ---------------------------------------------------------------------------- CIFAR-10
+
+def _cifar10_files() -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]:
+    from torchvision.datasets import CIFAR10
+    return CIFAR10.base_folder, [tuple(e) for e in CIFAR10.train_list], [tuple(e) for e in CIFAR10.test_list]
+
+
+def _read_cifar_batches(folder: Path, files: list[tuple[str, str]], variant: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name, md5 in files:
+        path = folder / name
+        _check_file(path, md5, variant, "cifar10")
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_cifar10(cfg: dict[str, Any], root: Path) -> RawData:
+    if wants_npz(cfg):
+        path = npz_path(cfg, root)
+        raw = load_npz(path, "cifar10")
+        _check_color_images(raw.x_train, str(path))
+        return raw
+    variant = recorded_variant(cfg, "cifar10")
+    base, train_files, test_files = _cifar10_files()
+    folder = root / base
+    if not all((folder / name).is_file() for name, _ in train_files + test_files):
+        _download_cifar10(root, folder)
+    x_train, y_train = _read_cifar_batches(folder, train_files, variant)
+    x_test, y_test = _read_cifar_batches(folder, test_files, variant)
+    return RawData(x_train, y_train, x_test, y_test, variant)
+
+
+def _download_cifar10(root: Path, folder: Path) -> None:
+    from torchvision.datasets import CIFAR10
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+        raise DataError(
+            f"CIFAR-10 is not under {folder} and could not be downloaded ({type(e).__name__}): extract the "
+            f"original cifar-10-python.tar.gz into {root}, point --data-dir / BNNCTL_DATA at a folder holding "
+            f"cifar-10-batches-py, or name a pre-staged file with --set data.source=npz --set data.npz=PATH."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- SVHN
+
+# Splits whose training set also draws on SVHN's 531,131 'extra' images.
+SPLITS_WITH_EXTRA = {"pylearn2_svhn"}
+
+
+def _svhn_files() -> dict[str, tuple[str, str]]:
+    """split -> (file name, md5), from torchvision."""
+    from torchvision.datasets import SVHN
+    return {split: (entry[1], entry[2]) for split, entry in SVHN.split_list.items()}
+
+
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32) uint8, labels 0..9) of a {train,test,extra}_32x32.mat file."""
+    import scipy.io
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as e:  # noqa: BLE001 - scipy raises several kinds for a damaged file
+        raise DataError(f"{path} is not a readable SVHN .mat file ({type(e).__name__}).") from None
+    if "X" not in mat or "y" not in mat:
+        raise DataError(f"{path} lacks the arrays 'X' and 'y' of an SVHN .mat file.")
+    x, y = mat["X"], mat["y"].reshape(-1).astype(np.int64)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise DataError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N) with N = {len(y)} labels.")
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: X must hold uint8 pixels, got {x.dtype}.")
+    if len(y) and (y.min() < 1 or y.max() > 10):
+        raise DataError(f"{path}: labels must be 1..10 (10 for the digit 0), found {y.min()}..{y.max()}.")
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10
+
+
+def _svhn_from_npz(cfg: dict[str, Any], root: Path, need_extra: bool) -> RawData:
+    path = npz_path(cfg, root)
+    raw = load_npz(path, "svhn")
+    _check_color_images(raw.x_train, str(path))
+    if need_extra:
+        with np.load(path, allow_pickle=False) as z:
+            if "x_extra" not in z.files or "y_extra" not in z.files:
+                raise DataError(f"{path} lacks x_extra / y_extra, which split '{cfg['split']}' draws on.")
+            raw.extra = {"x_extra": np.ascontiguousarray(z["x_extra"]), "y_extra": z["y_extra"].astype(np.int64)}
+        _check_color_images(raw.extra["x_extra"], str(path))
+    return raw
+
+
+def load_svhn(cfg: dict[str, Any], root: Path) -> RawData:
+    need_extra = cfg["split"] in SPLITS_WITH_EXTRA
+    if wants_npz(cfg):
+        return _svhn_from_npz(cfg, root, need_extra)
+    variant = recorded_variant(cfg, "svhn")
+    files = _svhn_files()
+    folder = root / "SVHN"
+    arrays = {}
+    for split in ("train", "test", "extra") if need_extra else ("train", "test"):
+        name, md5 = files[split]
+        path = folder / name
+        if not path.is_file():
+            _download_svhn(folder, split, path)
+        _check_file(path, md5, variant, "svhn")
+        arrays[split] = read_svhn_mat(path)
+    (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+    extra = {}
+    if need_extra:
+        extra = {"x_extra": arrays["extra"][0], "y_extra": arrays["extra"][1]}
+    return RawData(x_train, y_train, x_test, y_test, variant, extra)
+
+
+def _download_svhn(folder: Path, split: str, path: Path) -> None:
+    from torchvision.datasets import SVHN
+    try:
+        SVHN(str(folder), split=split, download=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+        raise DataError(
+            f"SVHN's {path.name} is not in {folder} and could not be downloaded ({type(e).__name__}): copy the "
+            f"original {path.name} there, point --data-dir / BNNCTL_DATA at a folder holding SVHN/, or name a "
+            f"pre-staged file with --set data.source=npz --set data.npz=PATH."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- the pylearn2 SVHN split
+
+PYLEARN2_VALID_PER_CLASS = {"train": 400, "extra": 200}
+PYLEARN2_SPLIT_SEED = 0  # pylearn2 drew its validation images at random once; ours are drawn the same way every run
+
+
+def _per_class_pick(y: np.ndarray, per_class: int, rng: np.random.Generator, source: str) -> np.ndarray:
+    picked = []
+    for label in range(10):
+        candidates = np.flatnonzero(y == label)
+        if len(candidates) < per_class:
+            raise DataError(f"SVHN {source} has {len(candidates)} images of digit {label}; the pylearn2 split "
+                            f"takes {per_class} of each digit from it for validation.")
+        picked.append(rng.choice(candidates, per_class, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def pylearn2_svhn_split(raw: RawData, cfg: dict[str, Any]):
+    """Validate on 400 images per digit from train and 200 per digit from extra (6,000 in all,
+    as pylearn2's SVHN 'valid' set); train on every other image of train and extra (598,388)."""
+    if "x_extra" not in raw.extra:
+        raise DataError("split 'pylearn2_svhn' needs SVHN's extra images, which the data source did not provide.")
+    expected = 10 * sum(PYLEARN2_VALID_PER_CLASS.values())
+    if cfg["valid_size"] != expected:
+        raise DataError(f"split 'pylearn2_svhn' validates on {expected} images; set data.valid_size: {expected}.")
+    rng = np.random.default_rng(PYLEARN2_SPLIT_SEED)
+    xs, ys, valid_x, valid_y = [], [], [], []
+    for source, x, y in (("train", raw.x_train, raw.y_train), ("extra", raw.extra["x_extra"], raw.extra["y_extra"])):
+        valid = _per_class_pick(y, PYLEARN2_VALID_PER_CLASS[source], rng, source)
+        keep = np.ones(len(y), dtype=bool)
+        keep[valid] = False
+        xs.append(x[keep])
+        ys.append(y[keep])
+        valid_x.append(x[valid])
+        valid_y.append(y[valid])
+    x_train, y_train = np.concatenate(xs), np.concatenate(ys)
+    if cfg["train_size"] is not None:
+        x_train, y_train = x_train[: cfg["train_size"]], y_train[: cfg["train_size"]]
+    return x_train, y_train, np.concatenate(valid_x), np.concatenate(valid_y)
+
+
+# ---------------------------------------------------------------------------- registration
+
+DATASETS.update({"cifar10": load_cifar10, "svhn": load_svhn})
+SPLITTERS["pylearn2_svhn"] = pylearn2_svhn_split
+PREPROCESSORS.update(preprocessing.PREPROCESSORS)
+register_choice("data.dataset", "cifar10", "svhn")
+register_choice("data.split", "pylearn2_svhn")
+register_choice("data.preprocess", *preprocessing.PREPROCESSORS)
