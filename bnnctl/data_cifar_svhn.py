@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import preprocessing
-from .data import DATASETS, PREPROCESSORS, SPLITTERS, DataError, RawData, _verified, load_npz
+from .data import DATASETS, PREPROCESSORS, SPLITTERS, DataError, RawData, _verified, load_npz, to_nchw
 from .recipe import register_choice
 
 
@@ -150,7 +150,7 @@ def _svhn_from_npz(cfg: dict[str, Any], root: Path, need_extra: bool) -> RawData
         with np.load(path, allow_pickle=False) as z:
             if "x_extra" not in z.files or "y_extra" not in z.files:
                 raise DataError(f"{path} lacks x_extra / y_extra, which split '{cfg['split']}' draws on.")
-            raw.extra = {"x_extra": np.ascontiguousarray(z["x_extra"]), "y_extra": z["y_extra"].astype(np.int64)}
+            raw.extra = {"x_extra": to_nchw(z["x_extra"]), "y_extra": z["y_extra"].astype(np.int64)}
         _check_color_images(raw.extra["x_extra"], str(path))
     return raw
 

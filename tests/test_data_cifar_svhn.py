@@ -14,7 +14,7 @@ from bnnctl import preprocessing as pre
 from bnnctl.data import DataError, RawData, load_splits
 from bnnctl.recipe import load_recipe
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 
 def data_cfg(recipe: str, **changes):

@@ -1,5 +1,6 @@
 """Shift-based BN (Algorithm 3) and AdaMax (Algorithm 4), against the Torch7 definitions in numpy."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from bnnctl.optim import build_optimizer, param_groups
 from bnnctl.recipe import load_recipe
 from bnnctl.shift import NORM_WEIGHT, PARAM_ROLE, ShiftAdaMax, ShiftBatchNorm, make_shift_adamax, pow2_round
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 
 def np_ap2(x):
