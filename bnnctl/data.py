@@ -204,7 +204,7 @@ def load_splits(cfg: dict[str, Any], root: str | Path | None = None) -> Splits:
         x_te, y_te = x_te[: cfg["limit_test"]], y_te[: cfg["limit_test"]]
     x_tr, x_va, x_te, transform = PREPROCESSORS[cfg["preprocess"]](x_tr, x_va, x_te, root)
     num_classes = int(max(raw.y_train.max(), raw.y_test.max())) + 1
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731 - copies read-only buffers
     return Splits(t(x_tr), t(y_tr).long(), t(x_va), t(y_va).long(), t(x_te), t(y_te).long(),
                   num_classes, cfg["dataset"], raw.variant, transform)
 

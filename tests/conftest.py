@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny datasets written in the exact on-disk formats bnnctl reads."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an MNIST idx file (gzip): magic 0x0000 08 <ndim>, big-endian dims, uint8 data."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_images(n: int, side: int, rng: np.random.Generator, classes: int = 10):
+    """Learnable images: each class lights a different band of rows, plus noise."""
+    y = rng.integers(0, classes, n)
+    x = rng.integers(0, 60, (n, side, side))
+    for c in range(classes):
+        rows = slice(c * side // classes, (c + 1) * side // classes + 1)
+        x[y == c, rows, :] += 180
+    return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x_train, y_train = make_images(600, 8, rng)
+    x_test, y_test = make_images(200, 8, rng)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path, tiny_npz: Path) -> Path:
+    """The MNIST recipe shrunk to a 2-layer MLP on 8x8 images: the real code path in a second."""
+    recipe = yaml.safe_load((REPO / "recipes" / "mnist.yaml").read_text())
+    recipe["name"] = "tiny"
+    recipe["data"].update(source="npz", npz=str(tiny_npz), valid_size=100)
+    recipe["model"]["hidden"] = [32, 32]
+    recipe["train"].update(epochs=3, batch_size=50, eval_batch_size=100)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def mnist_raw(tmp_path: Path, monkeypatch) -> Path:
+    """A data root holding small MNIST-format .gz files, with their md5s made the expected ones."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    x_train, y_train = make_images(300, 28, rng)
+    x_test, y_test = make_images(100, 28, rng)
+    files = {"train-images-idx3-ubyte.gz": x_train, "train-labels-idx1-ubyte.gz": y_train,
+             "t10k-images-idx3-ubyte.gz": x_test, "t10k-labels-idx1-ubyte.gz": y_test}
+    for name, array in files.items():
+        write_idx(raw / name, array)
+    md5s = {name: hashlib.md5((raw / name).read_bytes()).hexdigest() for name in files}
+    monkeypatch.setattr("bnnctl.data._mnist_md5s", lambda: md5s)
+    return root
