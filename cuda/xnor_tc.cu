@@ -1,7 +1,8 @@
 // 1-bit tensor-core GEMM for sm_80+ (native AND+POPC on sm_90): see xnor_tc.h for the contract and
-// XNOR_TC.md for the design and the numbers it is judged by.
+// XNOR_TC.md for the design and the numbers it is judged by. Two kernels share the pipeline and the
+// epilogue: xnor_tc_kernel (mma.sync, any sm_80+) and xnor_tc_wgmma_kernel (wgmma, sm_90a only).
 //
-// Shape of the computation
+// Shape of the computation (mma.sync)
 //   block tile 128 (M) x 256 (N), 8 warps as 2 x 4, warp tile 64 x 64 = 4 x 8 mma tiles of 16 x 8;
 //   K streams through shared memory 512 bits (16 words) per row and stage, 4 stages of cp.async;
 //   each stage is two m16n8k256 steps. Epilogue applies the popcount correction in registers.
@@ -29,36 +30,70 @@
 //   whole rows per phase) stay conflict-free because the swizzle only permutes within a row.
 //
 // Boundaries
-//   Rows past M or N and words past K_words32 are zero-filled by cp.async's src-size operand, so the
+//   Rows past M or N and words past words32 are zero-filled by cp.async's src-size operand, so the
 //   K padding up to the stage is zero bits (an AND with zero counts nothing) and out-of-range rows
-//   compute garbage-free zeros that the epilogue does not store.
+//   compute zeros that the epilogue does not store.
+//
+// The wgmma variant (sm_90a)
+//   Same block tile and stages; each of the two warpgroups computes 64 x 256 with two
+//   wgmma.m64n256k256 (b1, AND+POPC) per stage, both operands read by the tensor cores straight from
+//   shared memory through matrix descriptors. The stage is stored as "core matrices" (8 rows x 16
+//   bytes, 128 contiguous bytes), no swizzle: 16-byte segment s of row r at byte
+//   (r / 8) * 512 + s * 128 + (r % 8) * 16. For K-major operands without swizzling the descriptor's
+//   leading byte offset is the step between K-adjacent core matrices (128) and its stride byte offset
+//   the step between 8-row groups (512); mma step s starts at segment 2s. wgmma's accumulator layout
+//   per warp (rows 16w + g, + 8; columns 8j + 2t, + 1) is mma.sync's, so the epilogue is shared. One
+//   wgmma group stays in flight while the next stage is issued, so loads run two stages ahead.
 #include "xnor_tc.h"
 
 #include <cuda_runtime.h>
+
+#include <atomic>
+
+// wgmma exists only for the architecture-specific sm_90a target; elsewhere (other targets, the host
+// pass) the wgmma kernel is an empty shell and the launcher refuses it (wgmma_compiled_probe says which).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define BNN_WGMMA 1
+#else
+#define BNN_WGMMA 0
+#endif
 
 namespace {
 
 constexpr int kBlockM = 128;
 constexpr int kBlockN = 256;
-constexpr int kWarpM = 64;
-constexpr int kWarpN = 64;
-constexpr int kWarpsN = kBlockN / kWarpN;                      // 4
-constexpr int kThreads = 32 * (kBlockM / kWarpM) * kWarpsN;    // 256
-constexpr int kMmaTilesM = kWarpM / 16;                        // 4
-constexpr int kMmaTilesN = kWarpN / 8;                         // 8
+constexpr int kThreads = 256;
 constexpr int kStageWords = 16;                                // 512 bits of K per row per stage
+constexpr int kSegmentsPerRow = kStageWords / 4;                // 16-byte segments
 constexpr int kStages = 4;
 constexpr int kStageWordsA = kBlockM * kStageWords;
 constexpr int kStageWordsB = kBlockN * kStageWords;
 constexpr int kSmemBytes = kStages * (kStageWordsA + kStageWordsB) * 4;  // 96 KiB
 constexpr int64_t kMaxK = int64_t{1} << 29;                     // 4 * popc must fit in int32
 
-constexpr int kSegmentsPerRow = kStageWords / 4;                // 16-byte segments
+// mma.sync kernel: 8 warps as 2 x 4, warp tile 64 x 64 = 4 x 8 tiles of m16n8.
+constexpr int kWarpM = 64;
+constexpr int kWarpN = 64;
+constexpr int kWarpsN = kBlockN / kWarpN;
+static_assert(kThreads == 32 * (kBlockM / kWarpM) * kWarpsN, "one warp per warp tile");
+constexpr int kMmaTilesM = kWarpM / 16;
+constexpr int kMmaTilesN = kWarpN / 8;
+
 static_assert(kStageWords == 16, "two mma steps of two segments each per stage");
 static_assert((kStages & (kStages - 1)) == 0, "stage index uses a power of two");
 
-// Physical 16-byte segment of logical segment `seg` in stage row `row` (see the header comment).
-__device__ __forceinline__ int swizzle(int row, int seg) { return seg ^ ((row >> 1) & 3); }
+// ---- shared memory layouts of a stage (offsets in 32-bit words) ----------------------------------
+
+// mma.sync: rows of 16 words; segment s of row r stored at s ^ ((r >> 1) & 3) (see the header).
+struct SwizzledRows {
+  __device__ __forceinline__ static int swizzle(int row, int seg) { return seg ^ ((row >> 1) & 3); }
+  __device__ __forceinline__ static int offset(int row, int seg) { return row * kStageWords + swizzle(row, seg) * 4; }
+  // Copy assignment: 4 lanes per row, so 8 lanes write two whole rows (128 contiguous bytes).
+  __device__ __forceinline__ static int copy_row(int tid) { return tid / kSegmentsPerRow; }
+  __device__ __forceinline__ static int copy_seg(int tid) { return tid % kSegmentsPerRow; }
+};
+
+// ---- PTX wrappers -----------------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -99,10 +134,12 @@ __device__ __forceinline__ void mma_b1_and(int (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ---- loading stages -----------------------------------------------------------------------------------
+
 // Copies one operand's share of each stage: kRows rows x 16 words. Thread `tid` always copies segment
-// tid % 4 of rows tid / 4 + 64 * i, so its source pointer, destination and row guards are computed
-// once; a stage only adds 16 words to the source and checks that its segment is still inside K.
-template <int kRows, bool kAligned16>
+// Layout::copy_seg(tid) of rows Layout::copy_row(tid) + 64 i, so its source pointer, destination and row
+// guards are computed once; a stage only adds 16 words to the source and checks its segment against K.
+template <int kRows, bool kAligned16, typename Layout>
 struct StageLoader {
   static constexpr int kRowsPerPass = kThreads / kSegmentsPerRow;  // 64
   static constexpr int kPasses = kRows / kRowsPerPass;
@@ -112,12 +149,12 @@ struct StageLoader {
   const uint32_t* first;     // this thread's segment of its first row at stage 0
   size_t pass_stride;        // words between this thread's rows
   int first_word;            // K word of this thread's segment at stage 0
-  int dst_offset;            // words, within a stage, already swizzled
+  int dst_offset;            // words, within a stage
   unsigned rows_ok;          // bit i: row of pass i is inside the matrix
 
   __device__ __forceinline__ StageLoader(const uint32_t* src, int row0, int rows_total, int k_words) {
-    const int row = threadIdx.x / kSegmentsPerRow;
-    const int seg = threadIdx.x % kSegmentsPerRow;
+    const int row = Layout::copy_row(threadIdx.x);
+    const int seg = Layout::copy_seg(threadIdx.x);
     fallback = src;
     rows_ok = 0;
 #pragma unroll
@@ -126,14 +163,14 @@ struct StageLoader {
     first = src + static_cast<size_t>(row0 + row < rows_total ? row0 + row : 0) * k_words + seg * 4;
     pass_stride = static_cast<size_t>(kRowsPerPass) * k_words;
     first_word = seg * 4;
-    // (row + 64 i) >> 1 & 3 does not depend on i, so one swizzled offset serves every pass.
-    dst_offset = row * kStageWords + swizzle(row, seg) * 4;
+    dst_offset = Layout::offset(row, seg);
   }
 
   __device__ __forceinline__ void load(uint32_t* stage, int kt, int k_words) const {
     const int word = first_word + kt * kStageWords;
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
+      // Both layouts place row + 64 at 64 rows' worth of words further, with the same swizzle.
       uint32_t* d = stage + dst_offset + i * kRowsPerPass * kStageWords;
       const bool row_ok = (rows_ok >> i) & 1u;
       const uint32_t* s = first + i * pass_stride + kt * kStageWords;
@@ -152,7 +189,96 @@ struct StageLoader {
   }
 };
 
+// ---- epilogue -------------------------------------------------------------------------------------------
+
 enum class Epilogue { kInt32, kThresholdBits };
+
+// Stores a warp's accumulators laid out as kTilesM x kTilesN tiles of m16n8 (c0, c1: row g, columns 2t,
+// 2t+1; c2, c3: row g + 8): tile (i, j) covers rows row_base + 16 i (+ 8) and columns col_base + 8 j
+// (+ 1), where row_base includes g and col_base includes 2t. Applies dot = 4 popc(a & b) + (k - 2 popc(a))
+// - 2 popc(b) and writes int32, or bit(dot >= thresh[col]) packed 64 columns to a word (col_base - 2t
+// must then be a multiple of 64 and kTilesN a multiple of 8).
+template <int kTilesM, int kTilesN, Epilogue kEpilogue>
+__device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4], int row_base, int col_base, int t,
+                                            int M, int N, int k_real, const int32_t* __restrict__ a_popc,
+                                            const int32_t* __restrict__ b_popc, const float* __restrict__ thresh,
+                                            void* __restrict__ out) {
+  int row_term[kTilesM][2];
+#pragma unroll
+  for (int i = 0; i < kTilesM; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row_base + i * 16 + h * 8;
+      row_term[i][h] = row < M ? k_real - 2 * a_popc[row] : 0;
+    }
+
+  if constexpr (kEpilogue == Epilogue::kInt32) {
+    int32_t* const c = static_cast<int32_t*>(out);
+    // With an even N and an 8-byte aligned base, (row * N + even col) is 8-byte aligned.
+    const bool pair_stores = N % 2 == 0 && reinterpret_cast<uintptr_t>(c) % 8 == 0;
+#pragma unroll
+    for (int j = 0; j < kTilesN; ++j) {
+      const int col = col_base + j * 8;
+      const int col_term0 = col < N ? -2 * b_popc[col] : 0;
+      const int col_term1 = col + 1 < N ? -2 * b_popc[col + 1] : 0;
+#pragma unroll
+      for (int i = 0; i < kTilesM; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = row_base + i * 16 + h * 8;
+          if (row >= M) continue;
+          int32_t* const c_row = c + static_cast<size_t>(row) * N;
+          const int v0 = 4 * acc[i][j][2 * h] + row_term[i][h] + col_term0;
+          const int v1 = 4 * acc[i][j][2 * h + 1] + row_term[i][h] + col_term1;
+          if (pair_stores && col + 1 < N) {
+            *reinterpret_cast<int2*>(c_row + col) = make_int2(v0, v1);
+          } else {
+            if (col < N) c_row[col] = v0;
+            if (col + 1 < N) c_row[col + 1] = v1;
+          }
+        }
+    }
+  } else {
+    static_assert(kTilesN % 8 == 0, "whole 64-bit output words per warp");
+    uint64_t* const bits = static_cast<uint64_t*>(out);
+    const int words_per_row = (N + 63) / 64;
+#pragma unroll
+    for (int jw = 0; jw < kTilesN / 8; ++jw) {
+      const int word = (col_base - 2 * t) / 64 + jw;
+      uint64_t mine[kTilesM][2] = {};
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = jw * 8 + jj;
+          const int col = col_base + j * 8 + e;
+          const int col_term = col < N ? -2 * b_popc[col] : 0;
+          const float thr = col < N ? thresh[col] : 0.0f;
+#pragma unroll
+          for (int i = 0; i < kTilesM; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int v = 4 * acc[i][j][2 * h + e] + row_term[i][h] + col_term;
+              const bool bit = col < N && static_cast<float>(v) >= thr;
+              mine[i][h] |= static_cast<uint64_t>(bit) << (jj * 8 + 2 * t + e);
+            }
+        }
+#pragma unroll
+      for (int i = 0; i < kTilesM; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          // The four lanes of a quad hold disjoint bits of the same row: OR them together.
+          uint64_t v = mine[i][h];
+          v |= __shfl_xor_sync(0xffffffffu, v, 1);
+          v |= __shfl_xor_sync(0xffffffffu, v, 2);
+          const int row = row_base + i * 16 + h * 8;
+          if (t == 0 && row < M && word < words_per_row) bits[static_cast<size_t>(row) * words_per_row + word] = v;
+        }
+    }
+  }
+}
+
+// ---- the mma.sync kernel --------------------------------------------------------------------------------
 
 template <bool kAligned16, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -160,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                    const int32_t* __restrict__ a_popc, const int32_t* __restrict__ b_popc,
                    const float* __restrict__ thresh, void* __restrict__ out, int M, int N, int k_words,
                    int k_real) {
-  extern __shared__ __align__(16) uint32_t smem[];
+  extern __shared__ __align__(128) uint32_t smem[];
   uint32_t* const smem_a = smem;                           // [kStages][kBlockM][kStageWords]
   uint32_t* const smem_b = smem + kStages * kStageWordsA;  // [kStages][kBlockN][kStageWords]
 
@@ -168,16 +294,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = threadIdx.x >> 5;
   const int warp_m = warp / kWarpsN;
   const int warp_n = warp % kWarpsN;
-  const int g = lane >> 2;
-  const int t = lane & 3;
   const int m0 = blockIdx.y * kBlockM;
   const int n0 = blockIdx.x * kBlockN;
   const int k_tiles = (k_words + kStageWords - 1) / kStageWords;
 
   // One commit per stage even when there is nothing left to load keeps the group count in step with
   // the tile index, so wait_group<kStages - 2> always means "tile kt has landed".
-  const StageLoader<kBlockM, kAligned16> loader_a(a, m0, M, k_words);
-  const StageLoader<kBlockN, kAligned16> loader_b(b, n0, N, k_words);
+  const StageLoader<kBlockM, kAligned16, SwizzledRows> loader_a(a, m0, M, k_words);
+  const StageLoader<kBlockN, kAligned16, SwizzledRows> loader_b(b, n0, N, k_words);
   auto load_stage = [&](int kt) {
     if (kt < k_tiles) {
       const int buf = kt & (kStages - 1);
@@ -207,10 +331,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t a_lane[2], b_lane[2];  // byte offsets within a stage, per mma step
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
-    const int a_row = warp_m * kWarpM + (q & 1) * 8 + rr;
-    const int b_row = warp_n * kWarpN + (q >> 1) * 8 + rr;
-    a_lane[s] = (a_row * kStageWords + swizzle(rr, 2 * s + (q >> 1)) * 4) * 4;
-    b_lane[s] = (b_row * kStageWords + swizzle(rr, 2 * s + (q & 1)) * 4) * 4;
+    a_lane[s] = SwizzledRows::offset(warp_m * kWarpM + (q & 1) * 8 + rr, 2 * s + (q >> 1)) * 4;
+    b_lane[s] = SwizzledRows::offset(warp_n * kWarpN + (q >> 1) * 8 + rr, 2 * s + (q & 1)) * 4;
   }
   const uint32_t smem_a_addr = smem_addr(smem_a);
   const uint32_t smem_b_addr = smem_addr(smem_b);
@@ -241,73 +363,168 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   cp_async_wait<0>();
 
-  // Epilogue: dot = 4 * popc(a & b) + (K - 2 * popc(a)) - 2 * popc(b).
-  const int row_base = m0 + warp_m * kWarpM + g;
-  const int col_base = n0 + warp_n * kWarpN + 2 * t;
-  int col_term[kMmaTilesN][2];
-  float thr[kMmaTilesN][2];  // threshold epilogue only
-#pragma unroll
-  for (int j = 0; j < kMmaTilesN; ++j)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int col = col_base + j * 8 + e;
-      col_term[j][e] = col < N ? -2 * b_popc[col] : 0;
-      if constexpr (kEpilogue == Epilogue::kThresholdBits) thr[j][e] = col < N ? thresh[col] : 0.0f;
-    }
-
-  if constexpr (kEpilogue == Epilogue::kInt32) {
-    int32_t* const c = static_cast<int32_t*>(out);
-    // With an even N and an 8-byte aligned base, (row * N + even col) is 8-byte aligned.
-    const bool pair_stores = N % 2 == 0 && reinterpret_cast<uintptr_t>(c) % 8 == 0;
-#pragma unroll
-    for (int i = 0; i < kMmaTilesM; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = row_base + i * 16 + h * 8;
-        if (row >= M) continue;
-        const int row_term = k_real - 2 * a_popc[row];
-        int32_t* const c_row = c + static_cast<size_t>(row) * N;
-#pragma unroll
-        for (int j = 0; j < kMmaTilesN; ++j) {
-          const int col = col_base + j * 8;
-          const int v0 = 4 * acc[i][j][2 * h] + row_term + col_term[j][0];
-          const int v1 = 4 * acc[i][j][2 * h + 1] + row_term + col_term[j][1];
-          if (pair_stores && col + 1 < N) {
-            *reinterpret_cast<int2*>(c_row + col) = make_int2(v0, v1);
-          } else {
-            if (col < N) c_row[col] = v0;
-            if (col + 1 < N) c_row[col + 1] = v1;
-          }
-        }
-      }
-  } else {
-    // A warp's 64 columns are exactly one 64-bit output word (n0 and the warp offset are multiples of 64).
-    uint64_t* const bits = static_cast<uint64_t*>(out);
-    const int words_per_row = (N + 63) / 64;
-    const int word = (n0 + warp_n * kWarpN) / 64;
-#pragma unroll
-    for (int i = 0; i < kMmaTilesM; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = row_base + i * 16 + h * 8;
-        const int row_term = row < M ? k_real - 2 * a_popc[row] : 0;
-        uint64_t mine = 0;
-#pragma unroll
-        for (int j = 0; j < kMmaTilesN; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int col = col_base + j * 8 + e;
-            const int v = 4 * acc[i][j][2 * h + e] + row_term + col_term[j][e];
-            const bool bit = col < N && static_cast<float>(v) >= thr[j][e];
-            mine |= static_cast<uint64_t>(bit) << (j * 8 + 2 * t + e);
-          }
-        // The four lanes of a quad hold disjoint bits of the same row: OR them together.
-        mine |= __shfl_xor_sync(0xffffffffu, mine, 1);
-        mine |= __shfl_xor_sync(0xffffffffu, mine, 2);
-        if (t == 0 && row < M && word < words_per_row) bits[static_cast<size_t>(row) * words_per_row + word] = mine;
-      }
-  }
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  store_tiles<kMmaTilesM, kMmaTilesN, kEpilogue>(acc, m0 + warp_m * kWarpM + g, n0 + warp_n * kWarpN + 2 * t, t, M,
+                                                 N, k_real, a_popc, b_popc, thresh, out);
 }
+
+// ---- the wgmma kernel (sm_90a) ----------------------------------------------------------------------------
+
+#if BNN_WGMMA
+constexpr int kWgmmaN = kBlockN;  // one m64n256 instruction covers a warpgroup's whole tile width
+constexpr int kWgmmaTilesN = kWgmmaN / 8;
+
+// Stage layout of the wgmma kernel: 8-row x 16-byte core matrices, 128 contiguous bytes each (see the header).
+struct CoreMatrices {
+  static constexpr int kCoreWords = 8 * 4;
+  static constexpr int kGroupWords = kSegmentsPerRow * kCoreWords;  // one 8-row group: 512 bytes
+  __device__ __forceinline__ static int offset(int row, int seg) {
+    return (row / 8) * kGroupWords + seg * kCoreWords + (row % 8) * 4;
+  }
+  // Copy assignment: 8 lanes fill one core matrix (rows 0-7 of a segment), a warp one 8-row group.
+  __device__ __forceinline__ static int copy_row(int tid) { return tid % 8 + 8 * (tid / 32); }
+  __device__ __forceinline__ static int copy_seg(int tid) { return (tid / 8) % kSegmentsPerRow; }
+};
+
+// Shared-memory matrix descriptor (no swizzle, base offset 0): start, leading and stride byte offsets >> 4.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_byte_addr, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((smem_byte_addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading >> 4) << 16) |
+         (static_cast<uint64_t>(stride >> 4) << 32);
+}
+
+#define BNN_D4(j) "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])
+
+// d (64 x 256 per warpgroup, this thread's 128 values in m16n8 tile order) += popc(A & B) over 256 bits.
+__device__ __forceinline__ void wgmma_m64n256k256_b1_and(int (&d)[kWgmmaTilesN][4], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k256.s32.b1.b1.and.popc {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p;\n}\n"
+      : BNN_D4(0), BNN_D4(1), BNN_D4(2), BNN_D4(3), BNN_D4(4), BNN_D4(5), BNN_D4(6), BNN_D4(7), BNN_D4(8),
+        BNN_D4(9), BNN_D4(10), BNN_D4(11), BNN_D4(12), BNN_D4(13), BNN_D4(14), BNN_D4(15), BNN_D4(16), BNN_D4(17),
+        BNN_D4(18), BNN_D4(19), BNN_D4(20), BNN_D4(21), BNN_D4(22), BNN_D4(23), BNN_D4(24), BNN_D4(25), BNN_D4(26),
+        BNN_D4(27), BNN_D4(28), BNN_D4(29), BNN_D4(30), BNN_D4(31)
+      : "l"(desc_a), "l"(desc_b));
+}
+
+// Keeps the compiler from moving accumulator reads or writes across wgmma fences and waits.
+__device__ __forceinline__ void wgmma_fence_operands(int (&d)[kWgmmaTilesN][4]) {
+#pragma unroll
+  for (int j = 0; j < kWgmmaTilesN; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) asm volatile("" : "+r"(d[j][r])::"memory");
+}
+
+#endif  // BNN_WGMMA
+
+template <bool kAligned16, Epilogue kEpilogue>
+__global__ void __launch_bounds__(kThreads, 1)
+    xnor_tc_wgmma_kernel(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b,
+                         const int32_t* __restrict__ a_popc, const int32_t* __restrict__ b_popc,
+                         const float* __restrict__ thresh, void* __restrict__ out, int M, int N, int k_words,
+                         int k_real) {
+#if BNN_WGMMA
+  extern __shared__ __align__(128) uint32_t smem[];
+  uint32_t* const smem_a = smem;                           // [kStages][kBlockM / 8][4 segments][8 rows][4 words]
+  uint32_t* const smem_b = smem + kStages * kStageWordsA;  // [kStages][kBlockN / 8][4 segments][8 rows][4 words]
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warpgroup = warp / 4;
+  const int m0 = blockIdx.y * kBlockM;
+  const int n0 = blockIdx.x * kBlockN;
+  const int k_tiles = (k_words + kStageWords - 1) / kStageWords;
+  // A stage may be overwritten only after the wgmma group reading it has retired; with one group left
+  // in flight, loads run kStages - 2 tiles ahead.
+  constexpr int kAhead = kStages - 2;
+
+  const StageLoader<kBlockM, kAligned16, CoreMatrices> loader_a(a, m0, M, k_words);
+  const StageLoader<kBlockN, kAligned16, CoreMatrices> loader_b(b, n0, N, k_words);
+  auto load_stage = [&](int kt) {
+    if (kt < k_tiles) {
+      const int buf = kt & (kStages - 1);
+      loader_a.load(smem_a + buf * kStageWordsA, kt, k_words);
+      loader_b.load(smem_b + buf * kStageWordsB, kt, k_words);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) load_stage(s);
+
+  int acc[1][kWgmmaTilesN][4];
+#pragma unroll
+  for (int j = 0; j < kWgmmaTilesN; ++j)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) acc[0][j][r] = 0;
+
+  constexpr uint32_t kLeading = CoreMatrices::kCoreWords * 4;   // next core matrix along K: 128 bytes
+  constexpr uint32_t kStride = CoreMatrices::kGroupWords * 4;   // next 8-row group: 512 bytes
+  // This warpgroup's 64 rows of A start 8 groups further per warpgroup.
+  const uint32_t a_base = smem_addr(smem_a) + warpgroup * (64 / 8) * kStride;
+  const uint32_t b_base = smem_addr(smem_b);
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<kAhead - 1>();
+    // cp.async wrote through the generic proxy; the tensor cores read through the async proxy.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    // After this barrier tile kt is complete for everyone, and every warpgroup has retired the wgmma
+    // group of tile kt - 2 (its wait_group 1 at the end of iteration kt - 1), whose buffer is loaded next.
+    __syncthreads();
+    load_stage(kt + kAhead);
+
+    const int buf = kt & (kStages - 1);
+    const uint32_t sa = a_base + buf * kStageWordsA * 4;
+    const uint32_t sb = b_base + buf * kStageWordsB * 4;
+    wgmma_fence_operands(acc[0]);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < 2; ++s)  // step s reads segments 2s, 2s + 1
+      wgmma_m64n256k256_b1_and(acc[0], wgmma_desc(sa + 2 * s * kLeading, kLeading, kStride),
+                               wgmma_desc(sb + 2 * s * kLeading, kLeading, kStride));
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    wgmma_fence_operands(acc[0]);
+  }
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  wgmma_fence_operands(acc[0]);
+  cp_async_wait<0>();
+
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  store_tiles<1, kWgmmaTilesN, kEpilogue>(acc, m0 + warpgroup * 64 + (warp % 4) * 16 + g, n0 + 2 * t, t, M, N,
+                                          k_real, a_popc, b_popc, thresh, out);
+#endif
+}
+
+__global__ void wgmma_compiled_probe(int* compiled) { *compiled = BNN_WGMMA; }
+
+// Whether the loaded binary holds the wgmma kernel for the current device (asked once per process).
+bool wgmma_compiled() {
+  static std::atomic<int> state{-1};
+  int known = state.load();
+  if (known >= 0) return known == 1;
+  int* flag = nullptr;
+  int host = 0;
+  if (cudaMalloc(&flag, sizeof(int)) == cudaSuccess) {
+    wgmma_compiled_probe<<<1, 1>>>(flag);
+    if (cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) host = 0;
+    cudaFree(flag);
+  }
+  cudaGetLastError();  // a failed probe means "not available", not a sticky error for the caller
+  state.store(host == 1 ? 1 : 0);
+  return host == 1;
+}
+
+// ---- row popcounts and launchers ----------------------------------------------------------------------------
 
 __global__ void row_popcount_kernel(const uint32_t* __restrict__ x, int rows, int k_words, int k_real,
                                     int32_t* __restrict__ out) {
@@ -333,14 +550,18 @@ bool valid_problem(int64_t m, int64_t n, int64_t k_words, int64_t k) {
 template <Epilogue kEpilogue>
 cudaError_t launch(const uint32_t* a, const uint32_t* b, const int32_t* a_popc, const int32_t* b_popc,
                    const float* thresh, void* out, int64_t m, int64_t n, int64_t k_words, int64_t k,
-                   cudaStream_t stream) {
+                   int instruction, cudaStream_t stream) {
   if (!valid_problem(m, n, k_words, k)) return cudaErrorInvalidValue;
+  if (instruction != BNN_TC_MMA_SYNC && instruction != BNN_TC_WGMMA) return cudaErrorInvalidValue;
+  if (instruction == BNN_TC_WGMMA && !wgmma_compiled()) return cudaErrorNotSupported;
   if (m == 0 || n == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((n + kBlockN - 1) / kBlockN), static_cast<unsigned>((m + kBlockM - 1) / kBlockM));
   if (grid.y > 65535u) return cudaErrorInvalidValue;
   const bool aligned16 = k_words % 4 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(b) % 16 == 0;
-  auto kernel = aligned16 ? xnor_tc_kernel<true, kEpilogue> : xnor_tc_kernel<false, kEpilogue>;
+  auto kernel = instruction == BNN_TC_WGMMA
+                    ? (aligned16 ? xnor_tc_wgmma_kernel<true, kEpilogue> : xnor_tc_wgmma_kernel<false, kEpilogue>)
+                    : (aligned16 ? xnor_tc_kernel<true, kEpilogue> : xnor_tc_kernel<false, kEpilogue>);
   // More than 48 KiB of dynamic shared memory must be opted into, per kernel.
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
   if (err != cudaSuccess) return err;
@@ -365,13 +586,17 @@ extern "C" cudaError_t bnn_row_popcount_cuda(const uint32_t* x, int64_t rows, in
 
 extern "C" cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
                                              const int32_t* b_popc, int32_t* c, int64_t m, int64_t n,
-                                             int64_t words32, int64_t k, cudaStream_t stream) {
-  return launch<Epilogue::kInt32>(a, b, a_popc, b_popc, nullptr, c, m, n, words32, k, stream);
+                                             int64_t words32, int64_t k, int instruction, cudaStream_t stream) {
+  return launch<Epilogue::kInt32>(a, b, a_popc, b_popc, nullptr, c, m, n, words32, k, instruction, stream);
 }
 
 extern "C" cudaError_t bnn_xnor_tc_gemm_threshold_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
                                                        const int32_t* b_popc, const float* thresh,
                                                        uint64_t* out_bits, int64_t m, int64_t n, int64_t words32,
-                                                       int64_t k, cudaStream_t stream) {
-  return launch<Epilogue::kThresholdBits>(a, b, a_popc, b_popc, thresh, out_bits, m, n, words32, k, stream);
+                                                       int64_t k, int instruction, cudaStream_t stream) {
+  return launch<Epilogue::kThresholdBits>(a, b, a_popc, b_popc, thresh, out_bits, m, n, words32, k, instruction,
+                                          stream);
+}
+
+extern "C" int bnn_xnor_tc_wgmma_available(void) { return wgmma_compiled() ? 1 : 0;
 }

@@ -1,9 +1,10 @@
 """The 1-bit tensor-core GEMM (cuda/xnor_tc.cu): its CPU-side logic always, the kernel itself on a GPU.
 
-On the CPU, bnnctl.kernels.tensorcore models the kernel's data flow (stage tiles, swizzle, ldmatrix
-fragments, the mma's PTX fragment layouts, the epilogue's correction and output mapping); these tests
-hold that model to the float +/-1 product. With nvcc the source is compiled for sm_90 and its SASS
-must contain BMMA; with a GPU the kernel's output must equal the float product exactly.
+On the CPU, bnnctl.kernels.tensorcore models both kernels' data flow (stage loader and layouts, ldmatrix
+fragments and the mma's PTX fragment layouts, wgmma descriptors and accumulators, the epilogue's
+correction and output mapping); these tests hold that model to the float +/-1 product. With nvcc the
+source is compiled for sm_90 (BMMA in the SASS) and sm_90a (BGMMA too); with a GPU the kernels' output
+must equal the float product exactly.
 """
 from __future__ import annotations
 
@@ -84,26 +85,38 @@ def test_mma_model_multiplies_fragments_laid_out_by_the_ptx_table():
     assert not torch.equal(tc.mma_m16n8k256_and_popc(a[:, [0, 2, 1, 3]], b, c), d)
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 300, 513), (3, 5, 70), (130, 9, 1100), (17, 260, 192),
-                                   (129, 257, 600)])
-def test_emulated_kernel_equals_pm1_product(m, n, k):
+EMULATED_SHAPES = [(1, 1, 1), (1, 300, 513), (3, 5, 70), (130, 9, 1100), (17, 260, 192), (129, 257, 600)]
+
+
+@pytest.mark.parametrize("m,n,k", EMULATED_SHAPES)
+@pytest.mark.parametrize("instruction", ["mma", "wgmma"])
+def test_emulated_kernel_equals_pm1_product(m, n, k, instruction):
     """Whole blocks with ragged edges, several stages, a partial last stage, K words not a multiple of 4."""
     x, w, expected = pm1_inputs(m, n, k, seed=k)
-    assert torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k), expected)
+    assert torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k, instruction), expected)
 
 
-def test_emulated_kernel_notices_a_wrong_swizzle(monkeypatch):
+def test_emulated_mma_kernel_notices_a_wrong_swizzle(monkeypatch):
     """If the fragment reads forgot the swizzle that the loads apply, the product must come out wrong."""
     x, w, expected = pm1_inputs(20, 20, 512, seed=11)
-    real_addresses = tc._fragment_addresses
+    real_offsets = tc._fragment_offsets
 
-    def unswizzled_addresses(step):
+    def unswizzled_offsets(step):
         with monkeypatch.context() as patch:
-            patch.setattr(tc, "swizzle", lambda row, segment: segment)
-            return real_addresses(step)
+            patch.setattr(tc.SwizzledRows, "swizzle", staticmethod(lambda row, segment: segment))
+            return real_offsets(step)
 
-    monkeypatch.setattr(tc, "_fragment_addresses", unswizzled_addresses)
+    monkeypatch.setattr(tc, "_fragment_offsets", unswizzled_offsets)
     assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 512), expected)
+
+
+def test_emulated_wgmma_kernel_notices_swapped_descriptor_offsets(monkeypatch):
+    """Leading (next K core matrix) and stride (next 8-row group) offsets are not interchangeable."""
+    x, w, expected = pm1_inputs(20, 20, 512, seed=12)
+    real_operand = tc.wgmma_operand
+    monkeypatch.setattr(tc, "wgmma_operand", lambda smem, start, leading, stride, rows:
+                        real_operand(smem, start, stride, leading, rows))
+    assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 512, "wgmma"), expected)
 
 
 def test_threshold_bits_are_packed_like_pack():
@@ -134,23 +147,25 @@ def _cuobjdump() -> tuple[str, dict] | None:
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
-def test_kernel_compiles_for_sm90_without_spills_and_uses_bmma(tmp_path):
-    cubin = tmp_path / "xnor_tc.cubin"
-    result = subprocess.run([_nvcc(), "-arch=sm_90", "-O3", "-std=c++17", "--resource-usage", "-cubin",
-                             str(REPO / "cuda" / "xnor_tc.cu"), "-o", str(cubin)],
-                            capture_output=True, text=True, timeout=300)
+def test_kernels_compile_for_sm90_and_sm90a_without_spills_and_use_bmma_and_bgmma(tmp_path):
+    fatbin = tmp_path / "xnor_tc.fatbin"
+    result = subprocess.run([_nvcc(), "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90a,code=sm_90a",
+                             "-O3", "-std=c++17", "--resource-usage", "-fatbin", str(REPO / "cuda" / "xnor_tc.cu"),
+                             "-o", str(fatbin)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     usage = result.stdout + result.stderr
+    assert "warning" not in usage.lower(), usage
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", usage)
     assert frames and all(f == ("0", "0", "0") for f in frames), usage
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("compiled without spills; cuobjdump/nvdisasm not found to check the SASS")
     exe, env = tool
-    sass = subprocess.run([exe, "--dump-sass", str(cubin)], capture_output=True, text=True, env=env, timeout=120)
+    sass = subprocess.run([exe, "--dump-sass", str(fatbin)], capture_output=True, text=True, env=env, timeout=120)
     assert sass.returncode == 0, sass.stderr
-    assert "BMMA.168256.AND.POPC" in sass.stdout
-    assert "LDSM" in sass.stdout  # fragments come in through ldmatrix, not per-word shared loads
+    assert "BMMA.168256.AND.POPC" in sass.stdout  # mma.sync, in both targets
+    assert "LDSM" in sass.stdout  # its fragments come in through ldmatrix, not per-word shared loads
+    assert "BGMMA.64x256x256.AND.POPC" in sass.stdout  # wgmma, sm_90a only
     assert not re.search(r"\b(LDL|STL)\b", sass.stdout)  # no local memory
 
 

@@ -1,16 +1,19 @@
 """CPU-side logic of the 1-bit tensor-core GEMM (``cuda/xnor_tc.cu``), in plain torch.
 
-The CUDA kernel multiplies bit matrices with ``mma.sync.m16n8k256 ... .b1.b1.s32.and.popc``, which
-counts ``popc(a & b)``; the +/-1 dot product over ``k`` real entries follows from the row popcounts:
+The CUDA kernels multiply bit matrices on tensor cores (``mma.sync.m16n8k256`` or, on sm_90a,
+``wgmma.m64n256k256``, both ``.b1 ... .and.popc``), which count ``popc(a & b)``; the +/-1 dot product
+over ``k`` real entries follows from the row popcounts:
 
     dot = 4 * popc(a & b) - 2 * popc(a) - 2 * popc(b) + k
 
 (each of the ``k`` positions contributes +1 when a and b agree and -1 otherwise; zero padding bits
-add nothing to any of the three counts). This module holds that correction, the row popcounts, and a
-model of the kernel's data flow -- the stage tiling, the swizzled shared-memory layout, the ldmatrix
-fragment loads, the PTX fragment layouts of the mma and the epilogue's output mapping -- that tests run
-on the CPU against the float +/-1 product. The model mirrors the kernel's constants and index formulas
-one for one, so a wrong fragment or swizzle formula there shows up here as a wrong product.
+add nothing to any of the three counts). This module holds that correction, the row popcounts, the
+threshold epilogue's bit packing, and a model of both kernels' data flow -- the stage loader and its
+shared-memory layouts (swizzled rows, core matrices), the ldmatrix fragment loads and the PTX fragment
+layouts of mma.sync, the wgmma matrix descriptors and accumulator layout, the epilogue's output
+mapping -- that tests run on the CPU against the float +/-1 product. The model mirrors the kernels'
+constants and index formulas one for one, so a slip in one of those formulas shows here as a wrong
+product. What it cannot show is whether the PTX tables were read right; that needs a GPU.
 """
 from __future__ import annotations
 
@@ -63,11 +66,20 @@ def and_popcount_gemm(a_packed: torch.Tensor, b_packed: torch.Tensor, k: int) ->
     return correct(and_counts, row_popcount(a_packed), row_popcount(b_packed), k)
 
 
-# ---- the kernel's data flow ----------------------------------------------------------------------
+# ---- the kernels' data flow ---------------------------------------------------------------------
+
+THREADS = 256
+ROWS_PER_PASS = THREADS // (STAGE_WORDS // SEGMENT_WORDS)  # rows one pass of the stage loader covers
+
 
 def _lanes() -> tuple[torch.Tensor, torch.Tensor]:
     lane = torch.arange(32)
     return lane >> 2, lane & 3  # groupID, threadID_in_group
+
+
+def _popc_products(a_words: torch.Tensor, b_words: torch.Tensor) -> torch.Tensor:
+    """popc(a_i & b_j) summed over words: (..., I, W) x (..., J, W) -> (..., I, J)."""
+    return popcount(a_words[..., :, None, :] & b_words[..., None, :, :]).sum(-1, dtype=torch.int32)
 
 
 def mma_m16n8k256_and_popc(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -89,55 +101,93 @@ def mma_m16n8k256_and_popc(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) ->
         a_mat[..., g + 8 * (r % 2), 4 * (r // 2) + t] = a[..., r]
     for r in range(2):
         b_mat[..., g, 4 * r + t] = b[..., r]
-    counts = popcount(a_mat[..., :, None, :] & b_mat[..., None, :, :]).sum(-1, dtype=torch.int32)  # (..., 16, 8)
+    counts = _popc_products(a_mat, b_mat)  # (..., 16, 8)
     d = c.expand(*batch, 32, 4).clone()
     for r in range(4):
         d[..., r] += counts[..., g + 8 * (r // 2), 2 * t + r % 2]
     return d
 
 
-def swizzle(row, segment):
-    """Physical 16-byte segment of logical `segment` in stage row `row` (the kernel's swizzle())."""
-    return segment ^ ((row >> 1) & 3)
+class SwizzledRows:
+    """Stage layout of the mma.sync kernel (cuda/xnor_tc.cu, SwizzledRows): offsets in 32-bit words."""
+
+    @staticmethod
+    def swizzle(row, segment):
+        return segment ^ ((row >> 1) & 3)
+
+    @classmethod
+    def offset(cls, row, segment):
+        return row * STAGE_WORDS + cls.swizzle(row, segment) * SEGMENT_WORDS
+
+    @staticmethod
+    def copy_row(tid):
+        return tid // 4
+
+    @staticmethod
+    def copy_seg(tid):
+        return tid % 4
 
 
-def _stage_tile(words: torch.Tensor, row0: int, rows: int, kt: int) -> torch.Tensor:
-    """Shared memory of one operand for stage kt as the cp.async loads leave it: (rows, 16) words.
+class CoreMatrices:
+    """Stage layout of the wgmma kernel (CoreMatrices): 8-row x 16-byte core matrices, no swizzle."""
 
-    Rows past the matrix and words past its end are zero-filled (cp.async src-size 0); logical segment
-    s of row r lands at physical segment swizzle(r, s).
+    CORE_WORDS = 8 * SEGMENT_WORDS  # 128 bytes
+    GROUP_WORDS = (STAGE_WORDS // SEGMENT_WORDS) * CORE_WORDS  # one 8-row group, 512 bytes
+
+    @classmethod
+    def offset(cls, row, segment):
+        return (row // 8) * cls.GROUP_WORDS + segment * cls.CORE_WORDS + (row % 8) * SEGMENT_WORDS
+
+    @staticmethod
+    def copy_row(tid):
+        return tid % 8 + 8 * (tid // 32)
+
+    @staticmethod
+    def copy_seg(tid):
+        return (tid // 8) % 4
+
+
+def _stage_smem(words: torch.Tensor, row0: int, rows: int, kt: int, layout) -> torch.Tensor:
+    """Shared memory of one operand for stage kt as the kernel's StageLoader leaves it: flat int32 words.
+
+    Thread tid copies segment copy_seg(tid) of rows copy_row(tid) + 64 i to offset(copy_row, copy_seg)
+    + i * 64 * 16, exactly the kernel's arithmetic; rows past the matrix and words past its end are
+    zero-filled (cp.async src-size 0). Every word must be written exactly once.
     """
-    total_rows, k_words = words.shape
     tile = torch.zeros(rows, STAGE_WORDS, dtype=torch.int32)
     src = words[row0:row0 + rows, kt * STAGE_WORDS:(kt + 1) * STAGE_WORDS]
     tile[:src.shape[0], :src.shape[1]] = src
-    row = torch.arange(rows)[:, None]
-    seg = torch.arange(STAGE_WORDS // SEGMENT_WORDS)[None, :]
-    smem = torch.zeros_like(tile).view(rows, -1, SEGMENT_WORDS)
-    smem[row, swizzle(row, seg)] = tile.view(rows, -1, SEGMENT_WORDS)[row, seg]
-    return smem.view(rows, STAGE_WORDS)
+    tid = torch.arange(THREADS)
+    row, seg = layout.copy_row(tid), layout.copy_seg(tid)
+    smem = torch.zeros(rows * STAGE_WORDS, dtype=torch.int32)
+    writes = torch.zeros(rows * STAGE_WORDS, dtype=torch.int32)
+    word = torch.arange(SEGMENT_WORDS)
+    for i in range(rows // ROWS_PER_PASS):
+        dst = (layout.offset(row, seg) + i * ROWS_PER_PASS * STAGE_WORDS)[:, None] + word
+        segments = tile[row + i * ROWS_PER_PASS].view(THREADS, STAGE_WORDS // SEGMENT_WORDS, SEGMENT_WORDS)
+        smem[dst] = segments[torch.arange(THREADS), seg]
+        writes[dst] += 1
+    if not bool((writes == 1).all()):
+        raise AssertionError("the stage loader does not write every shared-memory word exactly once")
+    return smem
 
 
-def ldmatrix_x4(smem: torch.Tensor, rows: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """ldmatrix.sync.aligned.m8n8.x4.shared.b16 on a (rows, 16)-word stage tile.
+def ldmatrix_x4(smem: torch.Tensor, lane_offsets: torch.Tensor) -> torch.Tensor:
+    """ldmatrix.sync.aligned.m8n8.x4.shared.b16 on flat shared memory (int32 words).
 
-    rows, segments: (..., 32) -- the row and physical segment each lane points at (lanes 8q..8q+7 give
-    the 8 rows of matrix q). Lane 4g + t receives word t of row g of each matrix q as register q.
-    Returns (..., 32, 4) int32.
+    lane_offsets: (..., 32) word offset each lane hands in (lanes 8q..8q+7: the 8 rows of matrix q).
+    Lane 4g + t receives word t of row g of matrix q as register q. Returns (..., 32, 4) int32.
     """
     g, t = _lanes()
-    seg_words = smem.view(smem.shape[0], -1, SEGMENT_WORDS)
-    regs = [seg_words[rows[..., 8 * q + g], segments[..., 8 * q + g], t] for q in range(4)]
-    return torch.stack(regs, dim=-1)
+    return torch.stack([smem[lane_offsets[..., 8 * q + g] + t] for q in range(4)], dim=-1)
 
 
-def _fragment_addresses(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row and physical segment each lane of each warp hands ldmatrix for A tile i / B tile pair jp.
+def _fragment_offsets(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word offsets each lane of each warp hands ldmatrix for A tile i / B tile pair jp, at mma step `step`.
 
-    Returns a_rows, a_segs of shape (WARPS, TILES_M, 32) and b_rows, b_segs of shape
-    (WARPS, TILES_N // 2, 32), with the kernel's formulas: lane = 8 q + rr; A matrix q is rows
-    (q & 1) * 8 + rr at segment 2 * step + (q >> 1); B matrix q is columns (q >> 1) * 8 + rr at
-    segment 2 * step + (q & 1).
+    Shapes (WARPS, TILES_M, 32) and (WARPS, TILES_N // 2, 32); the kernel's formulas: lane = 8 q + rr;
+    A matrix q is rows (q & 1) * 8 + rr of the tile at segment 2 step + (q >> 1); B matrix q is
+    columns (q >> 1) * 8 + rr of the tile pair at segment 2 step + (q & 1).
     """
     lane = torch.arange(32)
     q, rr = lane >> 3, lane & 7
@@ -145,55 +195,111 @@ def _fragment_addresses(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     warp_m, warp_n = warp // WARPS_N, warp % WARPS_N
     i = torch.arange(TILES_M)[None, :, None]
     jp = torch.arange(TILES_N // 2)[None, :, None]
-    a_rows = warp_m * WARP_M + i * MMA_M + (q & 1) * 8 + rr
-    a_segs = swizzle(rr, 2 * step + (q >> 1)).expand_as(a_rows)
-    b_rows = warp_n * WARP_N + jp * 2 * MMA_N + (q >> 1) * 8 + rr
-    b_segs = swizzle(rr, 2 * step + (q & 1)).expand_as(b_rows)
-    return a_rows, a_segs, b_rows, b_segs
+    a = SwizzledRows.offset(warp_m * WARP_M + i * MMA_M + (q & 1) * 8 + rr, 2 * step + (q >> 1))
+    b = SwizzledRows.offset(warp_n * WARP_N + jp * 2 * MMA_N + (q >> 1) * 8 + rr, 2 * step + (q & 1))
+    return a, b
 
 
-def emulate_tc_gemm(a_packed: torch.Tensor, b_packed: torch.Tensor, k: int) -> torch.Tensor:
-    """The CUDA kernel's computation, block by block and fragment by fragment, on the CPU.
+def _mma_sync_stage(smem_a: torch.Tensor, smem_b: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """One stage of the mma.sync kernel: acc (WARPS, TILES_M, TILES_N, 32, 4) in m16n8 tile order."""
+    for step in range(STEPS_PER_STAGE):
+        a_offsets, b_offsets = _fragment_offsets(step)
+        a_frag = ldmatrix_x4(smem_a, a_offsets)  # (WARPS, TILES_M, 32, 4)
+        b_pairs = ldmatrix_x4(smem_b, b_offsets)  # (WARPS, TILES_N / 2, 32, 4)
+        # Registers 0, 1 of a pair feed n tile 2 jp, registers 2, 3 feed n tile 2 jp + 1.
+        b_frag = b_pairs.view(WARPS, TILES_N // 2, 32, 2, 2).permute(0, 1, 3, 2, 4).reshape(WARPS, TILES_N, 32, 2)
+        acc = mma_m16n8k256_and_popc(a_frag[:, :, None], b_frag[:, None], acc)
+    return acc
 
-    a_packed (M, W), b_packed (N, W): pack() output of the same real K = k. Returns int32 (M, N).
-    Slow (seconds for a few hundred rows): for tests of the kernel's layouts, not for use.
+
+def wgmma_operand(smem: torch.Tensor, start: int, leading: int, stride: int, rows: int) -> torch.Tensor:
+    """What wgmma reads through a K-major, no-swizzle matrix descriptor: (rows, 8) words (256 bits per row).
+
+    Offsets in words: core matrix (8 rows x 16 bytes) of row group r // 8 and K column c (0 or 1) starts at
+    start + (r // 8) * stride + c * leading; its row r % 8 is the 16 bytes at + (r % 8) * 4.
+    """
+    r = torch.arange(rows)[:, None]
+    c = torch.arange(MMA_K_WORDS)[None, :] // SEGMENT_WORDS
+    w = torch.arange(MMA_K_WORDS)[None, :] % SEGMENT_WORDS
+    return smem[start + (r // 8) * stride + c * leading + (r % 8) * SEGMENT_WORDS + w]
+
+
+WGMMA_N = BLOCK_N
+
+
+def _wgmma_stage(smem_a: torch.Tensor, smem_b: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    """One stage of the wgmma kernel: acc (WARPS, 1, WGMMA_N / 8, 32, 4), each warpgroup's m64n256 tile.
+
+    Two m64n256k256 per warpgroup with descriptors at segment 2s, leading byte offset 128 (next K core
+    matrix), stride byte offset 512 (next 8-row group); the accumulator layout per warp w of a warpgroup
+    is m16n8 tile order: d[j][r] = D[16 w + g + 8 (r // 2), 8 j + 2 t + r % 2].
+    """
+    leading, stride = CoreMatrices.CORE_WORDS, CoreMatrices.GROUP_WORDS
+    g, t = _lanes()
+    r = torch.arange(4)
+    rows = (torch.arange(4)[:, None, None, None] * 16 + g[:, None] + 8 * (r // 2))  # (4 warps, 1, 32, 4)
+    cols = torch.arange(WGMMA_N // 8)[:, None, None] * 8 + 2 * t[:, None] + r % 2  # (32 tiles, 32, 4)
+    for warpgroup in range(2):
+        a_start = warpgroup * (64 // 8) * stride
+        d = torch.zeros(64, WGMMA_N, dtype=torch.int32)
+        for step in range(STEPS_PER_STAGE):
+            a = wgmma_operand(smem_a, a_start + 2 * step * leading, leading, stride, 64)
+            b = wgmma_operand(smem_b, 2 * step * leading, leading, stride, WGMMA_N)
+            d += _popc_products(a, b)
+        warps = slice(4 * warpgroup, 4 * warpgroup + 4)
+        acc[warps, 0] += d[rows.expand(4, WGMMA_N // 8, 32, 4), cols.expand(4, -1, -1, -1)]
+    return acc
+
+
+def emulate_tc_gemm(a_packed: torch.Tensor, b_packed: torch.Tensor, k: int, instruction: str = "mma") -> torch.Tensor:
+    """One of the CUDA kernels' computation, block by block and fragment by fragment, on the CPU.
+
+    a_packed (M, W), b_packed (N, W): pack() output of the same real K = k; instruction "mma"
+    (xnor_tc_kernel) or "wgmma" (xnor_tc_wgmma_kernel). Returns int32 (M, N).
+    Slow (seconds for a few hundred rows): for tests of the kernels' layouts, not for use.
     """
     a, b = words32(a_packed), words32(b_packed)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"A and B rows differ in width: {a.shape[1]} vs {b.shape[1]} words")
+    if instruction == "mma":
+        layout, stage, tiles = SwizzledRows, _mma_sync_stage, (TILES_M, TILES_N)
+    elif instruction == "wgmma":
+        layout, stage, tiles = CoreMatrices, _wgmma_stage, (1, WGMMA_N // MMA_N)
+    else:
+        raise ValueError(f"instruction must be 'mma' or 'wgmma', not {instruction!r}")
     m_rows, n_rows, k_words = a.shape[0], b.shape[0], a.shape[1]
     a_popc, b_popc = row_popcount(a_packed), row_popcount(b_packed)
     out = torch.empty(m_rows, n_rows, dtype=torch.int32)
     k_tiles = -(-k_words // STAGE_WORDS)
-    addresses = [_fragment_addresses(step) for step in range(STEPS_PER_STAGE)]
     for m0 in range(0, m_rows, BLOCK_M):
         for n0 in range(0, n_rows, BLOCK_N):
-            acc = torch.zeros(WARPS, TILES_M, TILES_N, 32, 4, dtype=torch.int32)
+            acc = torch.zeros(WARPS, *tiles, 32, 4, dtype=torch.int32)
             for kt in range(k_tiles):
-                smem_a = _stage_tile(a, m0, BLOCK_M, kt)
-                smem_b = _stage_tile(b, n0, BLOCK_N, kt)
-                for a_rows, a_segs, b_rows, b_segs in addresses:
-                    a_frag = ldmatrix_x4(smem_a, a_rows, a_segs)  # (WARPS, TILES_M, 32, 4)
-                    b_pairs = ldmatrix_x4(smem_b, b_rows, b_segs)  # (WARPS, TILES_N / 2, 32, 4)
-                    # Registers 0, 1 of a pair feed n tile 2 jp, registers 2, 3 feed n tile 2 jp + 1.
-                    b_frag = b_pairs.view(WARPS, TILES_N // 2, 32, 2, 2).permute(0, 1, 3, 2, 4)
-                    b_frag = b_frag.reshape(WARPS, TILES_N, 32, 2)
-                    acc = mma_m16n8k256_and_popc(a_frag[:, :, None], b_frag[:, None], acc)
-            _epilogue(acc, out, m0, n0, a_popc, b_popc, k)
+                acc = stage(_stage_smem(a, m0, BLOCK_M, kt, layout), _stage_smem(b, n0, BLOCK_N, kt, layout), acc)
+            warp = torch.arange(WARPS)
+            if instruction == "mma":
+                row_base = m0 + (warp // WARPS_N) * WARP_M
+                col_base = n0 + (warp % WARPS_N) * WARP_N
+            else:
+                row_base = m0 + (warp // 4) * 64 + (warp % 4) * 16
+                col_base = torch.full_like(warp, n0)
+            _store_tiles(acc, row_base, col_base, out, a_popc, b_popc, k)
     return out
 
 
-def _epilogue(acc: torch.Tensor, out: torch.Tensor, m0: int, n0: int, a_popc: torch.Tensor,
-              b_popc: torch.Tensor, k: int) -> None:
-    """Store one block's accumulators with the correction, dropping rows and columns past the matrix."""
+def _store_tiles(acc: torch.Tensor, row_base: torch.Tensor, col_base: torch.Tensor, out: torch.Tensor,
+                 a_popc: torch.Tensor, b_popc: torch.Tensor, k: int) -> None:
+    """The kernels' store_tiles: acc (WARPS, I, J, 32, 4) in m16n8 tile order, warp w's tile (i, j) at rows
+    row_base[w] + 16 i + g (+ 8), columns col_base[w] + 8 j + 2 t (+ 1); rows and columns past the
+    matrix are dropped; the correction is applied on the way out."""
     g, t = _lanes()
-    warp = torch.arange(WARPS)[:, None, None, None, None]
-    i = torch.arange(TILES_M)[None, :, None, None, None]
-    j = torch.arange(TILES_N)[None, None, :, None, None]
+    warps, tiles_m, tiles_n = acc.shape[:3]
+    shape = (warps, tiles_m, tiles_n, 32, 4)
+    i = torch.arange(tiles_m)[None, :, None, None, None]
+    j = torch.arange(tiles_n)[None, None, :, None, None]
     r = torch.arange(4)
-    rows = m0 + (warp // WARPS_N) * WARP_M + i * MMA_M + g[:, None] + 8 * (r // 2)
-    cols = n0 + (warp % WARPS_N) * WARP_N + j * MMA_N + 2 * t[:, None] + r % 2
-    rows, cols = torch.broadcast_tensors(rows, cols)
+    rows = (row_base[:, None, None, None, None] + i * MMA_M + g[:, None] + 8 * (r // 2)).expand(shape)
+    cols = (col_base[:, None, None, None, None] + j * MMA_N + 2 * t[:, None] + r % 2).expand(shape)
     keep = (rows < out.shape[0]) & (cols < out.shape[1])
     rows, cols, counts = rows[keep], cols[keep], acc[keep]
     out[rows, cols] = (4 * counts - 2 * a_popc[rows] - 2 * b_popc[cols] + k).to(torch.int32)
