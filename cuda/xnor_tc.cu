@@ -189,6 +189,33 @@ struct StageLoader {
   }
 };
 
+// Both operands of a block: stage kt of A (kBlockM rows) and B (kBlockN rows) into buffer kt % kStages.
+// One commit per call, even when nothing is left to load, keeps the cp.async group count in step with the
+// tile index, so wait_group<n> always means "all but the last n tiles have landed".
+template <bool kAligned16, typename Layout>
+struct StagePipeline {
+  StageLoader<kBlockM, kAligned16, Layout> a;
+  StageLoader<kBlockN, kAligned16, Layout> b;
+  uint32_t* smem_a;
+  uint32_t* smem_b;
+  int k_words;
+  int k_tiles;
+
+  __device__ __forceinline__ StagePipeline(const uint32_t* a_src, const uint32_t* b_src, uint32_t* smem, int m0,
+                                           int n0, int M, int N, int k_words_)
+      : a(a_src, m0, M, k_words_), b(b_src, n0, N, k_words_), smem_a(smem), smem_b(smem + kStages * kStageWordsA),
+        k_words(k_words_), k_tiles((k_words_ + kStageWords - 1) / kStageWords) {}
+
+  __device__ __forceinline__ void load(int kt) const {
+    if (kt < k_tiles) {
+      const int buf = kt & (kStages - 1);
+      a.load(smem_a + buf * kStageWordsA, kt, k_words);
+      b.load(smem_b + buf * kStageWordsB, kt, k_words);
+    }
+    cp_async_commit();
+  }
+};
+
 // ---- epilogue -------------------------------------------------------------------------------------------
 
 enum class Epilogue { kInt32, kThresholdBits };
@@ -296,23 +323,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp_n = warp % kWarpsN;
   const int m0 = blockIdx.y * kBlockM;
   const int n0 = blockIdx.x * kBlockN;
-  const int k_tiles = (k_words + kStageWords - 1) / kStageWords;
-
-  // One commit per stage even when there is nothing left to load keeps the group count in step with
-  // the tile index, so wait_group<kStages - 2> always means "tile kt has landed".
-  const StageLoader<kBlockM, kAligned16, SwizzledRows> loader_a(a, m0, M, k_words);
-  const StageLoader<kBlockN, kAligned16, SwizzledRows> loader_b(b, n0, N, k_words);
-  auto load_stage = [&](int kt) {
-    if (kt < k_tiles) {
-      const int buf = kt & (kStages - 1);
-      loader_a.load(smem_a + buf * kStageWordsA, kt, k_words);
-      loader_b.load(smem_b + buf * kStageWordsB, kt, k_words);
-    }
-    cp_async_commit();
-  };
-
+  const StagePipeline<kAligned16, SwizzledRows> pipeline(a, b, smem, m0, n0, M, N, k_words);
+  const int k_tiles = pipeline.k_tiles;
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) load_stage(s);
+  for (int s = 0; s < kStages - 1; ++s) pipeline.load(s);
 
   int acc[kMmaTilesM][kMmaTilesN][4];
 #pragma unroll
@@ -342,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // After this barrier every thread's copies of tile kt are visible, and every warp is done reading
     // tile kt - 1, whose buffer the next load reuses.
     __syncthreads();
-    load_stage(kt + kStages - 1);
+    pipeline.load(kt + kStages - 1);
 
     const int buf = kt & (kStages - 1);
     const uint32_t sa = smem_a_addr + buf * kStageWordsA * 4;
@@ -442,23 +456,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warpgroup = warp / 4;
   const int m0 = blockIdx.y * kBlockM;
   const int n0 = blockIdx.x * kBlockN;
-  const int k_tiles = (k_words + kStageWords - 1) / kStageWords;
   // A stage may be overwritten only after the wgmma group reading it has retired; with one group left
   // in flight, loads run kStages - 2 tiles ahead.
   constexpr int kAhead = kStages - 2;
-
-  const StageLoader<kBlockM, kAligned16, CoreMatrices> loader_a(a, m0, M, k_words);
-  const StageLoader<kBlockN, kAligned16, CoreMatrices> loader_b(b, n0, N, k_words);
-  auto load_stage = [&](int kt) {
-    if (kt < k_tiles) {
-      const int buf = kt & (kStages - 1);
-      loader_a.load(smem_a + buf * kStageWordsA, kt, k_words);
-      loader_b.load(smem_b + buf * kStageWordsB, kt, k_words);
-    }
-    cp_async_commit();
-  };
+  const StagePipeline<kAligned16, CoreMatrices> pipeline(a, b, smem, m0, n0, M, N, k_words);
+  const int k_tiles = pipeline.k_tiles;
 #pragma unroll
-  for (int s = 0; s < kAhead; ++s) load_stage(s);
+  for (int s = 0; s < kAhead; ++s) pipeline.load(s);
 
   int acc[1][kWgmmaTilesN][4];
 #pragma unroll
@@ -479,7 +483,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // After this barrier tile kt is complete for everyone, and every warpgroup has retired the wgmma
     // group of tile kt - 2 (its wait_group 1 at the end of iteration kt - 1), whose buffer is loaded next.
     __syncthreads();
-    load_stage(kt + kAhead);
+    pipeline.load(kt + kAhead);
 
     const int buf = kt & (kStages - 1);
     const uint32_t sa = a_base + buf * kStageWordsA * 4;
