@@ -128,6 +128,46 @@ def test_threshold_bits_are_packed_like_pack():
     assert torch.equal(tc.threshold_bits(dot, thresh), expected)
 
 
+def test_tc_impl_on_cpu_tensors_falls_back_to_the_cpu_kernel():
+    """The dispatcher never fails: impl="tc" and the threshold form give the exact values on the CPU too."""
+    x, w, expected = pm1_inputs(9, 70, 300, seed=21)
+    a, b = kernels.pack(x), kernels.pack(w)
+    assert torch.equal(kernels.xnor_gemm(a, b, 300, impl="tc"), expected)
+    thresh = torch.randn(70, generator=torch.Generator().manual_seed(2)) * 6
+    assert torch.equal(tc.xnor_gemm_threshold(a, b, 300, thresh), tc.threshold_bits(expected, thresh))
+
+
+def test_threshold_form_rejects_a_wrong_number_of_thresholds():
+    x, w, _ = pm1_inputs(2, 5, 10, seed=1)
+    with pytest.raises(kernels.KernelError, match="one threshold per row of b"):
+        tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), 10, torch.zeros(4))
+
+
+B1_PEAK_LOG = """NVIDIA H100 80GB HBM3, 132 SMs, clock 1980000 kHz (max)
+cuda-core xor+popc+add            250.5 T ops/s      1000 ops/clk/SM (clock64, 528 blocks, 1.000 ms)
+mma.sync m16n8k256 AND           4000.0 T ops/s     16000 ops/clk/SM (clock64, 264 blocks, 1.000 ms)
+wgmma m64n128k256 b1 AND         8000.0 T ops/s     32000 ops/clk/SM (clock64, 132 blocks, 1.000 ms)
+"""
+
+
+def test_b1_peaks_are_read_from_the_micro_benchmark_output():
+    assert tc.parse_b1_peaks(B1_PEAK_LOG) == {"cuda-core xor+popc+add": 250.5, "mma.sync m16n8k256 AND": 4000.0,
+                                              "wgmma m64n128k256 b1 AND": 8000.0}
+
+
+def test_each_tensor_core_kernel_is_held_to_its_own_peak():
+    result = {"shape": {"m": 8192, "n": 8192, "k": 8192}, "kernels": {
+        "xnor": {"status": "ok", "tbops": 200.0, "median_ms": 5.0, "exact": True},
+        "xnor-tc": {"status": "ok", "tbops": 3000.0, "median_ms": 0.4, "exact": True, "x_torch_bf16": 3.5},
+        "xnor-tc-wgmma": {"status": "ok", "tbops": 6000.0, "median_ms": 0.2, "exact": True},
+        "bf16": {"status": "ok", "tbops": 800.0, "median_ms": 1.4, "exact": True}}}
+    lines = tc.peak_share_lines([result], tc.parse_b1_peaks(B1_PEAK_LOG))
+    assert len(lines) == 2
+    assert lines[0].startswith("xnor-tc 8192x8192x8192") and "75% of mma.sync m16n8k256 AND" in lines[0]
+    assert "x_torch_bf16 3.50" in lines[0]
+    assert lines[1].startswith("xnor-tc-wgmma") and "75% of wgmma m64n128k256 b1 AND" in lines[1]
+
+
 # ---- compiled code ----------------------------------------------------------------------------------
 
 def _nvcc() -> str | None:
@@ -198,9 +238,36 @@ def test_cuda_tc_gemm_is_exact(m, n, k):
 def test_cuda_threshold_epilogue_writes_packed_bits(m, n, k):
     x, w, expected_dot = pm1_inputs(m, n, k, seed=k, device="cuda")
     thresh = torch.randn(n, generator=torch.Generator().manual_seed(k)) * 8
-    words = -(-n // 64)
-    _poisoned_allocator((m, words), torch.int64, 0x5A5A5A5A5A5A5A5A)
+    _poisoned_allocator((m, -(-n // 64)), torch.int64, 0x5A5A5A5A5A5A5A5A)
     bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda())
+    assert torch.equal(bits.cpu(), tc.threshold_bits(expected_dot, thresh))
+
+
+def _skip_without_wgmma():
+    if not tc.wgmma_available():
+        pytest.skip("the extension has no wgmma kernel here (build with TORCH_CUDA_ARCH_LIST=9.0a on an sm_90 GPU)")
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("m,n,k", CUDA_SHAPES)
+def test_cuda_wgmma_kernel_is_exact(m, n, k):
+    _skip_without_wgmma()
+    x, w, expected = pm1_inputs(m, n, k, seed=m + n + k, device="cuda")
+    _poisoned_allocator((m, n), torch.int32, -(2**31) + 7)
+    out = tc.xnor_gemm_tc(kernels.pack(x), kernels.pack(w), k, wgmma=True)
+    assert torch.equal(out.cpu(), expected)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_wgmma_threshold_epilogue_writes_packed_bits():
+    _skip_without_wgmma()
+    m, n, k = 129, 257, 600
+    x, w, expected_dot = pm1_inputs(m, n, k, seed=3, device="cuda")
+    thresh = torch.randn(n, generator=torch.Generator().manual_seed(3)) * 8
+    _poisoned_allocator((m, -(-n // 64)), torch.int64, 0x5A5A5A5A5A5A5A5A)
+    bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda(), wgmma=True)
     assert torch.equal(bits.cpu(), tc.threshold_bits(expected_dot, thresh))
 
 

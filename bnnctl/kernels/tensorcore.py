@@ -317,3 +317,116 @@ def threshold_bits(dot: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
     padded[:, :n_cols] = bits
     weights = torch.ones(64, dtype=torch.int64) << torch.arange(64, dtype=torch.int64)
     return (padded.view(m_rows, words, 64) * weights).sum(-1)  # int64 wraps bit 63 to the sign, as pack() does
+
+
+# ---- the CUDA kernels from Python -----------------------------------------------------------------
+
+def xnor_gemm_tc(a: torch.Tensor, b: torch.Tensor, k: int, thresh: torch.Tensor | None = None,
+                 wgmma: bool = False) -> torch.Tensor:
+    """The tensor-core XNOR GEMM on pack() output: int32 (m, n) ±1 products, or with ``thresh`` (n floats)
+    the packed bits of (product >= thresh) per column, int64 (m, ceil(n / 64)) like pack().
+
+    ``wgmma`` picks the sm_90a kernel (needs an extension built with TORCH_CUDA_ARCH_LIST=9.0a). On CPU
+    tensors the CPU XNOR kernel computes the same values.
+    """
+    from . import KernelError, _check_device, _check_packed, _ops  # the package's own argument checks
+
+    _check_packed(a, k, "xnor_gemm_tc()", "a")
+    _check_packed(b, k, "xnor_gemm_tc()", "b")
+    if a.device != b.device:
+        raise KernelError(f"xnor_gemm_tc() needs a and b on the same device, got {a.device} and {b.device}")
+    _check_device(a, "xnor_gemm_tc()")
+    if thresh is not None:
+        if not isinstance(thresh, torch.Tensor) or thresh.dim() != 1 or thresh.shape[0] != b.shape[0]:
+            raise KernelError(f"xnor_gemm_tc() takes one threshold per row of b ({b.shape[0]}), as a 1-D tensor")
+        if thresh.device != a.device:
+            raise KernelError(f"xnor_gemm_tc() needs the thresholds on {a.device}, got {thresh.device}")
+        thresh = thresh.to(torch.float32).contiguous()
+    return _ops().xnor_tc_gemm(a.contiguous(), b.contiguous(), k, thresh, wgmma)
+
+
+def xnor_gemm_threshold(a: torch.Tensor, b: torch.Tensor, k: int, thresh: torch.Tensor,
+                        wgmma: bool = False) -> torch.Tensor:
+    """Packed bits (int64, like pack()) of bit(dot[i, j] >= thresh[j]), the next binary layer's input."""
+    return xnor_gemm_tc(a, b, k, thresh, wgmma)
+
+
+def wgmma_available() -> bool:
+    """Whether the loaded extension has the wgmma kernel for the current GPU (sm_90a build on sm_90)."""
+    from . import available
+
+    if not available()["cuda"]:
+        return False
+    one = torch.zeros(1, 1, dtype=torch.int64, device="cuda")
+    try:
+        xnor_gemm_tc(one, one, 1, wgmma=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+# ---- reporting against the card's b1 ceilings (tools/gpu_peaks/b1_peak.cu) ------------------------
+
+def parse_b1_peaks(log: str) -> dict[str, float]:
+    """The T ops/s column of b1_peak's output, by line name ("mma.sync m16n8k256 AND", ...)."""
+    import re
+
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S.*?)\s+([0-9.]+) T ops/s", log, re.MULTILINE)}
+
+
+# The b1_peak line each tensor-core kernel is held to.
+MATCHING_PEAK = {"mma": "mma.sync m16n8k256 AND", "wgmma": "wgmma m64n128k256 b1 AND"}
+
+
+def peak_share_lines(results: list[dict], peaks: dict[str, float]) -> list[str]:
+    """One line per tensor-core kernel run in bench records: its rate as a share of the matching b1 peak."""
+    lines = []
+    for result in results:
+        shape = "x".join(str(result["shape"][d]) for d in "mnk")
+        for name, entry in result.get("kernels", {}).items():
+            instruction = "wgmma" if "wgmma" in name else "mma" if name.startswith("xnor-tc") else None
+            if instruction is None or entry.get("status") != "ok":
+                continue
+            peak_name = MATCHING_PEAK[instruction]
+            peak = peaks.get(peak_name)
+            share = f"{100 * entry['tbops'] / peak:.0f}% of {peak_name} ({peak:.0f} T ops/s)" if peak else \
+                f"no '{peak_name}' line in the b1_peak log"
+            ratios = ", ".join(f"{key} {entry[key]:.2f}" for key in ("x_torch_bf16", "x_cublas_fp32")
+                               if entry.get(key) is not None)
+            lines.append(f"{name} {shape}: {entry['median_ms']:.3f} ms, {entry['tbops']:.0f} T binary-op/s = {share}"
+                         f"{'; ' + ratios if ratios else ''}; exact: {entry['exact']}")
+    return lines
+
+
+def report_peak_shares(out_dir: str) -> None:
+    """Print peak_share_lines for every bench JSON in out_dir, against out_dir/gpu_peaks.log."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    log = out / "gpu_peaks.log"
+    peaks = parse_b1_peaks(log.read_text()) if log.exists() else {}
+    print(f"b1 peaks ({log}): {peaks or 'none found'}")
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    for line in peak_share_lines([r for r in results if r.get("kind") == "kernels"], peaks):
+        print(line)
+
+
+WGMMA_BENCH_NAME = "xnor-tc-wgmma"
+
+
+def bench_wgmma(out_dir: str, m: int, n: int, k: int, others: str = "xnor-tc,bf16,cublas") -> None:
+    """``bnnctl bench`` with the wgmma kernel added to its table for this run only (it exists only in
+    sm_90a builds, so ``--kernel all`` leaves it out): times it beside ``others`` and records the JSON."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .. import bench
+
+    bench.KERNELS.setdefault(WGMMA_BENCH_NAME, bench.BenchKernel(
+        "XNOR, tensor cores (wgmma m64n256k256 b1 AND+POPC, sm_90a)",
+        lambda o: xnor_gemm_tc(o.a_bits, o.b_bits, o.k, wgmma=True), packed=True, devices=("cuda",),
+        unavailable="CUDA-only kernel"))
+    bench.run_bench(f"{WGMMA_BENCH_NAME},{others}", m, n, k, repeat=20, device="cuda", out=Path(out_dir),
+                    popc_peak_tbops=None, command=f"tensorcore.bench_wgmma({m}, {n}, {k})", console=Console())
