@@ -1,0 +1,310 @@
+// CPU kernels (see cpu_kernels.h). Each instruction-set variant is compiled with a function-level
+// target attribute and picked at run time, so one build serves every x86-64 CPU.
+#include "cpu_kernels.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define BNN_X86 1
+#define BNN_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
+#define BNN_TARGET_AVX512 __attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
+#else
+#define BNN_X86 0
+#endif
+
+namespace bnn_cpu {
+namespace {
+
+// Bits of the last word that lie inside the k real columns; all ones when k is a multiple of 64.
+inline uint64_t last_word_mask(int64_t k) {
+  const int rem = (int)(k % 64);
+  return rem == 0 ? ~0ull : (1ull << rem) - 1ull;
+}
+
+inline int64_t words_for(int64_t k) { return (k + 63) / 64; }
+
+// One packed word from up to 64 floats; bit i set when x[i] >= 0 (true for 0 and -0.0, false for NaN).
+inline uint64_t pack_word_scalar(const float* x, int64_t n) {
+  uint64_t bits = 0;
+  for (int64_t i = 0; i < n; ++i) bits |= (uint64_t)(x[i] >= 0.0f) << i;
+  return bits;
+}
+
+void pack_row_scalar(const float* x, int64_t k, uint64_t* out) {
+  const int64_t words = words_for(k);
+  for (int64_t w = 0; w < words; ++w) out[w] = pack_word_scalar(x + w * 64, std::min<int64_t>(64, k - w * 64));
+}
+
+// The micro-kernels below fill popc[r * C + c] = popcount(a[r] XOR b[c]) over the real bits of `words`
+// words, for an R x C block of output entries (a, b: R and C row pointers).
+using MicroKernel = void (*)(const uint64_t* const* a, const uint64_t* const* b, int64_t words, uint64_t last_mask,
+                             int64_t* popc);
+
+template <int R, int C>
+void popc_micro_scalar(const uint64_t* const* a, const uint64_t* const* b, int64_t words, uint64_t last_mask,
+                       int64_t* popc) {
+  int64_t total[R][C] = {};
+  for (int64_t w = 0; w < words; ++w) {
+    const uint64_t mask = (w == words - 1) ? last_mask : ~0ull;
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) total[r][c] += __builtin_popcountll((a[r][w] ^ b[c][w]) & mask);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) popc[r * C + c] = total[r][c];
+}
+
+#if BNN_X86
+// ---- AVX2: vpshufb nibble-lookup popcount -------------------------------------------------------
+// Per 256-bit vector and output: xor, 2 and, shift, 2 vpshufb, 2 byte adds. Byte counters hold at most
+// 8 per step, so they are summed into 64-bit totals (vpsadbw) every kMaxByteSteps vectors.
+constexpr int64_t kMaxByteSteps = 31;  // 31 * 8 = 248 <= 255
+
+BNN_TARGET_AVX2 inline __m256i nibble_popcount(__m256i x, __m256i lut, __m256i low4) {
+  const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low4));
+  const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
+  return _mm256_add_epi8(lo, hi);
+}
+
+BNN_TARGET_AVX2 inline int64_t sum_bytes(__m256i counts) {
+  const __m256i sums = _mm256_sad_epu8(counts, _mm256_setzero_si256());
+  const __m128i half = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+  return _mm_cvtsi128_si64(half) + _mm_extract_epi64(half, 1);
+}
+
+template <int R, int C>
+BNN_TARGET_AVX2 void popc_micro_avx2(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
+                                     uint64_t last_mask, int64_t* popc) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  int64_t total[R][C] = {};
+  const int64_t vec_end = words & ~int64_t(3);
+  for (int64_t w0 = 0; w0 < vec_end; w0 += 4 * kMaxByteSteps) {
+    const int64_t w1 = std::min(vec_end, w0 + 4 * kMaxByteSteps);
+    __m256i acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_si256();
+    for (int64_t w = w0; w < w1; w += 4) {
+      __m256i av[R];
+      for (int r = 0; r < R; ++r) av[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[r] + w));
+      for (int c = 0; c < C; ++c) {
+        const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[c] + w));
+        for (int r = 0; r < R; ++r)
+          acc[r][c] = _mm256_add_epi8(acc[r][c], nibble_popcount(_mm256_xor_si256(av[r], bv), lut, low4));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) total[r][c] += sum_bytes(acc[r][c]);
+  }
+  for (int64_t w = vec_end; w < words; ++w)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) total[r][c] += _mm_popcnt_u64(a[r][w] ^ b[c][w]);
+  // Bits past k were counted above; take them out again (one scalar popcount per output).
+  if (last_mask != ~0ull && words > 0)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) total[r][c] -= _mm_popcnt_u64((a[r][words - 1] ^ b[c][words - 1]) & ~last_mask);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) popc[r * C + c] = total[r][c];
+}
+
+BNN_TARGET_AVX2 void pack_row_avx2(const float* x, int64_t k, uint64_t* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  const int64_t full_words = k / 64;
+  for (int64_t w = 0; w < full_words; ++w) {
+    uint64_t bits = 0;
+    for (int j = 0; j < 8; ++j) {
+      const __m256 v = _mm256_loadu_ps(x + w * 64 + j * 8);
+      bits |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)) << (8 * j);
+    }
+    out[w] = bits;
+  }
+  if (k % 64) out[full_words] = pack_word_scalar(x + full_words * 64, k % 64);
+}
+
+// ---- AVX-512 VPOPCNTDQ ----------------------------------------------------------------------------
+template <int R, int C>
+BNN_TARGET_AVX512 void popc_micro_avx512(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
+                                         uint64_t last_mask, int64_t* popc) {
+  __m512i acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+  for (int64_t w = 0; w < words; w += 8) {
+    // The ragged end is read with a masked load: lanes past `words` are zero and never touch memory.
+    const __mmask8 lanes = words - w >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (words - w)) - 1u);
+    __m512i av[R];
+    for (int r = 0; r < R; ++r) av[r] = _mm512_maskz_loadu_epi64(lanes, a[r] + w);
+    for (int c = 0; c < C; ++c) {
+      const __m512i bv = _mm512_maskz_loadu_epi64(lanes, b[c] + w);
+      for (int r = 0; r < R; ++r)
+        acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(av[r], bv)));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      // A plain store and sum rather than _mm512_reduce_add_epi64, whose GCC 12 header trips
+      // -Wuninitialized; this runs once per output, outside the hot loop.
+      int64_t lanes[8];
+      _mm512_storeu_si512(lanes, acc[r][c]);
+      int64_t total = 0;
+      for (int64_t lane : lanes) total += lane;
+      if (last_mask != ~0ull && words > 0)
+        total -= _mm_popcnt_u64((a[r][words - 1] ^ b[c][words - 1]) & ~last_mask);
+      popc[r * C + c] = total;
+    }
+}
+
+BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out) {
+  const __m512 zero = _mm512_setzero_ps();
+  const int64_t full_words = k / 64;
+  for (int64_t w = 0; w < full_words; ++w) {
+    uint64_t bits = 0;
+    for (int j = 0; j < 4; ++j) {
+      const __m512 v = _mm512_loadu_ps(x + w * 64 + j * 16);
+      bits |= (uint64_t)_mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ) << (16 * j);
+    }
+    out[w] = bits;
+  }
+  if (k % 64) out[full_words] = pack_word_scalar(x + full_words * 64, k % 64);
+}
+#endif  // BNN_X86
+
+// Register-block shapes per instruction set and the micro-kernels for the full block and its edges.
+struct MicroKernels {
+  int rows, cols;
+  MicroKernel full, one_row, one_col, single;  // R x C, 1 x C, R x 1, 1 x 1
+};
+
+const MicroKernels& micro_kernels(Isa isa) {
+  static const MicroKernels scalar{2, 2, popc_micro_scalar<2, 2>, popc_micro_scalar<1, 2>, popc_micro_scalar<2, 1>,
+                                   popc_micro_scalar<1, 1>};
+#if BNN_X86
+  static const MicroKernels avx2{2, 2, popc_micro_avx2<2, 2>, popc_micro_avx2<1, 2>, popc_micro_avx2<2, 1>,
+                                 popc_micro_avx2<1, 1>};
+  static const MicroKernels avx512{4, 4, popc_micro_avx512<4, 4>, popc_micro_avx512<1, 4>,
+                                   popc_micro_avx512<4, 1>, popc_micro_avx512<1, 1>};
+  if (isa == Isa::avx512) return avx512;
+  if (isa == Isa::avx2) return avx2;
+#endif
+  (void)isa;
+  return scalar;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512vpopcntdq";
+    case Isa::avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+bool parse_isa(const char* name, Isa* out) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (std::strcmp(name, isa_name(isa)) == 0) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool isa_supported(Isa isa) {
+#if BNN_X86
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq") &&
+             __builtin_cpu_supports("popcnt");
+    case Isa::avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+    default: return true;
+  }
+#else
+  return isa == Isa::scalar;
+#endif
+}
+
+Isa best_isa() {
+  for (Isa isa : {Isa::avx512, Isa::avx2})
+    if (isa_supported(isa)) return isa;
+  return Isa::scalar;
+}
+
+void pack_rows(Isa isa, const float* x, int64_t rows, int64_t k, uint64_t* out) {
+  auto pack_row = pack_row_scalar;
+#if BNN_X86
+  if (isa == Isa::avx512) pack_row = pack_row_avx512;
+  if (isa == Isa::avx2) pack_row = pack_row_avx2;
+#endif
+  const int64_t words = words_for(k);
+  for (int64_t r = 0; r < rows; ++r) pack_row(x + r * k, k, out + r * words);
+}
+
+void xnor_block(Isa isa, const uint64_t* a, const uint64_t* b, int64_t words, int64_t k, int64_t m0, int64_t m1,
+                int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
+  const MicroKernels& mk = micro_kernels(isa);
+  const uint64_t last_mask = last_word_mask(k);
+  int64_t popc[16];
+  const uint64_t* a_rows[4];
+  const uint64_t* b_rows[4];
+  auto store = [&](int64_t i, int64_t j, int rows, int cols) {
+    for (int r = 0; r < rows; ++r)
+      for (int q = 0; q < cols; ++q) c[(i + r) * ldc + j + q] = (int32_t)(k - 2 * popc[r * cols + q]);
+  };
+  for (int64_t i = m0; i < m1; i += mk.rows) {
+    const int rows = (int)std::min<int64_t>(mk.rows, m1 - i);
+    for (int64_t j = n0; j < n1; j += mk.cols) {
+      const int cols = (int)std::min<int64_t>(mk.cols, n1 - j);
+      for (int r = 0; r < rows; ++r) a_rows[r] = a + (i + r) * words;
+      for (int q = 0; q < cols; ++q) b_rows[q] = b + (j + q) * words;
+      if (rows == mk.rows && cols == mk.cols) {
+        mk.full(a_rows, b_rows, words, last_mask, popc);
+        store(i, j, rows, cols);
+      } else if (rows == mk.rows) {  // ragged right edge: one column at a time
+        for (int q = 0; q < cols; ++q) {
+          mk.one_col(a_rows, b_rows + q, words, last_mask, popc);
+          store(i, j + q, rows, 1);
+        }
+      } else {  // ragged bottom edge: one row at a time
+        for (int r = 0; r < rows; ++r) {
+          if (cols == mk.cols) {
+            mk.one_row(a_rows + r, b_rows, words, last_mask, popc);
+            store(i + r, j, 1, cols);
+          } else {
+            for (int q = 0; q < cols; ++q) {
+              mk.single(a_rows + r, b_rows + q, words, last_mask, popc);
+              store(i + r, j + q, 1, 1);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+void float_gemm_block(const float* a, const float* b, int64_t k, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                      float* c, int64_t ldc) {
+  constexpr int kBlock = 4;
+  for (int64_t i = m0; i < m1; i += kBlock) {
+    const int rows = (int)std::min<int64_t>(kBlock, m1 - i);
+    for (int64_t j = n0; j < n1; j += kBlock) {
+      const int cols = (int)std::min<int64_t>(kBlock, n1 - j);
+      float sum[kBlock][kBlock] = {};
+      if (rows == kBlock && cols == kBlock) {
+        for (int64_t p = 0; p < k; ++p)
+          for (int r = 0; r < kBlock; ++r)
+            for (int q = 0; q < kBlock; ++q) sum[r][q] += a[(i + r) * k + p] * b[(j + q) * k + p];
+      } else {
+        for (int r = 0; r < rows; ++r)
+          for (int q = 0; q < cols; ++q)
+            for (int64_t p = 0; p < k; ++p) sum[r][q] += a[(i + r) * k + p] * b[(j + q) * k + p];
+      }
+      for (int r = 0; r < rows; ++r)
+        for (int q = 0; q < cols; ++q) c[(i + r) * ldc + j + q] = sum[r][q];
+    }
+  }
+}
+
+}  // namespace bnn_cpu

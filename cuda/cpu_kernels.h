@@ -1,0 +1,35 @@
+// CPU kernels for bit packing, the XNOR-popcount GEMM and the plain float baseline (plain C++, no torch
+// headers). The caller (cuda/ops.cpp) splits the work into blocks and runs them on torch's thread pool;
+// each function here handles one block on one thread.
+//
+// Instruction sets are chosen at run time (the build targets a generic x86-64, or any other CPU through
+// the scalar path): AVX-512 with VPOPCNTDQ, else AVX2 with a nibble-lookup popcount, else scalar.
+// Packed layout: see cuda/bnn_cuda.h (the same on CPU and GPU).
+#pragma once
+#include <cstdint>
+
+namespace bnn_cpu {
+
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+const char* isa_name(Isa isa);
+// Parses "scalar" | "avx2" | "avx512vpopcntdq"; returns false on an unknown name.
+bool parse_isa(const char* name, Isa* out);
+// Whether this CPU (and this build) can run the kernels of `isa`.
+bool isa_supported(Isa isa);
+Isa best_isa();
+
+// Packs rows [0, rows) of a row-major float matrix x (rows, k) into out (rows, ceil(k / 64)).
+void pack_rows(Isa isa, const float* x, int64_t rows, int64_t k, uint64_t* out);
+
+// c[i * ldc + j] = k - 2 * popcount((a_i XOR b_j) restricted to the k real bits) for i in [m0, m1),
+// j in [n0, n1); a and b hold rows of `words` = ceil(k / 64) words.
+void xnor_block(Isa isa, const uint64_t* a, const uint64_t* b, int64_t words, int64_t k, int64_t m0, int64_t m1,
+                int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+
+// The CPU stand-in for the paper's unoptimised float kernel: c[i * ldc + j] = dot(a_i, b_j) over k for
+// i in [m0, m1), j in [n0, n1), a (m, k) and b (n, k) row-major; a plain register-blocked loop.
+void float_gemm_block(const float* a, const float* b, int64_t k, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+                      float* c, int64_t ldc);
+
+}  // namespace bnn_cpu

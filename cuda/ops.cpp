@@ -1,0 +1,141 @@
+// The torch glue: registers the bnnctl ops with the dispatcher (TORCH_LIBRARY namespace `bnnctl`) and
+// implements them for CPU tensors on torch's thread pool. The CUDA implementations live in
+// ops_cuda.cpp, which is compiled only when CUDA is usable, so this file never needs CUDA.
+// Only light ATen headers here (not torch/extension.h): this is the slow file to compile.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "ops_common.h"
+
+namespace {
+
+// The instruction set the CPU kernels use: the best this CPU has unless set_cpu_isa chose another
+// (the tests run every supported one).
+std::atomic<int> g_isa{-1};
+
+bnn_cpu::Isa current_isa() {
+  int isa = g_isa.load();
+  if (isa < 0) {
+    isa = (int)bnn_cpu::best_isa();
+    g_isa.store(isa);
+  }
+  return (bnn_cpu::Isa)isa;
+}
+
+std::string cpu_isa() { return bnn_cpu::isa_name(current_isa()); }
+
+std::string set_cpu_isa(const std::string& name) {
+  bnn_cpu::Isa isa;
+  TORCH_CHECK(bnn_cpu::parse_isa(name.c_str(), &isa), "unknown CPU instruction set '", name,
+              "' (expected scalar, avx2 or avx512vpopcntdq)");
+  TORCH_CHECK(bnn_cpu::isa_supported(isa), "this CPU cannot run the ", name, " kernels");
+  g_isa.store((int)isa);
+  return name;
+}
+
+std::vector<std::string> supported_cpu_isas() {
+  std::vector<std::string> names;
+  for (bnn_cpu::Isa isa : {bnn_cpu::Isa::scalar, bnn_cpu::Isa::avx2, bnn_cpu::Isa::avx512})
+    if (bnn_cpu::isa_supported(isa)) names.emplace_back(bnn_cpu::isa_name(isa));
+  return names;
+}
+
+at::Tensor pack_cpu(const at::Tensor& x) {
+  bnn_ops::check_pack_input(x);
+  const int64_t rows = x.size(0), k = x.size(1), words = bnn_ops::words_for(k);
+  at::Tensor out = at::empty({rows, words}, x.options().dtype(at::kLong));
+  const float* src = x.data_ptr<float>();
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const bnn_cpu::Isa isa = current_isa();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    bnn_cpu::pack_rows(isa, src + r0 * k, r1 - r0, k, dst + r0 * words);
+  });
+  return out;
+}
+
+// Runs block(m0, m1, n0, n1) over an (m, n) output cut into tiles of tile_m x tile_n, in parallel.
+// Consecutive tiles share their rows of a, so each thread's b tiles are reused from cache.
+template <typename Block>
+void for_each_tile(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n, const Block& block) {
+  const int64_t tiles_m = (m + tile_m - 1) / tile_m, tiles_n = (n + tile_n - 1) / tile_n;
+  at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m0 = (t / tiles_n) * tile_m, n0 = (t % tiles_n) * tile_n;
+      block(m0, std::min(m, m0 + tile_m), n0, std::min(n, n0 + tile_n));
+    }
+  });
+}
+
+at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k) {
+  bnn_ops::check_packed_pair(a, b, k);
+  const int64_t m = a.size(0), n = b.size(0), words = a.size(1);
+  at::Tensor c = at::empty({m, n}, a.options().dtype(at::kInt));
+  if (m == 0 || n == 0) return c;
+  const uint64_t* pa = reinterpret_cast<const uint64_t*>(a.data_ptr<int64_t>());
+  const uint64_t* pb = reinterpret_cast<const uint64_t*>(b.data_ptr<int64_t>());
+  int32_t* pc = c.data_ptr<int32_t>();
+  const bnn_cpu::Isa isa = current_isa();
+  // A tile of b rows small enough to stay in the L1 cache while a's rows stream past it.
+  const int64_t row_bytes = std::max<int64_t>(words * 8, 1);
+  const int64_t tile_n = std::clamp<int64_t>((16 * 1024 / row_bytes) / 4 * 4, 4, 256);
+  for_each_tile(m, n, 64, tile_n, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    bnn_cpu::xnor_block(isa, pa, pb, words, k, m0, m1, n0, n1, pc, n);
+  });
+  return c;
+}
+
+at::Tensor baseline_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
+  bnn_ops::check_float_pair(a, b);
+  const int64_t m = a.size(0), n = b.size(0), k = a.size(1);
+  at::Tensor c = at::empty({m, n}, a.options());
+  if (m == 0 || n == 0) return c;
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  float* pc = c.data_ptr<float>();
+  for_each_tile(m, n, 64, 64, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    bnn_cpu::float_gemm_block(pa, pb, k, m0, m1, n0, n1, pc, n);
+  });
+  return c;
+}
+
+// xnor_tc_gemm runs on tensor cores (cuda/xnor_tc.cu); for CPU tensors the CPU XNOR kernel gives the same
+// products, and the threshold form packs bit = (dot - thresh >= 0), which IEEE arithmetic makes exactly
+// the kernel's (dot >= thresh).
+at::Tensor xnor_tc_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k,
+                            const std::optional<at::Tensor>& thresh, bool /*wgmma: no meaning on the CPU*/) {
+  if (thresh) bnn_ops::check_thresholds(*thresh, b);
+  at::Tensor c = xnor_gemm_cpu(a, b, k);
+  if (!thresh) return c;
+  return pack_cpu(c.to(at::kFloat).sub(*thresh).contiguous());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(bnnctl, m) {
+  m.def("pack(Tensor x) -> Tensor");
+  m.def("xnor_gemm(Tensor a, Tensor b, int k) -> Tensor");
+  m.def("xnor_gemm_paper(Tensor a, Tensor b, int k) -> Tensor");
+  m.def("baseline_gemm(Tensor a, Tensor b) -> Tensor");
+  m.def("xnor_tc_gemm(Tensor a, Tensor b, int k, Tensor? thresh=None, bool wgmma=False) -> Tensor");
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("set_cpu_isa(str isa) -> str", &set_cpu_isa);
+  m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);
+}
+
+TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
+  m.impl("pack", &pack_cpu);
+  m.impl("xnor_gemm", &xnor_gemm_cpu);
+  m.impl("xnor_gemm_paper", &xnor_gemm_cpu);  // one CPU kernel serves both: the paper's is CUDA-only
+  m.impl("baseline_gemm", &baseline_gemm_cpu);
+  m.impl("xnor_tc_gemm", &xnor_tc_gemm_cpu);
+}

@@ -1,0 +1,226 @@
+"""bnnctl.kernels: bit packing and the XNOR-popcount GEMMs against the float +/-1 product, exactly.
+
+CPU tests run every instruction set this CPU supports (scalar, AVX2, AVX-512 VPOPCNTDQ where
+present). CUDA tests run where the CUDA kernels are built and a GPU is visible, and skip otherwise;
+their shapes are chosen to cross every tile edge of the CUDA kernels (16x16 tiles of 16 words for
+the paper-style kernels, 128x128 blocks and 8-word k tiles for the tuned one, 64-float pack words).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bnnctl import kernels
+from bnnctl.errors import UserError
+from bnnctl.kernels import KernelError, words_for
+
+# Decided without building the extension, so collecting the tests stays instant; on a GPU machine
+# the CUDA kernels must build, and a failed build fails these tests rather than skipping them.
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+ALL_ISAS = ["scalar", "avx2", "avx512vpopcntdq"]
+
+
+def pm1(x: torch.Tensor) -> torch.Tensor:
+    """The contract's sign: +1 where x >= 0 (0 and -0.0 included), -1 elsewhere (NaN included)."""
+    return torch.where(x >= 0, 1.0, -1.0)
+
+
+def reference_pack(x: torch.Tensor) -> torch.Tensor:
+    """Bit-by-bit packing in Python: element j -> bit j % 64 of word j // 64, padding zero."""
+    rows, k = x.shape
+    bits = torch.zeros(rows, words_for(k) * 64, dtype=torch.int64)
+    bits[:, :k] = (x.cpu() >= 0).to(torch.int64)
+    bits = bits.reshape(rows, -1, 64)
+    words = torch.zeros(rows, bits.shape[1], dtype=torch.int64)
+    for i in range(64):
+        words |= bits[:, :, i] << i  # bit 63 wraps to the sign bit of int64, as in the packed words
+    return words
+
+
+def signed_inputs(rows: int, k: int, seed: int, device="cpu") -> torch.Tensor:
+    """Random floats with exact zeros and negative zeros sprinkled in (both pack as +1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=g)
+    x[torch.rand(rows, k, generator=g) < 0.1] = 0.0
+    x[torch.rand(rows, k, generator=g) < 0.1] = -0.0
+    return x.to(device)
+
+
+def expected_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (pm1(a).double() @ pm1(b).double().T).to(torch.int32).cpu()
+
+
+@pytest.fixture(params=ALL_ISAS)
+def isa(request):
+    if request.param not in kernels.supported_cpu_isas():
+        pytest.skip(f"this CPU has no {request.param}")
+    with kernels.use_cpu_isa(request.param):
+        yield request.param
+
+
+# (m, n, k): single rows and columns, k around the 32/64-bit word edges, the AVX2 vector (256 bits),
+# several tiles of the CPU blocking, and k long enough for the AVX2 byte counters to be flushed.
+CPU_SHAPES = [(1, 1, 1), (1, 9, 31), (7, 1, 32), (3, 5, 33), (9, 3, 63), (2, 8, 64), (5, 6, 65), (4, 4, 100),
+              (6, 10, 128), (11, 13, 129), (17, 5, 255), (3, 4, 257), (70, 300, 300), (3, 5, 20000)]
+
+
+@pytest.mark.parametrize("m,n,k", CPU_SHAPES)
+def test_cpu_xnor_gemm_is_the_exact_pm1_product(isa, m, n, k):
+    a, b = signed_inputs(m, k, seed=m * 1000 + k), signed_inputs(n, k, seed=n * 1000 + k + 1)
+    pa, pb = kernels.pack(a), kernels.pack(b)
+    out = kernels.xnor_gemm(pa, pb, k)
+    assert out.dtype == torch.int32 and out.shape == (m, n)
+    assert torch.equal(out, expected_product(a, b))
+    assert torch.equal(kernels.xnor_gemm(pa, pb, k, impl="paper"), out)
+
+
+@pytest.mark.parametrize("rows,k", [(1, 1), (3, 31), (2, 64), (5, 65), (4, 127), (3, 200), (2, 1000)])
+def test_cpu_pack_matches_bit_by_bit_reference_and_round_trips(isa, rows, k):
+    x = signed_inputs(rows, k, seed=k)
+    packed = kernels.pack(x)
+    assert packed.dtype == torch.int64 and packed.shape == (rows, words_for(k))
+    assert torch.equal(packed, reference_pack(x))
+    assert torch.equal(kernels.unpack(packed, k), pm1(x))
+
+
+def test_zero_negative_zero_and_nan_signs(isa):
+    x = torch.tensor([[0.0, -0.0, float("nan"), -1e-30, 1e-30, float("inf"), -float("inf")] * 10])
+    assert kernels.unpack(kernels.pack(x), x.shape[1]).tolist() == [[1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0] * 10]
+
+
+def test_pack_dim0_packs_columns():
+    w = signed_inputs(100, 7, seed=3)  # (k, cols), the right-hand side of x @ w
+    assert torch.equal(kernels.pack(w, dim=0), reference_pack(w.T.contiguous()))
+    x = signed_inputs(4, 100, seed=4)
+    assert torch.equal(kernels.xnor_gemm(kernels.pack(x), kernels.pack(w, dim=0), 100),
+                       (pm1(x) @ pm1(w)).to(torch.int32))
+
+
+def test_pack_accepts_other_float_dtypes_and_non_contiguous_views():
+    x = signed_inputs(6, 90, seed=5)
+    assert torch.equal(kernels.pack(x.double()), reference_pack(x))
+    view = signed_inputs(6, 180, seed=6)[:, ::2]
+    assert torch.equal(kernels.pack(view), reference_pack(view))
+
+
+def test_junk_in_padding_bits_is_ignored(isa):
+    k = 70  # 6 padding bits in the last word
+    a, b = signed_inputs(5, k, seed=7), signed_inputs(4, k, seed=8)
+    pa, pb = kernels.pack(a), kernels.pack(b)
+    junk = torch.tensor(-1 << k % 64, dtype=torch.int64)  # every bit past k set
+    pa[:, -1] |= junk
+    pb[:1, -1] |= junk
+    assert torch.equal(kernels.xnor_gemm(pa, pb, k), expected_product(a, b))
+
+
+def test_empty_shapes():
+    assert kernels.pack(torch.randn(0, 5)).shape == (0, 1)
+    assert kernels.pack(torch.randn(3, 0)).shape == (3, 0)
+    assert kernels.xnor_gemm(kernels.pack(torch.randn(0, 5)), kernels.pack(torch.randn(2, 5)), 5).shape == (0, 2)
+    assert torch.equal(kernels.xnor_gemm(kernels.pack(torch.randn(2, 0)), kernels.pack(torch.randn(3, 0)), 0),
+                       torch.zeros(2, 3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 7, 3), (9, 70, 65), (66, 5, 130)])
+def test_cpu_baseline_gemm(m, n, k):
+    a, b = signed_inputs(m, k, seed=9), signed_inputs(n, k, seed=10)
+    assert torch.equal(kernels.baseline_gemm(pm1(a), pm1(b)), expected_product(a, b).float())
+    torch.testing.assert_close(kernels.baseline_gemm(a, b), a @ b.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: kernels.pack(torch.randn(3)), "2-D floating-point tensor"),
+    (lambda: kernels.pack(torch.ones(2, 3, dtype=torch.int32)), "2-D floating-point tensor"),
+    (lambda: kernels.pack([[1.0]]), "got a list"),
+    (lambda: kernels.pack(torch.randn(2, 3), dim=2), "not dim 2"),
+    (lambda: kernels.xnor_gemm(torch.randn(2, 1), torch.randn(2, 1), 10), "int64 tensor from pack()"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64), 64),
+     "but b has 2"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64), 65),
+     "needs 2 words"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64), -1),
+     "int >= 0"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64), 5,
+                               impl="fast"), "unknown xnor_gemm impl 'fast'"),
+    (lambda: kernels.baseline_gemm(torch.randn(2, 3), torch.randn(2, 4)), "k = 3"),
+    (lambda: kernels.unpack(torch.zeros(2, 1, dtype=torch.int64), 200), "needs 4 words"),
+    (lambda: kernels.use_cpu_isa("neon"), "cannot run the 'neon' kernels"),
+])
+def test_bad_arguments_raise_one_clear_user_error(call, message):
+    with pytest.raises(KernelError, match=message) as info:
+        call()
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+def test_available_reports_the_cpu_kernels():
+    info = kernels.available()
+    assert info["cpu"] is True and info["cpu_isa"] == kernels.supported_cpu_isas()[-1]
+    assert kernels.supported_cpu_isas()[0] == "scalar"
+    assert info["cuda"] == CUDA
+
+
+# ---- CUDA ------------------------------------------------------------------------------------------
+
+# Crossing the tuned kernel's 128-row blocks and 8-word (512-bit) k tiles, the paper kernels' 16-row
+# and 16-word (512-bit) tiles, odd n (scalar instead of paired int2 stores), and m or n = 1.
+CUDA_SHAPES = [(1, 1, 1), (1, 300, 777), (129, 1, 513), (2, 3, 64), (17, 33, 31), (130, 257, 4097),
+               (128, 128, 512), (200, 131, 1000), (255, 129, 96), (64, 640, 8192), (513, 500, 2048)]
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", list(kernels.XNOR_IMPLS))
+@pytest.mark.parametrize("m,n,k", CUDA_SHAPES)
+def test_cuda_xnor_gemm_is_the_exact_pm1_product(impl, m, n, k):
+    a, b = signed_inputs(m, k, seed=m + k, device="cuda"), signed_inputs(n, k, seed=n + k + 1, device="cuda")
+    pa, pb = kernels.pack(a), kernels.pack(b)
+    out = kernels.xnor_gemm(pa, pb, k, impl=impl)
+    assert out.device.type == "cuda" and out.dtype == torch.int32 and out.shape == (m, n)
+    assert torch.equal(out.cpu(), expected_product(a, b))
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("rows,k", [(1, 1), (3, 31), (2, 64), (5, 65), (33, 1000), (70000, 3), (4, 70000)])
+def test_cuda_pack_equals_cpu_pack(rows, k):
+    x = signed_inputs(rows, k, seed=rows + k)
+    x[0, : min(k, 3)] = torch.tensor([0.0, -0.0, float("nan")])[: min(k, 3)]
+    packed = kernels.pack(x.cuda())
+    assert packed.device.type == "cuda"
+    assert torch.equal(packed.cpu(), kernels.pack(x))
+    assert torch.equal(kernels.unpack(packed, k).cpu(), pm1(x))
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("impl", ["tuned", "paper"])  # these mask both operands (xnor-tc needs one clean)
+def test_cuda_junk_in_padding_bits_is_ignored(impl):
+    k = 70  # 6 padding bits in the last 64-bit word; the second 32-bit word is 26 padding bits
+    a, b = signed_inputs(50, k, seed=11, device="cuda"), signed_inputs(40, k, seed=12, device="cuda")
+    pa, pb = kernels.pack(a), kernels.pack(b)
+    junk = torch.tensor(-1 << k % 64, dtype=torch.int64, device="cuda")
+    pa[:, -1] |= junk
+    pb[:, -1] |= junk
+    assert torch.equal(kernels.xnor_gemm(pa, pb, k, impl=impl).cpu(), expected_product(a, b))
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (17, 33, 15), (100, 70, 1000), (1, 130, 17)])
+def test_cuda_baseline_gemm(m, n, k):
+    a, b = signed_inputs(m, k, seed=13, device="cuda"), signed_inputs(n, k, seed=14, device="cuda")
+    assert torch.equal(kernels.baseline_gemm(pm1(a), pm1(b)).cpu(), expected_product(a, b).float())
+    torch.testing.assert_close(kernels.baseline_gemm(a, b), (a.double() @ b.double().T).float(), rtol=1e-4,
+                               atol=1e-3)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_empty_shapes_and_device_mismatch():
+    empty = kernels.xnor_gemm(kernels.pack(torch.randn(0, 5, device="cuda")), kernels.pack(torch.randn(2, 5, device="cuda")), 5)
+    assert empty.shape == (0, 2) and empty.device.type == "cuda"
+    zero_k = kernels.xnor_gemm(kernels.pack(torch.randn(2, 0, device="cuda")), kernels.pack(torch.randn(3, 0, device="cuda")), 0)
+    assert torch.equal(zero_k.cpu(), torch.zeros(2, 3, dtype=torch.int32))
+    with pytest.raises(KernelError, match="same device"):
+        kernels.xnor_gemm(kernels.pack(torch.randn(2, 5)), kernels.pack(torch.randn(2, 5, device="cuda")), 5)
