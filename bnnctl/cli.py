@@ -65,6 +65,28 @@ def eval_(
 
 @app.command()
 @user_errors
+def bench(
+    kernel: str = typer.Option("all", help="xnor | xnor-paper | xnor-tc | baseline | cublas | bf16 | all (or a comma "
+                                           "list)"),
+    m: Optional[int] = typer.Option(None, help="rows of A (default 8192 on a GPU, 1024 on CPU)"),
+    n: Optional[int] = typer.Option(None, help="rows of B, i.e. columns of the product (default 8192 / 1024)"),
+    k: Optional[int] = typer.Option(None, help="shared dimension (default 8192 / 4096)"),
+    repeat: int = typer.Option(20, help="timed runs per kernel (at least 3; fewer for slow kernels past ~5 s)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    out: Path = typer.Option(Path("results/bench"), help="folder the JSON record is written to"),
+    popc_peak: Optional[float] = typer.Option(None, help="measured CUDA-core XOR+POPC ceiling in T binary-op/s "
+                                              "(tools/gpu_peaks), to report the XNOR kernels' share of it"),
+):
+    """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
+    import sys
+
+    from .bench import run_bench
+    run_bench(kernel=kernel, m=m, n=n, k=k, repeat=repeat, device=device, out=out, popc_peak_tbops=popc_peak,
+              command=" ".join(["bnnctl", *sys.argv[1:]]), console=console)
+
+
+@app.command()
+@user_errors
 def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of recipes (default: the shipped ones)")):
     """List the recipes and what each reproduces."""
     from rich.table import Table

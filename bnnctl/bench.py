@@ -1,0 +1,307 @@
+"""``bnnctl bench``: the paper's kernel figure on today's hardware.
+
+The paper (Sec. 4, Fig. 2) multiplies two 8192 x 8192 binary matrices on a GTX 750 and reports its
+XNOR kernel 23x faster than an unoptimised float kernel and 3.4x faster than cuBLAS. ``bench_kernels``
+times the same contenders -- the XNOR kernels on packed bits, the paper's float baseline, cuBLAS fp32
+(TF32 off) and torch bf16 -- on +/-1 operands, checks every output against the exact float64
+product, and ``record`` writes the result as JSON under ``results/bench/``.
+
+The contenders are the ``KERNELS`` table (name -> BenchKernel), so a new kernel is one entry.
+Nothing is filled in: a kernel that was not run, or failed, says so in the table and the JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import kernels
+from .errors import UserError
+from .train import atomic_write_text, environment, resolve_device
+
+DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds
+PAPER = {"gpu": "GTX 750", "shape": [8192, 8192, 8192], "xnor_vs_baseline": 23.0, "xnor_vs_cublas": 3.4,
+         "source": "Courbariaux et al. 2016, Sec. 4 and Fig. 2 (paper values, not measured here)"}
+MIN_RUNS = 3  # timed runs every kernel gets, however slow; more up to --repeat within the time budget
+
+
+@dataclass
+class Operands:
+    """One benchmark problem: (m, k) and (n, k) floats, their signs, bits and exact product."""
+    a: torch.Tensor
+    b: torch.Tensor
+    a_pm1: torch.Tensor
+    b_pm1: torch.Tensor
+    a_bits: torch.Tensor
+    b_bits: torch.Tensor
+    k: int
+    exact: torch.Tensor  # float32 (m, n): the +/-1 product, computed in float64 (exact) and cast
+    bf16: tuple = field(default=(), repr=False)  # (a_pm1, b_pm1) as bfloat16, made on first use
+
+
+@dataclass(frozen=True)
+class BenchKernel:
+    label: str
+    run: Callable[[Operands], torch.Tensor]  # the timed call on prepared operands
+    packed: bool = False  # takes packed bits: also timed with the packing of both operands included
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    cpu_label: str | None = None  # label on CPU, where the kernel behind the name differs
+    unavailable: str = ""  # why it does not run on the devices it lacks
+
+    def label_on(self, device: str) -> str:
+        return self.cpu_label if device == "cpu" and self.cpu_label else self.label
+
+
+def _bf16_matmul(o: Operands) -> torch.Tensor:
+    if not o.bf16:
+        o.bf16 = (o.a_pm1.bfloat16(), o.b_pm1.bfloat16())
+    return o.bf16[0] @ o.bf16[1].T
+
+
+KERNELS: dict[str, BenchKernel] = {
+    "xnor": BenchKernel("XNOR, tuned CUDA cores (64-bit, 8x8 per thread)",
+                        lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k), packed=True,
+                        cpu_label="XNOR, CPU (vectorised popcount)"),
+    "xnor-paper": BenchKernel("XNOR, paper-style 16x16 tiles", lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k,
+                                                                                            impl="paper"),
+                              packed=True, devices=("cuda",),
+                              unavailable="CUDA-only kernel (on CPU xnor-paper is the xnor kernel)"),
+    "xnor-tc": BenchKernel("XNOR, tensor cores (mma.sync b1 AND+POPC)",
+                           lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k, impl="tc"), packed=True,
+                           devices=("cuda",), unavailable="CUDA-only kernel (on CPU xnor-tc is the xnor kernel)"),
+    "baseline": BenchKernel("paper's float baseline, 16x16 tiles", lambda o: kernels.baseline_gemm(o.a_pm1, o.b_pm1),
+                            cpu_label="float baseline, plain C++ loop"),
+    "cublas": BenchKernel("cuBLAS fp32 (TF32 off)", lambda o: o.a_pm1 @ o.b_pm1.T, cpu_label="torch fp32 matmul"),
+    "bf16": BenchKernel("torch bf16 matmul", _bf16_matmul),
+}
+# The references the ratio columns divide by: JSON key -> kernel name.
+RATIO_REFERENCES = {"x_baseline": "baseline", "x_cublas_fp32": "cublas", "x_torch_bf16": "bf16"}
+
+
+def parse_kernel_names(spec: str) -> list[str]:
+    """"all", one name, or a comma-separated list -> kernel names, in table order."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(KERNELS)
+    unknown = [n for n in names if n not in KERNELS]
+    if unknown or not names:
+        raise UserError(f"unknown kernel {', '.join(unknown) or repr(spec)}; choose from all, {', '.join(KERNELS)}.")
+    return [n for n in KERNELS if n in names]
+
+
+def make_operands(m: int, n: int, k: int, device: torch.device, seed: int = 0) -> Operands:
+    g = torch.Generator(device=device).manual_seed(seed)
+    a = torch.randn(m, k, device=device, generator=g)
+    b = torch.randn(n, k, device=device, generator=g)
+    a_pm1, b_pm1 = torch.where(a >= 0, 1.0, -1.0), torch.where(b >= 0, 1.0, -1.0)
+    exact = (a_pm1.double() @ b_pm1.double().T).float()  # integers below 2^24: exact in float32
+    return Operands(a, b, a_pm1, b_pm1, kernels.pack(a), kernels.pack(b), k, exact)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeat: int, budget_s: float) -> tuple[float, int]:
+    """Median milliseconds of fn() over up to `repeat` runs (at least MIN_RUNS, more while the budget
+    lasts), after one warm-up run; CUDA events on a GPU, perf_counter around a synchronised call on CPU."""
+    fn()
+    _sync(device)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < repeat and (len(times) < MIN_RUNS or time.perf_counter() - started < budget_s):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), len(times)
+
+
+def _matches(out: torch.Tensor, exact: torch.Tensor) -> bool:
+    """Equal to the exact product in the output's own dtype (bf16 outputs are the rounded integers)."""
+    return out.shape == exact.shape and bool(torch.equal(out, exact.to(out.dtype)))
+
+
+def _device_info(device: torch.device) -> dict:
+    info = {"type": device.type, **environment(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count)
+    else:
+        info.update(threads=torch.get_num_threads(), cpu_isa=kernels.cpu_isa(),
+                    load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
+    return info
+
+
+def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, k: int | None = None,
+                  repeat: int = 20, device: str = "auto", budget_s: float = 5.0, popc_peak_tbops: float | None = None,
+                  command: str = "", console: Console | None = None) -> dict:
+    """Time the named kernels on one (m, n, k) product and return the result record (see ``record``)."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not kernels.available()["cuda"]:
+        raise UserError("the CUDA kernels are not available on this machine, so there is nothing to bench on the GPU.")
+    dm, dn, dk = DEFAULT_SHAPES[dev.type]
+    m, n, k = m or dm, n or dn, k or dk
+    if min(m, n, k) < 1 or repeat < 1:
+        raise UserError(f"--m, --n, --k and --repeat must be positive, got {m}, {n}, {k} and {repeat}.")
+    say = console.print if console else (lambda *a, **kw: None)
+    say(f"bench: {m} x {n} x {k} on {dev.type}, kernels {', '.join(names)}")
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # cuBLAS fp32 as the paper compared: full fp32
+    try:
+        ops = make_operands(m, n, k, dev)
+        results = {name: _run_kernel(name, ops, dev, repeat, budget_s, selected=name in names, say=say)
+                   for name in KERNELS}
+        packing = {}
+        if any(KERNELS[nm].packed and results[nm]["status"] == "ok" for nm in names):
+            ms, runs = time_call(lambda: (kernels.pack(ops.a), kernels.pack(ops.b)), dev, repeat, budget_s)
+            packing = {"median_ms": ms, "runs": runs, "what": "pack(A) and pack(B), float32 -> bits"}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    _add_rates(results, 2 * m * n * k, popc_peak_tbops)
+    return {
+        "kind": "kernels", "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_info(dev), "shape": {"m": m, "n": n, "k": k}, "binary_ops": 2 * m * n * k,
+        "repeat": repeat, "budget_s_per_kernel": budget_s, "kernels": results, "packing": packing,
+        "popc_ceiling_tbops": popc_peak_tbops, "paper": PAPER,
+    }
+
+
+def _run_kernel(name: str, ops: Operands, dev: torch.device, repeat: int, budget_s: float, selected: bool,
+                say) -> dict:
+    spec = KERNELS[name]
+    entry = {"label": spec.label_on(dev.type), "packed": spec.packed}
+    if not selected:
+        return {**entry, "status": "not run: not selected"}
+    if dev.type not in spec.devices:
+        return {**entry, "status": f"not run: {spec.unavailable or 'not available on ' + dev.type}"}
+    say(f"  {name}: {entry['label']}")
+    try:
+        out = spec.run(ops)
+        _sync(dev)
+        exact = _matches(out, ops.exact)
+        del out
+        ms, runs = time_call(lambda: spec.run(ops), dev, repeat, budget_s)
+        entry.update(status="ok", median_ms=ms, runs=runs, exact=exact)
+        if spec.packed:
+            def with_packing():
+                return spec.run(replace(ops, a_bits=kernels.pack(ops.a), b_bits=kernels.pack(ops.b)))
+            entry["including_packing_ms"], entry["including_packing_runs"] = time_call(with_packing, dev, repeat,
+                                                                                       budget_s)
+    except (RuntimeError, UserError) as e:  # e.g. out of memory: the row says so, the others still run
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        entry.update(status=f"failed: {first_line}")
+    return entry
+
+
+def _add_rates(results: dict, binary_ops: int, popc_peak_tbops: float | None) -> None:
+    """T binary-op/s and speed-up ratios (reference time / kernel time) for the kernels that ran."""
+    for entry in results.values():
+        if entry["status"] != "ok":
+            continue
+        entry["tbops"] = binary_ops / (entry["median_ms"] * 1e-3) / 1e12
+        if popc_peak_tbops and entry["packed"]:
+            entry["share_of_popc_ceiling"] = entry["tbops"] / popc_peak_tbops
+        for key, ref in RATIO_REFERENCES.items():
+            ref_entry = results[ref]
+            if ref_entry["status"] == "ok":
+                entry[key] = ref_entry["median_ms"] / entry["median_ms"]
+                if "including_packing_ms" in entry:
+                    entry[key + "_including_packing"] = ref_entry["median_ms"] / entry["including_packing_ms"]
+            else:
+                entry[key] = None  # the reference was not timed: the table says "not run"
+
+
+def record(result: dict, out_dir: Path | str) -> Path:
+    """Write a bench result as JSON into out_dir (atomically) and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = re.sub(r"[^0-9T]", "", result.get("date", datetime.now(timezone.utc).isoformat()))[:15]
+    device = result.get("device", {})
+    slug = device.get("type", "device")
+    if device.get("type") == "cuda":
+        slug = re.sub(r"[^a-z0-9]+", "-", device.get("hardware", "cuda").lower()).strip("-")
+    what = "x".join(str(result["shape"][d]) for d in "mnk") if "shape" in result else result.get("kind", "bench")
+    path = out_dir / f"{stamp}-{slug}-{what}.json"
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def _fmt(value, spec: str, missing: str = "not run") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def print_table(result: dict, console: Console) -> None:
+    dev = result["device"]["type"]
+    shape = result["shape"]
+    fp32 = "cuBLAS fp32" if dev == "cuda" else "torch fp32"
+    table = Table(title=f"{shape['m']} x {shape['n']} x {shape['k']} +/-1 product on {result['device']['hardware']}")
+    for col in ("kernel", "ms", "ms incl. packing", "T binary-op/s", "x baseline", f"x {fp32}", "x torch bf16",
+                "exact"):
+        table.add_column(col, justify="left" if col == "kernel" else "right")
+    notes = []
+    for name, e in result["kernels"].items():
+        notes.append(f"{name}: {e['label']}" + ("" if e["status"] == "ok" else f" -- {e['status']}"))
+        if e["status"] != "ok":
+            table.add_row(name, e["status"].split(":")[0], "", "", "", "", "", "")
+            continue
+        table.add_row(
+            name, f"{e['median_ms']:.3f}", _fmt(e.get("including_packing_ms"), ".3f", ""), _rate(e["tbops"]),
+            _fmt(e["x_baseline"], ".2f"), _fmt(e["x_cublas_fp32"], ".2f"), _fmt(e["x_torch_bf16"], ".2f"),
+            "yes" if e["exact"] else "[bold red]NO[/]")
+    if console.width < 110:  # a log file or a narrow terminal: keep the table on one line per row
+        console = Console(file=console.file, width=110, no_color=console.no_color)
+    console.print(table)
+    for note in notes:
+        console.print(f"  {note}", highlight=False)
+    if result["packing"]:
+        console.print(f"packing A and B: {result['packing']['median_ms']:.3f} ms (median of {result['packing']['runs']})")
+    if result.get("popc_ceiling_tbops"):
+        for name, e in result["kernels"].items():
+            if "share_of_popc_ceiling" in e:
+                console.print(f"{name}: {100 * e['share_of_popc_ceiling']:.0f}% of the measured CUDA-core "
+                              f"XOR+POPC ceiling ({result['popc_ceiling_tbops']:.1f} T binary-op/s)")
+    console.print(f"paper values ({PAPER['gpu']}, 8192^3): XNOR {PAPER['xnor_vs_baseline']}x the baseline, "
+                  f"{PAPER['xnor_vs_cublas']}x cuBLAS", highlight=False)
+
+
+def run_bench(kernel: str, m: int | None, n: int | None, k: int | None, repeat: int, device: str, out: Path,
+              popc_peak_tbops: float | None, command: str, console: Console) -> Path:
+    """The ``bnnctl bench --kernel ...`` command: bench, print the table, record the JSON."""
+    result = bench_kernels(parse_kernel_names(kernel), m, n, k, repeat=repeat, device=device,
+                           popc_peak_tbops=popc_peak_tbops, command=command, console=console)
+    print_table(result, console)
+    path = record(result, out)
+    console.print(f"recorded {path}")
+    wrong = [name for name, e in result["kernels"].items() if e["status"] == "ok" and not e["exact"]]
+    failed = [name for name, e in result["kernels"].items() if e["status"].startswith("failed")]
+    if wrong or failed:
+        raise UserError(f"kernels inexact: {', '.join(wrong) or 'none'}; kernels failed: {', '.join(failed) or 'none'} "
+                        f"(recorded in {path}).")
+    return path
+
+
+__all__ = ["KERNELS", "BenchKernel", "Operands", "bench_kernels", "record", "print_table", "run_bench",
+           "parse_kernel_names", "time_call", "make_operands"]
