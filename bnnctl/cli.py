@@ -78,11 +78,12 @@ def bench(
                                               "(tools/gpu_peaks), to report the XNOR kernels' share of it"),
 ):
     """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
-    import sys
-
     from .bench import run_bench
+    given = {"--kernel": kernel, "--m": m, "--n": n, "--k": k, "--repeat": repeat, "--device": device,
+             "--out": out, "--popc-peak": popc_peak}
+    command = " ".join(["bnnctl bench"] + [f"{opt} {val}" for opt, val in given.items() if val is not None])
     run_bench(kernel=kernel, m=m, n=n, k=k, repeat=repeat, device=device, out=out, popc_peak_tbops=popc_peak,
-              command=" ".join(["bnnctl", *sys.argv[1:]]), console=console)
+              command=command, console=console)
 
 
 @app.command()
