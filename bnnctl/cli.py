@@ -102,5 +102,26 @@ def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of rec
     console.print(table)
 
 
+@app.command()
+@user_errors
+def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist")):
+    """Per-layer table of a recipe's model: output shape, weight bits (binary vs float32), MACs per image."""
+    from .summary import render, summarize
+    render(summarize(recipe), console)
+
+
+@app.command()
+@user_errors
+def report(
+    results: Path = typer.Option(Path("results"), help="the recorded runs and benchmarks to report"),
+    out: Path = typer.Option(Path("results/report"), help="folder for REPORT.md, the CSVs and the figures"),
+    recipes_dir: Optional[Path] = typer.Option(None, "--recipes", help="recipes whose models the memory and "
+                                               "energy table describes (default: the shipped ones)"),
+):
+    """Regenerate the paper's tables and figures from what is recorded, the paper's numbers beside ours."""
+    from .report import run_report
+    run_report(results=results, out=out, recipes=recipes_dir, console=console)
+
+
 def main() -> None:
     app()

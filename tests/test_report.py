@@ -1,0 +1,330 @@
+"""`bnnctl report` on small fake results/ trees: every table cell checked against the files it came from."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from bnnctl import paper
+from bnnctl.cli import app
+from bnnctl.recipe import dump_recipe, load_recipe
+from bnnctl.report import build_report, random_unique_share, unique_filters
+from bnnctl.summary import summarize
+from bnnctl.train import FORMAT_VERSION, MODEL_FORMAT
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+ROWS = {"mnist": "BNN (Theano)", "mnist_torch7": "BNN (Torch7)", "cifar10_torch7": "BNN (Torch7)",
+        "svhn": "BNN (Theano)", "cifar10": "BNN (Theano)"}
+
+
+def write_run(results: Path, recipe: str, run_id: str, dataset: str, variant: str, curve: list[tuple],
+              planned: int | None = None, status: str | None = None) -> dict:
+    """A run directory as train.py writes it; curve rows are (train_loss, valid_error_pct, test_error_pct)."""
+    run = results / recipe / run_id
+    run.mkdir(parents=True)
+    planned = planned or len(curve)
+    lines = ["epoch,lr,train_loss,valid_loss,valid_error_pct,test_error_pct,epoch_time_s"]
+    lines += [f"{i},0.001,{loss},0.5,{valid},{test},1.5" for i, (loss, valid, test) in enumerate(curve, 1)]
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    best = max(range(len(curve)), key=lambda i: (-curve[i][1], i))  # '<=': the last of equal bests
+    result = {
+        "recipe": recipe, "reproduces": f"Table 1, {ROWS[recipe]}, {dataset}",
+        "paper": {"table": "Table 1", "row": ROWS[recipe], "test_error": 1.0},
+        "dataset": dataset, "variant": variant,
+        "status": status or ("finished" if len(curve) == planned else "running"),
+        "epochs_run": len(curve), "epochs_planned": planned, "best_epoch": best + 1,
+        "best_valid_error_pct": curve[best][1], "test_error_pct": curve[best][2],
+        "last_test_error_pct": curve[-1][2], "seed": 0, "wall_time_s": 1.5 * len(curve), "epoch_time_s": 1.5,
+        "torch": "2.11.0", "hardware": "test CPU", "commit": "abc123",
+    }
+    (run / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+KERNELS_RECORD = {
+    "kind": "kernels", "date": "2026-11-27T12:00:00+00:00",
+    "device": {"type": "cpu", "hardware": "Test CPU (2 threads)"}, "shape": {"m": 64, "n": 32, "k": 128},
+    "kernels": {
+        "xnor": {"label": "XNOR, CPU", "packed": True, "status": "ok", "median_ms": 0.5, "exact": True,
+                 "including_packing_ms": 0.8, "tbops": 0.002, "x_baseline": 20.0, "x_cublas_fp32": 4.0,
+                 "x_torch_bf16": 8.0},
+        "xnor-paper": {"label": "XNOR, paper-style", "packed": True, "status": "not run: CUDA-only kernel"},
+        "baseline": {"label": "float baseline", "packed": False, "status": "ok", "median_ms": 10.0, "exact": True,
+                     "x_baseline": 1.0, "x_cublas_fp32": 0.2, "x_torch_bf16": 0.4},
+        "cublas": {"label": "torch fp32 matmul", "packed": False, "status": "ok", "median_ms": 2.0, "exact": True,
+                   "x_baseline": 5.0, "x_cublas_fp32": 1.0, "x_torch_bf16": 2.0},
+    },
+}
+MLP_RECORD = {
+    "kind": "mnist-mlp", "device": {"type": "cpu", "hardware": "Test CPU (2 threads)"},
+    "variants": [
+        {"name": "a", "label": "baseline kernel", "median_ms": 700.0, "test_error_pct": 1.25},
+        {"name": "b", "label": "xnor, first layer baseline", "median_ms": 100.0, "test_error_pct": 1.25},
+        {"name": "c", "label": "xnor, bit planes", "status": "not run: no GPU"},
+    ],
+}
+
+
+def small_convnet_recipe(tmp_path: Path) -> dict:
+    recipe = yaml.safe_load((REPO / "recipes" / "cifar10_torch7.yaml").read_text())
+    recipe["model"].update(conv=[4, "M", 6], fc=[8])
+    path = tmp_path / "small_convnet.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return load_recipe(path)
+
+
+def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> None:
+    """A best.pt (train.py's model record) whose binary conv layers have the given weights."""
+    from bnnctl.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(recipe["model"], (3, 8, 8), 10)
+    convs = [m for m in model if type(m).__name__ == "BinaryConv2d"]
+    with torch.no_grad():
+        for conv, w in zip(convs, conv_weights):
+            conv.weight.copy_(w)
+    (run / "recipe.yaml").write_text(dump_recipe(recipe))
+    torch.save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe, "model": model.state_dict(),
+                "input_shape": [3, 8, 8], "num_classes": 10, "dataset": "cifar10", "variant": "cifar10-jpeg",
+                "epoch": 1, "valid_error_pct": 50.0, "test_error_pct": 50.0}, run / "best.pt")
+
+
+# Conv 1 (3 -> 4): per input map, kernels [a, a, -a, b] -> 2 unique up to sign, 3 exactly.
+# Conv 2 (4 -> 6): input map 0 has six copies of one kernel, the others six random ones.
+def designed_conv_weights() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    a = torch.tensor([1., -1, 1, 1, 1, -1, -1, 1, 1]).reshape(3, 3)
+    b = torch.tensor([1., 1, 1, -1, -1, -1, 1, 1, 1]).reshape(3, 3)
+    w1 = torch.stack([torch.stack([k] * 3) for k in (a, a, -a, b)]) * 0.5  # (4, 3, 3, 3), latent not ±1
+    w2 = torch.rand(6, 4, 3, 3, generator=g) * 2 - 1
+    w2[:, 0] = a * 0.25
+    return [w1, w2]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("tree")
+    root = tmp_path / "results"
+    # Three Theano MNIST runs: 'full' has the most epochs; 'short' has a lower valid and test error but
+    # fewer epochs; 'tie' as many epochs but a higher best-valid error (and the lowest test error).
+    write_run(root, "mnist", "full", "mnist", "mnist",
+              [(0.5, 5.0, 5.5), (0.3, 3.0, 3.25), (0.2, 2.0, 2.5), (0.15, 2.5, 2.0), (0.1, 2.0, 2.125)])
+    write_run(root, "mnist", "short", "mnist", "mnist", [(0.4, 4.0, 4.0), (0.2, 1.0, 1.5), (0.1, 1.5, 1.0)])
+    write_run(root, "mnist", "tie", "mnist", "mnist",
+              [(0.5, 6.0, 6.0), (0.4, 5.0, 5.0), (0.3, 4.0, 4.0), (0.2, 3.0, 0.5), (0.1, 3.5, 0.25)], planned=10)
+    # Torch7 CIFAR-10 on the JPEG stand-in, interrupted after 2 of 500 epochs, with a checkpoint.
+    write_run(root, "cifar10_torch7", "jpeg", "cifar10", "cifar10-jpeg", [(0.9, 80.0, 81.0), (0.8, 70.0, 71.5)],
+              planned=500, status="interrupted")
+    write_best(root / "cifar10_torch7" / "jpeg", small_convnet_recipe(tmp_path), designed_conv_weights())
+    # A Theano CIFAR-10 run on the real data but without a checkpoint (checkpoints are git-ignored).
+    write_run(root, "cifar10", "nockpt", "cifar10", "cifar10", [(0.7, 30.0, 31.0)], planned=500)
+    (root / "cifar10" / "nockpt" / "recipe.yaml").write_text(dump_recipe(small_convnet_recipe(tmp_path)))
+    # Torch7 MNIST with a broken metrics.csv: in Table 1, without a curve.
+    write_run(root, "mnist_torch7", "badmetrics", "mnist", "mnist", [(0.3, 1.5, 1.75), (0.2, 1.25, 1.5)])
+    (root / "mnist_torch7" / "badmetrics" / "metrics.csv").write_text("epoch,train_loss,valid_error_pct\n1,0.3,x\n")
+    # Broken or unfinished runs.
+    (root / "svhn" / "broken").mkdir(parents=True)
+    (root / "svhn" / "broken" / "result.json").write_text('{"recipe": "svhn", "status": ')
+    write_run(root, "svhn", "nofield", "svhn", "svhn", [(0.3, 3.0, 3.0)])
+    nofield = root / "svhn" / "nofield" / "result.json"
+    nofield.write_text(json.dumps({k: v for k, v in json.loads(nofield.read_text()).items() if k != "variant"}))
+    (root / "mnist_torch7" / "starting").mkdir(parents=True)
+    (root / "mnist_torch7" / "starting" / "recipe.yaml").write_text("name: mnist_torch7\n")
+    # Benchmarks: one good kernels record, one MLP record, and three that must be skipped.
+    bench = root / "bench"
+    bench.mkdir()
+    (bench / "20261127T120000-cpu-64x32x128.json").write_text(json.dumps(KERNELS_RECORD))
+    (bench / "mlp.json").write_text(json.dumps(MLP_RECORD))
+    (bench / "truncated.json").write_text('{"kind": "kernels", ')
+    (bench / "future.json").write_text(json.dumps({"kind": "energy-meter", "joules": 3}))
+    (bench / "mlp-other-layout.json").write_text(json.dumps({"kind": "mnist-mlp", "device": {"type": "cpu"},
+                                                             "timings": [1, 2]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def out(results: Path) -> Path:
+    """The report of the fake tree, built once for the tests that only read it."""
+    folder = results.parent / "out"
+    build_report(results, folder)
+    return folder
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def table1(out: Path) -> dict[tuple[str, str, str], dict[str, str]]:
+    return {(r["row"], r["dataset"], r["variant"]): r for r in read_csv(out / "table1.csv") if r["source"] != "cited"}
+
+
+def test_table1_cells_match_the_files(results, out):
+    cells = table1(out)
+    assert set(cells) == {(row, d, d) for row in paper.OUR_ROWS for d in paper.TABLE1_DATASETS} | {
+        ("BNN (Torch7)", "cifar10", "cifar10-jpeg")}
+
+    full = json.loads((results / "mnist" / "full" / "result.json").read_text())
+    cell = cells[("BNN (Theano)", "mnist", "mnist")]
+    assert cell["run"] == "mnist/full" and cell["runs_in_cell"] == "3"  # most epochs, not the lowest test error
+    assert cell["ours_test_error_pct"] == f"{full['test_error_pct']:.2f}" == "2.12"  # epoch 5: last of equal bests
+    assert (cell["epochs_run"], cell["epochs_planned"], cell["recipe_epochs"]) == ("5", "5", "1000")
+    assert cell["paper_test_error_pct"] == "0.96" and cell["best_epoch"] == "5" and cell["status"] == "finished"
+
+    jpeg = cells[("BNN (Torch7)", "cifar10", "cifar10-jpeg")]
+    assert (jpeg["run"], jpeg["ours_test_error_pct"], jpeg["status"]) == ("cifar10_torch7/jpeg", "71.50", "interrupted")
+    assert (jpeg["epochs_run"], jpeg["epochs_planned"], jpeg["paper_test_error_pct"]) == ("2", "500", "10.15")
+    assert cells[("BNN (Torch7)", "cifar10", "cifar10")]["ours_test_error_pct"] == "not run"
+    assert cells[("BNN (Theano)", "cifar10", "cifar10")]["run"] == "cifar10/nockpt"
+    assert cells[("BNN (Torch7)", "mnist", "mnist")]["ours_test_error_pct"] == "1.50"
+    for row in paper.OUR_ROWS:  # the SVHN runs are broken: nothing to show
+        assert cells[(row, "svhn", "svhn")]["ours_test_error_pct"] == "not run"
+        assert cells[(row, "svhn", "svhn")]["run"] == ""
+
+    cited = [r for r in read_csv(out / "table1.csv") if r["source"] == "cited"]
+    expected = {(c.method, d): c.printed[d] for c in paper.TABLE1 if not c.ours for d in paper.TABLE1_DATASETS}
+    assert {(r["row"], r["dataset"]): r["paper_test_error_pct"] for r in cited} == expected
+    assert expected[("BinaryConnect (Courbariaux et al., 2015)", "cifar10")] == "9.90"
+    assert all(r["ours_test_error_pct"] == "" for r in cited)
+
+    md = (out / "REPORT.md").read_text()
+    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (2 of 200 epochs) / 1.40 | not run / 2.53 | not run / 10.15 | " \
+           "71.50 (interrupted, 2 of 500 epochs) / 10.15 |" in md
+    assert "| **BNN (Theano)** (ours / paper) | 2.12 (5 of 1000 epochs) / 0.96 | not run / 2.80 | " \
+           "31.00 (running, 1 of 500 epochs) / 11.40 | not run / 11.40 |" in md
+    assert "cifar10-jpeg (stand-in for CIFAR-10)" in md
+    assert "| Gated pooling (Lee et al., 2015) (cited) | – | 1.69 | 7.62 |  |" in md
+    assert "most epochs run" in md and "lowest test error would select on the test set" in md
+    assert "5 of 5 (the recipe plans 1000)" in md
+
+
+def test_runs_figures_and_skipped_files(results, out):
+    runs = {r["run"]: r for r in read_csv(out / "runs.csv")}
+    assert sorted(runs) == ["cifar10/nockpt", "cifar10_torch7/jpeg", "mnist/full", "mnist/short", "mnist/tie",
+                            "mnist_torch7/badmetrics"]
+    for rel, row in runs.items():
+        recorded = json.loads((results / rel / "result.json").read_text())
+        assert row["status"] == recorded["status"] and row["variant"] == recorded["variant"]
+        assert int(row["epochs_run"]) == recorded["epochs_run"] and int(row["best_epoch"]) == recorded["best_epoch"]
+        assert row["test_error_pct"] == f"{recorded['test_error_pct']:.2f}"
+
+    md = (out / "REPORT.md").read_text()
+    skipped = md.split("## Skipped or questioned files")[1]
+    for path in ("svhn/broken/result.json", "svhn/nofield/result.json", "mnist_torch7/badmetrics/metrics.csv",
+                 "mnist_torch7/starting", "bench/truncated.json", "bench/future.json", "bench/mlp-other-layout.json"):
+        assert f"`{path}`" in skipped, path
+    assert "has no 'variant'" in skipped and "unknown kind 'energy-meter'" in skipped
+
+    # Figure 1: one PNG per variant with curves, CIFAR-10 first; the broken metrics.csv has none.
+    pngs = sorted(p.name for p in out.glob("figure1_*.png"))
+    assert pngs == ["figure1_cifar10-jpeg.png", "figure1_cifar10.png", "figure1_mnist.png"]
+    assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    order = [md.index(f"({p})") for p in ("figure1_cifar10.png", "figure1_cifar10-jpeg.png", "figure1_mnist.png")]
+    assert order == sorted(order)
+    assert "`mnist_torch7/badmetrics` (" not in md.split("## Figure 1")[1].split("## Kernel")[0]
+
+
+def test_kernel_tables_match_the_bench_records(results, out):
+    rows = {r["kernel"]: r for r in read_csv(out / "kernels.csv")}
+    assert set(rows) == set(KERNELS_RECORD["kernels"])
+    for name, entry in KERNELS_RECORD["kernels"].items():
+        row = rows[name]
+        assert row["status"] == entry["status"] and row["device"] == "Test CPU (2 threads) (cpu)"
+        assert row["shape"] == "64x32x128"
+        if entry["status"] == "ok":
+            assert float(row["median_ms"]) == entry["median_ms"]
+            assert float(row["x_baseline"]) == entry["x_baseline"]
+            assert float(row["x_fp32_matmul"]) == entry["x_cublas_fp32"]
+        else:
+            assert row["median_ms"] == ""
+    assert (rows["xnor"]["paper_x_baseline"], rows["xnor"]["paper_x_cublas"]) == ("23.0", "3.4")
+    assert rows["baseline"]["paper_x_baseline"] == ""
+    assert (out / "kernels.png").is_file()
+
+    mlp = read_csv(out / "mnist_mlp.csv")
+    assert [(r["variant"], r["median_ms"], r["x_first_variant"], r["test_error_pct"], r["status"]) for r in mlp] == [
+        ("a", "700", "1", "1.25", "ok"), ("b", "100", "7", "1.25", "ok"), ("c", "", "", "", "not run: no GPU")]
+
+
+def test_memory_and_energy_from_the_model_definitions(results, out):
+    rows = {r["recipe"]: r for r in read_csv(out / "memory_energy.csv")}
+    assert set(rows) == {p.stem for p in (REPO / "recipes").glob("*.yaml")}
+    mnist, s = rows["mnist"], summarize("mnist")
+    assert int(mnist["binary_weights"]) == 36_806_656 and int(mnist["macs_binary"]) == 33_595_392
+    assert int(mnist["bits_bnn"]) == s.total("bnn_bits") and int(mnist["bits_float32"]) == s.total("float_bits")
+    # By hand: BNN arithmetic = XNOR MACs x 0.03 pJ + first-layer MACs x 0.1 pJ; float32 = all MACs x (3.7 + 0.9).
+    assert float(mnist["arithmetic_uj_bnn"]) == pytest.approx((33_595_392 * 0.03 + 3_211_264 * 0.1) * 1e-6, rel=1e-5)
+    assert float(mnist["arithmetic_uj_float32"]) == pytest.approx(36_806_656 * 4.6e-6, rel=1e-5)
+    # 4.6 MiB of BNN values do not fit the 1M memory: DRAM, 1.3 to 2.6 nJ per 64-bit access.
+    assert mnist["memory_bnn"] == "DRAM"
+    accesses = math.ceil(s.total("bnn_bits") / 64)
+    assert float(mnist["memory_uj_low_bnn"]) == pytest.approx(accesses * 1300e-6, rel=1e-5)
+    assert float(mnist["memory_uj_high_bnn"]) == pytest.approx(accesses * 2600e-6, rel=1e-5)
+    assert rows["svhn"]["memory_bnn"] == "1M cache"  # 0.82 MiB
+    constants = {r["operation"]: r for r in read_csv(out / "energy_constants.csv")}
+    assert float(constants["float32 mult"]["pj"]) == 3.7 and float(constants["64-bit access, DRAM"]["pj_high"]) == 2600
+    assert all("Table 2" in r["source"] or "Table 3" in r["source"] for r in constants.values())
+
+
+def test_unique_filters_by_hand():
+    up_to_sign, exact = unique_filters(designed_conv_weights()[0])
+    assert (up_to_sign, exact) == (3 * 2, 3 * 3)  # per input map: {a, b} up to sign, {a, -a, b} exactly
+    zeros = torch.zeros(2, 1, 3, 3)  # sign(0) = +1: two equal all-plus kernels
+    assert unique_filters(zeros) == (1, 1)
+    # Random kernels: the expected share for 1 kernel is 1, and falls as more share 256 classes.
+    assert random_unique_share(1, 9) == 1.0
+    assert random_unique_share(512, 9) == pytest.approx(256 * (1 - (255 / 256) ** 512) / 512)
+
+
+def test_filter_repetition_from_best_pt(results, out):
+    rows = read_csv(out / "filter_repetition.csv")
+    assert [r["run"] for r in rows] == ["cifar10_torch7/jpeg"] * 2
+    conv1, conv2 = rows
+    assert (conv1["in_channels"], conv1["out_channels"], conv1["input"]) == ("3", "4", "real")
+    assert (conv1["kernels_2d"], conv1["unique_up_to_sign"], conv1["unique_exact"]) == ("12", "6", "9")
+    assert conv1["unique_pct"] == "50.00"
+    # Conv 2: map 0 holds one kernel six times; the 18 random kernels of maps 1-3 are counted directly.
+    w2 = designed_conv_weights()[1]
+    expected = 1 + unique_filters(w2[:, 1:])[0]
+    assert conv2["input"] == "±1" and int(conv2["unique_up_to_sign"]) == expected
+    ops = 6 * 4 * 4 * 4 * 9  # out x in x (4x4 positions) x 3x3
+    assert int(conv2["xnor_popcount_ops"]) == ops
+    assert int(conv2["ops_with_dedup"]) == expected * 9 * 16
+    assert int(conv2["ops_saved"]) == ops - expected * 9 * 16
+    md = (out / "REPORT.md").read_text().split("## Filter repetition")[1].split("## Recorded runs")[0]
+    assert "No checkpoint" in md and "`cifar10/nockpt`" in md and "42%" in md
+
+
+def test_report_twice_gives_identical_files(results, out, tmp_path):
+    first, second = out, tmp_path / "second"
+    build_report(results, second)
+    build_report(results, second)  # again into the same folder
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    assert "REPORT.md" in names and "kernels.png" in names
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_report_cli(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "cli-out"
+    write_run(results, "mnist", "one", "mnist", "mnist", [(0.5, 5.0, 5.5)])
+    (results / "mnist" / "two").mkdir()
+    (results / "mnist" / "two" / "result.json").write_text("[]")
+    out.mkdir()
+    stale = out / "figure1_gone.png"
+    stale.write_bytes(b"old")
+    done = runner.invoke(app, ["report", "--results", str(results), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert (out / "REPORT.md").is_file() and (out / "figure1_mnist.png").is_file()
+    assert "mnist/two/result.json: JSON is not an object" in done.output
+    assert not stale.exists()  # figures of runs no longer recorded do not linger
+    missing = runner.invoke(app, ["report", "--results", str(tmp_path / "none"), "--out", str(out)])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
