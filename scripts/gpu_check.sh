@@ -76,5 +76,9 @@ STEP_TIMEOUT=360 step tc_wgmma env TORCH_CUDA_ARCH_LIST=9.0a bash -c 'python3 -m
 STEP_TIMEOUT=60 step tc_share python3 -c 'import sys; from bnnctl.kernels import tensorcore as tc; \
   tc.report_peak_shares(sys.argv[1])' "$OUT"
 
+# The Table 1 ConvNet recipes: 2 timed epochs each on the GPU (CIFAR-10 recipes on the cifar10-jpeg stand-in,
+# which the script builds from .data/cifar10-reconstruction/; SVHN recipes on synthetic .mat files it writes).
+STEP_TIMEOUT=150 step table1_convnets env EPOCHS=2 PER_RUN=35 OUT=runs/gpu-check scripts/gpu_table1_convnets.sh
+
 echo "=== summary ($SUMMARY)"
 cat "$SUMMARY"
