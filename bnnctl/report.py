@@ -244,11 +244,11 @@ def table1_cells(runs: list[Run]) -> tuple[list[Cell], list[Run]]:
     others = []
     for run in runs:
         p = run.get("paper")
-        if (p.get("table") == "Table 1" and p.get("row") in paper.OUR_ROWS
-                and run.get("dataset") in paper.TABLE1_DATASETS and run.get("test_error_pct") is not None):
-            by_cell.setdefault((p["row"], run.get("dataset"), run.get("variant")), []).append(run)
-        else:
+        if not (p.get("table") == "Table 1" and p.get("row") in paper.OUR_ROWS
+                and run.get("dataset") in paper.TABLE1_DATASETS):
             others.append(run)
+        elif run.get("test_error_pct") is not None:  # a run with no finished epoch has nothing to show
+            by_cell.setdefault((p["row"], run.get("dataset"), run.get("variant")), []).append(run)
     cells = []
     for row in paper.OUR_ROWS:
         for dataset in paper.TABLE1_DATASETS:
@@ -267,13 +267,15 @@ def shipped_epochs(recipes: dict[str, dict[str, Any]], name: str) -> int | None:
 
 
 def _short_of(run: Run, recipes: dict[str, dict[str, Any]]) -> str:
-    """' (interrupted, 2 of 500 epochs)' for a run short of its plan or of its recipe's schedule, else ''."""
-    planned = max(run.get("epochs_planned"), shipped_epochs(recipes, run.get("recipe")) or 0)
-    status = run.get("status")
-    if status == "finished" and run.get("epochs_run") >= planned:
-        return ""
-    prefix = "" if status == "finished" else f"{status}, "
-    return f" ({prefix}{run.get('epochs_run')} of {planned} epochs)"
+    """How a run falls short of its own plan or of its recipe's schedule, e.g. ' (interrupted, 2 of 500 epochs)'."""
+    done, planned, status = run.get("epochs_run"), run.get("epochs_planned"), run.get("status")
+    schedule = shipped_epochs(recipes, run.get("recipe"))
+    if status != "finished" or done < planned:
+        also = f"; the recipe plans {schedule}" if schedule and schedule != planned else ""
+        return f" ({status}, {done} of {planned} epochs{also})"
+    if schedule and done < schedule:
+        return f" ({done} of the recipe's {schedule} epochs)"
+    return ""
 
 
 def table1_section(cells: list[Cell], recipes: dict[str, dict[str, Any]], out: Path) -> str:

@@ -20,7 +20,7 @@ from bnnctl.train import FORMAT_VERSION, MODEL_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-ROWS = {"mnist": "BNN (Theano)", "mnist_torch7": "BNN (Torch7)", "cifar10_torch7": "BNN (Torch7)",
+ROWS = {"tiny": "", "mnist": "BNN (Theano)", "mnist_torch7": "BNN (Torch7)", "cifar10_torch7": "BNN (Torch7)",
         "svhn": "BNN (Theano)", "cifar10": "BNN (Theano)"}
 
 
@@ -129,6 +129,10 @@ def results(tmp_path_factory) -> Path:
     # Torch7 MNIST with a broken metrics.csv: in Table 1, without a curve.
     write_run(root, "mnist_torch7", "badmetrics", "mnist", "mnist", [(0.3, 1.5, 1.75), (0.2, 1.25, 1.5)])
     (root / "mnist_torch7" / "badmetrics" / "metrics.csv").write_text("epoch,train_loss,valid_error_pct\n1,0.3,x\n")
+    # A run of a recipe that reproduces no paper cell: listed with the runs, in no Table 1 cell.
+    write_run(root, "tiny", "a", "mnist", "mnist", [(0.9, 50.0, 50.0)])
+    tiny = root / "tiny" / "a" / "result.json"
+    tiny.write_text(json.dumps({**json.loads(tiny.read_text()), "paper": {"table": "", "row": "", "test_error": None}}))
     # Broken or unfinished runs.
     (root / "svhn" / "broken").mkdir(parents=True)
     (root / "svhn" / "broken" / "result.json").write_text('{"recipe": "svhn", "status": ')
@@ -195,9 +199,9 @@ def test_table1_cells_match_the_files(results, out):
     assert all(r["ours_test_error_pct"] == "" for r in cited)
 
     md = (out / "REPORT.md").read_text()
-    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (2 of 200 epochs) / 1.40 | not run / 2.53 | not run / 10.15 | " \
+    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (2 of the recipe's 200 epochs) / 1.40 | not run / 2.53 | not run / 10.15 | " \
            "71.50 (interrupted, 2 of 500 epochs) / 10.15 |" in md
-    assert "| **BNN (Theano)** (ours / paper) | 2.12 (5 of 1000 epochs) / 0.96 | not run / 2.80 | " \
+    assert "| **BNN (Theano)** (ours / paper) | 2.12 (5 of the recipe's 1000 epochs) / 0.96 | not run / 2.80 | " \
            "31.00 (running, 1 of 500 epochs) / 11.40 | not run / 11.40 |" in md
     assert "cifar10-jpeg (stand-in for CIFAR-10)" in md
     assert "| Gated pooling (Lee et al., 2015) (cited) | – | 1.69 | 7.62 |  |" in md
@@ -208,7 +212,7 @@ def test_table1_cells_match_the_files(results, out):
 def test_runs_figures_and_skipped_files(results, out):
     runs = {r["run"]: r for r in read_csv(out / "runs.csv")}
     assert sorted(runs) == ["cifar10/nockpt", "cifar10_torch7/jpeg", "mnist/full", "mnist/short", "mnist/tie",
-                            "mnist_torch7/badmetrics"]
+                            "mnist_torch7/badmetrics", "tiny/a"]
     for rel, row in runs.items():
         recorded = json.loads((results / rel / "result.json").read_text())
         assert row["status"] == recorded["status"] and row["variant"] == recorded["variant"]
@@ -216,6 +220,7 @@ def test_runs_figures_and_skipped_files(results, out):
         assert row["test_error_pct"] == f"{recorded['test_error_pct']:.2f}"
 
     md = (out / "REPORT.md").read_text()
+    assert "Runs that fill no Table 1 cell (another table, row or dataset): `tiny/a`." in md
     skipped = md.split("## Skipped or questioned files")[1]
     for path in ("svhn/broken/result.json", "svhn/nofield/result.json", "mnist_torch7/badmetrics/metrics.csv",
                  "mnist_torch7/starting", "bench/truncated.json", "bench/future.json", "bench/mlp-other-layout.json"):
@@ -328,3 +333,17 @@ def test_report_cli(tmp_path):
     assert not stale.exists()  # figures of runs no longer recorded do not linger
     missing = runner.invoke(app, ["report", "--results", str(tmp_path / "none"), "--out", str(out)])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_cells_say_how_short_a_run_is_of_its_plan_and_of_the_recipe():
+    from bnnctl.report import Run, _short_of
+
+    recipes = {"mnist": {"train": {"epochs": 1000}}}
+
+    def short(status, done, planned):
+        return _short_of(Run("r", Path("r"), {"recipe": "mnist", "status": status, "epochs_run": done,
+                                              "epochs_planned": planned}), recipes)
+    assert short("running", 1, 20) == " (running, 1 of 20 epochs; the recipe plans 1000)"
+    assert short("interrupted", 3, 1000) == " (interrupted, 3 of 1000 epochs)"
+    assert short("finished", 20, 20) == " (20 of the recipe's 1000 epochs)"
+    assert short("finished", 1000, 1000) == ""
