@@ -304,7 +304,7 @@ def table1_section(cells: list[Cell], recipes: dict[str, dict[str, Any]], out: P
     stand_ins = sorted({(c.dataset, c.variant) for c in cells if c.variant != c.dataset},
                        key=lambda dv: (list(paper.TABLE1_DATASETS).index(dv[0]), dv[1]))
     columns = [(d, d) for d in paper.TABLE1_DATASETS] + stand_ins
-    titles = [paper.TABLE1_DATASETS[d] if d == v else f"{v} (stand-in for {paper.TABLE1_DATASETS[d]})"
+    titles = [paper.TABLE1_DATASETS[d] if d == v else f"{v} (not the original {paper.TABLE1_DATASETS[d]})"
               for d, v in columns]
     wide = []
     for row in paper.OUR_ROWS:

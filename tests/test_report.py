@@ -199,11 +199,11 @@ def test_table1_cells_match_the_files(results, out):
     assert all(r["ours_test_error_pct"] == "" for r in cited)
 
     md = (out / "REPORT.md").read_text()
-    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (2 of the recipe's 200 epochs) / 1.40 | not run / 2.53 | not run / 10.15 | " \
-           "71.50 (interrupted, 2 of 500 epochs) / 10.15 |" in md
+    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (2 of the recipe's 200 epochs) / 1.40 | not run / 2.53 | " \
+           "not run / 10.15 | 71.50 (interrupted, 2 of 500 epochs) / 10.15 |" in md
     assert "| **BNN (Theano)** (ours / paper) | 2.12 (5 of the recipe's 1000 epochs) / 0.96 | not run / 2.80 | " \
            "31.00 (running, 1 of 500 epochs) / 11.40 | not run / 11.40 |" in md
-    assert "cifar10-jpeg (stand-in for CIFAR-10)" in md
+    assert "cifar10-jpeg (not the original CIFAR-10)" in md
     assert "| Gated pooling (Lee et al., 2015) (cited) | – | 1.69 | 7.62 |  |" in md
     assert "most epochs run" in md and "lowest test error would select on the test set" in md
     assert "5 of 5 (the recipe plans 1000)" in md
