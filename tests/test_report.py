@@ -129,6 +129,10 @@ def results(tmp_path_factory) -> Path:
     # Torch7 MNIST with a broken metrics.csv: in Table 1, without a curve.
     write_run(root, "mnist_torch7", "badmetrics", "mnist", "mnist", [(0.3, 1.5, 1.75), (0.2, 1.25, 1.5)])
     (root / "mnist_torch7" / "badmetrics" / "metrics.csv").write_text("epoch,train_loss,valid_error_pct\n1,0.3,x\n")
+    # A result.json whose test error is not the one metrics.csv has at the best epoch: reported, questioned.
+    write_run(root, "mnist_torch7", "disagree", "mnist", "mnist", [(0.3, 2.0, 2.5)])
+    disagree = root / "mnist_torch7" / "disagree" / "result.json"
+    disagree.write_text(json.dumps({**json.loads(disagree.read_text()), "test_error_pct": 1.0}))
     # A run of a recipe that reproduces no paper cell: listed with the runs, in no Table 1 cell.
     write_run(root, "tiny", "a", "mnist", "mnist", [(0.9, 50.0, 50.0)])
     tiny = root / "tiny" / "a" / "result.json"
@@ -212,7 +216,7 @@ def test_table1_cells_match_the_files(results, out):
 def test_runs_figures_and_skipped_files(results, out):
     runs = {r["run"]: r for r in read_csv(out / "runs.csv")}
     assert sorted(runs) == ["cifar10/nockpt", "cifar10_torch7/jpeg", "mnist/full", "mnist/short", "mnist/tie",
-                            "mnist_torch7/badmetrics", "tiny/a"]
+                            "mnist_torch7/badmetrics", "mnist_torch7/disagree", "tiny/a"]
     for rel, row in runs.items():
         recorded = json.loads((results / rel / "result.json").read_text())
         assert row["status"] == recorded["status"] and row["variant"] == recorded["variant"]
@@ -226,6 +230,7 @@ def test_runs_figures_and_skipped_files(results, out):
                  "mnist_torch7/starting", "bench/truncated.json", "bench/future.json", "bench/mlp-other-layout.json"):
         assert f"`{path}`" in skipped, path
     assert "has no 'variant'" in skipped and "unknown kind 'energy-meter'" in skipped
+    assert "`mnist_torch7/disagree/result.json`: test error 1.0 differs from metrics.csv's 2.5 at epoch 1" in skipped
 
     # Figure 1: one PNG per variant with curves, CIFAR-10 first; the broken metrics.csv has none.
     pngs = sorted(p.name for p in out.glob("figure1_*.png"))
