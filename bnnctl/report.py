@@ -443,6 +443,10 @@ class KernelRecord:
     data: dict[str, Any]
 
     @property
+    def date(self) -> str:
+        return str(self.data.get("date", ""))
+
+    @property
     def device(self) -> str:
         d = self.data["device"]
         return f"{d.get('hardware', d['type'])} ({d['type']})"
@@ -457,7 +461,8 @@ class KernelRecord:
 class MlpRecord:
     rel: str
     device: str
-    rows: list[dict[str, Any]]   # variant, label, status, median_ms, test_error_pct, ratio to (a)
+    rows: list[dict[str, Any]]   # name, label, status, median_ms, test_error_pct
+    date: str = ""
 
 
 def _check_kernels_record(data: dict[str, Any]) -> str | None:
@@ -527,7 +532,7 @@ def find_benches(results: Path, notes: Notes) -> tuple[list[KernelRecord], list[
                 notes.add(rel, f"bench record of kind {kind!r} in a layout this report does not know: skipped")
             else:
                 mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device.get('type', '?'))} "
-                                                  f"({device.get('type', '?')})", rows))
+                                                  f"({device.get('type', '?')})", rows, str(data.get("date", ""))))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
     return kernel_records, mlp_records
@@ -592,7 +597,6 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
     if records:
         parts.append(md_table(["device", "m x n x k", "kernel", "ms", "ms incl. packing", "x baseline", "paper",
                                "x fp32 matmul", "paper", "exact"], md_rows))
-        parts.append(_kernel_chart(records, out))
         parts.append("CSV: `kernels.csv`.")
     else:
         parts.append("No kernel benchmark is recorded (`bnnctl bench --kernel all` writes one): not run.")
@@ -604,38 +608,57 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
                      "kernel, at the same accuracy. CSV: `mnist_mlp.csv`.")
     else:
         parts.append("No MNIST MLP benchmark is recorded (`bnnctl bench --model mnist-mlp` writes one): not run.")
+    if records or mlp:
+        parts.append(_bench_chart(records, mlp, out))
     return "\n\n".join(parts)
 
 
-def _kernel_chart(records: list[KernelRecord], out: Path) -> str:
-    # One panel per (device, shape): the latest record of each, by its recorded date, then path.
-    latest: dict[tuple[str, str], KernelRecord] = {}
-    for rec in sorted(records, key=lambda r: (str(r.data.get("date", "")), r.rel)):
-        latest[(rec.device, rec.shape)] = rec
-    groups = sorted(latest.items())
-    fig = _new_figure(max(6.0, 5.5 * len(groups)), 4.5)
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, ((device, shape), rec) in zip(axes, groups):
+def _latest(records: list, key: Callable[[Any], Any]) -> list:
+    """The last record of each key, by recorded date then path, in key order."""
+    latest: dict[Any, Any] = {}
+    for rec in sorted(records, key=lambda r: (str(r.date), r.rel)):
+        latest[key(rec)] = rec
+    return [latest[k] for k in sorted(latest)]
+
+
+def _bars(ax, names: list[str], times: list[float], labels: list[str], title: str) -> None:
+    bars = ax.bar(range(len(names)), times, color=[f"C{i % 10}" for i in range(len(names))])
+    ax.set_yscale("log")
+    if times:  # room below the fastest bar, so that its height still reads as a time
+        ax.set_ylim(bottom=min(times) / 4, top=max(times) * 2)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("median ms (log scale)")
+    ax.set_title(title, fontsize=9)
+    for bar, label in zip(bars, labels):
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
+    """kernels.png: one panel per (device, shape) of matmul times, then one per device of MNIST MLP times."""
+    kernel_panels = _latest(records, key=lambda r: (r.device, r.shape))
+    mlp_panels = _latest(mlp, key=lambda r: r.device)
+    panels = len(kernel_panels) + len(mlp_panels)
+    fig = _new_figure(max(6.0, 5.0 * panels), 4.6)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax, rec in zip(axes, kernel_panels):
         ran = [(name, e) for name, e in rec.data["kernels"].items() if e["status"] == "ok"]
-        names = [name for name, _ in ran]
-        times = [e["median_ms"] for _, e in ran]
-        bars = ax.bar(range(len(ran)), times, color=[f"C{i}" for i in range(len(ran))])
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(ran)), names, rotation=20, fontsize=8)
-        ax.set(ylabel="median ms (log scale)", title=f"{device}\n{shape}")
-        ax.title.set_fontsize(9)
-        for bar, (_, e) in zip(bars, ran):
-            ratio = e.get("x_baseline")
-            if _is_number(ratio):
-                ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-        ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("+/-1 matrix product: median time per kernel (bar label: speed-up over the baseline kernel)\n"
-                 "paper, GTX750 at 8192^3: XNOR 23x the baseline kernel, 3.4x cuBLAS", fontsize=8)
+        _bars(ax, [name for name, _ in ran], [e["median_ms"] for _, e in ran],
+              [f"{e['x_baseline']:.1f}x" if _is_number(e.get("x_baseline")) else "" for _, e in ran],
+              f"{rec.device}\nmatmul {rec.shape}")
+    for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
+        ran = [r for r in rec.rows if r["status"] == "ok"]
+        _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
+              [f"{ran[0]['median_ms'] / r['median_ms']:.1f}x, {fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
+              f"{rec.device}\nMNIST MLP, 10,000 test images")
+    fig.suptitle("median time per kernel; bar label: speed-up over the baseline kernel (MLP: over the first variant, "
+                 "and test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at 8192^3; MNIST MLP "
+                 "7x the baseline kernel", fontsize=8)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.8, wspace=0.3)
     save_png(fig, out / "kernels.png")
-    return ("![kernel times](kernels.png)\n\nChart: the latest record per device and shape: "
-            + ", ".join(f"`{rec.rel}`" for _, rec in groups) + ".")
+    used = ", ".join(f"`{rec.rel}`" for rec in [*kernel_panels, *mlp_panels])
+    return f"![kernel times](kernels.png)\n\nChart: the latest record per device (and shape): {used}."
 
 
 # ============================================================================ memory and energy
