@@ -572,7 +572,7 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
                             fmt(paper_base, ".0f", "") + ("x" if paper_base else ""),
                             fmt(e.get("x_cublas_fp32"), ".2f") if ok else "",
                             fmt(paper_cublas, ".1f", "") + ("x" if paper_cublas else ""),
-                            ("yes" if e.get("exact") else "NO") if ok else ""])
+                            {True: "yes", False: "NO"}.get(e.get("exact"), "?") if ok else ""])
     write_csv(out / "kernels.csv", header, rows)
 
     mlp_header = ["record", "device", "variant", "label", "status", "median_ms", "x_first_variant", "test_error_pct"]
