@@ -42,11 +42,22 @@ def train(
     resume: Optional[Path] = typer.Option(None, help="continue this run directory from its last finished epoch"),
     seed: Optional[int] = typer.Option(None, help="override the recipe's seed"),
     run_id: Optional[str] = typer.Option(None, help="name of the run directory (default: date-time and seed)"),
+    fast: bool = typer.Option(False, "--fast", help="switch on the fast.* options that pay off on this device "
+                                                    "(--set wins over them)"),
+    nproc: int = typer.Option(1, help="train as N processes on this machine (DDP through torchrun; one GPU each "
+                                      "on CUDA); the recipe's batch is split across them"),
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
+    if nproc != 1:
+        from .distributed import relaunch
+        args = ["train", str(recipe), "--device", device, "--runs-dir", str(runs_dir)]
+        args += [arg for item in set_ for arg in ("--set", item)]
+        for flag, value in (("--data-dir", data_dir), ("--resume", resume), ("--seed", seed), ("--run-id", run_id)):
+            args += [flag, str(value)] if value is not None else []
+        raise typer.Exit(relaunch(nproc, args + (["--fast"] if fast else [])))
     from .train import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
-                 resume=resume, seed=seed, run_id=run_id, console=console)
+                 resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)
 
 
 @app.command("eval")

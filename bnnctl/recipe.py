@@ -108,9 +108,16 @@ SCHEMA: dict[str, Any] = {
     "fast": {
         "data_on_device": f(bool, True, help="keep the whole dataset on the training device"),
         "compile": f(bool, False, help="torch.compile the model"),
-        "bf16": f(bool, False, help="bf16 autocast for matmuls/convs (CUDA only)"),
-        "channels_last": f(bool, False),
+        "compile_mode": f(str, "default", choices=("default", "reduce-overhead", "max-autotune",
+                                                   "max-autotune-no-cudagraphs"),
+                          help="torch.compile mode; reduce-overhead replays the compiled steps as CUDA graphs"),
+        "bf16": f(bool, False, help="bf16 autocast for matmuls/convs (CUDA only); rounds pre-BN sums and gradients"),
+        "tf32": f(bool, False, help="TF32 tensor cores for fp32 matmuls (CUDA only); +-1 x +-1 products stay exact"),
+        "channels_last": f(bool, False, help="NHWC convolutions (ConvNet only)"),
         "foreach_clip": f(bool, True, help="clip all binary weights in one foreach call"),
+        "fused_optimizer": f(bool, False, help="Adam's fused kernel on the CPU too (it is always fused on CUDA)"),
+        "pretransform": f(bool, False, help="preprocess the whole dataset once instead of every batch"),
+        "sync_bn": f(bool, False, help="several processes: BatchNorm statistics over the global batch"),
     },
 }
 

@@ -15,12 +15,15 @@ resumed run ends with exactly the numbers of an uninterrupted one: the checkpoin
 the random states of dropout, stochastic binarization and the data order.
 
 The hot loop keeps to the device: the dataset can live there, batches are drawn by an
-on-device permutation, and the loss is summed on the device and read once per epoch.
+on-device permutation, and the loss is summed on the device and read once per epoch. The
+``fast`` section of a recipe switches on what else removes overhead without touching the
+paper's semantics (see ``FAST_PRESETS``); ``distributed`` splits a run across processes.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -38,8 +41,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__
+from . import __version__, distributed
 from .data import Splits, load_splits
+from .distributed import SINGLE, Ranks
 from .errors import UserError
 from .layers import binary_layers
 from .models import build_model, count_parameters
@@ -77,16 +81,25 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def git_commit() -> str:
-    """HEAD of the repository bnnctl runs from, with '+dirty' when tracked files differ."""
+    """HEAD of the repository bnnctl runs from, with '+dirty' when tracked files differ.
+
+    $BNNCTL_COMMIT wins: a copy of the tree without its git history (a lent GPU machine) is told
+    its commit by whoever copied it there.
+    """
+    if os.environ.get("BNNCTL_COMMIT"):
+        return os.environ["BNNCTL_COMMIT"]
     repo = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    sha = head.stdout.strip()
+    if head.returncode != 0 or not sha:
+        return "unknown"
+    return sha + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def hardware(device: torch.device) -> str:
@@ -137,10 +150,10 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
-             batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
-             ) -> tuple[float, float]:
-    """(mean loss, error in %) of the model in eval mode on (x, y)."""
+def eval_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
+              batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, number of errors) of the model in eval mode on (x, y), left on the device."""
     was_training = model.training
     model.eval()
     errors = torch.zeros((), device=device, dtype=torch.int64)
@@ -154,8 +167,59 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform
         errors += (out.argmax(1) != yb).sum()
         loss_sum += loss_fn(out, yb) * len(yb)
     model.train(was_training)
+    return loss_sum, errors
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
+             batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
+             ) -> tuple[float, float]:
+    """(mean loss, error in %) of the model in eval mode on (x, y)."""
+    loss_sum, errors = eval_sums(model, x, y, transform, loss_fn, batch_size, device, autocast)
     n = max(len(x), 1)
     return loss_sum.item() / n, 100.0 * errors.item() / n
+
+
+# ---------------------------------------------------------------------------- the fast path
+
+# What `bnnctl train --fast` switches on: every fast.* option that leaves the paper's semantics
+# (batch, schedule, binarization, clipping) alone and pays off on that device. Not compile (minutes
+# of start-up; opt in with --set fast.compile=true) and not bf16 (it rounds pre-BN sums and
+# gradients). tf32 rounds the first layer's real-valued inputs and the gradients to a 10-bit
+# mantissa; the +-1 x +-1 products of every other layer stay exact.
+FAST_PRESETS: dict[str, list[str]] = {
+    "cpu": ["fast.data_on_device=true", "fast.fused_optimizer=true"],
+    "cuda": ["fast.data_on_device=true", "fast.pretransform=true", "fast.tf32=true", "fast.channels_last=true"],
+}
+
+
+def _already_transformed(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def pretransformed(splits: Splits, chunk: int) -> Splits:
+    """``splits`` preprocessed once, ``chunk`` images at a time, where they are; the transform becomes the identity.
+
+    Every transform works image by image, so this feeds the network the same inputs as
+    transforming each batch, without redoing it every epoch (a 3072x3072 matmul per batch for ZCA).
+    """
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        parts = [splits.transform(x[i:i + chunk]) for i in range(0, len(x), chunk)]
+        return torch.cat(parts) if parts else splits.transform(x)
+
+    return Splits(apply(splits.x_train), splits.y_train, apply(splits.x_valid), splits.y_valid,
+                  apply(splits.x_test), splits.y_test, splits.num_classes, splits.dataset, splits.variant,
+                  _already_transformed)
+
+
+def fused_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same Adam (groups, LR scales, hyper-parameters) with its fused kernel: one pass per tensor.
+
+    Other optimizers (shift-based AdaMax) are returned as they are.
+    """
+    if type(optimizer) is not torch.optim.Adam or optimizer.defaults.get("fused"):
+        return optimizer
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in optimizer.param_groups]
+    return torch.optim.Adam(groups, **{**optimizer.defaults, "fused": True, "foreach": False})
 
 
 # ---------------------------------------------------------------------------- the run
@@ -172,24 +236,56 @@ def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Pat
 
 
 class Trainer:
-    """Holds a run's state; ``fit`` trains from ``self.epoch`` to the recipe's last epoch."""
+    """Holds a run's state; ``fit`` trains from ``self.epoch`` to the recipe's last epoch.
+
+    In a run of several processes (``ranks``) every rank builds a Trainer; they train one model
+    through DDP, and rank 0 alone writes files.
+    """
 
     def __init__(self, recipe: dict[str, Any], splits: Splits, device: torch.device, run_dir: Path,
-                 console: Console, command: str):
+                 console: Console, command: str, ranks: Ranks = SINGLE):
         self.recipe, self.splits, self.device, self.run_dir = recipe, splits, device, run_dir
-        self.console, self.command = console, command
+        self.console, self.command, self.ranks = console, command, ranks
         fast = recipe["fast"]
+        batch_size = recipe["train"]["batch_size"]
+        if batch_size % ranks.world_size:
+            raise UserError(f"train.batch_size {batch_size} does not split evenly across {ranks.world_size} "
+                            f"processes; use a multiple of {ranks.world_size}.")
         torch.manual_seed(recipe["seed"])
-        self.model = build_model(recipe["model"], splits.input_shape, splits.num_classes).to(device)
-        if fast["channels_last"] and recipe["model"]["arch"] == "convnet":
+        model = build_model(recipe["model"], splits.input_shape, splits.num_classes)
+        if fast["sync_bn"] and ranks.active:
+            model = distributed.sync_batch_norm(model, device)
+        self.model = model.to(device)
+        self.channels_last = fast["channels_last"] and recipe["model"]["arch"] == "convnet"
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if fast["compile"] else self.model
+        if fast["tf32"] and device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
         self.optimizer = build_optimizer(self.model, recipe["optimizer"], device)
+        if fast["fused_optimizer"]:
+            self.optimizer = fused_adam(self.optimizer)
+        if ranks.active:
+            # Same initial weights everywhere (seeded above, and DDP broadcasts rank 0's), but each
+            # rank's dropout and stochastic binarization draw their own numbers.
+            torch.manual_seed(distributed.rank_seed(recipe["seed"], ranks.rank))
+        trained = distributed.wrap(self.model, ranks, device) if ranks.active else self.model
+        self.compiled = fast["compile"]
+        self.mark_cuda_graph_steps = (fast["compile"] and device.type == "cuda"
+                                      and fast["compile_mode"] in ("reduce-overhead", "max-autotune"))
+        compile_ = functools.partial(torch.compile, mode=fast["compile_mode"], dynamic=False)
+        # `forward` trains (through DDP in a run of several processes); `eval_forward` evaluates
+        # this rank's own copy, which needs no gradient synchronisation.
+        self.forward = compile_(trained) if self.compiled else trained
+        if not ranks.active:
+            self.eval_forward = self.forward
+        else:
+            self.eval_forward = compile_(self.model) if self.compiled else self.model
         self.loss_fn = LOSSES[recipe["train"]["loss"]]
         self.latent_weights = [layer.weight for layer in binary_layers(self.model)]
         self.clip_values = {layer.clip_value for layer in binary_layers(self.model)}
         self.use_bf16 = fast["bf16"] and device.type == "cuda"
-        # The data order has its own generator so that it is saved and restored with the run.
+        # The data order has its own generator so that it is saved and restored with the run. It
+        # is seeded alike on every rank: all draw the same permutation and take their slices.
         self.shuffle_gen = torch.Generator(device=device if fast["data_on_device"] else "cpu")
         self.shuffle_gen.manual_seed(recipe["seed"] + 1)
         self.epoch = 0
@@ -217,19 +313,32 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The checkpoint; with several processes a collective call (it gathers every rank's RNG)."""
+        state = {
             "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "best": self.best, "metrics": self.metrics, "rng": self.rng_state(),
             "wall_time": self.wall_time, "started": self.started,
         }
+        if self.ranks.active:
+            state["rng_ranks"] = distributed.gather_objects(state["rng"], self.ranks)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
         self.wall_time, self.started = state["wall_time"], state["started"]
-        self.set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks")
+        if not self.ranks.active:
+            self.set_rng_state(state["rng"])
+        elif per_rank is not None and len(per_rank) == self.ranks.world_size:
+            self.set_rng_state(per_rank[self.ranks.rank])
+        else:
+            # Resumed on another number of processes: the data order goes on as recorded (rank 0's
+            # generator, the same on every rank); each rank's dropout stream starts afresh.
+            self.set_rng_state(state["rng"])
+            torch.manual_seed(distributed.rank_seed(self.recipe["seed"], self.ranks.rank, self.epoch))
 
     def model_record(self) -> dict[str, Any]:
         return {
@@ -259,18 +368,22 @@ class Trainer:
             "wall_time_s": round(self.wall_time, 2),
             "epoch_time_s": round(sum(m["epoch_time_s"] for m in rows) / len(rows), 3) if rows else None,
             "started": self.started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": self.command, **environment(self.device),
-        }
+            "command": self.command, **environment(self.device), "world_size": self.ranks.world_size,
+        } | ({"hardware": f"{self.ranks.world_size} x {hardware(self.device)}"} if self.ranks.active else {})
 
     def write_records(self, status: str, checkpoint: bool = True) -> None:
+        """Rank 0 writes metrics, checkpoint and result; every rank must call it when ``checkpoint``."""
+        state = self.state_dict() if checkpoint else None
+        if not self.ranks.is_main:
+            return
         if self.metrics:
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=list(self.metrics[0]))
             writer.writeheader()
             writer.writerows(self.metrics)
             atomic_write_text(self.run_dir / "metrics.csv", out.getvalue())
-        if checkpoint:
-            atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+        if state is not None:
+            atomic_torch_save(state, self.run_dir / "checkpoint.pt")
         # result.json last: it only ever points at files already on disk.
         atomic_write_text(self.run_dir / "result.json", json.dumps(self.result(status), indent=2) + "\n")
 
@@ -285,43 +398,81 @@ class Trainer:
             for layer in binary_layers(self.model):
                 layer.clip_()
 
-    def train_epoch(self, progress: Progress | None) -> float:
-        x, y, bs = self.splits.x_train, self.splits.y_train, self.recipe["train"]["batch_size"]
-        n_batches = len(x) // bs  # the authors' loops drop the last partial batch
+    def batches(self) -> tuple[torch.Tensor, ...]:
+        """This epoch's batches as index tensors: this rank's slice of each global batch.
+
+        One permutation per epoch from the data-order generator, the same on every rank; the
+        authors' loops drop the last partial batch.
+        """
+        n, bs = len(self.splits.x_train), self.recipe["train"]["batch_size"]
+        n_batches = n // bs
         if n_batches == 0:
-            raise UserError(f"train.batch_size {bs} is larger than the {len(x)} training images.")
-        order = torch.randperm(len(x), device=self.shuffle_gen.device, generator=self.shuffle_gen)
+            raise UserError(f"train.batch_size {bs} is larger than the {n} training images.")
+        order = torch.randperm(n, device=self.shuffle_gen.device, generator=self.shuffle_gen)
+        local = bs // self.ranks.world_size
+        mine = slice(self.ranks.rank * local, (self.ranks.rank + 1) * local)
+        return order[:n_batches * bs].view(n_batches, bs)[:, mine].unbind(0)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored images -> network inputs on the device (preprocessed, in the model's memory format)."""
+        xb = self.splits.transform(x.to(self.device, non_blocking=True))
+        if self.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the images ``idx``; returns the detached loss, still on the device.
+
+        Nothing here waits for the device: no .item(), no host-side branching on tensor values.
+        """
+        xb = self.inputs(self.splits.x_train[idx])
+        yb = self.splits.y_train[idx].to(self.device, non_blocking=True)
+        if self.mark_cuda_graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            out = self.forward(xb)
+        loss = self.loss_fn(out.float(), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.clip_()
+        return loss.detach()
+
+    def train_epoch(self, progress: Progress | None) -> float:
+        """One epoch; the mean training loss over its steps (and over the ranks)."""
+        batches = self.batches()
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
-        task = progress.add_task(f"epoch {self.epoch + 1}", total=n_batches) if progress else None
-        for b in range(n_batches):
-            idx = order[b * bs:(b + 1) * bs]
-            xb = self.splits.transform(x[idx].to(self.device, non_blocking=True))
-            yb = y[idx].to(self.device, non_blocking=True)
-            if self.recipe["fast"]["channels_last"] and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                out = self.forward(xb)
-            loss = self.loss_fn(out.float(), yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.clip_()
-            loss_sum += loss.detach()
+        task = progress.add_task(f"epoch {self.epoch + 1}", total=len(batches)) if progress else None
+        for idx in batches:
+            loss_sum += self.train_step(idx)
             if progress is not None:
                 progress.advance(task)
         if progress is not None:
             progress.remove_task(task)
-        return loss_sum.item() / n_batches
+        loss_sum = distributed.all_reduce_sum(loss_sum, self.ranks)
+        return loss_sum.item() / (len(batches) * self.ranks.world_size)
+
+    def evaluate(self, split: str) -> tuple[float, float]:
+        """(mean loss, error in %) on a split; with several processes each rank evaluates its shard."""
+        x, y = self.splits.split(split)
+        part = self.ranks.shard(len(x))
+        r = self.recipe["train"]
+        loss_sum, errors = eval_sums(self.eval_forward, x[part], y[part], self.inputs, self.loss_fn,
+                                     r["eval_batch_size"], self.device, self.autocast)
+        n = max(len(x), 1)
+        if not self.ranks.active:
+            return loss_sum.item() / n, 100.0 * errors.item() / n
+        sums = distributed.all_reduce_sum(torch.stack([loss_sum.double(), errors.double()]), self.ranks)
+        return sums[0].item() / n, 100.0 * sums[1].item() / n
 
     def fit(self, interactive: bool = True) -> dict[str, Any]:
         r = self.recipe
-        epochs, eval_bs = r["train"]["epochs"], r["train"]["eval_batch_size"]
-        s = self.splits
+        epochs = r["train"]["epochs"]
         self._print_header()
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), console=self.console, transient=True,
-                            disable=not interactive)
+                            disable=not (interactive and self.ranks.is_main))
         with progress:
             while self.epoch < epochs:
                 lr = lr_at(self.epoch, r["optimizer"]["lr"], r["schedule"], epochs)
@@ -333,10 +484,11 @@ class Trainer:
                     raise TrainingDiverged(
                         f"the training loss became {train_loss} in epoch {self.epoch + 1}; the run stopped and "
                         f"{self.run_dir} keeps the state after epoch {self.epoch}.")
-                valid_loss, valid_err = evaluate(self.forward, s.x_valid, s.y_valid, s.transform, self.loss_fn,
-                                                 eval_bs, self.device, self.autocast)
-                _, test_err = evaluate(self.forward, s.x_test, s.y_test, s.transform, self.loss_fn,
-                                       eval_bs, self.device, self.autocast)
+                # Without fast.sync_bn each rank's BN statistics follow its own slices; all evaluate
+                # (and rank 0 saves) rank 0's.
+                distributed.broadcast_buffers_(self.model, self.ranks)
+                valid_loss, valid_err = self.evaluate("valid")
+                _, test_err = self.evaluate("test")
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 epoch_time = time.perf_counter() - t0
@@ -349,7 +501,8 @@ class Trainer:
                 improved = valid_err <= self.best["valid_error_pct"]  # '<=' as in the Theano code
                 if improved:
                     self.best = {"epoch": self.epoch, "valid_error_pct": valid_err, "test_error_pct": test_err}
-                    atomic_torch_save(self.model_record(), self.run_dir / "best.pt")
+                    if self.ranks.is_main:
+                        atomic_torch_save(self.model_record(), self.run_dir / "best.pt")
                 done = self.epoch == epochs
                 save = done or self.epoch % r["train"]["checkpoint_every"] == 0
                 self.write_records("finished" if done else "running", checkpoint=save)
@@ -383,38 +536,62 @@ def load_checkpoint(path: Path, expected: str) -> dict[str, Any]:
 
 def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
                  resume: Path | None, seed: int | None, run_id: str | None,
-                 console: Console) -> dict[str, Any]:
-    dev = resolve_device(device)
+                 console: Console, fast: bool = False) -> dict[str, Any]:
+    """Train a recipe, or resume a run, in this process, or as one rank of a torchrun launch.
+
+    ``fast`` switches on ``FAST_PRESETS`` for the device, before ``overrides`` (which win).
+    """
+    ranks, dev = distributed.setup(resolve_device(device))
+    try:
+        return _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
+                      console if ranks.is_main else Console(quiet=True), fast, ranks)
+    finally:
+        distributed.shutdown(ranks)
+
+
+def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path | None, runs_dir: Path,
+           resume: Path | None, seed: int | None, run_id: str | None, console: Console, fast: bool,
+           ranks: Ranks) -> dict[str, Any]:
     command = " ".join(["bnnctl", *sys.argv[1:]]) if sys.argv and "bnnctl" in sys.argv[0] else "bnnctl train"
     state = None
     if resume is not None:
-        state = load_checkpoint(resume / "checkpoint.pt", CHECKPOINT_FORMAT)
+        if overrides or seed is not None or fast:
+            raise UserError("--resume continues a run exactly as recorded; drop --set, --seed and --fast.")
+        state = distributed.on_main(ranks, lambda: load_checkpoint(resume / "checkpoint.pt", CHECKPOINT_FORMAT))
         cfg = resolve(state["recipe"], str(resume / "recipe.yaml"))
-        if overrides or seed is not None:
-            raise UserError("--resume continues a run exactly as recorded; drop --set and --seed.")
         run_dir = resume
     else:
-        cfg = load_recipe(recipe, (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-    splits = load_splits(cfg["data"], data_dir)
+        preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
+        cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    # Rank 0 first: it alone downloads data or fills the preprocessing cache.
+    splits = distributed.main_first(ranks, lambda: load_splits(cfg["data"], data_dir))
     cfg["data"]["variant"] = splits.variant
     if cfg["fast"]["data_on_device"]:
         splits = splits.to(dev)
+    if cfg["fast"]["pretransform"]:
+        splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
     if state is None:
-        run_dir = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(cfg))
-    trainer = Trainer(cfg, splits, dev, run_dir, console, command)
+        def create_run_dir() -> Path:
+            path = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
+            atomic_write_text(path / "recipe.yaml", dump_recipe(cfg))
+            return path
+        run_dir = distributed.on_main(ranks, create_run_dir)
+    trainer = Trainer(cfg, splits, dev, run_dir, console, command, ranks)
     if state is not None:
         trainer.load_state_dict(state)
+        del state
         console.print(f"resuming {run_dir} after epoch {trainer.epoch} of {cfg['train']['epochs']}")
+    on = f"{ranks.world_size} processes x {hardware(dev)}" if ranks.active else hardware(dev)
     console.print(f"[bold]{cfg['name']}[/] on {splits.variant} ({len(splits.x_train)} train / "
                   f"{len(splits.x_valid)} valid / {len(splits.x_test)} test), {count_parameters(trainer.model):,} "
-                  f"parameters, {hardware(dev)}; run directory {run_dir}", highlight=False)
+                  f"parameters, {on}; run directory {run_dir}", highlight=False)
     try:
         result = trainer.fit(interactive=console.is_terminal)
     except KeyboardInterrupt:
         trainer.write_records("interrupted", checkpoint=False)
+        nproc = f" --nproc {ranks.world_size}" if ranks.active else ""
         console.print(f"\ninterrupted after epoch {trainer.epoch}; continue with: "
-                      f"bnnctl train {recipe} --resume {run_dir}", highlight=False)
+                      f"bnnctl train {recipe} --resume {run_dir}{nproc}", highlight=False)
         raise SystemExit(130) from None
     best = result["best_epoch"]
     console.print(f"test error at the best-validation epoch ({best}): [bold]{result['test_error_pct']:.2f}%[/] "

@@ -1,0 +1,194 @@
+"""The fast.* switches change how a step runs, never what it computes (CPU, to tolerance)."""
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bnnctl.cli import app
+from bnnctl.data import scale_to_pm1
+from bnnctl.preprocessing import Standardize
+from bnnctl.train import Trainer, fused_adam, pretransformed
+
+runner = CliRunner()
+# Every comparison drops the binary layers' biases. Each feeds a BN, which subtracts any shift, so
+# its gradient is zero up to rounding, and Adam (which divides by the gradient's scale) moves it
+# by amplified rounding noise: two bit-different but equally correct steps then drift apart
+# through it, and a sign near zero flips. Without it, a fast step equals the plain one to ~1e-7.
+NO_BIAS = ["model.bias=false"]
+PLAIN = NO_BIAS + ["fast.data_on_device=false", "fast.foreach_clip=false", "fast.fused_optimizer=false",
+                   "fast.pretransform=false", "fast.compile=false", "fast.channels_last=false"]
+TINY_CONVNET = ["model.arch=convnet", "model.conv=[4,M,8,M]", "model.fc=[16]"]
+
+
+def train(recipe: Path, runs: Path, *args: str) -> Path:
+    result = runner.invoke(app, ["train", str(recipe), "--runs-dir", str(runs), "--device", "cpu",
+                                 "--set", "train.epochs=2", *args])
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in runs.glob("*/*") if p.is_dir()]
+    return run
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same per-epoch losses and errors, and the same weights and BN statistics at the end."""
+    rows_a = (a / "metrics.csv").read_text().splitlines()
+    rows_b = (b / "metrics.csv").read_text().splitlines()
+    assert len(rows_a) == len(rows_b) == 3
+    for row_a, row_b in zip(rows_a[1:], rows_b[1:]):
+        values_a, values_b = np.array(row_a.split(",")[:6], float), np.array(row_b.split(",")[:6], float)
+        np.testing.assert_allclose(values_a, values_b, rtol=1e-5, atol=1e-7)  # epoch, lr, losses, errors
+    state_a = torch.load(a / "checkpoint.pt", weights_only=False)["model"]
+    state_b = torch.load(b / "checkpoint.pt", weights_only=False)["model"]
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        torch.testing.assert_close(state_a[key], state_b[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+def test_fast_mlp_step_equals_plain(tiny_recipe, tmp_path):
+    """Dataset on the device, preprocessing once, fused Adam, foreach clipping vs the plain loop."""
+    plain = train(tiny_recipe, tmp_path / "plain", *sets(PLAIN))
+    fast = train(tiny_recipe, tmp_path / "fast", "--fast", *sets(NO_BIAS + ["fast.pretransform=true",
+                                                                           "fast.foreach_clip=true"]))
+    recorded = (fast / "recipe.yaml").read_text()
+    assert "fused_optimizer: true" in recorded and "pretransform: true" in recorded
+    assert_same_run(plain, fast)
+
+
+def test_channels_last_convnet_step_equals_plain(tiny_recipe, tmp_path):
+    plain = train(tiny_recipe, tmp_path / "plain", *sets(PLAIN + TINY_CONVNET))
+    nhwc = train(tiny_recipe, tmp_path / "nhwc", *sets(PLAIN + TINY_CONVNET + ["fast.channels_last=true"]))
+    assert_same_run(plain, nhwc)
+
+
+def test_compiled_model_step_equals_plain(tiny_recipe, tmp_path, monkeypatch):
+    """torch.compile's graph capture of the binary layers (STE, BN buffer updates) keeps the step.
+
+    Inductor's code generation takes a minute on this CPU, so the graphs run on the aot_eager
+    backend: the same Dynamo capture and AOT autograd split, executed by eager kernels.
+    """
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    plain = train(tiny_recipe, tmp_path / "plain", *sets(PLAIN))
+    compiled = train(tiny_recipe, tmp_path / "compiled", *sets(PLAIN + ["fast.compile=true"]))
+    torch._dynamo.reset()
+    assert_same_run(plain, compiled)
+
+
+def test_train_step_never_reads_the_device(tiny_recipe, tmp_path, monkeypatch):
+    """No .item(), float(), bool() or copy to the host inside a step: the device never waits on Python."""
+    original = Trainer.train_step
+
+    def refuse(*_, **__):
+        raise AssertionError("the training step read a tensor on the host")
+
+    def guarded_step(self, idx):
+        with pytest.MonkeyPatch.context() as guard:
+            for name in ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__"):
+                guard.setattr(torch.Tensor, name, refuse)
+            return original(self, idx)
+
+    monkeypatch.setattr(Trainer, "train_step", guarded_step)
+    train(tiny_recipe, tmp_path / "runs", "--fast", "--set", "train.epochs=1")
+
+
+def test_pretransformed_inputs_equal_per_batch_inputs(tiny_recipe):
+    from bnnctl.data import load_splits
+    from bnnctl.recipe import load_recipe
+
+    splits = load_splits(load_recipe(tiny_recipe)["data"])
+    for transform in (scale_to_pm1, Standardize(0.3, 0.4)):
+        splits.transform = transform
+        once = pretransformed(splits, chunk=64)
+        assert once.x_train.dtype == torch.float32 and once.transform(once.x_test) is once.x_test
+        for name in ("train", "valid", "test"):
+            x, _ = splits.split(name)
+            torch.testing.assert_close(once.split(name)[0][37:151], transform(x[37:151]), rtol=0, atol=0)
+
+
+def test_fused_adam_keeps_groups_and_step():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    groups = lambda ps: [{"params": [ps[0]], "lr_scale": 4.0, "lr": 0.4},  # noqa: E731
+                         {"params": [ps[1]], "lr_scale": 1.0}]
+    plain = torch.optim.Adam(groups(params), lr=0.1, betas=(0.8, 0.9), eps=1e-6, foreach=True)
+    fused = fused_adam(torch.optim.Adam(groups(twins), lr=0.1, betas=(0.8, 0.9), eps=1e-6, foreach=True))
+    assert fused.defaults["fused"] and not fused.defaults["foreach"]
+    assert [g["lr"] for g in fused.param_groups] == [0.4, 0.1]
+    assert [g["lr_scale"] for g in fused.param_groups] == [4.0, 1.0]
+    assert fused.param_groups[0]["betas"] == (0.8, 0.9) and fused.param_groups[0]["eps"] == 1e-6
+    for _ in range(3):
+        for ps, opt in ((params, plain), (twins, fused)):
+            for p in ps:
+                p.grad = torch.sin(p.detach() * 3)
+            opt.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q)
+    assert fused_adam(fused) is fused
+
+
+def test_fast_preset_yields_to_set(tiny_recipe, tmp_path):
+    run = train(tiny_recipe, tmp_path / "runs", "--fast", "--set", "fast.fused_optimizer=false",
+                "--set", "train.epochs=1")
+    recorded = (run / "recipe.yaml").read_text()
+    assert "fused_optimizer: false" in recorded and "data_on_device: true" in recorded
+    assert json.loads((run / "result.json").read_text())["world_size"] == 1
+
+
+def test_resume_refuses_fast(tiny_recipe, tmp_path):
+    run = train(tiny_recipe, tmp_path / "runs", "--set", "train.epochs=1")
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--resume", str(run), "--fast"])
+    assert result.exit_code == 2 and "drop --set, --seed and --fast" in result.output
+
+
+# ---------------------------------------------------------------------------- CUDA only
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_train_step_never_synchronizes(tiny_recipe, tmp_path):
+    """torch's sync debug mode turns any device-to-host wait inside the steps into an error."""
+    from rich.console import Console
+
+    from bnnctl.data import load_splits
+    from bnnctl.recipe import load_recipe
+    from bnnctl.train import FAST_PRESETS
+
+    cfg = load_recipe(tiny_recipe, FAST_PRESETS["cuda"])
+    device = torch.device("cuda")
+    splits = pretransformed(load_splits(cfg["data"]).to(device), 100)
+    trainer = Trainer(cfg, splits, device, tmp_path, Console(quiet=True), "test")
+    batches = trainer.batches()
+    trainer.train_step(batches[0])  # optimizer state is created here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for idx in batches[1:]:
+            trainer.train_step(idx)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_cuda_tf32_keeps_binary_products_exact():
+    """+1/-1 inputs and weights: TF32 tensor cores return the exact integer sums of fp32."""
+    from bnnctl.binarize import sign_pm1
+
+    torch.manual_seed(0)
+    a = sign_pm1(torch.randn(100, 4096, device="cuda"))
+    w = sign_pm1(torch.randn(4096, 4096, device="cuda"))
+    exact = (a.double() @ w.double().T).float()
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert torch.equal(a @ w.T, exact)
+    finally:
+        torch.set_float32_matmul_precision(previous)
