@@ -68,17 +68,19 @@ def _bf16_matmul(o: Operands) -> torch.Tensor:
     return o.bf16[0] @ o.bf16[1].T
 
 
+def _cuda_xnor(name: str, label: str, impl: str) -> BenchKernel:
+    """A CUDA-only XNOR kernel behind kernels.xnor_gemm(impl=...)."""
+    return BenchKernel(label, lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k, impl=impl), packed=True,
+                       devices=("cuda",), unavailable=f"CUDA-only kernel (on CPU {name} is the xnor kernel)")
+
+
 KERNELS: dict[str, BenchKernel] = {
     "xnor": BenchKernel("XNOR, tuned CUDA cores (64-bit, 8x8 per thread)",
                         lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k), packed=True,
                         cpu_label="XNOR, CPU (vectorised popcount)"),
-    "xnor-paper": BenchKernel("XNOR, paper-style 16x16 tiles", lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k,
-                                                                                            impl="paper"),
-                              packed=True, devices=("cuda",),
-                              unavailable="CUDA-only kernel (on CPU xnor-paper is the xnor kernel)"),
-    "xnor-tc": BenchKernel("XNOR, tensor cores (mma.sync b1 AND+POPC)",
-                           lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k, impl="tc"), packed=True,
-                           devices=("cuda",), unavailable="CUDA-only kernel (on CPU xnor-tc is the xnor kernel)"),
+    "xnor-csa": _cuda_xnor("xnor-csa", "XNOR, CUDA cores, carry-save popcounts", "csa"),
+    "xnor-paper": _cuda_xnor("xnor-paper", "XNOR, paper-style 16x16 tiles", "paper"),
+    "xnor-tc": _cuda_xnor("xnor-tc", "XNOR, tensor cores (mma.sync b1 AND+POPC)", "tc"),
     "baseline": BenchKernel("paper's float baseline, 16x16 tiles", lambda o: kernels.baseline_gemm(o.a_pm1, o.b_pm1),
                             cpu_label="float baseline, plain C++ loop"),
     "cublas": BenchKernel("cuBLAS fp32 (TF32 off)", lambda o: o.a_pm1 @ o.b_pm1.T, cpu_label="torch fp32 matmul"),

@@ -77,8 +77,8 @@ def eval_(
 @app.command()
 @user_errors
 def bench(
-    kernel: str = typer.Option("all", help="xnor | xnor-paper | xnor-tc | baseline | cublas | bf16 | all (or a comma "
-                                           "list)"),
+    kernel: str = typer.Option("all", help="xnor | xnor-csa | xnor-paper | xnor-tc | baseline | cublas | bf16 | all "
+                                           "(or a comma list)"),
     m: Optional[int] = typer.Option(None, help="rows of A (default 8192 on a GPU, 1024 on CPU)"),
     n: Optional[int] = typer.Option(None, help="rows of B, i.e. columns of the product (default 8192 / 1024)"),
     k: Optional[int] = typer.Option(None, help="shared dimension (default 8192 / 4096)"),

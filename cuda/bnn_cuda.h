@@ -21,6 +21,10 @@ cudaError_t bnn_pack_rows_cuda(const float* x, int64_t rows, int64_t k, uint64_t
 cudaError_t bnn_xnor_gemm_cuda(const uint64_t* a, const uint64_t* b, int32_t* c, int64_t m, int64_t n,
                                int64_t words, int64_t k, cudaStream_t stream);
 
+// The same product with carry-save popcounts (xnor_gemm_csa.cu): four POPC per 256 bits instead of eight.
+cudaError_t bnn_xnor_gemm_csa_cuda(const uint64_t* a, const uint64_t* b, int32_t* c, int64_t m, int64_t n,
+                                   int64_t words, int64_t k, cudaStream_t stream);
+
 // The paper's XNOR kernel (16x16 shared-memory tiles, one output per thread, 32-bit words): same
 // result as bnn_xnor_gemm_cuda; words32 = 2 * ceil(k / 64) (the 64-bit buffers read as 32-bit words).
 cudaError_t bnn_xnor_gemm_paper_cuda(const uint32_t* a, const uint32_t* b, int32_t* c, int64_t m, int64_t n,

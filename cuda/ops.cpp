@@ -125,6 +125,7 @@ TORCH_LIBRARY(bnnctl, m) {
   m.def("pack(Tensor x) -> Tensor");
   m.def("xnor_gemm(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_paper(Tensor a, Tensor b, int k) -> Tensor");
+  m.def("xnor_gemm_csa(Tensor a, Tensor b, int k) -> Tensor");
   m.def("baseline_gemm(Tensor a, Tensor b) -> Tensor");
   m.def("xnor_tc_gemm(Tensor a, Tensor b, int k, Tensor? thresh=None, bool wgmma=False) -> Tensor");
   m.def("cpu_isa() -> str", &cpu_isa);
@@ -135,7 +136,8 @@ TORCH_LIBRARY(bnnctl, m) {
 TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
   m.impl("pack", &pack_cpu);
   m.impl("xnor_gemm", &xnor_gemm_cpu);
-  m.impl("xnor_gemm_paper", &xnor_gemm_cpu);  // one CPU kernel serves both: the paper's is CUDA-only
+  m.impl("xnor_gemm_paper", &xnor_gemm_cpu);  // the CUDA-only variants run the one CPU kernel
+  m.impl("xnor_gemm_csa", &xnor_gemm_cpu);
   m.impl("baseline_gemm", &baseline_gemm_cpu);
   m.impl("xnor_tc_gemm", &xnor_tc_gemm_cpu);
 }

@@ -52,6 +52,12 @@ at::Tensor xnor_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   });
 }
 
+at::Tensor xnor_gemm_csa_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k) {
+  return xnor_gemm_with(a, b, k, "xnor_gemm_csa", [&](int32_t* c, cudaStream_t stream) {
+    return bnn_xnor_gemm_csa_cuda(words64(a), words64(b), c, a.size(0), b.size(0), a.size(1), k, stream);
+  });
+}
+
 at::Tensor xnor_gemm_paper_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   return xnor_gemm_with(a, b, k, "xnor_gemm_paper", [&](int32_t* c, cudaStream_t stream) {
     return bnn_xnor_gemm_paper_cuda(words32(a), words32(b), c, a.size(0), b.size(0), 2 * a.size(1), k, stream);
@@ -110,6 +116,7 @@ TORCH_LIBRARY_IMPL(bnnctl, CUDA, m) {
   m.impl("pack", &pack_cuda);
   m.impl("xnor_gemm", &xnor_gemm_cuda);
   m.impl("xnor_gemm_paper", &xnor_gemm_paper_cuda);
+  m.impl("xnor_gemm_csa", &xnor_gemm_csa_cuda);
   m.impl("baseline_gemm", &baseline_gemm_cuda);
   m.impl("xnor_tc_gemm", &xnor_tc_gemm_cuda);
 }

@@ -194,7 +194,7 @@ def test_cuda_pack_equals_cpu_pack(rows, k):
 
 @needs_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("impl", ["tuned", "paper"])  # these mask both operands (xnor-tc needs one clean)
+@pytest.mark.parametrize("impl", ["tuned", "csa", "paper"])  # these ignore junk in both (xnor-tc: in one)
 def test_cuda_junk_in_padding_bits_is_ignored(impl):
     k = 70  # 6 padding bits in the last 64-bit word; the second 32-bit word is 26 padding bits
     a, b = signed_inputs(50, k, seed=11, device="cuda"), signed_inputs(40, k, seed=12, device="cuda")
