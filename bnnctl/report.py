@@ -396,6 +396,8 @@ def save_png(fig, path: Path) -> None:
 
 
 def figure1_section(runs: list[Run], out: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     with_curves = [r for r in runs if r.curve]
     if not with_curves:
         return "## Figure 1: training curves\n\nNo recorded run has a training curve (metrics.csv) yet."
@@ -411,12 +413,16 @@ def figure1_section(runs: list[Run], out: Path) -> str:
         for i, run in enumerate(group):
             color = f"C{i % 10}"
             epochs = [row["epoch"] for row in run.curve]
-            loss_ax.plot(epochs, [row["train_loss"] for row in run.curve], ":", color=color, label=run.rel)
-            err_ax.plot(epochs, [row["valid_error_pct"] for row in run.curve], "-", color=color, label=run.rel)
+            marker = "o" if len(epochs) <= 30 else None  # a run of one epoch is a point, not a line
+            loss_ax.plot(epochs, [row["train_loss"] for row in run.curve], ":", color=color, label=run.rel,
+                         marker=marker, markersize=3)
+            err_ax.plot(epochs, [row["valid_error_pct"] for row in run.curve], "-", color=color, label=run.rel,
+                        marker=marker, markersize=3)
         loss_ax.set(xlabel="epoch", ylabel="training loss", title=f"{variant}: training loss (dotted)")
         err_ax.set(xlabel="epoch", ylabel="validation error %", title=f"{variant}: validation error (solid)")
         for ax in (loss_ax, err_ax):
             ax.grid(True, alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         err_ax.legend(fontsize=7, loc="upper right")
         # Fixed margins: tight_layout would cost more than the drawing itself.
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.22)
@@ -640,7 +646,8 @@ def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -
     kernel_panels = _latest(records, key=lambda r: (r.device, r.shape))
     mlp_panels = _latest(mlp, key=lambda r: r.device)
     panels = len(kernel_panels) + len(mlp_panels)
-    fig = _new_figure(max(6.0, 5.0 * panels), 4.6)
+    width = max(8.0, 5.0 * panels)
+    fig = _new_figure(width, 4.8)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     for ax, rec in zip(axes, kernel_panels):
         ran = [(name, e) for name, e in rec.data["kernels"].items() if e["status"] == "ok"]
@@ -652,10 +659,10 @@ def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -
         _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
               [f"{ran[0]['median_ms'] / r['median_ms']:.1f}x, {fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
               f"{rec.device}\nMNIST MLP, 10,000 test images")
-    fig.suptitle("median time per kernel; bar label: speed-up over the baseline kernel (MLP: over the first variant, "
-                 "and test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at 8192^3; MNIST MLP "
-                 "7x the baseline kernel", fontsize=8)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.8, wspace=0.3)
+    fig.suptitle("median time per kernel; bar label: speed-up over the baseline kernel\n(MLP: over the first "
+                 "variant, and its test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at "
+                 "8192^3; MNIST MLP 7x the baseline kernel", fontsize=8)
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.16, top=0.78, wspace=0.3)
     save_png(fig, out / "kernels.png")
     used = ", ".join(f"`{rec.rel}`" for rec in [*kernel_panels, *mlp_panels])
     return f"![kernel times](kernels.png)\n\nChart: the latest record per device (and shape): {used}."
