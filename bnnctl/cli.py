@@ -76,6 +76,17 @@ def eval_(
 
 @app.command()
 @user_errors
+def export(
+    run: Path = typer.Argument(..., help="run directory or checkpoint file (best.pt)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="export file (default: model.bnnx beside best.pt)"),
+):
+    """Write a deployable 1-bit model: packed weights, BN + sign folded into integer thresholds."""
+    from .export import run_export
+    run_export(run=run, out=out, console=console)
+
+
+@app.command()
+@user_errors
 def bench(
     kernel: str = typer.Option("all", help="xnor | xnor-csa | xnor-paper | xnor-tc | baseline | cublas | bf16 | all "
                                            "(or a comma list)"),

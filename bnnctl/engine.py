@@ -1,0 +1,409 @@
+"""The bit-packed inference engine: an exported BNN run on XNOR kernels, on CPU or CUDA.
+
+Every hidden layer is one ``kernels.xnor_gemm`` on packed bits, then the integer threshold of
+``export``, whose comparison is packed straight into the next layer's input bits:
+
+    dense:  bits (N, words) --xnor_gemm--> int32 (N, out) --threshold--> bits (N, out words)
+    conv:   bits (N, H, W, C words) --im2col on words--> (N*H*W, k*k*C words) --xnor_gemm-->
+            int32 --border correction--> max-pool --threshold--> bits (N, H', W', out words)
+
+Activations of a conv layer are packed along channels, one row of words per pixel, so im2col is a
+gather of whole words. Channel counts that are not a multiple of 64 leave padding bits, which are 0
+in both operands and add one agreement each: a constant. Pixels outside the image are all-zero words
+(-1 for every channel), where the float model pads with 0; both are undone by subtracting a per
+pixel and channel correction computed once from the weights. Max-pooling runs on the integer
+pre-activations before the threshold, in the paper's layer order; where the BN scale is negative the
+unit fires for small pre-activations (direction -1), which the comparison handles after the max.
+
+The first layer sees real inputs, in one of two ways:
+
+* ``float``: the paper's choice, the float baseline kernel (``kernels.baseline_gemm``) on the
+  model's own float inputs, compared with the float threshold.
+* ``bitplane``: for 8-bit images scaled as 2x/255 - 1, the paper's Algorithm 5. With b_n the n-th
+  bit of a pixel x (n = 1..8) as +/-1 values, sum_n 2^(n-1) (2 b_n - 1) = 2x - 255, so the scaled
+  pixel is exactly (1/255) sum_n 2^(n-1) b_n(+/-1), and for a weight row w
+
+      P = sum_n 2^(n-1) (b_n . w) = 255 * (w . (2x/255 - 1))
+
+  is an integer computed by eight XNOR GEMMs on the bit planes, compared with the integer threshold
+  on P. This is the model's pre-activation without float rounding.
+
+Hidden layers can also run on the baseline float kernel with +/-1 floats (``hidden="float"``), the
+reference point of the paper's speed-up figure; the integer pre-activations are the same, so the
+answers are too.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import kernels
+from .errors import UserError
+from .export import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
+
+HIDDEN_MODES = ("xnor", "float")
+PLANES = 8
+
+
+class EngineError(UserError):
+    """The engine cannot run this model or input the way it was asked to."""
+
+
+def _words(channels: int) -> int:
+    return kernels.words_for(channels)
+
+
+def _pack_ge(value: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Pack (value >= threshold) along the last dimension into words: (..., C) -> (..., ceil(C/64)).
+
+    value - threshold keeps the sign of the comparison exactly (integers are exact in int32 and in
+    float32 below 2^24; for floats, a - b is 0 only when a == b), and pack() sets bit = (x >= 0).
+    """
+    lead, channels = value.shape[:-1], value.shape[-1]
+    diff = (value - threshold).to(torch.float32).reshape(-1, channels)
+    return kernels.pack(diff).reshape(*lead, _words(channels))
+
+
+def _pm1_ge(value: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """+1.0 where value >= threshold else -1.0 (the float-kernel path's activations)."""
+    return torch.where(value >= threshold, 1.0, -1.0)
+
+
+def _max_pool(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Non-overlapping max-pool of (N, H, W, C), dropping a ragged edge as nn.MaxPool2d does."""
+    if size <= 1:
+        return t
+    n, h, w, c = t.shape
+    h2, w2 = h // size, w // size
+    return t[:, :h2 * size, :w2 * size].reshape(n, h2, size, w2, size, c).amax(dim=(2, 4))
+
+
+def _im2col_words(words: torch.Tensor, k: int, pad: int) -> torch.Tensor:
+    """(N, H, W, Wc) words -> (N*H*W, k*k*Wc): each pixel's k x k neighbourhood, whole words, taps
+    in (kh, kw) order; outside the image all-zero words."""
+    n, h, w, wc = words.shape
+    padded = F.pad(words, (0, 0, pad, pad, pad, pad))
+    taps = [padded[:, i:i + h, j:j + w] for i in range(k) for j in range(k)]
+    return torch.stack(taps, dim=3).reshape(n * h * w, k * k * wc)
+
+
+def _bit_planes(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (...) -> float32 (8, ...): plane n holds bit n of each value as +0.5 / -0.5, which pack()
+    turns into bit 1 / bit 0."""
+    shifts = torch.arange(PLANES, device=x.device, dtype=torch.uint8).view(PLANES, *([1] * x.dim()))
+    return ((x.unsqueeze(0) >> shifts) & 1).to(torch.float32) - 0.5
+
+
+def _sum_planes(d: torch.Tensor) -> torch.Tensor:
+    """(8, ...) int32 dot products of the bit planes -> sum_n 2^n d[n]."""
+    total = d[0].clone()
+    for n in range(1, PLANES):
+        total.add_(d[n], alpha=1 << n)
+    return total
+
+
+def _channels_last_weight(w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(out, C, ...) +/-1 floats -> (out, ..., C padded to whole words) with -1 in the padding, flattened;
+    and the number of padding entries per row (each adds +1 to an XNOR dot with zero padding bits)."""
+    out, channels = w.shape[:2]
+    spatial = w.shape[2:]
+    w = w.permute(0, *range(2, w.dim()), 1)
+    padded = F.pad(w, (0, 64 * _words(channels) - channels), value=-1.0)
+    positions = 1
+    for s in spatial:
+        positions *= s
+    return padded.reshape(out, -1).contiguous(), positions * (64 * _words(channels) - channels)
+
+
+class _Layer:
+    """One exported layer, prepared on a device for one mode."""
+
+    def __init__(self, layer: ExportedLayer, device: torch.device, packed_in: bool, packed_out: bool,
+                 xnor_impl: str):
+        self.spec, self.device, self.xnor_impl = layer, device, xnor_impl
+        self.packed_in, self.packed_out = packed_in, packed_out
+        self.weight = kernels.unpack(layer.weight_bits, layer.fan_in).to(device)  # (out, fan_in) +/-1
+        t = {name: v.to(device) for name, v in layer.tensors.items()}
+        self.output = layer.role == "output"
+        if self.output:
+            self.scale, self.shift = t["scale"], t["shift"]
+        else:
+            self.direction = t["direction"].to(torch.int32)
+            self.threshold = t.get("threshold")
+            self.float_threshold = t.get("float_threshold")
+
+    def xnor(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+        return kernels.xnor_gemm(a, b, k, impl=self.xnor_impl)
+
+    def finish(self, pre: torch.Tensor, threshold: torch.Tensor | None, acc_scale: float = 1.0):
+        """Threshold (and pack) a channels-last pre-activation, or turn it into logits."""
+        if self.output:
+            return pre.double() * (self.scale / acc_scale) + self.shift
+        flip = self.direction.to(pre.dtype)
+        if self.packed_out:
+            return _pack_ge(pre * flip, threshold * flip)
+        out = _pm1_ge(pre * flip, threshold * flip)
+        return out.permute(0, 3, 1, 2).contiguous() if out.dim() == 4 else out
+
+
+class _XnorDense(_Layer):
+    """Dense layer on packed bits (flat, or channels-last from a conv)."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl):
+        super().__init__(layer, device, True, packed_out, xnor_impl)
+        w = self.weight
+        if not self.output:
+            # Flip the rows of units that fire below their threshold: one ">=" for all of them.
+            w = w * self.direction.to(w.dtype)[:, None]
+        self.pad_agreements = 0
+        if len(layer.in_shape) == 3:  # after the convs: the columns follow the channels-last bits
+            c, h, wd = layer.in_shape
+            w, self.pad_agreements = _channels_last_weight(w.view(-1, c, h, wd))
+        self.k, self.bits = w.shape[1], kernels.pack(w.contiguous())
+        if not self.output:
+            self.flipped_threshold = self.direction * self.threshold + self.pad_agreements
+
+    def __call__(self, a: torch.Tensor):
+        d = self.xnor(a.reshape(a.shape[0], -1), self.bits, self.k)
+        if self.output:
+            return self.finish(d - self.pad_agreements, None)
+        if self.packed_out:
+            return _pack_ge(d, self.flipped_threshold)
+        return _pm1_ge(d, self.flipped_threshold)
+
+
+class _XnorConv(_Layer):
+    """Convolution on channels-last packed bits: im2col on words, XNOR GEMM, border correction."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl):
+        super().__init__(layer, device, True, packed_out, xnor_impl)
+        c, h, w = layer.in_shape
+        k = layer.kernel_size
+        weight = self.weight.view(-1, c, k, k)
+        rows, pad_agreements = _channels_last_weight(weight)
+        self.k, self.bits = rows.shape[1], kernels.pack(rows)
+        self.correction = _border_correction(weight, h, w, layer.padding, pad_agreements)
+
+    def __call__(self, a: torch.Tensor):
+        n, h, w, _ = a.shape
+        spec = self.spec
+        d = self.xnor(_im2col_words(a, spec.kernel_size, spec.padding), self.bits, self.k)
+        d = (d.view(n, h * w, -1) - self.correction).view(n, h, w, -1)
+        return self.finish(_max_pool(d, spec.pool), self.threshold)
+
+
+def _border_correction(weight: torch.Tensor, h: int, w: int, pad: int, pad_agreements: int) -> torch.Tensor:
+    """int32 (H*W, out): what the packed conv adds to the float model's pre-activation at each pixel.
+
+    Taps outside the image read all-zero words, i.e. -1 for every channel, where the float model reads
+    0: they add -sum(w) over those taps; channel padding adds a constant number of agreements.
+    """
+    outside = F.pad(torch.zeros(1, weight.shape[1], h, w, device=weight.device), (pad,) * 4, value=1.0)
+    weight_outside = F.conv2d(outside.double(), weight.double())[0]  # (out, H, W), exact integers
+    correction = pad_agreements - weight_outside
+    return correction.permute(1, 2, 0).reshape(h * w, -1).round().to(torch.int32).contiguous()
+
+
+class _FloatDense(_Layer):
+    """Dense layer on the float baseline kernel with +/-1 float inputs (the speed-up's reference)."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl):
+        super().__init__(layer, device, False, packed_out, xnor_impl)
+
+    def __call__(self, a: torch.Tensor):
+        y = kernels.baseline_gemm(a.reshape(a.shape[0], -1), self.weight)
+        return self.finish(y, None if self.output else self.threshold.to(y.dtype))
+
+
+class _FloatConv(_Layer):
+    """Convolution as float im2col + the baseline kernel, +/-1 float inputs, the model's zero padding."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl):
+        super().__init__(layer, device, False, packed_out, xnor_impl)
+
+    def __call__(self, a: torch.Tensor):
+        y = _float_conv(self.spec, self.weight, a)
+        return self.finish(y, self.threshold.to(y.dtype))
+
+
+def _float_conv(spec: ExportedLayer, weight: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Channels-last, max-pooled pre-activation (N, H', W', out) of a conv on float NCHW inputs."""
+    n, _, h, w = a.shape
+    cols = F.unfold(a, spec.kernel_size, padding=spec.padding).transpose(1, 2).reshape(n * h * w, -1)
+    y = kernels.baseline_gemm(cols.contiguous(), weight).view(n, h, w, -1)
+    return _max_pool(y, spec.pool)
+
+
+class _FirstLayer(_Layer):
+    """The first layer, on real inputs; see FIRST_LAYERS for the ways it can run."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl, mode: str):
+        super().__init__(layer, device, False, packed_out, xnor_impl)
+        self.mode = mode
+        spec = layer
+        conv = spec.kind == "conv"
+        weight = self.weight.view(-1, *spec.in_shape[:1], spec.kernel_size, spec.kernel_size) if conv else None
+        if mode == "bitplane":
+            if conv:
+                rows, pad_agreements = _channels_last_weight(weight)
+                c, h, w = spec.in_shape
+                self.correction = INPUT_LEVELS * _border_correction(weight, h, w, spec.padding, pad_agreements)
+            else:
+                rows = self.weight
+            self.k, self.bits = rows.shape[1], kernels.pack(rows.contiguous())
+        elif mode == "integer":
+            if 2 * INPUT_LEVELS * spec.fan_in >= 2 ** 24:
+                raise EngineError(f"the integer first layer is exact in float32 up to {2 ** 24 // (2 * INPUT_LEVELS)} "
+                                  f"inputs per unit; this one has {spec.fan_in}.")
+            # P = sum over the pixels inside the image of (2x - 255) w = 2 (x . w) - 255 * (those w summed).
+            if conv:
+                c, h, w = spec.in_shape
+                inside = F.conv2d(torch.ones(1, c, h, w, device=device, dtype=torch.float64), weight.double(),
+                                  padding=spec.padding)[0]
+                self.weight_sum = (INPUT_LEVELS * inside).permute(1, 2, 0).float().contiguous()  # (H, W, out)
+            else:
+                self.weight_sum = INPUT_LEVELS * self.weight.sum(1)
+
+    def __call__(self, x: torch.Tensor, x_float: Callable[[], torch.Tensor]):
+        spec = self.spec
+        if self.mode == "float":
+            xf = x_float()
+            if spec.kind == "dense":
+                y = kernels.baseline_gemm(xf.reshape(xf.shape[0], -1).contiguous(), self.weight)
+            else:
+                y = _float_conv(spec, self.weight, xf)
+            return self.finish(y, None if self.output else self.float_threshold)
+        if x.dtype != torch.uint8:
+            raise EngineError(f"the {self.mode} first layer takes 8-bit images, got "
+                              f"{str(x.dtype).replace('torch.', '')}.")
+        p = self._bitplane(x) if self.mode == "bitplane" else self._integer(x)
+        return self.finish(p, None if self.output else self.threshold, acc_scale=INPUT_LEVELS)
+
+    def _bitplane(self, x: torch.Tensor) -> torch.Tensor:
+        spec, n = self.spec, x.shape[0]
+        planes = _bit_planes(x)
+        if spec.kind == "dense":
+            d = self.xnor(kernels.pack(planes.reshape(PLANES * n, -1)), self.bits, self.k)
+            return _sum_planes(d.view(PLANES, n, -1))
+        c, h, w = spec.in_shape
+        pixels = kernels.pack(planes.permute(0, 1, 3, 4, 2).reshape(-1, c)).view(PLANES * n, h, w, -1)
+        d = self.xnor(_im2col_words(pixels, spec.kernel_size, spec.padding), self.bits, self.k)
+        p = (_sum_planes(d.view(PLANES, n, h * w, -1)) - self.correction).view(n, h, w, -1)
+        return _max_pool(p, spec.pool)
+
+    def _integer(self, x: torch.Tensor) -> torch.Tensor:
+        """P from torch's float32 matmul on the pixel values: every partial sum is an integer below
+        2^24, so the result is exact whatever the order of the additions (TF32 too: 0..255 and +/-1
+        are exact in it). Convolutions go through unfold + matmul, never a Winograd or FFT algorithm."""
+        spec, n = self.spec, x.shape[0]
+        pixels = x.to(torch.float32)
+        if spec.kind == "dense":
+            return 2 * (pixels.reshape(n, -1) @ self.weight.T) - self.weight_sum
+        _, h, w = spec.in_shape
+        cols = F.unfold(pixels, spec.kernel_size, padding=spec.padding).transpose(1, 2)
+        y = (cols @ self.weight.T).view(n, h, w, -1)
+        return _max_pool(2 * y - self.weight_sum, spec.pool)
+
+
+# The first layer's modes: the paper's float kernel, Algorithm 5, or the same integers on fp32 matmul.
+FIRST_LAYERS = {
+    "float": "float baseline kernel on the scaled inputs",
+    "bitplane": "XNOR on the 8 bit planes of the 8-bit inputs",
+    "integer": "8-bit inputs times +/-1 weights on torch's fp32 matmul (exact integers)",
+}
+
+
+class PackedEngine:
+    """An exported model prepared on a device.
+
+    first_layer: one of FIRST_LAYERS ("bitplane" and "integer" for 8-bit inputs only) or "auto"
+    (bitplane when the model takes 8-bit inputs, else float). hidden: "xnor" (packed bits) or "float" (the baseline float kernel on
+    +/-1 floats). xnor_impl: the kernels' "tuned" or "paper" XNOR GEMM (they differ on CUDA only).
+    """
+
+    def __init__(self, exported: ExportedModel, device: torch.device | str = "cpu", first_layer: str = "auto",
+                 hidden: str = "xnor", xnor_impl: str = "tuned"):
+        if first_layer != "auto" and first_layer not in FIRST_LAYERS:
+            raise EngineError(f"first_layer must be auto, {', '.join(FIRST_LAYERS)}, got {first_layer!r}.")
+        if hidden not in HIDDEN_MODES:
+            raise EngineError(f"hidden must be one of {', '.join(HIDDEN_MODES)}, got {hidden!r}.")
+        eight_bit = exported.input_encoding == UINT8_SCALE
+        if first_layer == "auto":
+            first_layer = "bitplane" if eight_bit else "float"
+        if first_layer != "float" and not eight_bit:
+            raise EngineError(f"the {first_layer} first layer needs a model trained on 8-bit images scaled as "
+                              "2x/255 - 1; this one takes other inputs, so use the float first layer.")
+        self.exported, self.device = exported, torch.device(device)
+        self.first_layer, self.hidden = first_layer, hidden
+        packed = hidden == "xnor"
+        first, *rest = exported.layers
+        self.first = _FirstLayer(first, self.device, packed, xnor_impl, first_layer)
+        kinds = {("xnor", "dense"): _XnorDense, ("xnor", "conv"): _XnorConv,
+                 ("float", "dense"): _FloatDense, ("float", "conv"): _FloatConv}
+        self.rest = [kinds[hidden, layer.kind](layer, self.device, packed, xnor_impl) for layer in rest]
+
+    @property
+    def description(self) -> str:
+        hidden = "XNOR on packed bits" if self.hidden == "xnor" else "float baseline kernel on +/-1 floats"
+        return f"first layer: {FIRST_LAYERS[self.first_layer]}; other layers: {hidden}"
+
+    def _outputs(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None):
+        """Each layer's output in the engine's own form (packed words or +/-1 floats), then the logits."""
+        x = x.to(self.device)
+        if transform is None:
+            transform = _scale if self.exported.input_encoding == UINT8_SCALE else (lambda t: t.float())
+        out = self.first(x, lambda: transform(x).float().contiguous())
+        yield out
+        for layer in self.rest:
+            out = layer(out)
+            yield out
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """float64 logits of a batch of raw inputs. ``transform`` maps them to the float model's inputs
+        (default: 2x/255 - 1 for 8-bit models, else the inputs as floats)."""
+        *_, logits = self._outputs(x, transform)
+        return logits
+
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> list[torch.Tensor]:
+        """Every binarizing layer's activations as +/-1 floats in the float model's layout ((N, C) or
+        (N, C, H, W)), then the logits: to compare with the float model unit by unit."""
+        outputs = list(self._outputs(x, transform))
+        for i, (spec, out) in enumerate(zip(self.exported.layers, outputs[:-1])):
+            if out.dtype == torch.int64:  # packed words, channels last
+                pm1 = kernels.unpack(out.reshape(-1, out.shape[-1]), spec.out_features)
+                out = pm1.view(*out.shape[:-1], spec.out_features)
+                outputs[i] = out.permute(0, 3, 1, 2).contiguous() if out.dim() == 4 else out
+        return outputs
+
+    def predict(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                batch_size: int = 1000) -> torch.Tensor:
+        """Predicted classes (int64, on the engine's device) for raw inputs, in batches."""
+        return torch.cat([self.logits(x[i:i + batch_size], transform).argmax(1)
+                          for i in range(0, len(x), batch_size)])
+
+
+def _scale(x: torch.Tensor) -> torch.Tensor:
+    from .data import scale_to_pm1
+    return scale_to_pm1(x)
+
+
+def default_batch_size(exported: ExportedModel) -> int:
+    """Images per batch: the MLP's intermediates are small, a conv net's are per pixel."""
+    return 100 if any(layer.kind == "conv" for layer in exported.layers) else 1000
+
+
+def engine_error(record: dict, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
+    """Test error in % of the model run by the packed engine (``bnnctl eval --engine xnor``)."""
+    from .export import export_model
+    if device.type == "cuda" and not kernels.available()["cuda"]:
+        raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
+    exported = export_model(record, model)
+    engine = PackedEngine(exported, device)
+    predicted = engine.predict(x, transform, default_batch_size(exported))
+    return 100.0 * (predicted.cpu() != y.cpu()).sum().item() / max(len(y), 1)
