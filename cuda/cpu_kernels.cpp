@@ -37,13 +37,13 @@ void pack_row_scalar(const float* x, int64_t k, uint64_t* out) {
   for (int64_t w = 0; w < words; ++w) out[w] = pack_word_scalar(x + w * 64, std::min<int64_t>(64, k - w * 64));
 }
 
-// The micro-kernels below fill popc[r * C + c] = popcount(a[r] XOR b[c]) over the real bits of `words`
-// words, for an R x C block of output entries (a, b: R and C row pointers).
-using MicroKernel = void (*)(const uint64_t* const* a, const uint64_t* const* b, int64_t words, uint64_t last_mask,
-                             int64_t* popc);
+#define BNN_INLINE inline __attribute__((always_inline))
 
+// The block kernels below fill popc[r * C + c] = popcount(a[r] XOR b[c]) over the real bits of `words`
+// words, for an R x C block of output entries (a, b: R and C row pointers). They are inlined into the
+// row kernels (BNN_ROW_KERNEL) of their instruction set.
 template <int R, int C>
-void popc_micro_scalar(const uint64_t* const* a, const uint64_t* const* b, int64_t words, uint64_t last_mask,
+BNN_INLINE void popc_block_scalar(const uint64_t* const* a, const uint64_t* const* b, int64_t words, uint64_t last_mask,
                        int64_t* popc) {
   int64_t total[R][C] = {};
   for (int64_t w = 0; w < words; ++w) {
@@ -74,7 +74,7 @@ BNN_TARGET_AVX2 inline int64_t sum_bytes(__m256i counts) {
 }
 
 template <int R, int C>
-BNN_TARGET_AVX2 void popc_micro_avx2(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
+BNN_TARGET_AVX2 BNN_INLINE void popc_block_avx2(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
                                      uint64_t last_mask, int64_t* popc) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -125,7 +125,7 @@ BNN_TARGET_AVX2 void pack_row_avx2(const float* x, int64_t k, uint64_t* out) {
 
 // ---- AVX-512 VPOPCNTDQ ----------------------------------------------------------------------------
 template <int R, int C>
-BNN_TARGET_AVX512 void popc_micro_avx512(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
+BNN_TARGET_AVX512 BNN_INLINE void popc_block_avx512(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
                                          uint64_t last_mask, int64_t* popc) {
   __m512i acc[R][C];
   for (int r = 0; r < R; ++r)
@@ -170,20 +170,47 @@ BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out)
 }
 #endif  // BNN_X86
 
-// Register-block shapes per instruction set and the micro-kernels for the full block and its edges.
-struct MicroKernels {
+// A row kernel computes R rows of a against `cols` consecutive rows of b (cols a multiple of C) and
+// writes the products to c (row stride ldc). The column loop sits inside the instruction-set-specific
+// code so that the block kernel is inlined, not called once per R x C block (that cost a third).
+using RowKernel = void (*)(const uint64_t* const* a, const uint64_t* b, int64_t cols, int64_t words, int64_t k,
+                           int32_t* c, int64_t ldc);
+
+#define BNN_ROW_KERNEL(NAME, TARGET, BLOCK)                                                              \
+  template <int R, int C>                                                                               \
+  TARGET void NAME(const uint64_t* const* a, const uint64_t* b, int64_t cols, int64_t words, int64_t k,  \
+                   int32_t* c, int64_t ldc) {                                                           \
+    const uint64_t last_mask = last_word_mask(k);                                                       \
+    for (int64_t q = 0; q < cols; q += C) {                                                             \
+      const uint64_t* b_rows[C];                                                                        \
+      for (int j = 0; j < C; ++j) b_rows[j] = b + (q + j) * words;                                      \
+      int64_t popc[R * C];                                                                              \
+      BLOCK<R, C>(a, b_rows, words, last_mask, popc);                                                   \
+      for (int r = 0; r < R; ++r)                                                                       \
+        for (int j = 0; j < C; ++j) c[r * ldc + q + j] = (int32_t)(k - 2 * popc[r * C + j]);            \
+    }                                                                                                   \
+  }
+
+BNN_ROW_KERNEL(xnor_rows_scalar, , popc_block_scalar)
+#if BNN_X86
+BNN_ROW_KERNEL(xnor_rows_avx2, BNN_TARGET_AVX2, popc_block_avx2)
+BNN_ROW_KERNEL(xnor_rows_avx512, BNN_TARGET_AVX512, popc_block_avx512)
+#endif
+
+// Register-block shape per instruction set, and its row kernels for the full block and the edges.
+struct RowKernels {
   int rows, cols;
-  MicroKernel full, one_row, one_col, single;  // R x C, 1 x C, R x 1, 1 x 1
+  RowKernel full, one_row, one_col, single;  // R x C, 1 x C, R x 1, 1 x 1
 };
 
-const MicroKernels& micro_kernels(Isa isa) {
-  static const MicroKernels scalar{2, 2, popc_micro_scalar<2, 2>, popc_micro_scalar<1, 2>, popc_micro_scalar<2, 1>,
-                                   popc_micro_scalar<1, 1>};
+const RowKernels& row_kernels(Isa isa) {
+  static const RowKernels scalar{2, 2, xnor_rows_scalar<2, 2>, xnor_rows_scalar<1, 2>, xnor_rows_scalar<2, 1>,
+                                 xnor_rows_scalar<1, 1>};
 #if BNN_X86
-  static const MicroKernels avx2{2, 2, popc_micro_avx2<2, 2>, popc_micro_avx2<1, 2>, popc_micro_avx2<2, 1>,
-                                 popc_micro_avx2<1, 1>};
-  static const MicroKernels avx512{4, 4, popc_micro_avx512<4, 4>, popc_micro_avx512<1, 4>,
-                                   popc_micro_avx512<4, 1>, popc_micro_avx512<1, 1>};
+  static const RowKernels avx2{2, 2, xnor_rows_avx2<2, 2>, xnor_rows_avx2<1, 2>, xnor_rows_avx2<2, 1>,
+                               xnor_rows_avx2<1, 1>};
+  static const RowKernels avx512{4, 4, xnor_rows_avx512<4, 4>, xnor_rows_avx512<1, 4>, xnor_rows_avx512<4, 1>,
+                                 xnor_rows_avx512<1, 1>};
   if (isa == Isa::avx512) return avx512;
   if (isa == Isa::avx2) return avx2;
 #endif
@@ -244,41 +271,19 @@ void pack_rows(Isa isa, const float* x, int64_t rows, int64_t k, uint64_t* out) 
 
 void xnor_block(Isa isa, const uint64_t* a, const uint64_t* b, int64_t words, int64_t k, int64_t m0, int64_t m1,
                 int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
-  const MicroKernels& mk = micro_kernels(isa);
-  const uint64_t last_mask = last_word_mask(k);
-  int64_t popc[16];
+  const RowKernels& rk = row_kernels(isa);
+  const int64_t full_cols = (n1 - n0) / rk.cols * rk.cols, n_edge = n0 + full_cols, edge_cols = n1 - n_edge;
   const uint64_t* a_rows[4];
-  const uint64_t* b_rows[4];
-  auto store = [&](int64_t i, int64_t j, int rows, int cols) {
-    for (int r = 0; r < rows; ++r)
-      for (int q = 0; q < cols; ++q) c[(i + r) * ldc + j + q] = (int32_t)(k - 2 * popc[r * cols + q]);
-  };
-  for (int64_t i = m0; i < m1; i += mk.rows) {
-    const int rows = (int)std::min<int64_t>(mk.rows, m1 - i);
-    for (int64_t j = n0; j < n1; j += mk.cols) {
-      const int cols = (int)std::min<int64_t>(mk.cols, n1 - j);
-      for (int r = 0; r < rows; ++r) a_rows[r] = a + (i + r) * words;
-      for (int q = 0; q < cols; ++q) b_rows[q] = b + (j + q) * words;
-      if (rows == mk.rows && cols == mk.cols) {
-        mk.full(a_rows, b_rows, words, last_mask, popc);
-        store(i, j, rows, cols);
-      } else if (rows == mk.rows) {  // ragged right edge: one column at a time
-        for (int q = 0; q < cols; ++q) {
-          mk.one_col(a_rows, b_rows + q, words, last_mask, popc);
-          store(i, j + q, rows, 1);
-        }
-      } else {  // ragged bottom edge: one row at a time
-        for (int r = 0; r < rows; ++r) {
-          if (cols == mk.cols) {
-            mk.one_row(a_rows + r, b_rows, words, last_mask, popc);
-            store(i + r, j, 1, cols);
-          } else {
-            for (int q = 0; q < cols; ++q) {
-              mk.single(a_rows + r, b_rows + q, words, last_mask, popc);
-              store(i + r, j + q, 1, 1);
-            }
-          }
-        }
+  for (int64_t i = m0; i < m1; i += rk.rows) {
+    const int rows = (int)std::min<int64_t>(rk.rows, m1 - i);
+    for (int r = 0; r < rows; ++r) a_rows[r] = a + (i + r) * words;
+    if (rows == rk.rows) {
+      rk.full(a_rows, b + n0 * words, full_cols, words, k, c + i * ldc + n0, ldc);
+      rk.one_col(a_rows, b + n_edge * words, edge_cols, words, k, c + i * ldc + n_edge, ldc);
+    } else {  // the last rows of a ragged m, one at a time
+      for (int r = 0; r < rows; ++r) {
+        rk.one_row(a_rows + r, b + n0 * words, full_cols, words, k, c + (i + r) * ldc + n0, ldc);
+        rk.single(a_rows + r, b + n_edge * words, edge_cols, words, k, c + (i + r) * ldc + n_edge, ldc);
       }
     }
   }

@@ -64,13 +64,13 @@ at::Tensor pack_cpu(const at::Tensor& x) {
 }
 
 // Runs block(m0, m1, n0, n1) over an (m, n) output cut into tiles of tile_m x tile_n, in parallel.
-// Consecutive tiles share their rows of a, so each thread's b tiles are reused from cache.
+// Within a tile the kernels sweep a's rows past the tile's rows of b, which stay in the L1 cache.
 template <typename Block>
 void for_each_tile(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n, const Block& block) {
   const int64_t tiles_m = (m + tile_m - 1) / tile_m, tiles_n = (n + tile_n - 1) / tile_n;
   at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t m0 = (t / tiles_n) * tile_m, n0 = (t % tiles_n) * tile_n;
+      const int64_t m0 = (t % tiles_m) * tile_m, n0 = (t / tiles_m) * tile_n;
       block(m0, std::min(m, m0 + tile_m), n0, std::min(n, n0 + tile_n));
     }
   });
@@ -88,7 +88,7 @@ at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   // A tile of b rows small enough to stay in the L1 cache while a's rows stream past it.
   const int64_t row_bytes = std::max<int64_t>(words * 8, 1);
   const int64_t tile_n = std::clamp<int64_t>((16 * 1024 / row_bytes) / 4 * 4, 4, 256);
-  for_each_tile(m, n, 64, tile_n, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  for_each_tile(m, n, 256, tile_n, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     bnn_cpu::xnor_block(isa, pa, pb, words, k, m0, m1, n0, n1, pc, n);
   });
   return c;
