@@ -62,6 +62,9 @@ STEP_TIMEOUT=300 step kernel_tests python3 -m pytest -q -rs tests/test_kernels.p
 
 PEAK=$(popc_peak)
 STEP_TIMEOUT=240 step bench python3 -m bnnctl bench --kernel all --out "$OUT" ${PEAK:+--popc-peak "$PEAK"}
+# The CPU kernels on this machine's host CPU (AVX-512 VPOPCNTDQ where it has it), for the CPU target:
+# XNOR >= 15x torch fp32 at 1024 x 1024 x 4096.
+STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xnor,cublas --out "$OUT"
 
 # The 1-bit tensor-core GEMM (cuda/xnor_tc.cu; what these must show: cuda/XNOR_TC.md). Its 8192^3 run is in
 # "bench" above (--kernel all); here: exactness, the MNIST MLP hidden layers, the sm_90a wgmma variant (a
