@@ -186,9 +186,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform
 # of start-up; opt in with --set fast.compile=true) and not bf16 (it rounds pre-BN sums and
 # gradients). tf32 rounds the first layer's real-valued inputs and the gradients to a 10-bit
 # mantissa; the +-1 x +-1 products of every other layer stay exact.
+# foreach_clip is off in both: clamp_min_ and clamp_max_ over the list are two passes over the
+# weights, a clamp_ per layer is one, and for the paper's layers memory traffic is what costs.
 FAST_PRESETS: dict[str, list[str]] = {
-    "cpu": ["fast.data_on_device=true", "fast.fused_optimizer=true"],
-    "cuda": ["fast.data_on_device=true", "fast.pretransform=true", "fast.tf32=true", "fast.channels_last=true"],
+    "cpu": ["fast.data_on_device=true", "fast.fused_optimizer=true", "fast.foreach_clip=false"],
+    "cuda": ["fast.data_on_device=true", "fast.pretransform=true", "fast.tf32=true", "fast.channels_last=true",
+             "fast.foreach_clip=false"],
 }
 
 
@@ -268,21 +271,25 @@ class Trainer:
             # Same initial weights everywhere (seeded above, and DDP broadcasts rank 0's), but each
             # rank's dropout and stochastic binarization draw their own numbers.
             torch.manual_seed(distributed.rank_seed(recipe["seed"], ranks.rank))
-        trained = distributed.wrap(self.model, ranks, device) if ranks.active else self.model
-        self.compiled = fast["compile"]
-        self.mark_cuda_graph_steps = (fast["compile"] and device.type == "cuda"
-                                      and fast["compile_mode"] in ("reduce-overhead", "max-autotune"))
-        compile_ = functools.partial(torch.compile, mode=fast["compile_mode"], dynamic=False)
+        self.loss_fn = LOSSES[recipe["train"]["loss"]]
         # `forward` trains (through DDP in a run of several processes); `eval_forward` evaluates
         # this rank's own copy, which needs no gradient synchronisation.
-        self.forward = compile_(trained) if self.compiled else trained
-        if not ranks.active:
-            self.eval_forward = self.forward
-        else:
-            self.eval_forward = compile_(self.model) if self.compiled else self.model
-        self.loss_fn = LOSSES[recipe["train"]["loss"]]
-        self.latent_weights = [layer.weight for layer in binary_layers(self.model)]
-        self.clip_values = {layer.clip_value for layer in binary_layers(self.model)}
+        self.forward = distributed.wrap(self.model, ranks, device) if ranks.active else self.model
+        self.eval_forward = self.model
+        self.forward_loss = self._forward_loss
+        self.mark_cuda_graph_steps = (fast["compile"] and device.type == "cuda"
+                                      and fast["compile_mode"] in ("reduce-overhead", "max-autotune"))
+        if fast["compile"]:
+            compile_ = functools.partial(torch.compile, mode=fast["compile_mode"], dynamic=False)
+            self.eval_forward = compile_(self.model)
+            if ranks.active:  # Dynamo splits a DDP module's graph at its gradient buckets
+                self.forward = compile_(self.forward)
+            else:  # the loss joins the model's graph
+                self.forward_loss = compile_(self._forward_loss)
+        self.binary_layers = binary_layers(self.model)
+        self.latent_weights = [layer.weight for layer in self.binary_layers]
+        self.clip_values = {layer.clip_value for layer in self.binary_layers}
+        self.foreach_clip = fast["foreach_clip"] and len(self.clip_values) == 1
         self.use_bf16 = fast["bf16"] and device.type == "cuda"
         # The data order has its own generator so that it is saved and restored with the run. It
         # is seeded alike on every rank: all draw the same permutation and take their slices.
@@ -390,12 +397,12 @@ class Trainer:
     # -- training ----------------------------------------------------------------------
     @torch.no_grad()
     def clip_(self) -> None:
-        if self.recipe["fast"]["foreach_clip"] and len(self.clip_values) == 1:
+        if self.foreach_clip:
             (c,) = self.clip_values
             torch._foreach_clamp_min_(self.latent_weights, -c)
             torch._foreach_clamp_max_(self.latent_weights, c)
         else:
-            for layer in binary_layers(self.model):
+            for layer in self.binary_layers:
                 layer.clip_()
 
     def batches(self) -> tuple[torch.Tensor, ...]:
@@ -429,14 +436,18 @@ class Trainer:
         yb = self.splits.y_train[idx].to(self.device, non_blocking=True)
         if self.mark_cuda_graph_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        with self.autocast():
-            out = self.forward(xb)
-        loss = self.loss_fn(out.float(), yb)
+        loss = self.forward_loss(xb, yb)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.clip_()
         return loss.detach()
+
+    def _forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The batch's loss: forward under autocast (if bf16), loss in fp32."""
+        with self.autocast():
+            out = self.forward(xb)
+        return self.loss_fn(out.float(), yb)
 
     def train_epoch(self, progress: Progress | None) -> float:
         """One epoch; the mean training loss over its steps (and over the ranks)."""

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Time training on this machine and record the numbers as JSON (under results/fast/).
+
+steps: the plain loop against the fast switches, the same N training steps each (no evaluation),
+       on one copy of the data, repeated and interleaved so that a busy machine slows both alike:
+
+    python3 scripts/fast_timing.py steps recipes/mnist.yaml --steps 50 --out results/fast/cpu_mnist_steps.json
+
+epochs: a few epochs of `bnnctl train` with the given switches, through the real command path
+        (run directory, evaluation, records, checkpoints); the epoch time, what records and
+        checkpoints cost, and the recipe's full schedule projected from them:
+
+    python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 3 --fast --data-dir .data \\
+        --out results/fast/gpu_mnist_epochs.json
+
+Every record holds the command, the hardware, the commit, the date and the load average before
+and after (timings from a machine busy with other work say so there).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bnnctl.data import load_splits  # noqa: E402
+from bnnctl.recipe import load_recipe  # noqa: E402
+from bnnctl.train import FAST_PRESETS, Trainer, environment, pretransformed, resolve_device, run_training  # noqa: E402
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **environment(device), "load_average_before": os.getloadavg()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(recipe: Path, overrides: list[str], splits, device: torch.device, steps: int, warmup: int) -> float:
+    """Seconds per training step of a fresh Trainer, after ``warmup`` untimed steps."""
+    cfg = load_recipe(recipe, overrides)
+    if cfg["fast"]["pretransform"]:
+        splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, splits, device, Path(run_dir), Console(quiet=True), "fast_timing")
+        trainer.model.train()
+        batches = trainer.batches()
+        if len(batches) < warmup + steps:
+            raise SystemExit(f"an epoch has {len(batches)} steps, fewer than {warmup} + {steps}")
+        for idx in batches[:warmup]:
+            trainer.train_step(idx)
+        synchronize(device)
+        start = time.perf_counter()
+        for idx in batches[warmup:warmup + steps]:
+            trainer.train_step(idx)
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+    del trainer
+    gc.collect()
+    return elapsed / steps
+
+
+def steps_command(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    record = provenance(device)
+    preset = FAST_PRESETS["cuda" if device.type == "cuda" else "cpu"]
+    variants = {"plain": [], "fast": preset}
+    if args.compile:
+        variants["fast+compile"] = preset + ["fast.compile=true"]
+    cfg = load_recipe(args.recipe)
+    splits = load_splits(cfg["data"], args.data_dir)
+    if cfg["fast"]["data_on_device"]:
+        splits = splits.to(device)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, overrides in variants.items():
+            times[name].append(time_steps(args.recipe, overrides, splits, device, args.steps, args.warmup))
+            print(f"{name:>14}: {times[name][-1] * 1e3:8.1f} ms per step", flush=True)
+    steps_per_epoch = len(splits.x_train) // cfg["train"]["batch_size"]
+    record.update({
+        "recipe": str(args.recipe), "steps_timed": args.steps, "warmup_steps": args.warmup,
+        "repeats": args.repeats, "batch_size": cfg["train"]["batch_size"], "steps_per_epoch": steps_per_epoch,
+        "variants": {name: {"overrides": variants[name], "step_s": [round(t, 5) for t in times[name]],
+                            "best_step_s": round(min(times[name]), 5),
+                            "training_s_per_epoch": round(min(times[name]) * steps_per_epoch, 2)}
+                     for name in variants},
+        "speedup_fast_vs_plain": round(min(times["plain"]) / min(times["fast"]), 3),
+        "load_average_after": os.getloadavg(),
+        "note": "training steps only (no evaluation, no records); best of the interleaved repeats",
+    })
+    if args.compile:
+        record["speedup_fast_compile_vs_plain"] = round(min(times["plain"]) / min(times["fast+compile"]), 3)
+    return record
+
+
+def epochs_command(args: argparse.Namespace) -> dict[str, Any]:
+    import bnnctl.train as train_module
+
+    device = resolve_device(args.device)
+    record = provenance(device)
+    planned = load_recipe(args.recipe)["train"]["epochs"]
+    # When each epoch ends (its table row is printed, after its records), how long its records took
+    # (with or without a checkpoint), and how long each best.pt took.
+    ends: list[float] = []
+    writes: list[tuple[bool, float]] = []
+    best_saves: dict[int, float] = {}  # epoch index -> seconds
+    print_row, write_records, torch_save = Trainer._print_row, Trainer.write_records, train_module.atomic_torch_save
+
+    def stamped_print_row(self, row, improved):
+        ends.append(time.perf_counter())
+        return print_row(self, row, improved)
+
+    def timed_write_records(self, status, checkpoint=True):
+        start = time.perf_counter()
+        try:
+            return write_records(self, status, checkpoint)
+        finally:
+            writes.append((checkpoint, time.perf_counter() - start))
+
+    def timed_torch_save(obj, path):
+        start = time.perf_counter()
+        torch_save(obj, path)
+        if path.name == "best.pt":  # written before the epoch's row: len(ends) is the epoch's index
+            best_saves[len(ends)] = time.perf_counter() - start
+
+    Trainer._print_row, Trainer.write_records = stamped_print_row, timed_write_records
+    train_module.atomic_torch_save = timed_torch_save
+    overrides = [f"train.epochs={args.epochs}", *args.set]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as runs:
+        result = run_training(recipe=args.recipe, overrides=overrides, device=args.device, data_dir=args.data_dir,
+                              runs_dir=Path(runs), resume=None, seed=None, run_id="timing", console=Console(),
+                              fast=args.fast)
+        run_dir = Path(runs) / result["recipe"] / "timing"
+        with open(run_dir / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    total = time.perf_counter() - started
+    epoch_times = [float(r["epoch_time_s"]) for r in rows]
+    # An epoch's own cost: from the previous epoch's end to its end, less its records and best.pt.
+    compute = [ends[i] - ends[i - 1] - writes[i][1] - best_saves.get(i, 0.0) for i in range(1, len(ends))]
+    steady = statistics.median(compute) if compute else epoch_times[0]
+    best_mean = statistics.mean(best_saves.values()) if best_saves else 0.0
+    checkpoint_s = statistics.median([w for c, w in writes if c])
+    plain_records = [w for c, w in writes if not c]
+    records_s = statistics.median(plain_records) if plain_records else 0.0
+
+    def projected(every: int) -> float:
+        return round(epoch_times[0] + (planned - 1) * steady + planned / every * checkpoint_s
+                     + planned * (1 - 1 / every) * records_s, 1)
+
+    record.update({
+        "recipe": str(args.recipe), "fast_flag": args.fast, "overrides": overrides, "fast": recipe["fast"],
+        "epochs_timed": len(rows), "epoch_time_s": epoch_times, "first_epoch_s": epoch_times[0],
+        "steady_epoch_s": round(steady, 3),
+        "checkpoint_write_s": round(checkpoint_s, 3), "records_write_s": round(records_s, 3),
+        "best_pt_write_s": round(best_mean, 3),
+        "process_wall_s": round(total, 1), "planned_epochs": planned,
+        "projected_full_schedule_s": projected(recipe["train"]["checkpoint_every"]),
+        "projected_full_schedule_s_by_checkpoint_every": {every: projected(every) for every in (1, 10, 50)},
+        "last_test_error_pct": float(rows[-1]["test_error_pct"]),
+        "load_average_after": os.getloadavg(),
+        "note": ("epoch_time_s: training + evaluation of an epoch, synchronized (the first includes warm-up or "
+                 "compilation). steady_epoch_s: median time from one epoch's end to the next, less its records "
+                 "and best.pt writes. The projection adds a checkpoint every train.checkpoint_every epochs and "
+                 "the cheap records (metrics, result) every other epoch, not the best.pt writes (one per "
+                 "validation improvement, best_pt_write_s each). train.epochs is cut, which compresses the LR "
+                 "schedule; the timing does not depend on it."),
+    })
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for name in ("steps", "epochs"):
+        p = sub.add_parser(name)
+        p.add_argument("recipe", type=Path)
+        p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--data-dir", type=Path, default=None)
+    steps = sub.choices["steps"]
+    steps.add_argument("--steps", type=int, default=50)
+    steps.add_argument("--warmup", type=int, default=3)
+    steps.add_argument("--repeats", type=int, default=2)
+    steps.add_argument("--compile", action="store_true", help="also time the fast switches with fast.compile")
+    epochs = sub.choices["epochs"]
+    epochs.add_argument("--epochs", type=int, default=3)
+    epochs.add_argument("--fast", action="store_true", help="as bnnctl train --fast")
+    epochs.add_argument("--set", action="append", default=[], help="recipe override, as bnnctl train --set")
+    args = parser.parse_args()
+    record = steps_command(args) if args.mode == "steps" else epochs_command(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k not in ("variants",)}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
