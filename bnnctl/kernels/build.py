@@ -14,6 +14,7 @@ compiles the CUDA glue even without a GPU, which is how it is compile-checked on
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -110,7 +111,16 @@ def _build(variant: str, verbose: bool) -> str:
     if variant == "cuda":
         cuda_home = str(find_cuda_home())
         os.environ["CUDA_HOME"] = cuda_home
-    from torch.utils import cpp_extension  # imported late: it probes for CUDA and may warn
+    # Imported late: at import it probes for CUDA, and warns that it found none, which is noise when
+    # building the CPU variant.
+    probe_log = logging.getLogger("torch.utils.cpp_extension")
+    level = probe_log.level
+    if variant == "cpu":
+        probe_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        probe_log.setLevel(level)
 
     if variant == "cuda":
         cpp_extension.CUDA_HOME = cuda_home  # torch guessed it at import time, perhaps wrongly
