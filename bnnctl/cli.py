@@ -98,12 +98,25 @@ def bench(
     out: Path = typer.Option(Path("results/bench"), help="folder the JSON record is written to"),
     popc_peak: Optional[float] = typer.Option(None, help="measured CUDA-core XOR+POPC ceiling in T binary-op/s "
                                               "(tools/gpu_peaks), to report the XNOR kernels' share of it"),
+    model: Optional[str] = typer.Option(None, help="mnist-mlp: time the whole MLP on the 10,000 test images "
+                                        "(baseline, XNOR, bit-plane first layer, torch) instead of one product"),
+    run: Optional[Path] = typer.Option(None, help="with --model: run directory, best.pt or .bnnx export "
+                                       "(default: the newest recorded under results/mnist*/)"),
+    data_dir: Optional[Path] = typer.Option(None, help="with --model: data root holding MNIST/raw"),
 ):
     """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
     from .bench import run_bench
     given = {"--kernel": kernel, "--m": m, "--n": n, "--k": k, "--repeat": repeat, "--device": device,
              "--out": out, "--popc-peak": popc_peak}
+    if model is not None:
+        given = {"--model": model, "--run": run, "--data-dir": data_dir, "--repeat": repeat, "--device": device,
+                 "--out": out}
     command = " ".join(["bnnctl bench"] + [f"{opt} {val}" for opt, val in given.items() if val is not None])
+    if model is not None:
+        from .bench_mlp import run_model_bench
+        run_model_bench(model=model, run=run, device=device, data_dir=data_dir, repeat=repeat, out=out,
+                        command=command, console=console)
+        return
     run_bench(kernel=kernel, m=m, n=n, k=k, repeat=repeat, device=device, out=out, popc_peak_tbops=popc_peak,
               command=command, console=console)
 

@@ -58,11 +58,14 @@ def _words(channels: int) -> int:
 def _pack_ge(value: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """Pack (value >= threshold) along the last dimension into words: (..., C) -> (..., ceil(C/64)).
 
-    value - threshold keeps the sign of the comparison exactly (integers are exact in int32 and in
-    float32 below 2^24; for floats, a - b is 0 only when a == b), and pack() sets bit = (x >= 0).
+    pack() sets bit = (x >= 0) on float32, so it is handed value - threshold: exact for integers, and
+    for floats a - b keeps the sign of the comparison (it is 0 only when a == b). An int32 difference
+    is handed over as its own bits viewed as float32, which saves a conversion pass: the sign bit is
+    the same, and no difference below 2^31 - 2^23 in size has the bit pattern of a NaN.
     """
     lead, channels = value.shape[:-1], value.shape[-1]
-    diff = (value - threshold).to(torch.float32).reshape(-1, channels)
+    diff = (value - threshold).reshape(-1, channels)
+    diff = diff.view(torch.float32) if diff.dtype == torch.int32 else diff.to(torch.float32)
     return kernels.pack(diff).reshape(*lead, _words(channels))
 
 
@@ -118,33 +121,44 @@ def _channels_last_weight(w: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 class _Layer:
-    """One exported layer, prepared on a device for one mode."""
+    """One exported layer, prepared on a device.
 
-    def __init__(self, layer: ExportedLayer, device: torch.device, packed_in: bool, packed_out: bool,
-                 xnor_impl: str):
-        self.spec, self.device, self.xnor_impl = layer, device, xnor_impl
-        self.packed_in, self.packed_out = packed_in, packed_out
+    A unit with direction -1 fires when its pre-activation is <= its threshold. Where no max-pool sits
+    between the product and the threshold, its weight row is negated instead (the product negates
+    exactly, in integers and in floats), so every comparison is ``pre >= direction * threshold``;
+    under a max-pool the comparison itself is flipped after the max, since max(-y) = -min(y).
+    """
+
+    def __init__(self, layer: ExportedLayer, device: torch.device, packed_out: bool, xnor_impl: str):
+        self.spec, self.device, self.xnor_impl, self.packed_out = layer, device, xnor_impl, packed_out
         self.weight = kernels.unpack(layer.weight_bits, layer.fan_in).to(device)  # (out, fan_in) +/-1
         t = {name: v.to(device) for name, v in layer.tensors.items()}
         self.output = layer.role == "output"
+        self.flipped = not self.output and layer.pool <= 1
         if self.output:
             self.scale, self.shift = t["scale"], t["shift"]
-        else:
-            self.direction = t["direction"].to(torch.int32)
-            self.threshold = t.get("threshold")
-            self.float_threshold = t.get("float_threshold")
+            self.rhs = self.float_rhs = None
+            return
+        self.direction = t["direction"].to(torch.int32)
+        if self.flipped:
+            self.weight = self.weight * self.direction.to(self.weight.dtype)[:, None]
+        # Right-hand sides of the comparisons: direction * threshold.
+        self.rhs = None if "threshold" not in t else self.direction * t["threshold"]
+        self.float_rhs = None if "float_threshold" not in t else self.direction * t["float_threshold"]
 
     def xnor(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
         return kernels.xnor_gemm(a, b, k, impl=self.xnor_impl)
 
-    def finish(self, pre: torch.Tensor, threshold: torch.Tensor | None, acc_scale: float = 1.0):
+    def finish(self, pre: torch.Tensor, rhs: torch.Tensor | None, acc_scale: float = 1.0):
         """Threshold (and pack) a channels-last pre-activation, or turn it into logits."""
         if self.output:
             return pre.double() * (self.scale / acc_scale) + self.shift
-        flip = self.direction.to(pre.dtype)
+        if not self.flipped:
+            pre = pre * self.direction.to(pre.dtype)
+        rhs = rhs.to(pre.dtype)
         if self.packed_out:
-            return _pack_ge(pre * flip, threshold * flip)
-        out = _pm1_ge(pre * flip, threshold * flip)
+            return _pack_ge(pre, rhs)
+        out = _pm1_ge(pre, rhs)
         return out.permute(0, 3, 1, 2).contiguous() if out.dim() == 4 else out
 
 
@@ -152,33 +166,27 @@ class _XnorDense(_Layer):
     """Dense layer on packed bits (flat, or channels-last from a conv)."""
 
     def __init__(self, layer, device, packed_out, xnor_impl):
-        super().__init__(layer, device, True, packed_out, xnor_impl)
-        w = self.weight
-        if not self.output:
-            # Flip the rows of units that fire below their threshold: one ">=" for all of them.
-            w = w * self.direction.to(w.dtype)[:, None]
-        self.pad_agreements = 0
+        super().__init__(layer, device, packed_out, xnor_impl)
+        w, self.pad_agreements = self.weight, 0
         if len(layer.in_shape) == 3:  # after the convs: the columns follow the channels-last bits
             c, h, wd = layer.in_shape
             w, self.pad_agreements = _channels_last_weight(w.view(-1, c, h, wd))
         self.k, self.bits = w.shape[1], kernels.pack(w.contiguous())
         if not self.output:
-            self.flipped_threshold = self.direction * self.threshold + self.pad_agreements
+            self.rhs = self.rhs + self.pad_agreements  # compare the raw count: no subtraction per output
 
     def __call__(self, a: torch.Tensor):
         d = self.xnor(a.reshape(a.shape[0], -1), self.bits, self.k)
         if self.output:
             return self.finish(d - self.pad_agreements, None)
-        if self.packed_out:
-            return _pack_ge(d, self.flipped_threshold)
-        return _pm1_ge(d, self.flipped_threshold)
+        return self.finish(d, self.rhs)
 
 
 class _XnorConv(_Layer):
     """Convolution on channels-last packed bits: im2col on words, XNOR GEMM, border correction."""
 
     def __init__(self, layer, device, packed_out, xnor_impl):
-        super().__init__(layer, device, True, packed_out, xnor_impl)
+        super().__init__(layer, device, packed_out, xnor_impl)
         c, h, w = layer.in_shape
         k = layer.kernel_size
         weight = self.weight.view(-1, c, k, k)
@@ -191,7 +199,7 @@ class _XnorConv(_Layer):
         spec = self.spec
         d = self.xnor(_im2col_words(a, spec.kernel_size, spec.padding), self.bits, self.k)
         d = (d.view(n, h * w, -1) - self.correction).view(n, h, w, -1)
-        return self.finish(_max_pool(d, spec.pool), self.threshold)
+        return self.finish(_max_pool(d, spec.pool), self.rhs)
 
 
 def _border_correction(weight: torch.Tensor, h: int, w: int, pad: int, pad_agreements: int) -> torch.Tensor:
@@ -209,23 +217,15 @@ def _border_correction(weight: torch.Tensor, h: int, w: int, pad: int, pad_agree
 class _FloatDense(_Layer):
     """Dense layer on the float baseline kernel with +/-1 float inputs (the speed-up's reference)."""
 
-    def __init__(self, layer, device, packed_out, xnor_impl):
-        super().__init__(layer, device, False, packed_out, xnor_impl)
-
     def __call__(self, a: torch.Tensor):
-        y = kernels.baseline_gemm(a.reshape(a.shape[0], -1), self.weight)
-        return self.finish(y, None if self.output else self.threshold.to(y.dtype))
+        return self.finish(kernels.baseline_gemm(a.reshape(a.shape[0], -1), self.weight), self.rhs)
 
 
 class _FloatConv(_Layer):
     """Convolution as float im2col + the baseline kernel, +/-1 float inputs, the model's zero padding."""
 
-    def __init__(self, layer, device, packed_out, xnor_impl):
-        super().__init__(layer, device, False, packed_out, xnor_impl)
-
     def __call__(self, a: torch.Tensor):
-        y = _float_conv(self.spec, self.weight, a)
-        return self.finish(y, self.threshold.to(y.dtype))
+        return self.finish(_float_conv(self.spec, self.weight, a), self.rhs)
 
 
 def _float_conv(spec: ExportedLayer, weight: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ class _FirstLayer(_Layer):
     """The first layer, on real inputs; see FIRST_LAYERS for the ways it can run."""
 
     def __init__(self, layer, device, packed_out, xnor_impl, mode: str):
-        super().__init__(layer, device, False, packed_out, xnor_impl)
+        super().__init__(layer, device, packed_out, xnor_impl)
         self.mode = mode
         spec = layer
         conv = spec.kind == "conv"
@@ -264,7 +264,10 @@ class _FirstLayer(_Layer):
                                   padding=spec.padding)[0]
                 self.weight_sum = (INPUT_LEVELS * inside).permute(1, 2, 0).float().contiguous()  # (H, W, out)
             else:
-                self.weight_sum = INPUT_LEVELS * self.weight.sum(1)
+                # P >= rhs  <=>  x . w >= (rhs + 255 sum(w)) / 2: one comparison on the matmul's output.
+                weight_sum = INPUT_LEVELS * self.weight.sum(1)
+                self.integer_rhs = None if self.output else (self.rhs + weight_sum) / 2
+                self.weight_sum = weight_sum
 
     def __call__(self, x: torch.Tensor, x_float: Callable[[], torch.Tensor]):
         spec = self.spec
@@ -274,12 +277,14 @@ class _FirstLayer(_Layer):
                 y = kernels.baseline_gemm(xf.reshape(xf.shape[0], -1).contiguous(), self.weight)
             else:
                 y = _float_conv(spec, self.weight, xf)
-            return self.finish(y, None if self.output else self.float_threshold)
+            return self.finish(y, self.float_rhs)
         if x.dtype != torch.uint8:
             raise EngineError(f"the {self.mode} first layer takes 8-bit images, got "
                               f"{str(x.dtype).replace('torch.', '')}.")
+        if self.mode == "integer" and spec.kind == "dense" and not self.output:
+            return self.finish(x.reshape(x.shape[0], -1).to(torch.float32) @ self.weight.T, self.integer_rhs)
         p = self._bitplane(x) if self.mode == "bitplane" else self._integer(x)
-        return self.finish(p, None if self.output else self.threshold, acc_scale=INPUT_LEVELS)
+        return self.finish(p, self.rhs, acc_scale=INPUT_LEVELS)
 
     def _bitplane(self, x: torch.Tensor) -> torch.Tensor:
         spec, n = self.spec, x.shape[0]

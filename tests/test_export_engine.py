@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
 
@@ -417,3 +418,54 @@ def test_cuda_engine_error_equals_cpu(arch_model):
     y = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(0))
     assert engine_error(record, model, x, y, scale_to_pm1, torch.device("cuda")) == \
         engine_error(record, model, x, y, scale_to_pm1, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------- bench --model mnist-mlp
+
+def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
+    """The bench on a small MLP of the MNIST shape, random images (no MNIST under the data dir)."""
+    from bnnctl.bench_mlp import bench_model, float_model_from_export, print_model_table, record
+    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[96,64]"])
+    torch.manual_seed(0)
+    model = build_model(cfg["model"], (1, 28, 28), 10).eval()
+    perturb_norms(model, seed=3)
+    record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
+               "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 2, "test_error_pct": 50.0,
+               "valid_error_pct": 50.0}
+    run = write_run(tmp_path, record_, model)
+    result = bench_model("mnist-mlp", run, "cpu", tmp_path / "no-data", repeat=1, limit=2000)
+    v = result["variants"]
+    assert [v[n]["status"] for n in ("baseline", "xnor", "xnor-bitplane", "xnor-integer", "torch")] == ["ok"] * 5
+    assert v["xnor-paper"]["status"].startswith("not run")
+    assert result["targets"]["engine_variants_same_predictions"] and result["targets"]["all_of_a_to_c_ran"]
+    assert all(v[n]["predictions_differing_from_torch"] == 0 for n in v if v[n]["status"] == "ok")
+    assert v["baseline"]["x_baseline"] == 1.0 and v["torch"]["x_torch"] == 1.0
+    assert result["model"]["architecture"] == "784-96-64-10" and result["model"]["weights"] == "trained"
+    assert "random 8-bit images" in result["data"]["source"] and v["xnor"]["test_error_pct"] is None
+    path = record(result, tmp_path / "bench")
+    assert json.loads(path.read_text())["kind"] == "mnist-mlp" and path.name.endswith("-cpu-mnist-mlp.json")
+    print_model_table(result, Console(width=120, record=True))
+    # the float model rebuilt from an export predicts what the trained one does
+    x = images(100, (1, 28, 28), 5)
+    rebuilt = float_model_from_export(export_model(record_, model))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(scale_to_pm1(x)).argmax(1), model(scale_to_pm1(x)).argmax(1))
+
+
+def test_model_bench_finds_the_newest_finished_mnist_run(tmp_path):
+    from bnnctl.bench_mlp import find_model
+    from bnnctl.recipe import dump_recipe
+    paper_mlp = dump_recipe(load_recipe(REPO / "recipes" / "mnist.yaml"))
+    small_mlp = dump_recipe(load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[64]"]))
+    for name, recipe, status, files in [("a", paper_mlp, "finished", ["best.pt"]),
+                                        ("b", paper_mlp, "running", ["best.pt"]),
+                                        ("c", small_mlp, "finished", ["best.pt"]),
+                                        ("d", paper_mlp, "finished", [])]:
+        run = tmp_path / "mnist" / name
+        run.mkdir(parents=True)
+        (run / "recipe.yaml").write_text(recipe)
+        (run / "result.json").write_text(json.dumps({"status": status}))
+        for f in files:
+            (run / f).write_bytes(b"")
+    assert find_model(tmp_path, "mnist-mlp") == tmp_path / "mnist" / "a" / "best.pt"
+    assert find_model(tmp_path / "nothing", "mnist-mlp") is None

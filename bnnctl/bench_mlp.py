@@ -1,0 +1,355 @@
+"""``bnnctl bench --model mnist-mlp``: the right half of the paper's Figure 3.
+
+The paper runs its MNIST MLP (784-4096-4096-4096-10) on the 10,000 test images with every layer on
+an unoptimised float kernel, then with its XNOR kernel for the binary layers (the first layer stays
+on the float kernel), and reports the XNOR run 7x faster at the same accuracy (GTX 750). Here, on
+today's hardware, each variant runs the whole test set from 8-bit images on the device to predicted
+classes:
+
+  (a) baseline        every layer on the paper's float baseline kernel (+/-1 floats);
+  (b) xnor            XNOR kernels on packed bits, first layer on the baseline kernel (the paper's setup);
+  (c) xnor-bitplane   XNOR kernels, first layer on the 8 bit planes of the inputs (Algorithm 5);
+  (c2) xnor-integer   XNOR kernels, first layer as exact integers on torch's fp32 matmul;
+  (d) torch           the float model in torch (cuBLAS with TF32 off / oneDNN).
+
+(a)-(c) compute the same integers, so their predictions, and test errors, must be equal. On CUDA the
+other XNOR kernels of ``kernels.xnor_gemm`` are timed too, as extra rows.
+
+The model is the newest finished MNIST run under ``results/mnist*/`` with the paper's architecture
+(its ``best.pt``, else its ``model.bnnx`` export: checkpoints are git-ignored and may be absent);
+without one, random weights, and the error column says nothing about accuracy. Without the MNIST
+files, 10,000 random 8-bit images stand in and the error column is not a test error either.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from . import kernels, paper
+from .bench import _device_info, record
+from .data import MNIST_FILES, data_root, scale_to_pm1
+from .engine import FIRST_LAYERS, PackedEngine
+from .errors import UserError
+from .export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
+from .models import build_model
+from .recipe import load_recipe, recipes_dir
+from .train import load_model, resolve_device
+
+MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
+IMAGES = 10_000
+BATCH = {"cuda": 10_000, "cpu": 1_000}
+BUDGET_S = 20.0  # time per variant after its first timed run; the slow CPU baseline gets one run
+
+
+@dataclass(frozen=True)
+class Variant:
+    paper_row: str
+    label: str
+    first_layer: str | None = None  # None: the torch float model
+    hidden: str = "xnor"
+    xnor_impl: str = "tuned"
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+
+VARIANTS: dict[str, Variant] = {
+    "baseline": Variant("(a)", "every layer on the float baseline kernel", "float", "float"),
+    "xnor": Variant("(b)", "XNOR kernels, first layer on the float baseline kernel (the paper's setup)", "float"),
+    "xnor-bitplane": Variant("(c)", "XNOR kernels, first layer on the 8 bit planes (Algorithm 5)", "bitplane"),
+    "xnor-integer": Variant("(c2)", f"XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer"),
+    "torch": Variant("(d)", "the float model in torch (cuBLAS fp32 with TF32 off / oneDNN)"),
+    "xnor-paper": Variant("(b)", "as (b), XNOR on the paper-style 16x16 tiled kernel", "float", xnor_impl="paper",
+                          devices=("cuda",)),
+    "xnor-bitplane-csa": Variant("(c)", "as (c), XNOR on the carry-save popcount kernel", "bitplane",
+                                 xnor_impl="csa", devices=("cuda",)),
+    "xnor-bitplane-tc": Variant("(c)", "as (c), XNOR on the tensor-core kernel", "bitplane", xnor_impl="tc",
+                                devices=("cuda",)),
+}
+SAME_INTEGERS = ("baseline", "xnor", "xnor-bitplane", "xnor-integer")  # (a)-(c): equal predictions
+
+
+# ---------------------------------------------------------------------------- model and data
+
+def _architecture(recipe: dict) -> tuple:
+    m = recipe["model"]
+    return m["arch"], tuple(m["hidden"]) if m["arch"] == "mlp" else None
+
+
+def find_model(results: Path, model_name: str) -> Path | None:
+    """Newest run under results/mnist*/ with the named model's architecture that has best.pt or an
+    export; finished runs first."""
+    wanted = _architecture(load_recipe(recipes_dir() / MODELS[model_name]))
+    found = []
+    for run in results.glob("mnist*/*/"):
+        files = [run / "best.pt", run / f"model{EXPORT_SUFFIX}"]
+        present = [f for f in files if f.is_file()]
+        if not present or not (run / "recipe.yaml").is_file():
+            continue
+        try:
+            same = _architecture(load_recipe(run / "recipe.yaml")) == wanted
+            status = json.loads((run / "result.json").read_text()).get("status")
+        except (UserError, OSError, ValueError):
+            continue
+        if same:
+            found.append((status == "finished", present[0].stat().st_mtime, present[0]))
+    return max(found)[2] if found else None
+
+
+class _ThresholdSign(nn.Module):
+    """+1 where direction * y >= direction * threshold: the folded BN + sign, in float."""
+
+    def __init__(self, direction: torch.Tensor, threshold: torch.Tensor):
+        super().__init__()
+        self.register_buffer("direction", direction.float())
+        self.register_buffer("threshold", direction.float() * threshold.float())
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(y * self.direction >= self.threshold, 1.0, -1.0)
+
+
+class _Affine(nn.Module):
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("shift", shift.float())
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale + self.shift
+
+
+def float_model_from_export(exported: ExportedModel) -> nn.Sequential:
+    """A float torch MLP with the export's +/-1 weights and folded thresholds: the same fp32 products
+    as the trained float model, for timing (d) when only the export is at hand."""
+    if any(layer.kind != "dense" for layer in exported.layers):
+        raise UserError("a float model can be rebuilt from the export of an MLP only.")
+    layers: list[nn.Module] = [nn.Flatten()]
+    for layer in exported.layers:
+        linear = nn.Linear(layer.fan_in, layer.out_features, bias=False)
+        linear.weight.data = kernels.unpack(layer.weight_bits, layer.fan_in)
+        t = layer.tensors
+        if layer.role == "output":
+            layers += [linear, _Affine(t["scale"], t["shift"])]
+        else:
+            layers += [linear, _ThresholdSign(t["direction"], t.get("float_threshold", t.get("threshold")))]
+    return nn.Sequential(*layers).eval()
+
+
+def _model_path(run: Path | None, results: Path, model_name: str) -> Path | None:
+    if run is None:
+        return find_model(results, model_name)
+    if not run.is_dir():
+        return run
+    for candidate in (run / "best.pt", run / f"model{EXPORT_SUFFIX}"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{run} holds neither best.pt nor model{EXPORT_SUFFIX}.")
+
+
+def load_bench_model(path: Path | None, model_name: str) -> tuple[ExportedModel, nn.Module, dict]:
+    """(export, float model, description) from best.pt, an export file, or random weights."""
+    if path is not None and path.suffix == EXPORT_SUFFIX:
+        exported = load_export(path)
+        return exported, float_model_from_export(exported), {
+            "source": str(path), "weights": "trained", "epoch": exported.info.get("epoch"),
+            "recorded_test_error_pct": exported.info.get("test_error_pct"),
+            "torch_model": "rebuilt from the export: +/-1 fp32 weights, thresholds in place of BN + sign"}
+    if path is not None:
+        record, model, _ = load_model(path)
+        return export_model(record, model), model, {
+            "source": str(path), "weights": "trained", "epoch": record.get("epoch"),
+            "recorded_test_error_pct": record.get("test_error_pct"), "torch_model": "the trained float model"}
+    recipe = load_recipe(recipes_dir() / MODELS[model_name])
+    torch.manual_seed(0)
+    model = build_model(recipe["model"], (1, 28, 28), 10).eval()
+    record = {"recipe": recipe, "input_shape": [1, 28, 28], "num_classes": 10}
+    return export_model(record, model), model, {
+        "source": None, "weights": "random (no trained run recorded): the error column says nothing about accuracy",
+        "epoch": None, "recorded_test_error_pct": None, "torch_model": "the float model, random weights"}
+
+
+def load_test_images(data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """MNIST's 10,000 test images and labels, or random 8-bit images (labels None) when absent."""
+    root = data_root(data_dir)
+    raw = root / "MNIST" / "raw"
+    if all((raw / name).is_file() for name in MNIST_FILES.values()):
+        from .data import load_mnist
+        data = load_mnist({"source": "auto", "npz": None}, root)
+        return torch.from_numpy(data.x_test.copy()), torch.from_numpy(data.y_test.copy()), "MNIST test set"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (IMAGES, 1, 28, 28), generator=g, dtype=torch.uint8)
+    return x, None, f"10,000 random 8-bit images (no MNIST under {raw}): the error column is not a test error"
+
+
+# ---------------------------------------------------------------------------- timing
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_variant(run_all: Callable[[], torch.Tensor], warm_up: Callable[[], object], device: torch.device,
+                 repeat: int) -> tuple[float, int, torch.Tensor]:
+    """(median ms of a whole test-set pass, passes timed, predictions of the last one): one warm-up
+    batch, then passes up to ``repeat`` while BUDGET_S lasts (at least one)."""
+    warm_up()
+    _sync(device)
+    times, predictions, started = [], None, time.perf_counter()
+    while len(times) < repeat and (not times or time.perf_counter() - started < BUDGET_S):
+        _sync(device)
+        t0 = time.perf_counter()
+        predictions = run_all()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), len(times), predictions
+
+
+def _batches(x: torch.Tensor, batch: int):
+    return [x[i:i + batch] for i in range(0, len(x), batch)]
+
+
+def _runner(name: str, exported: ExportedModel, float_model: nn.Module, device: torch.device):
+    """A function from one batch of 8-bit images (on the device) to predicted classes."""
+    v = VARIANTS[name]
+    if v.first_layer is None:
+        model = float_model.to(device)
+        return lambda xb: model(scale_to_pm1(xb)).argmax(1)
+    engine = PackedEngine(exported, device, first_layer=v.first_layer, hidden=v.hidden, xnor_impl=v.xnor_impl)
+    return lambda xb: engine.logits(xb).argmax(1)
+
+
+@torch.no_grad()
+def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path | None, repeat: int,
+                results: Path = Path("results"), command: str = "", console: Console | None = None,
+                limit: int | None = None) -> dict:
+    """The bench record (see ``run_model_bench``); ``limit`` keeps the first images only (tests)."""
+    if model_name not in MODELS:
+        raise UserError(f"unknown --model {model_name!r}; choose {', '.join(MODELS)}.")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not kernels.available()["cuda"]:
+        raise UserError("the CUDA kernels are not available on this machine, so there is nothing to bench on the GPU.")
+    say = console.print if console else (lambda *a, **kw: None)
+    path = _model_path(run, results, model_name)
+    exported, float_model, model_info = load_bench_model(path, model_name)
+    x, y, data_note = load_test_images(data_dir)
+    if limit is not None:
+        x, y = x[:limit], None if y is None else y[:limit]
+    x = x.to(dev)
+    batch = BATCH[dev.type]
+    say(f"bench {model_name}: {len(x)} images ({data_note}), model {model_info['source'] or 'random weights'}, "
+        f"{dev.type}, batches of {batch}")
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    variants: dict[str, dict] = {}
+    predictions: dict[str, torch.Tensor] = {}
+    try:
+        for name, v in VARIANTS.items():
+            entry = {"paper_row": v.paper_row, "label": v.label, "xnor_impl": v.xnor_impl if v.first_layer else None}
+            if dev.type not in v.devices:
+                variants[name] = {**entry, "status": "not run: CUDA-only kernel"}
+                continue
+            say(f"  {v.paper_row} {name}: {v.label}")
+            try:
+                step = _runner(name, exported, float_model, dev)
+                ms, runs, pred = time_variant(lambda: torch.cat([step(b) for b in _batches(x, batch)]),
+                                              lambda: step(x[:batch]), dev, repeat)
+            except (RuntimeError, UserError) as e:  # one failing kernel must not hide the others
+                variants[name] = {**entry, "status": f"failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"}
+                continue
+            predictions[name] = pred.cpu()
+            variants[name] = {**entry, "status": "ok", "median_ms": ms, "runs": runs,
+                              "images_per_s": len(x) / (ms / 1e3)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    same = _add_comparisons(variants, predictions, y)
+    return {
+        "kind": "mnist-mlp", "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_info(dev), "model": {"name": model_name, "architecture": _widths(exported), **model_info},
+        "data": {"images": len(x), "source": data_note}, "batch_size": batch, "repeat": repeat,
+        "variants": variants, "targets": _targets(variants, same, dev.type),
+        "paper": {"x_baseline": paper.kernel_ratio("mlp_xnor_vs_baseline"),
+                  "claim": next(r.claim for r in paper.KERNEL_RATIOS if r.key == "mlp_xnor_vs_baseline")},
+    }
+
+
+def _widths(exported: ExportedModel) -> str:
+    return "-".join(str(w) for w in [exported.layers[0].fan_in] + [layer.out_features for layer in exported.layers])
+
+
+def _add_comparisons(variants: dict, predictions: dict, labels: torch.Tensor | None) -> bool:
+    """Test errors, speed-ups and disagreements with (d); whether every engine variant that ran
+    predicted exactly the same classes (they compute the same integers)."""
+    reference = predictions.get("torch")
+    ms = {name: e["median_ms"] for name, e in variants.items() if e["status"] == "ok"}
+    for name, e in variants.items():
+        if e["status"] != "ok":
+            continue
+        pred = predictions[name]
+        e["test_error_pct"] = None if labels is None else 100.0 * (pred != labels).sum().item() / len(labels)
+        e["predictions_differing_from_torch"] = None if reference is None else int((pred != reference).sum())
+        e["x_baseline"] = ms["baseline"] / e["median_ms"] if "baseline" in ms else None
+        e["x_torch"] = ms["torch"] / e["median_ms"] if "torch" in ms else None
+    engines = [p for name, p in predictions.items() if name != "torch"]
+    return all(torch.equal(p, engines[0]) for p in engines)
+
+
+def _targets(variants: dict, engines_agree: bool, device: str) -> dict:
+    ok = {n: e for n, e in variants.items() if e["status"] == "ok"}
+    out: dict = {"engine_variants_same_predictions": engines_agree,
+                 "all_of_a_to_c_ran": all(n in ok for n in SAME_INTEGERS)}
+    if device == "cuda" and "xnor" in ok and "baseline" in ok:
+        out["b_x_a"] = ok["xnor"]["x_baseline"]
+        out["b_x_a_at_least_7"] = out["b_x_a"] >= paper.kernel_ratio("mlp_xnor_vs_baseline")
+        fastest_c = min((ok[n]["median_ms"] for n in ok if n.startswith("xnor-bitplane")), default=None)
+        out["c_faster_than_b"] = fastest_c is not None and fastest_c < ok["xnor"]["median_ms"]
+    packed = [n for n in ok if n not in ("baseline", "torch")]
+    if "torch" in ok and packed:
+        best = min(packed, key=lambda n: ok[n]["median_ms"])
+        out["fastest_packed"], out["fastest_packed_x_torch"] = best, ok[best]["x_torch"]
+        if device == "cpu":
+            out["fastest_packed_x_torch_at_least_5"] = ok[best]["x_torch"] >= 5.0
+    return out
+
+
+# ---------------------------------------------------------------------------- output
+
+def print_model_table(result: dict, console: Console) -> None:
+    table = Table(title=f"MNIST MLP, {result['data']['images']} images, on {result['device']['hardware']}")
+    for col in ("", "variant", "ms", "images/s", "x (a)", "x (d)", "error %", "differ from (d)"):
+        table.add_column(col, justify="left" if col in ("", "variant") else "right")
+    for name, e in result["variants"].items():
+        if e["status"] != "ok":
+            table.add_row(e["paper_row"], name, e["status"], "", "", "", "", "")
+            continue
+        f = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+        table.add_row(e["paper_row"], name, f"{e['median_ms']:.1f}", f"{e['images_per_s']:,.0f}",
+                      f(e["x_baseline"], ".2f"), f(e["x_torch"], ".2f"), f(e["test_error_pct"], ".2f"),
+                      f(e["predictions_differing_from_torch"], "d"))
+    console.print(table, width=max(console.width, 110))
+    for name, e in result["variants"].items():
+        console.print(f"  {e['paper_row']} {name}: {e['label']}", highlight=False)
+    model, data = result["model"], result["data"]
+    console.print(f"model: {model['source'] or 'none recorded'}; weights {model['weights']}; (d) is "
+                  f"{model['torch_model']}; data: {data['source']}", highlight=False)
+    console.print(f"targets: {json.dumps(result['targets'])}; paper: (b) {result['paper']['x_baseline']}x (a) "
+                  "on a GTX 750", highlight=False)
+
+
+def run_model_bench(model: str, run: Path | None, device: str, data_dir: Path | None, repeat: int, out: Path,
+                    command: str, console: Console) -> Path:
+    """The ``bnnctl bench --model ...`` command: bench, print, record; an error if (a)-(c) disagree."""
+    result = bench_model(model, run, device, data_dir, repeat, command=command, console=console)
+    print_model_table(result, console)
+    path = record(result, out)
+    console.print(f"recorded {path}")
+    if not result["targets"]["engine_variants_same_predictions"]:
+        raise UserError(f"the engine variants predicted different classes, so one kernel is wrong (recorded in {path}).")
+    return path
