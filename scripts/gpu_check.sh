@@ -94,5 +94,14 @@ STEP_TIMEOUT=150 step fast_mnist_compiled python3 scripts/fast_timing.py epochs 
   --set fast.compile=true --set fast.compile_mode=reduce-overhead --data-dir .data \
   --out "$OUT/fast/gpu_mnist_epochs_compiled.json"
 
+# The bit-packed engine (issue 5): its CUDA tests (every activation equal to the float model's), then the paper's
+# Figure 3 right half: the MNIST MLP on the 10,000 test images, (a) baseline kernel, (b) XNOR (target >= 7x (a)),
+# (c) bit-plane first layer (target: faster than (b)), (d) torch; JSON in $OUT (copy to results/bench/). Trained
+# weights when results/mnist*/<run>/model.bnnx (or best.pt) is carried, else random weights (timings hold, the
+# error column does not); MNIST from .data/MNIST/raw or data/MNIST/raw, else random images.
+STEP_TIMEOUT=60 step engine_tests python3 -m pytest -q -rs tests/test_export_engine.py -k cuda
+STEP_TIMEOUT=75 step bench_mlp python3 -m bnnctl bench --model mnist-mlp --device cuda --repeat 5 --out "$OUT" \
+  --data-dir "$([ -d .data/MNIST/raw ] && echo .data || echo data)"
+
 echo "=== summary ($SUMMARY)"
 cat "$SUMMARY"
