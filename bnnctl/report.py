@@ -555,6 +555,12 @@ PAPER_RATIO_FOR = {("xnor", "x_baseline"): "xnor_vs_baseline", ("xnor", "x_cubla
                    ("xnor-paper", "x_baseline"): "xnor_vs_baseline", ("xnor-paper", "x_cublas_fp32"): "xnor_vs_cublas"}
 
 
+def _paper_ratio(rec: KernelRecord, kernel: str, column: str) -> float | None:
+    """The paper's ratio for this kernel and column; only beside GPU records, as the paper timed a GPU."""
+    key = PAPER_RATIO_FOR.get((kernel, column))
+    return paper.kernel_ratio(key) if key and rec.data["device"]["type"] == "cuda" else None
+
+
 def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
     header = ["record", "device", "shape", "kernel", "label", "status", "exact"] + [c for _, c in KERNEL_COLUMNS] \
         + ["paper_x_baseline", "paper_x_cublas"]
@@ -564,10 +570,7 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
         for name, e in rec.data["kernels"].items():
             ok = e["status"] == "ok"
             values = [e.get(key) if ok else None for key, _ in KERNEL_COLUMNS]
-            paper_base = paper.kernel_ratio(PAPER_RATIO_FOR[(name, "x_baseline")]) \
-                if (name, "x_baseline") in PAPER_RATIO_FOR else None
-            paper_cublas = paper.kernel_ratio(PAPER_RATIO_FOR[(name, "x_cublas_fp32")]) \
-                if (name, "x_cublas_fp32") in PAPER_RATIO_FOR else None
+            paper_base, paper_cublas = (_paper_ratio(rec, name, key) for key in ("x_baseline", "x_cublas_fp32"))
             rows.append([rec.rel, rec.device, rec.shape, name, e.get("label", ""), e["status"],
                          e.get("exact") if ok else None] + [fmt(v, ".6g") if _is_number(v) else None for v in values]
                         + [paper_base, paper_cublas])
@@ -598,8 +601,9 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
     ratios = "; ".join(f"{r.value:g}x: {r.claim} ({r.source})" for r in paper.KERNEL_RATIOS)
     parts = ["## Kernel figure (the paper's Figure 3)",
              f"Paper: {ratios}. Ours: the `bnnctl bench` records under `bench/`, per device; a ratio is the "
-             "reference kernel's time over the kernel's (higher is faster). On a CPU the 'baseline' is a plain C++ "
-             "loop and the fp32 reference is torch's matmul, not cuBLAS: the label column says which."]
+             "reference kernel's time over the kernel's (higher is faster). The paper's ratios stand beside GPU records "
+             "only. On a CPU the 'baseline' is a plain C++ loop and the fp32 reference is torch's matmul, not "
+             "cuBLAS: the kernel column says which."]
     if records:
         parts.append(md_table(["device", "m x n x k", "kernel", "ms", "ms incl. packing", "x baseline", "paper",
                                "x fp32 matmul", "paper", "exact"], md_rows))

@@ -149,6 +149,9 @@ def results(tmp_path_factory) -> Path:
     bench = root / "bench"
     bench.mkdir()
     (bench / "20261127T120000-cpu-64x32x128.json").write_text(json.dumps(KERNELS_RECORD))
+    gpu = {**KERNELS_RECORD, "date": "2026-11-27T13:00:00+00:00", "shape": {"m": 8192, "n": 8192, "k": 8192},
+           "device": {"type": "cuda", "hardware": "Test GPU"}}
+    (bench / "20261127T130000-test-gpu-8192x8192x8192.json").write_text(json.dumps(gpu))
     (bench / "mlp.json").write_text(json.dumps(MLP_RECORD))
     (bench / "truncated.json").write_text('{"kind": "kernels", ')
     (bench / "future.json").write_text(json.dumps({"kind": "energy-meter", "joules": 3}))
@@ -242,20 +245,25 @@ def test_runs_figures_and_skipped_files(results, out):
 
 
 def test_kernel_tables_match_the_bench_records(results, out):
-    rows = {r["kernel"]: r for r in read_csv(out / "kernels.csv")}
-    assert set(rows) == set(KERNELS_RECORD["kernels"])
+    all_rows = read_csv(out / "kernels.csv")
+    assert [r["device"] for r in all_rows] == ["Test CPU (2 threads) (cpu)"] * 4 + ["Test GPU (cuda)"] * 4
+    rows = {r["kernel"]: r for r in all_rows if r["device"] == "Test CPU (2 threads) (cpu)"}
+    gpu = {r["kernel"]: r for r in all_rows if r["device"] == "Test GPU (cuda)"}
+    assert set(rows) == set(gpu) == set(KERNELS_RECORD["kernels"])
     for name, entry in KERNELS_RECORD["kernels"].items():
         row = rows[name]
-        assert row["status"] == entry["status"] and row["device"] == "Test CPU (2 threads) (cpu)"
-        assert row["shape"] == "64x32x128"
+        assert row["status"] == entry["status"] and row["shape"] == "64x32x128"
+        assert gpu[name]["shape"] == "8192x8192x8192" and gpu[name]["median_ms"] == row["median_ms"]
         if entry["status"] == "ok":
             assert float(row["median_ms"]) == entry["median_ms"]
             assert float(row["x_baseline"]) == entry["x_baseline"]
             assert float(row["x_fp32_matmul"]) == entry["x_cublas_fp32"]
         else:
             assert row["median_ms"] == ""
-    assert (rows["xnor"]["paper_x_baseline"], rows["xnor"]["paper_x_cublas"]) == ("23.0", "3.4")
-    assert rows["baseline"]["paper_x_baseline"] == ""
+    # The paper's ratios (GTX750) stand beside GPU records only.
+    assert (gpu["xnor"]["paper_x_baseline"], gpu["xnor"]["paper_x_cublas"]) == ("23.0", "3.4")
+    assert gpu["xnor-paper"]["paper_x_baseline"] == "23.0" and gpu["baseline"]["paper_x_baseline"] == ""
+    assert rows["xnor"]["paper_x_baseline"] == rows["xnor"]["paper_x_cublas"] == ""
     assert (out / "kernels.png").is_file()
 
     mlp = read_csv(out / "mnist_mlp.csv")
