@@ -227,10 +227,23 @@ def _runner(name: str, exported: ExportedModel, float_model: nn.Module, device: 
 
 
 @torch.no_grad()
+def parse_variant_names(spec: str) -> list[str]:
+    """"all", one variant name, or a comma-separated list -> variant names, in table order."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise UserError(f"unknown variant {', '.join(unknown) or repr(spec)} for --model; choose from all, "
+                        f"{', '.join(VARIANTS)}.")
+    return [n for n in VARIANTS if n in names]
+
+
 def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path | None, repeat: int,
                 results: Path = Path("results"), command: str = "", console: Console | None = None,
-                limit: int | None = None) -> dict:
-    """The bench record (see ``run_model_bench``); ``limit`` keeps the first images only (tests)."""
+                limit: int | None = None, names: list[str] | None = None) -> dict:
+    """The bench record (see ``run_model_bench``) of the named variants (default all); ``limit`` keeps
+    the first images only (tests)."""
     if model_name not in MODELS:
         raise UserError(f"unknown --model {model_name!r}; choose {', '.join(MODELS)}.")
     dev = resolve_device(device)
@@ -253,6 +266,9 @@ def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path |
     try:
         for name, v in VARIANTS.items():
             entry = {"paper_row": v.paper_row, "label": v.label, "xnor_impl": v.xnor_impl if v.first_layer else None}
+            if names is not None and name not in names:
+                variants[name] = {**entry, "status": "not run: not selected"}
+                continue
             if dev.type not in v.devices:
                 variants[name] = {**entry, "status": "not run: CUDA-only kernel"}
                 continue
@@ -344,9 +360,11 @@ def print_model_table(result: dict, console: Console) -> None:
 
 
 def run_model_bench(model: str, run: Path | None, device: str, data_dir: Path | None, repeat: int, out: Path,
-                    command: str, console: Console) -> Path:
-    """The ``bnnctl bench --model ...`` command: bench, print, record; an error if (a)-(c) disagree."""
-    result = bench_model(model, run, device, data_dir, repeat, command=command, console=console)
+                    command: str, console: Console, variants: str = "all") -> Path:
+    """The ``bnnctl bench --model ...`` command: bench, print, record; an error if the engine variants
+    disagree."""
+    result = bench_model(model, run, device, data_dir, repeat, command=command, console=console,
+                         names=parse_variant_names(variants))
     print_model_table(result, console)
     path = record(result, out)
     console.print(f"recorded {path}")

@@ -89,7 +89,7 @@ def export(
 @user_errors
 def bench(
     kernel: str = typer.Option("all", help="xnor | xnor-csa | xnor-paper | xnor-tc | baseline | cublas | bf16 | all "
-                                           "(or a comma list)"),
+                                           "(or a comma list); with --model, the variants to time (default all)"),
     m: Optional[int] = typer.Option(None, help="rows of A (default 8192 on a GPU, 1024 on CPU)"),
     n: Optional[int] = typer.Option(None, help="rows of B, i.e. columns of the product (default 8192 / 1024)"),
     k: Optional[int] = typer.Option(None, help="shared dimension (default 8192 / 4096)"),
@@ -109,13 +109,13 @@ def bench(
     given = {"--kernel": kernel, "--m": m, "--n": n, "--k": k, "--repeat": repeat, "--device": device,
              "--out": out, "--popc-peak": popc_peak}
     if model is not None:
-        given = {"--model": model, "--run": run, "--data-dir": data_dir, "--repeat": repeat, "--device": device,
-                 "--out": out}
+        given = {"--model": model, "--kernel": kernel, "--run": run, "--data-dir": data_dir, "--repeat": repeat,
+                 "--device": device, "--out": out}
     command = " ".join(["bnnctl bench"] + [f"{opt} {val}" for opt, val in given.items() if val is not None])
     if model is not None:
         from .bench_mlp import run_model_bench
         run_model_bench(model=model, run=run, device=device, data_dir=data_dir, repeat=repeat, out=out,
-                        command=command, console=console)
+                        command=command, console=console, variants=kernel)
         return
     run_bench(kernel=kernel, m=m, n=n, k=k, repeat=repeat, device=device, out=out, popc_peak_tbops=popc_peak,
               command=command, console=console)

@@ -469,3 +469,23 @@ def test_model_bench_finds_the_newest_finished_mnist_run(tmp_path):
             (run / f).write_bytes(b"")
     assert find_model(tmp_path, "mnist-mlp") == tmp_path / "mnist" / "a" / "best.pt"
     assert find_model(tmp_path / "nothing", "mnist-mlp") is None
+
+
+def test_model_bench_command_runs_the_selected_variants(tmp_path):
+    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[32]"])
+    model = build_model(cfg["model"], (1, 28, 28), 10).eval()
+    record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
+               "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 1, "test_error_pct": None,
+               "valid_error_pct": None}
+    run = write_run(tmp_path, record_, model)
+    args = ["bench", "--model", "mnist-mlp", "--run", str(run), "--device", "cpu", "--repeat", "1",
+            "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path / "bench")]
+    result = CliRunner().invoke(app, args + ["--kernel", "xnor-integer,torch"])
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "bench").glob("*.json")
+    recorded = json.loads(path.read_text())
+    assert recorded["command"].startswith("bnnctl bench --model mnist-mlp --kernel xnor-integer,torch")
+    assert {n for n, e in recorded["variants"].items() if e["status"] == "ok"} == {"xnor-integer", "torch"}
+    assert recorded["variants"]["baseline"]["status"] == "not run: not selected"
+    bad = CliRunner().invoke(app, args + ["--kernel", "nope"])
+    assert bad.exit_code == 2 and "unknown variant nope" in bad.output
