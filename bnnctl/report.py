@@ -631,8 +631,10 @@ def _latest(records: list, key: Callable[[Any], Any]) -> list:
     return [latest[k] for k in sorted(latest)]
 
 
-def _bars(ax, names: list[str], times: list[float], labels: list[str], title: str) -> None:
-    bars = ax.bar(range(len(names)), times, color=[f"C{i % 10}" for i in range(len(names))])
+def _bars(ax, names: list[str], times: list[float], labels: list[str], title: str,
+          colors: dict[str, str] | None = None) -> None:
+    colors = colors or {name: f"C{i % 10}" for i, name in enumerate(names)}
+    bars = ax.bar(range(len(names)), times, color=[colors[name] for name in names])
     ax.set_yscale("log")
     if times:  # room below the fastest bar, so that its height still reads as a time
         ax.set_ylim(bottom=min(times) / 4, top=max(times) * 2)
@@ -653,11 +655,14 @@ def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -
     width = max(8.0, 5.0 * panels)
     fig = _new_figure(width, 4.8)
     axes = fig.subplots(1, panels, squeeze=False)[0]
+    # One color per kernel across the device panels.
+    kernel_names = dict.fromkeys(name for rec in kernel_panels for name in rec.data["kernels"])
+    colors = {name: f"C{i % 10}" for i, name in enumerate(kernel_names)}
     for ax, rec in zip(axes, kernel_panels):
         ran = [(name, e) for name, e in rec.data["kernels"].items() if e["status"] == "ok"]
         _bars(ax, [name for name, _ in ran], [e["median_ms"] for _, e in ran],
               [f"{e['x_baseline']:.1f}x" if _is_number(e.get("x_baseline")) else "" for _, e in ran],
-              f"{rec.device}\nmatmul {rec.shape}")
+              f"{rec.device}\nmatmul {rec.shape}", colors)
     for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
         ran = [r for r in rec.rows if r["status"] == "ok"]
         _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
