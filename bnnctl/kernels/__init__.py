@@ -5,8 +5,8 @@
     c = kernels.xnor_gemm(a_bits, b_bits, k)            # int32 (m, n) = sign(a) @ sign(b).T exactly
 
 Packed layout: row r of a (rows, k) float matrix becomes ceil(k / 64) int64 words; element j is bit
-j % 64 (LSB first) of word j // 64, set when x >= 0, so 0 and -0.0 count as +1 like
-``bnnctl.binarize.sign_pm1``; bits past k are zero. Viewed as int32 (``t.view(torch.int32)``) the
+j % 64 (LSB first) of word j // 64, set when x >= 0, so 0 and -0.0 count as +1 as in
+``bnnctl.binarize.sign_pm1`` (and NaN as -1); bits past k are zero. Viewed as int32 (``t.view(torch.int32)``) the
 same buffer is the 32-bit-word layout, which the paper-style kernel reads.
 
 The native code lives in ``cuda/`` and is compiled on first use (see ``build.py``); a wrong dtype,
