@@ -14,7 +14,11 @@ import torch
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """+1 where x >= 0 (including 0 and -0.0), -1 elsewhere; same dtype as x. No gradient."""
+    """+1 where x >= 0 (including 0 and -0.0), -1 where x < 0; same dtype as x. No gradient.
+
+    A NaN follows its sign bit here, whereas kernels.pack (bit = x >= 0) maps it to -1; NaNs only
+    appear in a diverged run, which the training loop stops.
+    """
     # x + 0.0 turns -0.0 into +0.0 (IEEE round-to-nearest), so copysign gives +1 for both zeros;
     # this is 4x faster on the CPU than torch.where(x >= 0, 1., -1.) on the MLP's 4096x4096 weights.
     return torch.ones_like(x).copysign_(x + 0.0)
