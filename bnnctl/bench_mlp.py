@@ -48,7 +48,7 @@ from .train import load_model, resolve_device
 MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
 IMAGES = 10_000
 BATCH = {"cuda": 10_000, "cpu": 1_000}
-BUDGET_S = 20.0  # time per variant after its first timed run; the slow CPU baseline gets one run
+BUDGET_S = 20.0  # seconds per variant for all timing rounds together; the slow CPU baseline gets one round
 
 
 @dataclass(frozen=True)
@@ -196,20 +196,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_variant(run_all: Callable[[], torch.Tensor], warm_up: Callable[[], object], device: torch.device,
-                 repeat: int) -> tuple[float, int, torch.Tensor]:
-    """(median ms of a whole test-set pass, passes timed, predictions of the last one): one warm-up
-    batch, then passes up to ``repeat`` while BUDGET_S lasts (at least one)."""
-    warm_up()
+def _timed_pass(run_all: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
     _sync(device)
-    times, predictions, started = [], None, time.perf_counter()
-    while len(times) < repeat and (not times or time.perf_counter() - started < BUDGET_S):
-        _sync(device)
-        t0 = time.perf_counter()
-        predictions = run_all()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), len(times), predictions
+    t0 = time.perf_counter()
+    predictions = run_all()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3, predictions
+
+
+def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeat: int
+                     ) -> dict[str, tuple[float, int, torch.Tensor]]:
+    """name -> (median ms of a whole test-set pass, passes timed, predictions). The variants take
+    turns, one pass each per round, so that a load that comes and goes on a shared machine weighs on
+    all of them alike; rounds go on up to ``repeat`` while BUDGET_S per variant lasts (at least one)."""
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    predictions: dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    for rounds in range(repeat):
+        if rounds and time.perf_counter() - started >= BUDGET_S * len(passes):
+            break
+        for name, run_all in passes.items():
+            ms, predictions[name] = _timed_pass(run_all, device)
+            times[name].append(ms)
+    return {name: (statistics.median(t), len(t), predictions[name]) for name, t in times.items()}
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _batches(x: torch.Tensor, batch: int):
@@ -262,29 +276,32 @@ def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path |
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     variants: dict[str, dict] = {}
-    predictions: dict[str, torch.Tensor] = {}
+    passes: dict[str, Callable[[], torch.Tensor]] = {}
     try:
         for name, v in VARIANTS.items():
             entry = {"paper_row": v.paper_row, "label": v.label, "xnor_impl": v.xnor_impl if v.first_layer else None}
+            variants[name] = entry
             if names is not None and name not in names:
-                variants[name] = {**entry, "status": "not run: not selected"}
-                continue
-            if dev.type not in v.devices:
-                variants[name] = {**entry, "status": "not run: CUDA-only kernel"}
-                continue
-            say(f"  {v.paper_row} {name}: {v.label}")
-            try:
-                step = _runner(name, exported, float_model, dev)
-                ms, runs, pred = time_variant(lambda: torch.cat([step(b) for b in _batches(x, batch)]),
-                                              lambda: step(x[:batch]), dev, repeat)
-            except (RuntimeError, UserError) as e:  # one failing kernel must not hide the others
-                variants[name] = {**entry, "status": f"failed: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"}
-                continue
-            predictions[name] = pred.cpu()
-            variants[name] = {**entry, "status": "ok", "median_ms": ms, "runs": runs,
-                              "images_per_s": len(x) / (ms / 1e3)}
+                entry["status"] = "not run: not selected"
+            elif dev.type not in v.devices:
+                entry["status"] = "not run: CUDA-only kernel"
+            else:
+                say(f"  {v.paper_row} {name}: {v.label}")
+                try:  # build and warm up on one batch; a kernel that fails must not hide the others
+                    step = _runner(name, exported, float_model, dev)
+                    step(x[:batch])
+                    _sync(dev)
+                except (RuntimeError, UserError) as e:
+                    entry["status"] = f"failed: {_first_line(e)}"
+                    continue
+                passes[name] = (lambda s: lambda: torch.cat([s(b) for b in _batches(x, batch)]))(step)
+        timed = time_round_robin(passes, dev, repeat)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    predictions = {}
+    for name, (ms, runs, pred) in timed.items():
+        predictions[name] = pred.cpu()
+        variants[name].update(status="ok", median_ms=ms, runs=runs, images_per_s=len(x) / (ms / 1e3))
     same = _add_comparisons(variants, predictions, y)
     return {
         "kind": "mnist-mlp", "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -343,15 +360,16 @@ def print_model_table(result: dict, console: Console) -> None:
         table.add_column(col, justify="left" if col in ("", "variant") else "right")
     for name, e in result["variants"].items():
         if e["status"] != "ok":
-            table.add_row(e["paper_row"], name, e["status"], "", "", "", "", "")
+            table.add_row(e["paper_row"], name, e["status"].split(":")[0], "", "", "", "", "")
             continue
         f = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
         table.add_row(e["paper_row"], name, f"{e['median_ms']:.1f}", f"{e['images_per_s']:,.0f}",
                       f(e["x_baseline"], ".2f"), f(e["x_torch"], ".2f"), f(e["test_error_pct"], ".2f"),
                       f(e["predictions_differing_from_torch"], "d"))
-    console.print(table, width=max(console.width, 110))
+    console.print(table)
     for name, e in result["variants"].items():
-        console.print(f"  {e['paper_row']} {name}: {e['label']}", highlight=False)
+        status = "" if e["status"] == "ok" else f" -- {e['status']}"
+        console.print(f"  {e['paper_row']} {name}: {e['label']}{status}", highlight=False)
     model, data = result["model"], result["data"]
     console.print(f"model: {model['source'] or 'none recorded'}; weights {model['weights']}; (d) is "
                   f"{model['torch_model']}; data: {data['source']}", highlight=False)
