@@ -89,9 +89,12 @@ def shutdown(ranks: Ranks) -> None:
         dist.destroy_process_group()
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """A seed of rank's own for dropout and stochastic binarization, independent across ranks and seeds."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+def rank_seed(seed: int, rank: int, *more: int) -> int:
+    """A seed of rank's own for dropout and stochastic binarization, independent across ranks and seeds.
+
+    ``more`` (e.g. the epoch a run resumes from) gives further independent streams.
+    """
+    return int(np.random.SeedSequence([seed, rank, *more]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------- collectives

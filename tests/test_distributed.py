@@ -3,6 +3,7 @@ import copy
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,6 +37,15 @@ def free_port() -> int:
 def metrics(run: Path) -> list[dict[str, float]]:
     with open(run / "metrics.csv") as fh:
         return [{k: float(v) for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(fh)]
+
+
+def interrupting_in_second_epoch(train_epoch):
+    """Trainer.train_epoch as if Ctrl-C came at the start of the second epoch."""
+    def interrupted(self, progress):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, progress)
+    return interrupted
 
 
 def _check_cross_rank_batch_norm(rank: int) -> None:
@@ -72,23 +82,17 @@ def _two_rank_worker(rank: int, recipe: str, runs: str, ports: list[int]) -> Non
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     from bnnctl.train import Trainer, run_training
 
-    def train(port: int, run_id: str, overrides: list[str] = ()) -> None:
+    def train(port: int, run_id: str | None, overrides: list[str] = (), resume: Path | None = None) -> None:
         os.environ["MASTER_PORT"] = str(port)
         run_training(recipe=Path(recipe), overrides=list(overrides), device="cpu", data_dir=None,
-                     runs_dir=Path(runs), resume=None, seed=None, run_id=run_id, console=Console(quiet=True))
+                     runs_dir=Path(runs), resume=resume, seed=None, run_id=run_id, console=Console(quiet=True))
 
     train(ports[0], "straight")
     # The global RNG after training: equal on both ranks only if they shared a dropout seed.
     torch.save(torch.rand(4), Path(runs) / f"rng-after-{rank}.pt")
 
     original = Trainer.train_epoch
-
-    def interrupt_in_second_epoch(self, progress):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, progress)
-
-    Trainer.train_epoch = interrupt_in_second_epoch
+    Trainer.train_epoch = interrupting_in_second_epoch(original)
     try:
         train(ports[1], "interrupted")
     except SystemExit as e:
@@ -99,6 +103,7 @@ def _two_rank_worker(rank: int, recipe: str, runs: str, ports: list[int]) -> Non
         Trainer.train_epoch = original
 
     train(ports[2], "sync_bn", NO_DROPOUT + ["fast.sync_bn=true"])
+    train(ports[4], None, resume=Path(runs) / "tiny" / "solo")  # a one-process run, taken over by two
 
     os.environ["MASTER_PORT"] = str(ports[3])
     dist.init_process_group("gloo")
@@ -124,14 +129,23 @@ def two_rank_runs(tmp_path_factory) -> Path:
     (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     runs = root / "runs"
     runs.mkdir()
-    mp.spawn(_two_rank_worker, args=(str(root / "tiny.yaml"), str(runs), [free_port() for _ in range(4)]),
+    from bnnctl.train import Trainer
+    original = Trainer.train_epoch
+    Trainer.train_epoch = interrupting_in_second_epoch(original)
+    try:
+        solo = CliRunner().invoke(app, ["train", str(root / "tiny.yaml"), "--runs-dir", str(runs), "--device", "cpu",
+                                        "--run-id", "solo"])
+    finally:
+        Trainer.train_epoch = original
+    assert solo.exit_code == 130, solo.output
+    mp.spawn(_two_rank_worker, args=(str(root / "tiny.yaml"), str(runs), [free_port() for _ in range(5)]),
              nprocs=2, join=True)
     return root
 
 
 def test_two_processes_write_one_run(two_rank_runs):
     runs = two_rank_runs / "runs" / "tiny"
-    assert {p.name for p in runs.iterdir()} == {"straight", "interrupted", "sync_bn"}  # rank 1 made none
+    assert {p.name for p in runs.iterdir()} == {"straight", "interrupted", "sync_bn", "solo"}  # rank 1 made none
     run = runs / "straight"
     assert {p.name for p in run.iterdir()} == RUN_FILES  # and no temporary file was left behind
     record = json.loads((run / "result.json").read_text())
@@ -144,17 +158,33 @@ def test_two_processes_write_one_run(two_rank_runs):
     assert len(checkpoint["rng_ranks"]) == 2 and checkpoint["epoch"] == 3
 
 
+def test_two_processes_take_over_a_one_process_run(two_rank_runs):
+    """A checkpoint of one process resumed by two: the data order goes on, each rank seeds its dropout afresh."""
+    run = two_rank_runs / "runs" / "tiny" / "solo"
+    record = json.loads((run / "result.json").read_text())
+    assert record["status"] == "finished" and record["world_size"] == 2 and len(metrics(run)) == 3
+    assert len(torch.load(run / "checkpoint.pt", weights_only=False)["rng_ranks"]) == 2
+
+
 def test_ranks_draw_their_own_dropout(two_rank_runs):
     runs = two_rank_runs / "runs"
     assert not torch.equal(torch.load(runs / "rng-after-0.pt"), torch.load(runs / "rng-after-1.pt"))
     assert len({rank_seed(0, 0), rank_seed(0, 1), rank_seed(1, 0)}) == 3
 
 
-def test_resume_with_two_processes_through_the_cli(two_rank_runs):
+def test_resume_with_two_processes_through_the_cli(two_rank_runs, tmp_path):
     """`bnnctl train --resume RUN --nproc 2` finishes the interrupted run with the straight run's numbers."""
     run = two_rank_runs / "runs" / "tiny" / "interrupted"
     assert json.loads((run / "result.json").read_text())["status"] == "interrupted"
     assert len(metrics(run)) == 1
+
+    # One process can take over a run of two: the data order goes on, dropout restarts its stream.
+    alone = shutil.copytree(run, tmp_path / "alone")
+    resumed = CliRunner().invoke(app, ["train", "unused.yaml", "--resume", str(alone), "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    record = json.loads((alone / "result.json").read_text())
+    assert record["status"] == "finished" and record["world_size"] == 1 and len(metrics(alone)) == 3
+    assert metrics(alone)[0] == metrics(run)[0]
     resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", "unused.yaml", "--resume", str(run),
                               "--nproc", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
