@@ -163,9 +163,9 @@ def load_bench_model(path: Path | None, model_name: str) -> tuple[ExportedModel,
             "recorded_test_error_pct": exported.info.get("test_error_pct"),
             "torch_model": "rebuilt from the export: +/-1 fp32 weights, thresholds in place of BN + sign"}
     if path is not None:
-        record, model, _ = load_model(path)
+        record, model, recorded = load_model(path)
         return export_model(record, model), model, {
-            "source": str(path), "weights": "trained", "epoch": record.get("epoch"),
+            "source": str(path), "weights": "trained", "run_status": recorded.get("status"), "epoch": record.get("epoch"),
             "recorded_test_error_pct": record.get("test_error_pct"), "torch_model": "the trained float model"}
     recipe = load_recipe(recipes_dir() / MODELS[model_name])
     torch.manual_seed(0)
