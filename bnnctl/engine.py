@@ -12,10 +12,11 @@ gather of whole words. Channel counts that are not a multiple of 64 leave paddin
 in both operands and add one agreement each: a constant. Pixels outside the image are all-zero words
 (-1 for every channel), where the float model pads with 0; both are undone by subtracting a per
 pixel and channel correction computed once from the weights. Max-pooling runs on the integer
-pre-activations before the threshold, in the paper's layer order; where the BN scale is negative the
-unit fires for small pre-activations (direction -1), which the comparison handles after the max.
+pre-activations before the threshold, in the paper's layer order. Where the BN scale is negative the
+unit fires for small pre-activations (direction -1): its weight row is negated, or, under a max-pool
+(where max(-y) = -min(y) would be wrong), its comparison is flipped after the max.
 
-The first layer sees real inputs, in one of two ways:
+The first layer sees real inputs, in one of three ways (FIRST_LAYERS):
 
 * ``float``: the paper's choice, the float baseline kernel (``kernels.baseline_gemm``) on the
   model's own float inputs, compared with the float threshold.
@@ -27,6 +28,8 @@ The first layer sees real inputs, in one of two ways:
 
   is an integer computed by eight XNOR GEMMs on the bit planes, compared with the integer threshold
   on P. This is the model's pre-activation without float rounding.
+* ``integer``: the same P as 2 (x . w) - 255 sum(w) from torch's fp32 matmul on the pixel values,
+  exact because every partial sum is an integer below 2^24; the fastest first layer on a CPU.
 
 Hidden layers can also run on the baseline float kernel with +/-1 floats (``hidden="float"``), the
 reference point of the paper's speed-up figure; the integer pre-activations are the same, so the
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .data import scale_to_pm1
 from .errors import UserError
 from .export import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
 
@@ -324,8 +328,9 @@ class PackedEngine:
     """An exported model prepared on a device.
 
     first_layer: one of FIRST_LAYERS ("bitplane" and "integer" for 8-bit inputs only) or "auto"
-    (bitplane when the model takes 8-bit inputs, else float). hidden: "xnor" (packed bits) or "float" (the baseline float kernel on
-    +/-1 floats). xnor_impl: the kernels' "tuned" or "paper" XNOR GEMM (they differ on CUDA only).
+    (bitplane when the model takes 8-bit inputs, else float). hidden: "xnor" (packed bits) or "float"
+    (the baseline float kernel on +/-1 floats). xnor_impl: which ``kernels.xnor_gemm`` (``impl=``:
+    "tuned", "csa", "paper", "tc"; on CPU they are one kernel).
     """
 
     def __init__(self, exported: ExportedModel, device: torch.device | str = "cpu", first_layer: str = "auto",
@@ -358,7 +363,7 @@ class PackedEngine:
         """Each layer's output in the engine's own form (packed words or +/-1 floats), then the logits."""
         x = x.to(self.device)
         if transform is None:
-            transform = _scale if self.exported.input_encoding == UINT8_SCALE else (lambda t: t.float())
+            transform = scale_to_pm1 if self.exported.input_encoding == UINT8_SCALE else (lambda t: t.float())
         out = self.first(x, lambda: transform(x).float().contiguous())
         yield out
         for layer in self.rest:
@@ -390,11 +395,6 @@ class PackedEngine:
         """Predicted classes (int64, on the engine's device) for raw inputs, in batches."""
         return torch.cat([self.logits(x[i:i + batch_size], transform).argmax(1)
                           for i in range(0, len(x), batch_size)])
-
-
-def _scale(x: torch.Tensor) -> torch.Tensor:
-    from .data import scale_to_pm1
-    return scale_to_pm1(x)
 
 
 def default_batch_size(exported: ExportedModel) -> int:

