@@ -465,10 +465,22 @@ class KernelRecord:
 
 @dataclass
 class MlpRecord:
+    """A ``bnnctl bench --model mnist-mlp`` record (bench_mlp.py): engine variants timed on the test images."""
+
     rel: str
     device: str
-    rows: list[dict[str, Any]]   # name, label, status, median_ms, test_error_pct
+    rows: list[dict[str, Any]]   # name, paper_row, label, status, median_ms, test_error_pct, differing
+    model: str                   # which weights the accuracies are for
+    device_type: str = "cpu"
     date: str = ""
+
+    def ms(self, name: str) -> float | None:
+        return next((r["median_ms"] for r in self.rows if r["name"] == name and r["status"] == "ok"), None)
+
+    def speedup(self, row: dict[str, Any], reference: str) -> float | None:
+        """reference variant's time / this variant's time, from the recorded times; None if either did not run."""
+        ref = self.ms(reference)
+        return ref / row["median_ms"] if ref and row["status"] == "ok" else None
 
 
 def _check_kernels_record(data: dict[str, Any]) -> str | None:
@@ -488,32 +500,36 @@ def _check_kernels_record(data: dict[str, Any]) -> str | None:
 
 
 def _mlp_rows(data: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The engine variants of an MNIST MLP bench record, or None when its layout is not one we know.
+    """The variants of an MNIST MLP bench record, or None when its layout is not bench_mlp.py's.
 
-    Accepted: ``variants`` (or ``engines``) as a list of objects or a mapping name -> object, each with a
-    status (absent means ok), ``median_ms`` (or ``time_ms``) and ``test_error_pct``.
+    ``variants`` maps a name to {status, label, paper_row, median_ms (when ok), test_error_pct,
+    predictions_differing_from_torch}; the speed-ups are recomputed here from the times.
     """
-    raw = data.get("variants", data.get("engines"))
-    if isinstance(raw, dict):
-        items = [{"name": name, **entry} for name, entry in raw.items() if isinstance(entry, dict)]
-        if len(items) != len(raw):
-            return None
-    elif isinstance(raw, list) and all(isinstance(e, dict) for e in raw):
-        items = [dict(e) for e in raw]
-    else:
+    raw = data.get("variants")
+    if not isinstance(raw, dict) or not raw:
         return None
     rows = []
-    for e in items:
-        name = e.get("name", e.get("variant", e.get("engine")))
-        ms = e.get("median_ms", e.get("time_ms"))
-        status = e.get("status", "ok")
-        if not isinstance(name, str) or not isinstance(status, str) or (status == "ok" and not _is_number(ms)):
+    for name, e in raw.items():
+        if not isinstance(e, dict) or not isinstance(e.get("status"), str):
             return None
-        err = e.get("test_error_pct", e.get("error_pct"))
-        rows.append({"name": name, "label": str(e.get("label", "")), "status": status,
-                     "median_ms": ms if status == "ok" else None,
-                     "test_error_pct": err if _is_number(err) else None})
-    return rows or None
+        ok = e["status"] == "ok"
+        if ok and not _is_number(e.get("median_ms")):
+            return None
+        err, differing = e.get("test_error_pct"), e.get("predictions_differing_from_torch")
+        rows.append({"name": name, "paper_row": str(e.get("paper_row") or ""), "label": str(e.get("label") or ""),
+                     "status": e["status"], "median_ms": e["median_ms"] if ok else None,
+                     "test_error_pct": err if ok and _is_number(err) else None,
+                     "differing": differing if ok and _is_count(differing) else None})
+    return rows
+
+
+def _mlp_model(data: dict[str, Any]) -> str:
+    """What the accuracies are for, from the record's model section."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    weights = model.get("weights", "unknown")
+    where = f" from `{model['source']}`" if model.get("source") else ""
+    epoch = f", epoch {model['epoch']}" if model.get("epoch") is not None else ""
+    return f"{weights} weights{where}{epoch}"
 
 
 def find_benches(results: Path, notes: Notes) -> tuple[list[KernelRecord], list[MlpRecord]]:
@@ -534,11 +550,11 @@ def find_benches(results: Path, notes: Notes) -> tuple[list[KernelRecord], list[
         elif isinstance(kind, str) and "mlp" in kind.lower():
             rows = _mlp_rows(data)
             device = data.get("device")
-            if rows is None or not isinstance(device, dict):
+            if rows is None or not isinstance(device, dict) or not isinstance(device.get("type"), str):
                 notes.add(rel, f"bench record of kind {kind!r} in a layout this report does not know: skipped")
             else:
-                mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device.get('type', '?'))} "
-                                                  f"({device.get('type', '?')})", rows, str(data.get("date", ""))))
+                mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
+                                             rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
     return kernel_records, mlp_records
@@ -584,17 +600,22 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
                             {True: "yes", False: "NO"}.get(e.get("exact"), "?") if ok else ""])
     write_csv(out / "kernels.csv", header, rows)
 
-    mlp_header = ["record", "device", "variant", "label", "status", "median_ms", "x_first_variant", "test_error_pct"]
+    mlp_header = ["record", "device", "variant", "paper_row", "label", "status", "median_ms", "x_baseline",
+                  "x_torch", "paper_x_baseline", "test_error_pct", "predictions_differing_from_torch", "model"]
     mlp_rows, mlp_md = [], []
     for rec in sorted(mlp, key=lambda r: (r.device, r.rel)):
-        first = next((r["median_ms"] for r in rec.rows if r["median_ms"]), None)
         for r in rec.rows:
-            ratio = first / r["median_ms"] if first and r["median_ms"] else None
-            mlp_rows.append([rec.rel, rec.device, r["name"], r["label"], r["status"], fmt(r["median_ms"], ".6g"),
-                             fmt(ratio, ".4g"), fmt(r["test_error_pct"])])
-            mlp_md.append([rec.device, f"{r['name']}: {r['label']}" if r["label"] else r["name"],
-                           fmt(r["median_ms"], ".2f") if r["status"] == "ok" else r["status"], fmt(ratio, ".2f"),
-                           fmt(r["test_error_pct"])])
+            x_base, x_torch = rec.speedup(r, "baseline"), rec.speedup(r, "torch")
+            # The paper's 7x is (b), the XNOR kernels with the first layer on the baseline kernel, over (a), on a GPU.
+            paper_x = paper.kernel_ratio("mlp_xnor_vs_baseline") \
+                if r["paper_row"] == "(b)" and rec.device_type == "cuda" else None
+            mlp_rows.append([rec.rel, rec.device, r["name"], r["paper_row"], r["label"], r["status"],
+                             fmt(r["median_ms"], ".6g"), fmt(x_base, ".4g"), fmt(x_torch, ".4g"), paper_x,
+                             fmt(r["test_error_pct"]), r["differing"], rec.model])
+            mlp_md.append([rec.device, f"{r['paper_row']} {r['name']}: {r['label']}".strip(),
+                           fmt(r["median_ms"], ".1f") if r["status"] == "ok" else r["status"], fmt(x_base, ".2f"),
+                           fmt(paper_x, "g") + ("x" if paper_x else ""), fmt(x_torch, ".2f"),
+                           fmt(r["test_error_pct"]), fmt(r["differing"], "d")])
     if mlp:
         write_csv(out / "mnist_mlp.csv", mlp_header, mlp_rows)
 
@@ -612,10 +633,11 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
         parts.append("No kernel benchmark is recorded (`bnnctl bench --kernel all` writes one): not run.")
     parts.append("### MNIST MLP (the figure's right half)")
     if mlp:
-        parts.append(md_table(["device", "variant", "ms (10,000 images)", "speed-up over the first variant",
-                               "test error %"], mlp_md))
-        parts.append(f"Paper: {paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x with the XNOR kernel over the baseline "
-                     "kernel, at the same accuracy. CSV: `mnist_mlp.csv`.")
+        parts.append(md_table(["device", "variant", "ms (all test images)", "x baseline (a)", "paper",
+                               "x torch (d)", "test error %", "predictions differing from torch"], mlp_md))
+        parts.append("Accuracies are for: " + "; ".join(f"`{rec.rel}`: {rec.model}" for rec in mlp) + ". "
+                     f"Paper: {paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x for (b) over (a), at the same accuracy. "
+                     "CSV: `mnist_mlp.csv`.")
     else:
         parts.append("No MNIST MLP benchmark is recorded (`bnnctl bench --model mnist-mlp` writes one): not run.")
     if records or mlp:
@@ -665,11 +687,12 @@ def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -
               f"{rec.device}\nmatmul {rec.shape}", colors)
     for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
         ran = [r for r in rec.rows if r["status"] == "ok"]
+        reference = "baseline" if rec.ms("baseline") else "torch"
         _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
-              [f"{ran[0]['median_ms'] / r['median_ms']:.1f}x, {fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
-              f"{rec.device}\nMNIST MLP, 10,000 test images")
-    fig.suptitle("median time per kernel; bar label: speed-up over the baseline kernel\n(MLP: over the first "
-                 "variant, and its test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at "
+              [f"{fmt(rec.speedup(r, reference), '.1f', '?')}x, {fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
+              f"{rec.device}\nMNIST MLP, test images (label: x {reference}, test error)")
+    fig.suptitle("median time per kernel; bar label: speed-up over the baseline kernel\n(MLP: over the baseline "
+                 "variant, or torch where the baseline did not run, and the test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at "
                  "8192^3; MNIST MLP 7x the baseline kernel", fontsize=8)
     fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.16, top=0.78, wspace=0.3)
     save_png(fig, out / "kernels.png")

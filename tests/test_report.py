@@ -62,13 +62,18 @@ KERNELS_RECORD = {
                    "x_baseline": 5.0, "x_cublas_fp32": 1.0, "x_torch_bf16": 2.0},
     },
 }
-MLP_RECORD = {
-    "kind": "mnist-mlp", "device": {"type": "cpu", "hardware": "Test CPU (2 threads)"},
-    "variants": [
-        {"name": "a", "label": "baseline kernel", "median_ms": 700.0, "test_error_pct": 1.25},
-        {"name": "b", "label": "xnor, first layer baseline", "median_ms": 100.0, "test_error_pct": 1.25},
-        {"name": "c", "label": "xnor, bit planes", "status": "not run: no GPU"},
-    ],
+MLP_RECORD = {  # as bench_mlp.py records it
+    "kind": "mnist-mlp", "date": "2026-11-27T12:00:00+00:00", "device": {"type": "cpu", "hardware": "Test CPU"},
+    "model": {"weights": "trained", "source": "results/mnist/x/best.pt", "epoch": 2},
+    "variants": {
+        "baseline": {"paper_row": "(a)", "label": "baseline kernel", "status": "ok", "median_ms": 700.0,
+                     "test_error_pct": 1.25, "predictions_differing_from_torch": 0},
+        "xnor": {"paper_row": "(b)", "label": "xnor, first layer baseline", "status": "ok", "median_ms": 100.0,
+                 "test_error_pct": 1.25, "predictions_differing_from_torch": 0},
+        "xnor-bitplane": {"paper_row": "(c)", "label": "xnor, bit planes", "status": "not run: CUDA-only kernel"},
+        "torch": {"paper_row": "(d)", "label": "float model in torch", "status": "ok", "median_ms": 200.0,
+                  "test_error_pct": 1.25, "predictions_differing_from_torch": 0},
+    },
 }
 
 
@@ -153,10 +158,11 @@ def results(tmp_path_factory) -> Path:
            "device": {"type": "cuda", "hardware": "Test GPU"}}
     (bench / "20261127T130000-test-gpu-8192x8192x8192.json").write_text(json.dumps(gpu))
     (bench / "mlp.json").write_text(json.dumps(MLP_RECORD))
+    (bench / "mlp-gpu.json").write_text(json.dumps({**MLP_RECORD, "device": {"type": "cuda", "hardware": "Test GPU"}}))
     (bench / "truncated.json").write_text('{"kind": "kernels", ')
     (bench / "future.json").write_text(json.dumps({"kind": "energy-meter", "joules": 3}))
     (bench / "mlp-other-layout.json").write_text(json.dumps({"kind": "mnist-mlp", "device": {"type": "cpu"},
-                                                             "timings": [1, 2]}))
+                                                             "variants": [{"name": "a", "ms": 1}]}))
     return root
 
 
@@ -267,8 +273,15 @@ def test_kernel_tables_match_the_bench_records(results, out):
     assert (out / "kernels.png").is_file()
 
     mlp = read_csv(out / "mnist_mlp.csv")
-    assert [(r["variant"], r["median_ms"], r["x_first_variant"], r["test_error_pct"], r["status"]) for r in mlp] == [
-        ("a", "700", "1", "1.25", "ok"), ("b", "100", "7", "1.25", "ok"), ("c", "", "", "", "not run: no GPU")]
+    assert [r["device"] for r in mlp] == ["Test CPU (cpu)"] * 4 + ["Test GPU (cuda)"] * 4
+    cpu = [(r["variant"], r["median_ms"], r["x_baseline"], r["x_torch"], r["test_error_pct"], r["status"],
+            r["paper_x_baseline"]) for r in mlp[:4]]
+    # Speed-ups from the recorded times: (a) 700 ms, (b) 100 ms, (d) 200 ms.
+    assert cpu == [("baseline", "700", "1", "0.2857", "1.25", "ok", ""), ("xnor", "100", "7", "2", "1.25", "ok", ""),
+                   ("xnor-bitplane", "", "", "", "", "not run: CUDA-only kernel", ""),
+                   ("torch", "200", "3.5", "1", "1.25", "ok", "")]
+    assert [r["paper_x_baseline"] for r in mlp[4:]] == ["", "7.0", "", ""]  # the paper's 7x: (b), on a GPU
+    assert all(r["model"] == "trained weights from `results/mnist/x/best.pt`, epoch 2" for r in mlp)
 
 
 def test_memory_and_energy_from_the_model_definitions(results, out):
