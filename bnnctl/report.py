@@ -802,7 +802,9 @@ def memory_energy_section(recipes: dict[str, dict[str, Any]], out: Path, notes: 
         "## Memory and energy per model",
         "From the shipped recipes' model definitions (`bnnctl summary RECIPE` prints the per-layer table behind "
         "each row). A ±1 weight is 1 bit in the binarized network (BNN); biases and BN values stay 32-bit.",
-        md, ENERGY_MODEL, "The cited constants:", constants_md,
+        md, ENERGY_MODEL,
+        "The cited constants (the paper's Table 2 has 8- and 32-bit integer and 16- and 32-bit float rows, no "
+        "16-bit integer one):", constants_md,
         "CSV: `memory_energy.csv`, `energy_constants.csv`.",
     ])
 
