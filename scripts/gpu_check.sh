@@ -26,6 +26,8 @@ SUMMARY="$OUT/summary.txt"
 step() {  # step NAME CMD... : run CMD under $STEP_TIMEOUT seconds (default 300), log, record, go on
   local name=$1; shift
   local limit=${STEP_TIMEOUT:-300} start rc
+  # ONLY="name1 name2" runs just those steps (a short first call on a lent GPU, a rerun of one step)
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   start=$(date +%s)
   echo "=== $name: $*"
   timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -62,9 +64,6 @@ STEP_TIMEOUT=300 step kernel_tests python3 -m pytest -q -rs tests/test_kernels.p
 
 PEAK=$(popc_peak)
 STEP_TIMEOUT=240 step bench python3 -m bnnctl bench --kernel all --out "$OUT" ${PEAK:+--popc-peak "$PEAK"}
-# The CPU kernels on this machine's host CPU (AVX-512 VPOPCNTDQ where it has it), for the CPU target:
-# XNOR >= 15x torch fp32 at 1024 x 1024 x 4096.
-STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xnor,cublas --out "$OUT"
 
 # The 1-bit tensor-core GEMM (cuda/xnor_tc.cu; what these must show: cuda/XNOR_TC.md). Its 8192^3 run is in
 # "bench" above (--kernel all); here: exactness, the MNIST MLP hidden layers, the sm_90a wgmma variant (a
@@ -73,26 +72,6 @@ STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xn
 STEP_TIMEOUT=240 step tc_tests python3 -m pytest -q -rs tests/test_tensorcore.py
 STEP_TIMEOUT=150 step tc_bench_mlp python3 -m bnnctl bench --kernel xnor-tc,xnor,cublas,bf16 --m 10000 --n 4096 \
   --k 4096 --out "$OUT"
-STEP_TIMEOUT=360 step tc_wgmma env TORCH_CUDA_ARCH_LIST=9.0a bash -c 'python3 -m pytest -q -rs tests/test_tensorcore.py \
-  -k cuda_wgmma && python3 -c "import sys; from bnnctl.kernels import tensorcore as tc; \
-  [tc.bench_wgmma(sys.argv[1], *shape) for shape in ((8192, 8192, 8192), (10000, 4096, 4096))]" "$0"' "$OUT"
-STEP_TIMEOUT=60 step tc_share python3 -c 'import sys; from bnnctl.kernels import tensorcore as tc; \
-  tc.report_peak_shares(sys.argv[1])' "$OUT"
-
-# The Table 1 ConvNet recipes: 2 timed epochs each on the GPU (CIFAR-10 recipes on the cifar10-jpeg stand-in,
-# which the script builds from .data/cifar10-reconstruction/; SVHN recipes on synthetic .mat files it writes).
-STEP_TIMEOUT=150 step table1_convnets env EPOCHS=2 PER_RUN=35 OUT=runs/gpu-check scripts/gpu_table1_convnets.sh
-
-# Fast training (issue 7): the CUDA checks of the fast path (no host sync inside a training step; TF32 exact on
-# +-1 products), then timed epochs of the MNIST recipe with `--fast`, eager and compiled (reduce-overhead: CUDA
-# graphs); each writes epoch time and the projected 1000-epoch time to $OUT/fast/*.json (copy to results/fast/).
-# Needs MNIST at .data/MNIST/raw. fast_mnist_compiled is the step to drop if time is short.
-STEP_TIMEOUT=60 step fast_tests python3 -m pytest -q -rs tests/test_fast_path.py -k cuda
-STEP_TIMEOUT=90 step fast_mnist python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 3 --fast \
-  --data-dir .data --out "$OUT/fast/gpu_mnist_epochs.json"
-STEP_TIMEOUT=150 step fast_mnist_compiled python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 4 --fast \
-  --set fast.compile=true --set fast.compile_mode=reduce-overhead --data-dir .data \
-  --out "$OUT/fast/gpu_mnist_epochs_compiled.json"
 
 # The bit-packed engine (issue 5): its CUDA tests (every activation equal to the float model's), then the paper's
 # Figure 3 right half: the MNIST MLP on the 10,000 test images, (a) baseline kernel, (b) XNOR (target >= 7x (a)),
@@ -102,6 +81,35 @@ STEP_TIMEOUT=150 step fast_mnist_compiled python3 scripts/fast_timing.py epochs 
 STEP_TIMEOUT=60 step engine_tests python3 -m pytest -q -rs tests/test_export_engine.py -k cuda
 STEP_TIMEOUT=75 step bench_mlp python3 -m bnnctl bench --model mnist-mlp --device cuda --repeat 5 --out "$OUT" \
   --data-dir "$([ -d .data/MNIST/raw ] && echo .data || echo data)"
+
+
+# Fast training (issue 7): the CUDA checks of the fast path (no host sync inside a training step; TF32 exact on
+# +-1 products), then timed epochs of the MNIST recipe with `--fast`, eager and compiled (reduce-overhead: CUDA
+# graphs); each writes epoch time and the projected 1000-epoch time to $OUT/fast/*.json (copy to results/fast/).
+# Needs MNIST at .data/MNIST/raw. fast_mnist_compiled is the step to drop if time is short.
+STEP_TIMEOUT=60 step fast_tests python3 -m pytest -q -rs tests/test_fast_path.py -k cuda
+STEP_TIMEOUT=90 step fast_mnist python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 3 --fast \
+  --data-dir .data --out "$OUT/fast/gpu_mnist_epochs.json"
+
+# Last, what can be dropped when the lease is short (a call that runs out of time loses only these):
+# the sm_90a wgmma variant, the CPU kernels on the host CPU, the ConvNet epochs, compiled MNIST epochs.
+STEP_TIMEOUT=360 step tc_wgmma env TORCH_CUDA_ARCH_LIST=9.0a bash -c 'python3 -m pytest -q -rs tests/test_tensorcore.py \
+  -k cuda_wgmma && python3 -c "import sys; from bnnctl.kernels import tensorcore as tc; \
+  [tc.bench_wgmma(sys.argv[1], *shape) for shape in ((8192, 8192, 8192), (10000, 4096, 4096))]" "$0"' "$OUT"
+STEP_TIMEOUT=60 step tc_share python3 -c 'import sys; from bnnctl.kernels import tensorcore as tc; \
+  tc.report_peak_shares(sys.argv[1])' "$OUT"
+
+# The CPU kernels on this machine's host CPU (AVX-512 VPOPCNTDQ where it has it), for the CPU target:
+# XNOR >= 15x torch fp32 at 1024 x 1024 x 4096.
+STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xnor,cublas --out "$OUT"
+
+# The Table 1 ConvNet recipes: 2 timed epochs each on the GPU (CIFAR-10 recipes on the cifar10-jpeg stand-in,
+# which the script builds from .data/cifar10-reconstruction/; SVHN recipes on synthetic .mat files it writes).
+STEP_TIMEOUT=150 step table1_convnets env EPOCHS=2 PER_RUN=35 OUT=runs/gpu-check scripts/gpu_table1_convnets.sh
+
+STEP_TIMEOUT=150 step fast_mnist_compiled python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 4 --fast \
+  --set fast.compile=true --set fast.compile_mode=reduce-overhead --data-dir .data \
+  --out "$OUT/fast/gpu_mnist_epochs_compiled.json"
 
 echo "=== summary ($SUMMARY)"
 cat "$SUMMARY"
