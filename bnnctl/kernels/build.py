@@ -33,6 +33,11 @@ CPU_SOURCES = ["ops.cpp", "cpu_kernels.cpp"]
 # Added in the CUDA variant, together with every cuda/*.cu.
 CUDA_GLUE_SOURCES = ["ops_cuda.cpp"]
 EXTRA_CFLAGS = ["-O3"]  # the C++ standard is torch's choice (C++20 for recent torch)
+# at::parallel_for runs its loop on one thread unless the extension itself is compiled with OpenMP
+# (ATen/Parallel-inl.h: INTRA_OP_PARALLEL comes from _OPENMP), so the CPU kernels need it to use
+# torch's threads. torch already loads libgomp on Linux.
+OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
+EXTRA_CFLAGS += OPENMP_FLAGS
 # nvcc flags for every .cu file (tests/test_cuda_compile.py compiles with the same ones). The target
 # architecture comes from $TORCH_CUDA_ARCH_LIST, else from the visible GPU.
 EXTRA_NVCC_FLAGS = ["-O3", "-lineinfo"]
@@ -137,6 +142,7 @@ def _build(variant: str, verbose: bool) -> str:
             sources=[str(p) for p in sources(variant)],
             extra_cflags=EXTRA_CFLAGS,
             extra_cuda_cflags=EXTRA_NVCC_FLAGS,
+            extra_ldflags=OPENMP_FLAGS,
             build_directory=str(build_dir),
             with_cuda=variant == "cuda",
             is_python_module=False,
