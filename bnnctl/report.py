@@ -645,12 +645,12 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
     return "\n\n".join(parts)
 
 
-def _latest(records: list, key: Callable[[Any], Any]) -> list:
-    """The last record of each key, by recorded date then path, in key order."""
-    latest: dict[Any, Any] = {}
-    for rec in sorted(records, key=lambda r: (str(r.date), r.rel)):
-        latest[key(rec)] = rec
-    return [latest[k] for k in sorted(latest)]
+def _most_complete(records: list, key: Callable[[Any], Any], ran: Callable[[Any], int]) -> list:
+    """Per key, the record in which the most kernels ran, the latest (by date, then path) on ties; in key order."""
+    best: dict[Any, Any] = {}
+    for rec in sorted(records, key=lambda r: (ran(r), str(r.date), r.rel)):
+        best[key(rec)] = rec
+    return [best[k] for k in sorted(best)]
 
 
 def _bars(ax, names: list[str], times: list[float], labels: list[str], title: str,
@@ -665,39 +665,48 @@ def _bars(ax, names: list[str], times: list[float], labels: list[str], title: st
     ax.set_title(title, fontsize=9)
     for bar, label in zip(bars, labels):
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=7)
+                    fontsize=6)
     ax.grid(True, axis="y", alpha=0.3)
 
 
 def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
     """kernels.png: one panel per (device, shape) of matmul times, then one per device of MNIST MLP times."""
-    kernel_panels = _latest(records, key=lambda r: (r.device, r.shape))
-    mlp_panels = _latest(mlp, key=lambda r: r.device)
+    kernel_panels = _most_complete(records, key=lambda r: (r.device, r.shape),
+                                   ran=lambda r: sum(e["status"] == "ok" for e in r.data["kernels"].values()))
+    mlp_panels = _most_complete(mlp, key=lambda r: r.device, ran=lambda r: sum(x["status"] == "ok" for x in r.rows))
     panels = len(kernel_panels) + len(mlp_panels)
-    width = max(8.0, 5.0 * panels)
-    fig = _new_figure(width, 4.8)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    cols = min(panels, 3)
+    rows = -(-panels // cols)
+    width, height = max(8.0, 5.0 * cols), 1.0 + 3.9 * rows
+    fig = _new_figure(width, height)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
     # One color per kernel across the device panels.
     kernel_names = dict.fromkeys(name for rec in kernel_panels for name in rec.data["kernels"])
     colors = {name: f"C{i % 10}" for i, name in enumerate(kernel_names)}
     for ax, rec in zip(axes, kernel_panels):
         ran = [(name, e) for name, e in rec.data["kernels"].items() if e["status"] == "ok"]
+        ratio, reference = ("x_baseline", "baseline") if any(n == "baseline" for n, _ in ran) else \
+            ("x_cublas_fp32", "fp32 matmul")
         _bars(ax, [name for name, _ in ran], [e["median_ms"] for _, e in ran],
-              [f"{e['x_baseline']:.1f}x" if _is_number(e.get("x_baseline")) else "" for _, e in ran],
-              f"{rec.device}\nmatmul {rec.shape}", colors)
+              [f"{e[ratio]:.1f}x" if _is_number(e.get(ratio)) else "" for _, e in ran],
+              f"{rec.device}\nmatmul {rec.shape} (label: x {reference})", colors)
     for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
         ran = [r for r in rec.rows if r["status"] == "ok"]
         reference = "baseline" if rec.ms("baseline") else "torch"
         _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
-              [f"{fmt(rec.speedup(r, reference), '.1f', '?')}x, {fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
+              [f"{fmt(rec.speedup(r, reference), '.1f', '?')}x\n{fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
               f"{rec.device}\nMNIST MLP, test images (label: x {reference}, test error)")
-    fig.suptitle("median time per kernel; bar label: speed-up over the baseline kernel\n(MLP: over the baseline "
-                 "variant, or torch where the baseline did not run, and the test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at "
+    fig.suptitle("median time per kernel; bar label: speed-up over the reference in the panel's title (MLP: "
+                 "and the test error)\npaper, GTX750: XNOR 23x the baseline kernel and 3.4x cuBLAS at "
                  "8192^3; MNIST MLP 7x the baseline kernel", fontsize=8)
-    fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.16, top=0.78, wspace=0.3)
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.7 / height, top=1 - 1.1 / height,
+                        wspace=0.3, hspace=1.4 / 3.9)
     save_png(fig, out / "kernels.png")
     used = ", ".join(f"`{rec.rel}`" for rec in [*kernel_panels, *mlp_panels])
-    return f"![kernel times](kernels.png)\n\nChart: the latest record per device (and shape): {used}."
+    return (f"![kernel times](kernels.png)\n\nChart: per device (and shape) the record in which the most kernels "
+            f"ran, the latest on ties: {used}.")
 
 
 # ============================================================================ memory and energy
