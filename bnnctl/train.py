@@ -300,6 +300,9 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": None, "valid_error_pct": math.inf, "test_error_pct": None}
         self.wall_time = 0.0
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # Read once: the code this process runs is the commit checked out when it started, not
+        # whatever HEAD has moved on to by the time an epoch ends.
+        self.environment = environment(device)
 
     # -- state -------------------------------------------------------------------------
     def autocast(self):
@@ -375,7 +378,7 @@ class Trainer:
             "wall_time_s": round(self.wall_time, 2),
             "epoch_time_s": round(sum(m["epoch_time_s"] for m in rows) / len(rows), 3) if rows else None,
             "started": self.started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": self.command, **environment(self.device), "world_size": self.ranks.world_size,
+            "command": self.command, **self.environment, "world_size": self.ranks.world_size,
         } | ({"hardware": f"{self.ranks.world_size} x {hardware(self.device)}"} if self.ranks.active else {})
 
     def write_records(self, status: str, checkpoint: bool = True) -> None:
