@@ -110,7 +110,7 @@ SCHEMA: dict[str, Any] = {
         "compile": f(bool, False, help="torch.compile the model"),
         "compile_mode": f(str, "default", choices=("default", "reduce-overhead", "max-autotune",
                                                    "max-autotune-no-cudagraphs"),
-                          help="torch.compile mode; reduce-overhead replays the compiled steps as CUDA graphs"),
+                          help="torch.compile mode; the CUDA-graph modes are refused on CUDA (see README)"),
         "bf16": f(bool, False, help="bf16 autocast for matmuls/convs (CUDA only); rounds pre-BN sums and gradients"),
         "tf32": f(bool, False, help="TF32 tensor cores for fp32 matmuls (CUDA only); +-1 x +-1 products stay exact"),
         "channels_last": f(bool, False, help="NHWC convolutions (ConvNet only)"),

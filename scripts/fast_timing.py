@@ -177,6 +177,7 @@ def epochs_command(args: argparse.Namespace) -> dict[str, Any]:
         "projected_full_schedule_s": projected(recipe["train"]["checkpoint_every"]),
         "projected_full_schedule_s_by_checkpoint_every": {every: projected(every) for every in (1, 10, 50)},
         "last_test_error_pct": float(rows[-1]["test_error_pct"]),
+        "metrics": [{k: float(v) for k, v in row.items()} for row in rows],  # did it learn?
         "load_average_after": os.getloadavg(),
         "note": ("epoch_time_s: training + evaluation of an epoch, synchronized (the first includes warm-up or "
                  "compilation). steady_epoch_s: median time from one epoch's end to the next, less its records "

@@ -84,10 +84,9 @@ STEP_TIMEOUT=75 step bench_mlp python3 -m bnnctl bench --model mnist-mlp --devic
 
 
 # Fast training (issue 7): the CUDA checks of the fast path (no host sync inside a training step; TF32 exact on
-# +-1 products), then timed epochs of the MNIST recipe with `--fast`, eager and compiled (reduce-overhead: CUDA
-# graphs); each writes epoch time and the projected 1000-epoch time to $OUT/fast/*.json (copy to results/fast/).
-# Needs MNIST at .data/MNIST/raw. fast_mnist_compiled is the step to drop if time is short.
-STEP_TIMEOUT=60 step fast_tests python3 -m pytest -q -rs tests/test_fast_path.py -k cuda
+# +-1 products), then timed epochs of the MNIST recipe with `--fast`; it writes epoch times, per-epoch metrics and
+# the projected 1000-epoch time to $OUT/fast/*.json (copy to results/fast/). Needs MNIST at .data/MNIST/raw.
+STEP_TIMEOUT=60 step fast_tests python3 -m pytest -q -rs tests/test_fast_path.py -k "cuda and not compiled"
 STEP_TIMEOUT=90 step fast_mnist python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 3 --fast \
   --data-dir .data --out "$OUT/fast/gpu_mnist_epochs.json"
 
@@ -107,9 +106,12 @@ STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xn
 # which the script builds from .data/cifar10-reconstruction/; SVHN recipes on synthetic .mat files it writes).
 STEP_TIMEOUT=150 step table1_convnets env EPOCHS=2 PER_RUN=35 OUT=runs/gpu-check scripts/gpu_table1_convnets.sh
 
+# Compiled training (issue 7): at 13:46 on the H200 reduce-overhead (CUDA graphs) trained an MNIST model that did
+# not learn (88% test error), so bnnctl refuses that mode on CUDA; these tests compare compiled steps, default
+# and reduce-overhead, with eager ones, and the timing runs the default mode (its metrics say whether it learns).
+STEP_TIMEOUT=180 step fast_compile_tests python3 -m pytest -q -rs tests/test_fast_path.py -k "cuda and compiled"
 STEP_TIMEOUT=150 step fast_mnist_compiled python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 4 --fast \
-  --set fast.compile=true --set fast.compile_mode=reduce-overhead --data-dir .data \
-  --out "$OUT/fast/gpu_mnist_epochs_compiled.json"
+  --set fast.compile=true --data-dir .data --out "$OUT/fast/gpu_mnist_epochs_compiled.json"
 
 echo "=== summary ($SUMMARY)"
 cat "$SUMMARY"
