@@ -81,9 +81,8 @@ def test_compiled_model_step_equals_plain(tiny_recipe, tmp_path, monkeypatch):
     assert_same_run(plain, compiled)
 
 
-@pytest.mark.xfail(strict=True, reason="Inductor folds away the x + 0.0 in sign_pm1, so compiled sign(-0.0) is -1 "
-                   "(torch.where(x >= 0, 1.0, -1.0) compiles right); strict: passes once binarize.py handles it")
 def test_compiled_sign_maps_negative_zero_to_plus_one():
+    """Inductor folds away an x + 0.0, so compiled code must not rely on it to turn -0.0 into +0.0."""
     from bnnctl.binarize import sign_pm1
 
     torch._dynamo.reset()
