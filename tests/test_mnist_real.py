@@ -26,7 +26,8 @@ def test_small_mlp_learns_real_mnist(tmp_path):
         "train", str(REPO / "recipes" / "mnist.yaml"), "--device", "cpu",
         "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
         "--set", "model.hidden=[256, 256]", "--set", "train.epochs=2", "--set", "data.limit_train=10000",
-        "--set", "data.limit_test=2000", "--set", "model.dropout_in=0", "--set", "model.dropout_hidden=0"])
+        "--set", "data.limit_test=2000", "--set", "model.dropout_in=0", "--set", "model.dropout_hidden=0",
+        "--set", "schedule.lr_final=1e-3"])  # a short run: keep the LR up rather than compress the decay
     assert result.exit_code == 0, result.output
     error = float(result.output.split("best-validation epoch")[1].split("%")[0].split()[-1])
-    assert error < 12.0, result.output  # 60-odd steps of a small BNN; chance is 90%
+    assert error < 12.0, result.output  # 200 steps of a small BNN; chance is 90%
