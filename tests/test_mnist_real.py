@@ -30,4 +30,4 @@ def test_small_mlp_learns_real_mnist(tmp_path):
         "--set", "schedule.lr_final=1e-3"])  # a short run: keep the LR up rather than compress the decay
     assert result.exit_code == 0, result.output
     error = float(result.output.split("best-validation epoch")[1].split("%")[0].split()[-1])
-    assert error < 12.0, result.output  # 200 steps of a small BNN; chance is 90%
+    assert error < 15.0, result.output  # 200 steps of a small BNN reach ~11% here; chance is 90%
