@@ -44,17 +44,24 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any], device: torch.device)
 
 
 def lr_at(epoch: int, lr: float, schedule: dict[str, Any], epochs: int) -> float:
-    """Learning rate of 0-based ``epoch``.
+    """Learning rate of 0-based ``epoch`` in a run of ``epochs`` epochs.
 
     exponential: lr * (lr_final / lr) ** (epoch / epochs), the Theano code's per-epoch decay
-    LR_decay = (LR_fin / LR_start) ** (1 / num_epochs); cutting ``train.epochs`` compresses
-    the decay to match. step: lr * gamma ** (epoch // step_epochs), the Torch7 schedule.
+    LR_decay = (LR_fin / LR_start) ** (1 / num_epochs). step: lr * gamma ** (epoch // step_epochs),
+    the Torch7 schedule. Both describe the recipe's whole run, so that cutting ``train.epochs``
+    (a 20-epoch check of a 1000-epoch recipe) runs the same schedule compressed rather than its
+    first epochs at the top LR: exponential by its definition, step by ``schedule.epochs``, the
+    length its ``step_epochs`` is written for (null: decay every ``step_epochs`` whatever the length).
     """
     kind = schedule["kind"]
     if kind == "exponential":
         return lr * math.exp(math.log(schedule["lr_final"] / lr) * epoch / epochs)
     if kind == "step":
-        return lr * schedule["gamma"] ** (epoch // schedule["step_epochs"])
+        every = schedule["step_epochs"]
+        if schedule.get("epochs"):
+            every = every * epochs / schedule["epochs"]
+        # the small slack keeps e.g. 19.999999 (floating-point rounding of 20) on the right side
+        return lr * schedule["gamma"] ** math.floor(epoch / every + 1e-9)
     return lr
 
 

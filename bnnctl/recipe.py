@@ -103,6 +103,9 @@ SCHEMA: dict[str, Any] = {
         "kind": f(str, "exponential", choices=("exponential", "step", "constant")),
         "lr_final": f(NUM, None, nullable=True, help="exponential: LR of the last epoch's successor"),
         "step_epochs": f(int, None, nullable=True, help="step: epochs between decays"),
+        "epochs": f(int, None, nullable=True,
+                    help="step: the run length step_epochs is written for; a run of train.epochs decays every "
+                         "step_epochs * train.epochs / schedule.epochs epochs (null: every step_epochs)"),
         "gamma": f(NUM, 0.5, help="step: factor per decay"),
     },
     "fast": {
@@ -186,6 +189,9 @@ def _check_consistency(r: dict[str, Any], source: str) -> None:
         raise RecipeError(f"{source}: 'schedule.lr_final' is required for an exponential schedule.")
     if s["kind"] == "step" and s["step_epochs"] is None:
         raise RecipeError(f"{source}: 'schedule.step_epochs' is required for a step schedule.")
+    for key in ("step_epochs", "epochs"):
+        if s[key] is not None and s[key] < 1:
+            raise RecipeError(f"{source}: 'schedule.{key}' must be at least 1.")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if r["train"][key] < 1:
             raise RecipeError(f"{source}: 'train.{key}' must be at least 1.")

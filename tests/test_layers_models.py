@@ -92,6 +92,18 @@ def test_step_schedule_halves():
     assert [lr_at(e, 2 ** -6, sched, 100) for e in (0, 19, 20, 45)] == [2 ** -6, 2 ** -6, 2 ** -7, 2 ** -8]
 
 
+def test_step_schedule_written_for_a_length_compresses_with_the_run():
+    sched = {"kind": "step", "lr_final": None, "step_epochs": 20, "gamma": 0.5, "epochs": 200}
+    # at its own length: every 20 epochs, as without 'epochs'
+    assert [lr_at(e, 1.0, sched, 200) for e in (0, 19, 20, 199)] == [1.0, 1.0, 0.5, 2.0 ** -9]
+    # a tenth of the run: every 2 epochs, the same nine halvings by the last epoch
+    assert [lr_at(e, 1.0, sched, 20) for e in range(20)] == [2.0 ** -(e // 2) for e in range(20)]
+    # a length that does not divide evenly: 7/200 of the run, a halving every 0.7 epochs
+    assert [lr_at(e, 1.0, sched, 7) for e in range(7)] == [2.0 ** -int(e / 0.7 + 1e-9) for e in range(7)]
+    # twice the run: every 40 epochs
+    assert lr_at(39, 1.0, sched, 400) == 1.0 and lr_at(40, 1.0, sched, 400) == 0.5
+
+
 def test_training_step_keeps_latent_weights_clipped():
     from bnnctl.train import squared_hinge
     torch.manual_seed(0)

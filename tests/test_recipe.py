@@ -68,6 +68,8 @@ def test_bad_overrides(tmp_path):
         load_recipe(path, ["train.epochs=many"])
     with pytest.raises(RecipeError, match="names a section"):
         load_recipe(path, ["train=3"])
+    with pytest.raises(RecipeError, match="'schedule.epochs' must be at least 1"):
+        load_recipe(REPO / "recipes" / "mnist_torch7.yaml", ["schedule.epochs=0"])
 
 
 def test_parse_override_reads_yaml_numbers():

@@ -80,6 +80,9 @@ def test_torch7_learning_rates_halve_on_schedule(name, first, halved_at):
     lr = lambda epoch: lr_at(epoch, r["optimizer"]["lr"], r["schedule"], r["train"]["epochs"])  # noqa: E731
     assert lr(0) == lr(halved_at - 1) == first
     assert lr(halved_at) == first / 2 and lr(3 * halved_at) == first / 8
+    # a tenth of the recipe's epochs runs the same halvings, ten times as often
+    short = r["train"]["epochs"] // 10
+    assert lr_at(halved_at // 10, r["optimizer"]["lr"], r["schedule"], short) == first / 2
 
 
 @pytest.mark.parametrize("name,lr_final", [("cifar10", 3e-7), ("svhn", 1e-6)])
