@@ -96,8 +96,9 @@ def bench(
     repeat: int = typer.Option(20, help="timed runs per kernel (at least 3; fewer for slow kernels past ~5 s)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     out: Path = typer.Option(Path("results/bench"), help="folder the JSON record is written to"),
-    popc_peak: Optional[float] = typer.Option(None, help="measured CUDA-core XOR+POPC ceiling in T binary-op/s "
-                                              "(tools/gpu_peaks), to report the XNOR kernels' share of it"),
+    popc_peak: Optional[float] = typer.Option(None, help="measured XOR+popcount ceiling in T binary-op/s of the "
+                                              "device (GPU: tools/gpu_peaks, CUDA cores; CPU: tools/cpu_peaks), "
+                                              "to report the XNOR kernels' share of it"),
     model: Optional[str] = typer.Option(None, help="mnist-mlp: time the whole MLP on the 10,000 test images "
                                         "(baseline, XNOR, bit-plane first layer, torch) instead of one product"),
     run: Optional[Path] = typer.Option(None, help="with --model: run directory, best.pt or .bnnx export "

@@ -46,6 +46,17 @@ def test_ratios_to_kernels_that_did_not_run_say_not_run(tmp_path):
     assert "median_ms" not in rec["kernels"]["baseline"]
 
 
+def test_a_cpu_popcount_ceiling_gives_the_packed_kernels_share_of_it(tmp_path):
+    res = run_cli("--device", "cpu", "--kernel", "xnor,cublas", "--m", "8", "--n", "8", "--k", "64", "--repeat", "3",
+                  "--popc-peak", "0.5", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    rec = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert rec["popc_ceiling_tbops"] == 0.5
+    assert rec["kernels"]["xnor"]["share_of_popc_ceiling"] == pytest.approx(rec["kernels"]["xnor"]["tbops"] / 0.5)
+    assert "share_of_popc_ceiling" not in rec["kernels"]["cublas"]  # a float kernel has no popcount ceiling
+    assert "of the measured CPU XOR+popcount ceiling (0.50 T binary-op/s)" in res.output
+
+
 def test_an_inexact_kernel_is_recorded_and_fails_the_command(tmp_path, monkeypatch):
     wrong = bench.BenchKernel("off by one", lambda o: o.a_pm1 @ o.b_pm1.T + 1)
     monkeypatch.setitem(bench.KERNELS, "cublas", wrong)
