@@ -113,28 +113,24 @@ __attribute__((target("avx2"))) double harley_seal_rate(const uint64_t* seed, in
   const __m256i a0 = _mm256_loadu_si256(v), a1 = _mm256_loadu_si256(v + 1), a2 = _mm256_loadu_si256(v + 2),
                 a3 = _mm256_loadu_si256(v + 3), one = _mm256_set1_epi64x(1);
   __m256i b = _mm256_loadu_si256(v + 4), total = _mm256_setzero_si256();
-  __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones, sixteens;
-  __m256i twos_a, twos_b, fours_a, fours_b, eights_a, eights_b;
+  __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones;
+  // eight vectors into the tree: four CSAs into ones, two into twos, one into fours; out: their eights
+  auto add_eight = [&](__m256i& eights_out) {
+    __m256i fours_half[2];
+    for (__m256i& fours_out : fours_half) {
+      __m256i twos_a, twos_b;
+      csa(twos_a, ones, ones, _mm256_xor_si256(a0, b), _mm256_xor_si256(a1, b));
+      csa(twos_b, ones, ones, _mm256_xor_si256(a2, b), _mm256_xor_si256(a3, b));
+      b = _mm256_add_epi64(b, one);
+      csa(fours_out, twos, twos, twos_a, twos_b);
+    }
+    csa(eights_out, fours, fours, fours_half[0], fours_half[1]);
+  };
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t it = 0; it < iters; ++it) {  // 16 vectors per iteration
-    csa(twos_a, ones, ones, _mm256_xor_si256(a0, b), _mm256_xor_si256(a1, b));
-    csa(twos_b, ones, ones, _mm256_xor_si256(a2, b), _mm256_xor_si256(a3, b));
-    b = _mm256_add_epi64(b, one);
-    csa(fours_a, twos, twos, twos_a, twos_b);
-    csa(twos_a, ones, ones, _mm256_xor_si256(a0, b), _mm256_xor_si256(a1, b));
-    csa(twos_b, ones, ones, _mm256_xor_si256(a2, b), _mm256_xor_si256(a3, b));
-    b = _mm256_add_epi64(b, one);
-    csa(fours_b, twos, twos, twos_a, twos_b);
-    csa(eights_a, fours, fours, fours_a, fours_b);
-    csa(twos_a, ones, ones, _mm256_xor_si256(a0, b), _mm256_xor_si256(a1, b));
-    csa(twos_b, ones, ones, _mm256_xor_si256(a2, b), _mm256_xor_si256(a3, b));
-    b = _mm256_add_epi64(b, one);
-    csa(fours_a, twos, twos, twos_a, twos_b);
-    csa(twos_a, ones, ones, _mm256_xor_si256(a0, b), _mm256_xor_si256(a1, b));
-    csa(twos_b, ones, ones, _mm256_xor_si256(a2, b), _mm256_xor_si256(a3, b));
-    b = _mm256_add_epi64(b, one);
-    csa(fours_b, twos, twos, twos_a, twos_b);
-    csa(eights_b, fours, fours, fours_a, fours_b);
+    __m256i eights_a, eights_b, sixteens;
+    add_eight(eights_a);
+    add_eight(eights_b);
     csa(sixteens, eights, eights, eights_a, eights_b);
     total = _mm256_add_epi64(total, _mm256_sad_epu8(lookup_count(sixteens), _mm256_setzero_si256()));
   }
