@@ -311,6 +311,8 @@ class Trainer:
         # Read once: the code this process runs is the commit checked out when it started, not
         # whatever HEAD has moved on to by the time an epoch ends.
         self.environment = environment(device)
+        # A resumed run keeps the command and environment it started with; each resume is listed.
+        self.resumes: list[dict[str, Any]] = []
 
     # -- state -------------------------------------------------------------------------
     def autocast(self):
@@ -337,6 +339,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "best": self.best, "metrics": self.metrics, "rng": self.rng_state(),
             "wall_time": self.wall_time, "started": self.started,
+            "command": self.command, "environment": self.environment, "resumes": self.resumes,
         }
         if self.ranks.active:
             state["rng_ranks"] = distributed.gather_objects(state["rng"], self.ranks)
@@ -347,6 +350,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
         self.wall_time, self.started = state["wall_time"], state["started"]
+        if "command" in state:  # checkpoints from before these were kept start the record here
+            self.resumes = [*state["resumes"], {"after_epoch": self.epoch, "command": self.command,
+                                                "commit": self.environment["commit"],
+                                                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+            self.command, self.environment = state["command"], state["environment"]
         per_rank = state.get("rng_ranks")
         if not self.ranks.active:
             self.set_rng_state(state["rng"])
@@ -387,6 +395,7 @@ class Trainer:
             "epoch_time_s": round(sum(m["epoch_time_s"] for m in rows) / len(rows), 3) if rows else None,
             "started": self.started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": self.command, **self.environment, "world_size": self.ranks.world_size,
+            "resumes": self.resumes,
         } | ({"hardware": f"{self.ranks.world_size} x {hardware(self.device)}"} if self.ranks.active else {})
 
     def write_records(self, status: str, checkpoint: bool = True) -> None:

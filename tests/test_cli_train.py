@@ -80,7 +80,10 @@ def test_interrupt_then_resume_equals_uninterrupted(tiny_recipe, tmp_path, monke
     resumed = runner.invoke(app, ["train", str(tiny_recipe), "--resume", str(run), "--device", "cpu"])
     assert resumed.exit_code == 0, resumed.output
     assert metrics(run) == expected  # same numbers as the uninterrupted run, to the bit
-    assert json.loads((run / "result.json").read_text())["status"] == "finished"
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "finished"
+    (resume,) = result["resumes"]  # the record lists the resume
+    assert resume["after_epoch"] == 1 and resume["commit"] == result["commit"]
 
 
 def test_kill_leaves_a_resumable_run(tiny_recipe, tmp_path):
@@ -98,8 +101,12 @@ def test_kill_leaves_a_resumable_run(tiny_recipe, tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", str(tiny_recipe), "--resume", str(run),
                               "--device", "cpu"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((run / "result.json").read_text())["epochs_run"] == 12
-    assert len(metrics(run)) == 12
+    result = json.loads((run / "result.json").read_text())
+    assert result["epochs_run"] == 12 and len(metrics(run)) == 12
+    # the record keeps the command that started the run (train.epochs=12 is in it) and lists the resume
+    assert result["command"].endswith("--set train.epochs=12")
+    (resume,) = result["resumes"]
+    assert "--resume" in resume["command"] and 1 <= resume["after_epoch"] < 12
 
 
 def test_nan_loss_stops_with_state_saved(tiny_recipe, tmp_path, monkeypatch):
