@@ -112,7 +112,8 @@ at::Tensor baseline_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
 // products, and the threshold form packs bit = (dot - thresh >= 0), which IEEE arithmetic makes exactly
 // the kernel's (dot >= thresh).
 at::Tensor xnor_tc_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k,
-                            const std::optional<at::Tensor>& thresh, bool /*wgmma: no meaning on the CPU*/) {
+                            const std::optional<at::Tensor>& thresh, bool /*wgmma*/, int64_t /*config*/) {
+  // Which tensor-core instruction and kernel configuration have no meaning on the CPU.
   if (thresh) bnn_ops::check_thresholds(*thresh, b);
   at::Tensor c = xnor_gemm_cpu(a, b, k);
   if (!thresh) return c;
@@ -127,7 +128,7 @@ TORCH_LIBRARY(bnnctl, m) {
   m.def("xnor_gemm_paper(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_csa(Tensor a, Tensor b, int k) -> Tensor");
   m.def("baseline_gemm(Tensor a, Tensor b) -> Tensor");
-  m.def("xnor_tc_gemm(Tensor a, Tensor b, int k, Tensor? thresh=None, bool wgmma=False) -> Tensor");
+  m.def("xnor_tc_gemm(Tensor a, Tensor b, int k, Tensor? thresh=None, bool wgmma=False, int config=0) -> Tensor");
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("set_cpu_isa(str isa) -> str", &set_cpu_isa);
   m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);

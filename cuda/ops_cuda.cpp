@@ -76,16 +76,19 @@ at::Tensor baseline_gemm_cuda(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // The tensor-core XNOR GEMM: row popcounts, then AND+POPC on tensor cores with the correction fused in
-// (int32 out), or compared with per-column thresholds (packed bits out, like pack()); mma.sync, or wgmma
-// where the build has sm_90a code.
+// (int32 out), or compared with per-column thresholds (packed bits out, like pack()); mma.sync in one of its
+// configurations (xnor_tc.h), or wgmma where the build has sm_90a code.
 at::Tensor xnor_tc_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k,
-                             const std::optional<at::Tensor>& thresh, bool wgmma) {
+                             const std::optional<at::Tensor>& thresh, bool wgmma, int64_t config) {
   bnn_ops::check_packed_pair(a, b, k);
   if (thresh) bnn_ops::check_thresholds(*thresh, b);
   const c10::cuda::CUDAGuard guard(a.device());
   TORCH_CHECK(!wgmma || bnn_xnor_tc_wgmma_available(),
               "bnnctl::xnor_tc_gemm: this build has no wgmma kernel for this GPU (it needs an sm_90 GPU and "
               "TORCH_CUDA_ARCH_LIST=9.0a when the extension is built)");
+  TORCH_CHECK(config >= 0 && config < bnn_xnor_tc_config_count() && (!wgmma || config == 0),
+              "bnnctl::xnor_tc_gemm: no kernel configuration ", config, wgmma ? " for wgmma (it has config 0 only)" : "",
+              " (there are ", bnn_xnor_tc_config_count(), ")");
   const int instruction = wgmma ? BNN_TC_WGMMA : BNN_TC_MMA_SYNC;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t m = a.size(0), n = b.size(0), words32 = 2 * a.size(1);
@@ -98,14 +101,14 @@ at::Tensor xnor_tc_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k
   if (!thresh) {
     at::Tensor c = at::empty({m, n}, a.options().dtype(at::kInt));
     check_launch(bnn_xnor_tc_gemm_cuda(pa, pb, a_popc, a_popc + m, c.data_ptr<int32_t>(), m, n, words32, k,
-                                       instruction, stream),
+                                       instruction, static_cast<int>(config), stream),
                  "xnor_tc_gemm");
     return c;
   }
   at::Tensor bits = at::empty({m, bnn_ops::words_for(n)}, a.options().dtype(at::kLong));
   check_launch(bnn_xnor_tc_gemm_threshold_cuda(pa, pb, a_popc, a_popc + m, thresh->data_ptr<float>(),
                                                reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), m, n, words32,
-                                               k, instruction, stream),
+                                               k, instruction, static_cast<int>(config), stream),
                "xnor_tc_gemm");
   return bits;
 }

@@ -2,10 +2,21 @@
 // XNOR_TC.md for the design and the numbers it is judged by. Two kernels share the pipeline and the
 // epilogue: xnor_tc_kernel (mma.sync, any sm_80+) and xnor_tc_wgmma_kernel (wgmma, sm_90a only).
 //
-// Shape of the computation (mma.sync)
+// Shape of the computation (mma.sync; "base", the default of the configurations below)
 //   block tile 128 (M) x 256 (N), 8 warps as 2 x 4, warp tile 64 x 64 = 4 x 8 mma tiles of 16 x 8;
 //   K streams through shared memory 512 bits (16 words) per row and stage, 4 stages of cp.async;
 //   each stage is two m16n8k256 steps. Epilogue applies the popcount correction in registers.
+//
+// Configurations (BNN_TC_MMA_CONFIGS below; the op picks one by index, bnnctl/kernels/tensorcore.py
+//   CONFIGS names them in the same order and its model follows every layout they imply)
+//   The warp tile stays 64 x 64 in all of them: 128 accumulators per thread is what fits 255 registers.
+//   What varies: the block tile (and so the thread count), K bits per stage (512 or 1024: 2 or 4 mma
+//   steps between barriers), the number of stages, blocks per SM (__launch_bounds__), fragment double
+//   buffering (the ldmatrix loads of the next mma step, across the stage boundary too, are issued before
+//   the mma of the current one, CUTLASS-style, so the tensor cores do not wait on shared memory after
+//   each barrier), and the int32 epilogue's store policy (st.global.cs: evict-first, so the 268 MB of
+//   int32 output at 8192^3 do not push the 17 MB of packed operands out of L2). XNOR_TC.md says why each
+//   might win. A 1024-bit stage row is 128 bytes = 8 segments; its swizzle is s ^ (r & 7) (below).
 //
 // Fragments: ldmatrix moves bits, and the K order inside a stage is ours to choose
 //   The PTX fragment layout of m16n8k256 .b1 gives lane (g = lane / 4, t = lane % 4):
@@ -28,6 +39,8 @@
 //   would fall on 2 bank groups 4 times over. Segment s of row r is stored at s ^ ((r >> 1) & 3):
 //   rows 0..7 then cover 8 distinct 16-byte bank groups. The 16-byte cp.async writes (8 lanes = two
 //   whole rows per phase) stay conflict-free because the swizzle only permutes within a row.
+//   With 1024-bit stages a row is 128 bytes (8 segments) and would put all 8 rows on one bank group;
+//   s ^ (r & 7) spreads them, and a cp.async phase (8 lanes = one whole row) stays conflict-free.
 //
 // Boundaries
 //   Rows past M or N and words past words32 are zero-filled by cp.async's src-size operand, so the
@@ -60,37 +73,99 @@
 
 namespace {
 
-constexpr int kBlockM = 128;
-constexpr int kBlockN = 256;
-constexpr int kThreads = 256;
-constexpr int kStageWords = 16;                                // 512 bits of K per row per stage
-constexpr int kSegmentsPerRow = kStageWords / 4;                // 16-byte segments
-constexpr int kStages = 4;
-constexpr int kStageWordsA = kBlockM * kStageWords;
-constexpr int kStageWordsB = kBlockN * kStageWords;
-constexpr int kSmemBytes = kStages * (kStageWordsA + kStageWordsB) * 4;  // 96 KiB
-constexpr int64_t kMaxK = int64_t{1} << 29;                     // 4 * popc must fit in int32
+constexpr int64_t kMaxK = int64_t{1} << 29;  // 4 * popc must fit in int32
+constexpr int kSharedBytesPerBlockMax = 227 * 1024;  // sm_90 (sm_80: 163 KiB; base and 2cta fit both)
+constexpr int kSharedBytesPerSm = 228 * 1024;        // sm_90, including 1 KiB the system keeps per block
 
-// mma.sync kernel: 8 warps as 2 x 4, warp tile 64 x 64 = 4 x 8 tiles of m16n8.
-constexpr int kWarpM = 64;
-constexpr int kWarpN = 64;
-constexpr int kWarpsN = kBlockN / kWarpN;
-static_assert(kThreads == 32 * (kBlockM / kWarpM) * kWarpsN, "one warp per warp tile");
-constexpr int kMmaTilesM = kWarpM / 16;
-constexpr int kMmaTilesN = kWarpN / 8;
+// One configuration of the mma.sync kernel (see the header). Warp tile 64 x 64 = 4 x 8 mma tiles.
+template <int kBlockM_, int kBlockN_, int kStageBits, int kStages_, int kBlocksPerSm_, bool kFragmentDoubleBuffer_,
+          bool kStreamingStores_>
+struct MmaConfig {
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStageWords = kStageBits / 32;  // 32-bit words of K per row per stage
+  static constexpr int kSegmentsPerRow = kStageWords / 4;  // 16-byte segments
+  static constexpr int kSteps = kStageWords / 8;           // m16n8k256 steps per stage
+  static constexpr int kStages = kStages_;
+  static constexpr int kBlocksPerSm = kBlocksPerSm_;
+  static constexpr bool kFragmentDoubleBuffer = kFragmentDoubleBuffer_;
+  static constexpr bool kStreamingStores = kStreamingStores_;
+  static constexpr int kWarpM = 64;
+  static constexpr int kWarpN = 64;
+  static constexpr int kWarpsN = kBlockN / kWarpN;
+  static constexpr int kThreads = 32 * (kBlockM / kWarpM) * kWarpsN;  // one warp per warp tile
+  static constexpr int kMmaTilesM = kWarpM / 16;
+  static constexpr int kMmaTilesN = kWarpN / 8;
+  static constexpr int kStageWordsA = kBlockM * kStageWords;
+  static constexpr int kStageWordsB = kBlockN * kStageWords;
+  static constexpr int kSmemBytes = kStages * (kStageWordsA + kStageWordsB) * 4;
 
-static_assert(kStageWords == 16, "two mma steps of two segments each per stage");
-static_assert((kStages & (kStages - 1)) == 0, "stage index uses a power of two");
+  static_assert(kBlockM % kWarpM == 0 && kBlockN % kWarpN == 0, "whole warp tiles per block");
+  static_assert(kSegmentsPerRow == 4 || kSegmentsPerRow == 8, "the swizzle covers 64- and 128-byte rows");
+  static_assert(kStages >= 2, "the pipeline loads one stage while the warps read another");
+  static_assert(!kFragmentDoubleBuffer || kSteps % 2 == 0, "double buffers alternate within a stage");
+  static_assert(kSmemBytes <= kSharedBytesPerBlockMax, "stages exceed a block's shared memory");
+  static_assert(kBlocksPerSm * (kSmemBytes + 1024) <= kSharedBytesPerSm, "blocks per SM exceed its shared memory");
+  // 128 accumulators + fragments need ~210 registers; the register file (64 K) must hold them for every block.
+  static_assert(kBlocksPerSm * kThreads <= 256, "more than 256 threads per SM cannot keep 255 registers each");
+};
+
+// The configurations, by index (the op's `config`, 0 = the default; tensorcore.py CONFIGS in the same order,
+// which tests/test_tensorcore.py checks against kConfigInfo):
+//   name, block M, block N, K bits per stage, stages, blocks per SM, fragment double buffering, streaming stores
+#define BNN_TC_MMA_CONFIGS(X)                        \
+  X(base, 128, 256, 512, 4, 1, false, false)         \
+  X(fdb, 128, 256, 512, 4, 1, true, false)           \
+  X(fdb_k1024, 128, 256, 1024, 3, 1, true, false)    \
+  X(fdb_2cta, 128, 128, 512, 4, 2, true, false)      \
+  X(fdb_cs, 128, 256, 512, 4, 1, true, true)
+
+#define BNN_TC_DECLARE_CONFIG(name, bm, bn, bits, stages, blocks, fdb, cs) \
+  using Config_##name = MmaConfig<bm, bn, bits, stages, blocks, fdb, cs>;
+BNN_TC_MMA_CONFIGS(BNN_TC_DECLARE_CONFIG)
+#undef BNN_TC_DECLARE_CONFIG
+
+// Host-side description of each configuration (tests compare it with tensorcore.py's table).
+struct ConfigInfo {
+  const char* name;
+  int block_m, block_n, stage_bits, stages, blocks_per_sm, threads, smem_bytes;
+  bool fragment_double_buffer, streaming_stores;
+};
+#define BNN_TC_CONFIG_INFO(name, bm, bn, bits, stages, blocks, fdb, cs) \
+  ConfigInfo{#name, bm, bn, bits, stages, blocks, Config_##name::kThreads, Config_##name::kSmemBytes, fdb, cs},
+constexpr ConfigInfo kConfigInfo[] = {BNN_TC_MMA_CONFIGS(BNN_TC_CONFIG_INFO)};
+#undef BNN_TC_CONFIG_INFO
+constexpr int kConfigCount = sizeof(kConfigInfo) / sizeof(kConfigInfo[0]);
+
+// The wgmma kernel shares the base configuration's block tile, stages and threads.
+using WgmmaConfig = Config_base;
+
+// Buffer of stage kt: a mask for power-of-two stage counts (the base kernel's code), else a remainder.
+template <int kStages>
+__device__ __forceinline__ int stage_buffer(int kt) {
+  if constexpr ((kStages & (kStages - 1)) == 0) {
+    return kt & (kStages - 1);
+  } else {
+    return kt % kStages;
+  }
+}
 
 // ---- shared memory layouts of a stage (offsets in 32-bit words) ----------------------------------
 
-// mma.sync: rows of 16 words; segment s of row r stored at s ^ ((r >> 1) & 3) (see the header).
+// mma.sync: rows of kSegments x 4 words; segment s of row r stored at s ^ ((r >> 1) & 3) for 4 segments,
+// s ^ (r & 7) for 8 (see the header): the 8 rows of an ldmatrix phase then hit 8 distinct bank groups.
+template <int kSegments>
 struct SwizzledRows {
-  __device__ __forceinline__ static int swizzle(int row, int seg) { return seg ^ ((row >> 1) & 3); }
-  __device__ __forceinline__ static int offset(int row, int seg) { return row * kStageWords + swizzle(row, seg) * 4; }
-  // Copy assignment: 4 lanes per row, so 8 lanes write two whole rows (128 contiguous bytes).
-  __device__ __forceinline__ static int copy_row(int tid) { return tid / kSegmentsPerRow; }
-  __device__ __forceinline__ static int copy_seg(int tid) { return tid % kSegmentsPerRow; }
+  static constexpr int kRowShift = kSegments == 4 ? 1 : 0;  // rows sharing a 128-byte line: 2 or 1
+  __device__ __forceinline__ static int swizzle(int row, int seg) {
+    return seg ^ ((row >> kRowShift) & (kSegments - 1));
+  }
+  __device__ __forceinline__ static int offset(int row, int seg) {
+    return row * (kSegments * 4) + swizzle(row, seg) * 4;
+  }
+  // Copy assignment: kSegments lanes per row, so 8 lanes write 128 contiguous bytes (two rows or one).
+  __device__ __forceinline__ static int copy_row(int tid) { return tid / kSegments; }
+  __device__ __forceinline__ static int copy_seg(int tid) { return tid % kSegments; }
 };
 
 // ---- PTX wrappers -----------------------------------------------------------------------------------
@@ -136,14 +211,17 @@ __device__ __forceinline__ void mma_b1_and(int (&c)[4], const uint32_t (&a)[4], 
 
 // ---- loading stages -----------------------------------------------------------------------------------
 
-// Copies one operand's share of each stage: kRows rows x 16 words. Thread `tid` always copies segment
-// Layout::copy_seg(tid) of rows Layout::copy_row(tid) + 64 i, so its source pointer, destination and row
-// guards are computed once; a stage only adds 16 words to the source and checks its segment against K.
-template <int kRows, bool kAligned16, typename Layout>
+// Copies one operand's share of each stage: kRows rows x kStageWords words. Thread `tid` always copies
+// segment Layout::copy_seg(tid) of rows Layout::copy_row(tid) + kRowsPerPass i, so its source pointer,
+// destination and row guards are computed once; a stage only adds kStageWords words to the source and
+// checks its segment against K.
+template <typename Cfg, int kRows, bool kAligned16, typename Layout>
 struct StageLoader {
-  static constexpr int kRowsPerPass = kThreads / kSegmentsPerRow;  // 64
+  static constexpr int kRowsPerPass = Cfg::kThreads / Cfg::kSegmentsPerRow;  // 64 in the base configuration
   static constexpr int kPasses = kRows / kRowsPerPass;
   static_assert(kRows % kRowsPerPass == 0, "every thread copies the same number of segments");
+  static_assert(kRowsPerPass % 8 == 0, "the swizzle repeats every 8 rows");
+  static_assert(kPasses <= 32, "rows_ok has one bit per pass");
 
   const uint32_t* fallback;  // any valid address, for zero-filled copies that read nothing
   const uint32_t* first;     // this thread's segment of its first row at stage 0
@@ -167,13 +245,14 @@ struct StageLoader {
   }
 
   __device__ __forceinline__ void load(uint32_t* stage, int kt, int k_words) const {
-    const int word = first_word + kt * kStageWords;
+    const int word = first_word + kt * Cfg::kStageWords;
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
-      // Both layouts place row + 64 at 64 rows' worth of words further, with the same swizzle.
-      uint32_t* d = stage + dst_offset + i * kRowsPerPass * kStageWords;
+      // Both layouts place row + kRowsPerPass at kRowsPerPass rows' worth of words further, same swizzle
+      // (kRowsPerPass is a multiple of 8).
+      uint32_t* d = stage + dst_offset + i * kRowsPerPass * Cfg::kStageWords;
       const bool row_ok = (rows_ok >> i) & 1u;
-      const uint32_t* s = first + i * pass_stride + kt * kStageWords;
+      const uint32_t* s = first + i * pass_stride + kt * Cfg::kStageWords;
       if (kAligned16) {
         // k_words % 4 == 0 here, so a segment is either wholly inside the row or wholly past its end.
         const bool ok = row_ok && word < k_words;
@@ -192,10 +271,10 @@ struct StageLoader {
 // Both operands of a block: stage kt of A (kBlockM rows) and B (kBlockN rows) into buffer kt % kStages.
 // One commit per call, even when nothing is left to load, keeps the cp.async group count in step with the
 // tile index, so wait_group<n> always means "all but the last n tiles have landed".
-template <bool kAligned16, typename Layout>
+template <typename Cfg, bool kAligned16, typename Layout>
 struct StagePipeline {
-  StageLoader<kBlockM, kAligned16, Layout> a;
-  StageLoader<kBlockN, kAligned16, Layout> b;
+  StageLoader<Cfg, Cfg::kBlockM, kAligned16, Layout> a;
+  StageLoader<Cfg, Cfg::kBlockN, kAligned16, Layout> b;
   uint32_t* smem_a;
   uint32_t* smem_b;
   int k_words;
@@ -203,14 +282,18 @@ struct StagePipeline {
 
   __device__ __forceinline__ StagePipeline(const uint32_t* a_src, const uint32_t* b_src, uint32_t* smem, int m0,
                                            int n0, int M, int N, int k_words_)
-      : a(a_src, m0, M, k_words_), b(b_src, n0, N, k_words_), smem_a(smem), smem_b(smem + kStages * kStageWordsA),
-        k_words(k_words_), k_tiles((k_words_ + kStageWords - 1) / kStageWords) {}
+      : a(a_src, m0, M, k_words_),
+        b(b_src, n0, N, k_words_),
+        smem_a(smem),
+        smem_b(smem + Cfg::kStages * Cfg::kStageWordsA),
+        k_words(k_words_),
+        k_tiles((k_words_ + Cfg::kStageWords - 1) / Cfg::kStageWords) {}
 
   __device__ __forceinline__ void load(int kt) const {
     if (kt < k_tiles) {
-      const int buf = kt & (kStages - 1);
-      a.load(smem_a + buf * kStageWordsA, kt, k_words);
-      b.load(smem_b + buf * kStageWordsB, kt, k_words);
+      const int buf = stage_buffer<Cfg::kStages>(kt);
+      a.load(smem_a + buf * Cfg::kStageWordsA, kt, k_words);
+      b.load(smem_b + buf * Cfg::kStageWordsB, kt, k_words);
     }
     cp_async_commit();
   }
@@ -220,12 +303,23 @@ struct StagePipeline {
 
 enum class Epilogue { kInt32, kThresholdBits };
 
+// A global store, plain or with the evict-first hint (st.global.cs) that keeps a streamed output from
+// displacing the operands in L2.
+template <bool kStreaming, typename T>
+__device__ __forceinline__ void store_global(T* p, T value) {
+  if constexpr (kStreaming) {
+    __stcs(p, value);
+  } else {
+    *p = value;
+  }
+}
+
 // Stores a warp's accumulators laid out as kTilesM x kTilesN tiles of m16n8 (c0, c1: row g, columns 2t,
 // 2t+1; c2, c3: row g + 8): tile (i, j) covers rows row_base + 16 i (+ 8) and columns col_base + 8 j
 // (+ 1), where row_base includes g and col_base includes 2t. Applies dot = 4 popc(a & b) + (k - 2 popc(a))
 // - 2 popc(b) and writes int32, or bit(dot >= thresh[col]) packed 64 columns to a word (col_base - 2t
-// must then be a multiple of 64 and kTilesN a multiple of 8).
-template <int kTilesM, int kTilesN, Epilogue kEpilogue>
+// must then be a multiple of 64 and kTilesN a multiple of 8). kStreaming: evict-first stores.
+template <int kTilesM, int kTilesN, Epilogue kEpilogue, bool kStreaming>
 __device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4], int row_base, int col_base, int t,
                                             int M, int N, int k_real, const int32_t* __restrict__ a_popc,
                                             const int32_t* __restrict__ b_popc, const float* __restrict__ thresh,
@@ -258,10 +352,10 @@ __device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4
           const int v0 = 4 * acc[i][j][2 * h] + row_term[i][h] + col_term0;
           const int v1 = 4 * acc[i][j][2 * h + 1] + row_term[i][h] + col_term1;
           if (pair_stores && col + 1 < N) {
-            *reinterpret_cast<int2*>(c_row + col) = make_int2(v0, v1);
+            store_global<kStreaming>(reinterpret_cast<int2*>(c_row + col), make_int2(v0, v1));
           } else {
-            if (col < N) c_row[col] = v0;
-            if (col + 1 < N) c_row[col + 1] = v1;
+            if (col < N) store_global<kStreaming>(c_row + col, v0);
+            if (col + 1 < N) store_global<kStreaming>(c_row + col + 1, v1);
           }
         }
     }
@@ -299,7 +393,9 @@ __device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4
           v |= __shfl_xor_sync(0xffffffffu, v, 1);
           v |= __shfl_xor_sync(0xffffffffu, v, 2);
           const int row = row_base + i * 16 + h * 8;
-          if (t == 0 && row < M && word < words_per_row) bits[static_cast<size_t>(row) * words_per_row + word] = v;
+          if (t == 0 && row < M && word < words_per_row)
+            store_global<kStreaming>(reinterpret_cast<unsigned long long*>(bits) + static_cast<size_t>(row) * words_per_row + word,
+                                     static_cast<unsigned long long>(v));
         }
     }
   }
@@ -307,32 +403,59 @@ __device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4
 
 // ---- the mma.sync kernel --------------------------------------------------------------------------------
 
-template <bool kAligned16, Epilogue kEpilogue>
-__global__ void __launch_bounds__(kThreads, 1)
+// One mma step's operands of a warp: A fragments of its kMmaTilesM m-tiles, B fragments of its n-tile pairs.
+template <typename Cfg>
+struct Fragments {
+  uint32_t a[Cfg::kMmaTilesM][4];
+  uint32_t b[Cfg::kMmaTilesN / 2][4];
+
+  // ldmatrix of mma step `step` of the stage at shared byte addresses sa / sb; a_lane / b_lane are this
+  // lane's byte offsets of that step within a stage (see the kernel).
+  __device__ __forceinline__ void load(uint32_t sa, uint32_t sb, uint32_t a_lane, uint32_t b_lane) {
+#pragma unroll
+    for (int i = 0; i < Cfg::kMmaTilesM; ++i) ldmatrix_x4(a[i], sa + a_lane + i * 16 * Cfg::kStageWords * 4);
+#pragma unroll
+    for (int jp = 0; jp < Cfg::kMmaTilesN / 2; ++jp) ldmatrix_x4(b[jp], sb + b_lane + jp * 16 * Cfg::kStageWords * 4);
+  }
+
+  __device__ __forceinline__ void multiply(int (&acc)[Cfg::kMmaTilesM][Cfg::kMmaTilesN][4]) const {
+#pragma unroll
+    for (int i = 0; i < Cfg::kMmaTilesM; ++i)
+#pragma unroll
+      for (int j = 0; j < Cfg::kMmaTilesN; ++j)
+        mma_b1_and(acc[i][j], a[i], b[j / 2][2 * (j % 2)], b[j / 2][2 * (j % 2) + 1]);
+  }
+};
+
+template <typename Cfg, bool kAligned16, Epilogue kEpilogue>
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlocksPerSm)
     xnor_tc_kernel(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b,
                    const int32_t* __restrict__ a_popc, const int32_t* __restrict__ b_popc,
                    const float* __restrict__ thresh, void* __restrict__ out, int M, int N, int k_words,
                    int k_real) {
+  constexpr int kStages = Cfg::kStages;
+  constexpr int kSteps = Cfg::kSteps;
+  using Layout = SwizzledRows<Cfg::kSegmentsPerRow>;
   extern __shared__ __align__(128) uint32_t smem[];
-  uint32_t* const smem_a = smem;                           // [kStages][kBlockM][kStageWords]
-  uint32_t* const smem_b = smem + kStages * kStageWordsA;  // [kStages][kBlockN][kStageWords]
+  uint32_t* const smem_a = smem;                                // [kStages][kBlockM][kStageWords]
+  uint32_t* const smem_b = smem + kStages * Cfg::kStageWordsA;  // [kStages][kBlockN][kStageWords]
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int warp_m = warp / kWarpsN;
-  const int warp_n = warp % kWarpsN;
-  const int m0 = blockIdx.y * kBlockM;
-  const int n0 = blockIdx.x * kBlockN;
-  const StagePipeline<kAligned16, SwizzledRows> pipeline(a, b, smem, m0, n0, M, N, k_words);
+  const int warp_m = warp / Cfg::kWarpsN;
+  const int warp_n = warp % Cfg::kWarpsN;
+  const int m0 = blockIdx.y * Cfg::kBlockM;
+  const int n0 = blockIdx.x * Cfg::kBlockN;
+  const StagePipeline<Cfg, kAligned16, Layout> pipeline(a, b, smem, m0, n0, M, N, k_words);
   const int k_tiles = pipeline.k_tiles;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) pipeline.load(s);
 
-  int acc[kMmaTilesM][kMmaTilesN][4];
+  int acc[Cfg::kMmaTilesM][Cfg::kMmaTilesN][4];
 #pragma unroll
-  for (int i = 0; i < kMmaTilesM; ++i)
+  for (int i = 0; i < Cfg::kMmaTilesM; ++i)
 #pragma unroll
-    for (int j = 0; j < kMmaTilesN; ++j)
+    for (int j = 0; j < Cfg::kMmaTilesN; ++j)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0;
 
@@ -342,63 +465,86 @@ __global__ void __launch_bounds__(kThreads, 1)
   // because tile offsets are multiples of 8 rows.
   const int q = lane >> 3;
   const int rr = lane & 7;
-  uint32_t a_lane[2], b_lane[2];  // byte offsets within a stage, per mma step
+  uint32_t a_lane[kSteps], b_lane[kSteps];  // byte offsets within a stage, per mma step
 #pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    a_lane[s] = SwizzledRows::offset(warp_m * kWarpM + (q & 1) * 8 + rr, 2 * s + (q >> 1)) * 4;
-    b_lane[s] = SwizzledRows::offset(warp_n * kWarpN + (q >> 1) * 8 + rr, 2 * s + (q & 1)) * 4;
+  for (int s = 0; s < kSteps; ++s) {
+    a_lane[s] = Layout::offset(warp_m * Cfg::kWarpM + (q & 1) * 8 + rr, 2 * s + (q >> 1)) * 4;
+    b_lane[s] = Layout::offset(warp_n * Cfg::kWarpN + (q >> 1) * 8 + rr, 2 * s + (q & 1)) * 4;
   }
   const uint32_t smem_a_addr = smem_addr(smem_a);
   const uint32_t smem_b_addr = smem_addr(smem_b);
+  auto stage_a = [&](int kt) { return smem_a_addr + stage_buffer<kStages>(kt) * Cfg::kStageWordsA * 4; };
+  auto stage_b = [&](int kt) { return smem_b_addr + stage_buffer<kStages>(kt) * Cfg::kStageWordsB * 4; };
 
-  for (int kt = 0; kt < k_tiles; ++kt) {
+  if constexpr (!Cfg::kFragmentDoubleBuffer) {
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      cp_async_wait<kStages - 2>();
+      // After this barrier every thread's copies of tile kt are visible, and every warp is done reading
+      // tile kt - 1, whose buffer the next load reuses.
+      __syncthreads();
+      pipeline.load(kt + kStages - 1);
+
+      const int buf = stage_buffer<kStages>(kt);
+      const uint32_t sa = smem_a_addr + buf * Cfg::kStageWordsA * 4;
+      const uint32_t sb = smem_b_addr + buf * Cfg::kStageWordsB * 4;
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        Fragments<Cfg> f;
+        f.load(sa, sb, a_lane[s], b_lane[s]);
+        f.multiply(acc);
+      }
+    }
+  } else {
+    // Two fragment sets: step s multiplies set s % 2 while the loads of the next step (the next stage's
+    // step 0 after the last step) fill the other. The barrier moves to before the last step's loads:
+    // there tile kt + 1 must have landed, and once every warp is past it nobody reads tile kt - 1, whose
+    // buffer step 0 of the next iteration refills.
+    Fragments<Cfg> f[2];
     cp_async_wait<kStages - 2>();
-    // After this barrier every thread's copies of tile kt are visible, and every warp is done reading
-    // tile kt - 1, whose buffer the next load reuses.
     __syncthreads();
-    pipeline.load(kt + kStages - 1);
-
-    const int buf = kt & (kStages - 1);
-    const uint32_t sa = smem_a_addr + buf * kStageWordsA * 4;
-    const uint32_t sb = smem_b_addr + buf * kStageWordsB * 4;
+    f[0].load(stage_a(0), stage_b(0), a_lane[0], b_lane[0]);
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      const uint32_t sa = stage_a(kt);
+      const uint32_t sb = stage_b(kt);
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      uint32_t af[kMmaTilesM][4], bf[kMmaTilesN / 2][4];
-#pragma unroll
-      for (int i = 0; i < kMmaTilesM; ++i) ldmatrix_x4(af[i], sa + a_lane[s] + i * 16 * kStageWords * 4);
-#pragma unroll
-      for (int jp = 0; jp < kMmaTilesN / 2; ++jp) ldmatrix_x4(bf[jp], sb + b_lane[s] + jp * 16 * kStageWords * 4);
-#pragma unroll
-      for (int i = 0; i < kMmaTilesM; ++i)
-#pragma unroll
-        for (int j = 0; j < kMmaTilesN; ++j)
-          mma_b1_and(acc[i][j], af[i], bf[j / 2][2 * (j % 2)], bf[j / 2][2 * (j % 2) + 1]);
+      for (int s = 0; s < kSteps; ++s) {
+        if (s == kSteps - 1) {
+          cp_async_wait<kStages - 2>();
+          __syncthreads();
+          if (kt + 1 < k_tiles) f[(s + 1) % 2].load(stage_a(kt + 1), stage_b(kt + 1), a_lane[0], b_lane[0]);
+        } else {
+          f[(s + 1) % 2].load(sa, sb, a_lane[s + 1], b_lane[s + 1]);
+        }
+        if (s == 0) pipeline.load(kt + kStages - 1);
+        f[s % 2].multiply(acc);
+      }
     }
   }
   cp_async_wait<0>();
 
   const int g = lane >> 2;
   const int t = lane & 3;
-  store_tiles<kMmaTilesM, kMmaTilesN, kEpilogue>(acc, m0 + warp_m * kWarpM + g, n0 + warp_n * kWarpN + 2 * t, t, M,
-                                                 N, k_real, a_popc, b_popc, thresh, out);
+  store_tiles<Cfg::kMmaTilesM, Cfg::kMmaTilesN, kEpilogue, Cfg::kStreamingStores>(
+      acc, m0 + warp_m * Cfg::kWarpM + g, n0 + warp_n * Cfg::kWarpN + 2 * t, t, M, N, k_real, a_popc, b_popc, thresh,
+      out);
 }
 
 // ---- the wgmma kernel (sm_90a) ----------------------------------------------------------------------------
 
 #if BNN_WGMMA
-constexpr int kWgmmaN = kBlockN;  // one m64n256 instruction covers a warpgroup's whole tile width
+constexpr int kWgmmaN = WgmmaConfig::kBlockN;  // one m64n256 instruction covers a warpgroup's whole tile width
 constexpr int kWgmmaTilesN = kWgmmaN / 8;
 
 // Stage layout of the wgmma kernel: 8-row x 16-byte core matrices, 128 contiguous bytes each (see the header).
 struct CoreMatrices {
   static constexpr int kCoreWords = 8 * 4;
-  static constexpr int kGroupWords = kSegmentsPerRow * kCoreWords;  // one 8-row group: 512 bytes
+  static constexpr int kGroupWords = WgmmaConfig::kSegmentsPerRow * kCoreWords;  // one 8-row group: 512 bytes
   __device__ __forceinline__ static int offset(int row, int seg) {
     return (row / 8) * kGroupWords + seg * kCoreWords + (row % 8) * 4;
   }
   // Copy assignment: 8 lanes fill one core matrix (rows 0-7 of a segment), a warp one 8-row group.
   __device__ __forceinline__ static int copy_row(int tid) { return tid % 8 + 8 * (tid / 32); }
-  __device__ __forceinline__ static int copy_seg(int tid) { return (tid / 8) % kSegmentsPerRow; }
+  __device__ __forceinline__ static int copy_seg(int tid) { return (tid / 8) % WgmmaConfig::kSegmentsPerRow; }
 };
 
 // Shared-memory matrix descriptor (no swizzle, base offset 0): start, leading and stride byte offsets >> 4.
@@ -441,25 +587,27 @@ __device__ __forceinline__ void wgmma_fence_operands(int (&d)[kWgmmaTilesN][4]) 
 #endif  // BNN_WGMMA
 
 template <bool kAligned16, Epilogue kEpilogue>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(WgmmaConfig::kThreads, 1)
     xnor_tc_wgmma_kernel(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b,
                          const int32_t* __restrict__ a_popc, const int32_t* __restrict__ b_popc,
                          const float* __restrict__ thresh, void* __restrict__ out, int M, int N, int k_words,
                          int k_real) {
 #if BNN_WGMMA
+  using Cfg = WgmmaConfig;
+  constexpr int kStages = Cfg::kStages;
   extern __shared__ __align__(128) uint32_t smem[];
-  uint32_t* const smem_a = smem;                           // [kStages][kBlockM / 8][4 segments][8 rows][4 words]
-  uint32_t* const smem_b = smem + kStages * kStageWordsA;  // [kStages][kBlockN / 8][4 segments][8 rows][4 words]
+  uint32_t* const smem_a = smem;                                // [kStages][kBlockM / 8][4 segments][8 rows][4 words]
+  uint32_t* const smem_b = smem + kStages * Cfg::kStageWordsA;  // [kStages][kBlockN / 8][4 segments][8 rows][4 words]
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int warpgroup = warp / 4;
-  const int m0 = blockIdx.y * kBlockM;
-  const int n0 = blockIdx.x * kBlockN;
+  const int m0 = blockIdx.y * Cfg::kBlockM;
+  const int n0 = blockIdx.x * Cfg::kBlockN;
   // A stage may be overwritten only after the wgmma group reading it has retired; with one group left
   // in flight, loads run kStages - 2 tiles ahead.
   constexpr int kAhead = kStages - 2;
-  const StagePipeline<kAligned16, CoreMatrices> pipeline(a, b, smem, m0, n0, M, N, k_words);
+  const StagePipeline<Cfg, kAligned16, CoreMatrices> pipeline(a, b, smem, m0, n0, M, N, k_words);
   const int k_tiles = pipeline.k_tiles;
 #pragma unroll
   for (int s = 0; s < kAhead; ++s) pipeline.load(s);
@@ -485,9 +633,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     pipeline.load(kt + kAhead);
 
-    const int buf = kt & (kStages - 1);
-    const uint32_t sa = a_base + buf * kStageWordsA * 4;
-    const uint32_t sb = b_base + buf * kStageWordsB * 4;
+    const int buf = stage_buffer<kStages>(kt);
+    const uint32_t sa = a_base + buf * Cfg::kStageWordsA * 4;
+    const uint32_t sb = b_base + buf * Cfg::kStageWordsB * 4;
     wgmma_fence_operands(acc[0]);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -504,7 +652,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int g = lane >> 2;
   const int t = lane & 3;
-  store_tiles<1, kWgmmaTilesN, kEpilogue>(acc, m0 + warpgroup * 64 + (warp % 4) * 16 + g, n0 + 2 * t, t, M, N,
+  store_tiles<1, kWgmmaTilesN, kEpilogue, false>(acc, m0 + warpgroup * 64 + (warp % 4) * 16 + g, n0 + 2 * t, t, M, N,
                                           k_real, a_popc, b_popc, thresh, out);
 #endif
 }
@@ -551,27 +699,68 @@ bool valid_problem(int64_t m, int64_t n, int64_t k_words, int64_t k) {
          k_words <= INT32_MAX && k_words * 32 >= k;
 }
 
-template <Epilogue kEpilogue>
-cudaError_t launch(const uint32_t* a, const uint32_t* b, const int32_t* a_popc, const int32_t* b_popc,
-                   const float* thresh, void* out, int64_t m, int64_t n, int64_t k_words, int64_t k,
-                   int instruction, cudaStream_t stream) {
-  if (!valid_problem(m, n, k_words, k)) return cudaErrorInvalidValue;
-  if (instruction != BNN_TC_MMA_SYNC && instruction != BNN_TC_WGMMA) return cudaErrorInvalidValue;
-  if (instruction == BNN_TC_WGMMA && !wgmma_compiled()) return cudaErrorNotSupported;
-  if (m == 0 || n == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>((n + kBlockN - 1) / kBlockN), static_cast<unsigned>((m + kBlockM - 1) / kBlockM));
+// One GEMM's operands, for the launchers.
+struct Problem {
+  const uint32_t* a;
+  const uint32_t* b;
+  const int32_t* a_popc;
+  const int32_t* b_popc;
+  const float* thresh;
+  void* out;
+  int64_t m, n, k_words, k;
+
+  // Whole 16-byte segments can be copied when rows are a multiple of 4 words and the bases are aligned.
+  bool aligned16() const {
+    return k_words % 4 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+  }
+};
+
+using TileKernel = void (*)(const uint32_t*, const uint32_t*, const int32_t*, const int32_t*, const float*, void*,
+                            int, int, int, int);
+
+cudaError_t launch_tiles(TileKernel kernel, int block_m, int block_n, int threads, int smem_bytes, int blocks_per_sm,
+                         const Problem& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.n + block_n - 1) / block_n), static_cast<unsigned>((p.m + block_m - 1) / block_m));
   if (grid.y > 65535u) return cudaErrorInvalidValue;
-  const bool aligned16 = k_words % 4 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(b) % 16 == 0;
-  auto kernel = instruction == BNN_TC_WGMMA
-                    ? (aligned16 ? xnor_tc_wgmma_kernel<true, kEpilogue> : xnor_tc_wgmma_kernel<false, kEpilogue>)
-                    : (aligned16 ? xnor_tc_kernel<true, kEpilogue> : xnor_tc_kernel<false, kEpilogue>);
   // More than 48 KiB of dynamic shared memory must be opted into, per kernel.
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, kSmemBytes, stream>>>(a, b, a_popc, b_popc, thresh, out, static_cast<int>(m),
-                                                 static_cast<int>(n), static_cast<int>(k_words), static_cast<int>(k));
+  if (blocks_per_sm > 1) {
+    // Ask for the largest shared-memory carveout, so that the blocks the configuration was built for fit.
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<grid, threads, smem_bytes, stream>>>(p.a, p.b, p.a_popc, p.b_popc, p.thresh, p.out, static_cast<int>(p.m),
+                                                static_cast<int>(p.n), static_cast<int>(p.k_words),
+                                                static_cast<int>(p.k));
   return cudaGetLastError();
+}
+
+template <typename Cfg, Epilogue kEpilogue>
+cudaError_t launch_mma(const Problem& p, cudaStream_t stream) {
+  return launch_tiles(p.aligned16() ? xnor_tc_kernel<Cfg, true, kEpilogue> : xnor_tc_kernel<Cfg, false, kEpilogue>,
+                      Cfg::kBlockM, Cfg::kBlockN, Cfg::kThreads, Cfg::kSmemBytes, Cfg::kBlocksPerSm, p, stream);
+}
+
+template <Epilogue kEpilogue>
+cudaError_t launch(const Problem& p, int instruction, int config, cudaStream_t stream) {
+  if (!valid_problem(p.m, p.n, p.k_words, p.k)) return cudaErrorInvalidValue;
+  if (instruction != BNN_TC_MMA_SYNC && instruction != BNN_TC_WGMMA) return cudaErrorInvalidValue;
+  // The wgmma kernel has one shape, the base configuration's, whatever the default: it takes config 0 only.
+  if (config < 0 || config >= kConfigCount || (instruction == BNN_TC_WGMMA && config != 0)) return cudaErrorInvalidValue;
+  if (instruction == BNN_TC_WGMMA && !wgmma_compiled()) return cudaErrorNotSupported;
+  if (p.m == 0 || p.n == 0) return cudaSuccess;
+  if (instruction == BNN_TC_WGMMA) {
+    using Cfg = WgmmaConfig;
+    return launch_tiles(p.aligned16() ? xnor_tc_wgmma_kernel<true, kEpilogue> : xnor_tc_wgmma_kernel<false, kEpilogue>,
+                        Cfg::kBlockM, Cfg::kBlockN, Cfg::kThreads, Cfg::kSmemBytes, 1, p, stream);
+  }
+  int index = 0;
+#define BNN_TC_LAUNCH_CONFIG(name, ...) \
+  if (config == index++) return launch_mma<Config_##name, kEpilogue>(p, stream);
+  BNN_TC_MMA_CONFIGS(BNN_TC_LAUNCH_CONFIG)
+#undef BNN_TC_LAUNCH_CONFIG
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -590,17 +779,21 @@ extern "C" cudaError_t bnn_row_popcount_cuda(const uint32_t* x, int64_t rows, in
 
 extern "C" cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
                                              const int32_t* b_popc, int32_t* c, int64_t m, int64_t n,
-                                             int64_t words32, int64_t k, int instruction, cudaStream_t stream) {
-  return launch<Epilogue::kInt32>(a, b, a_popc, b_popc, nullptr, c, m, n, words32, k, instruction, stream);
+                                             int64_t words32, int64_t k, int instruction, int config,
+                                             cudaStream_t stream) {
+  return launch<Epilogue::kInt32>(Problem{a, b, a_popc, b_popc, nullptr, c, m, n, words32, k}, instruction, config,
+                                  stream);
 }
 
 extern "C" cudaError_t bnn_xnor_tc_gemm_threshold_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
                                                        const int32_t* b_popc, const float* thresh,
                                                        uint64_t* out_bits, int64_t m, int64_t n, int64_t words32,
-                                                       int64_t k, int instruction, cudaStream_t stream) {
-  return launch<Epilogue::kThresholdBits>(a, b, a_popc, b_popc, thresh, out_bits, m, n, words32, k, instruction,
-                                          stream);
+                                                       int64_t k, int instruction, int config,
+                                                       cudaStream_t stream) {
+  return launch<Epilogue::kThresholdBits>(Problem{a, b, a_popc, b_popc, thresh, out_bits, m, n, words32, k},
+                                          instruction, config, stream);
 }
 
-extern "C" int bnn_xnor_tc_wgmma_available(void) { return wgmma_compiled() ? 1 : 0;
-}
+extern "C" int bnn_xnor_tc_wgmma_available(void) { return wgmma_compiled() ? 1 : 0; }
+
+extern "C" int bnn_xnor_tc_config_count(void) { return kConfigCount; }

@@ -27,6 +27,10 @@ enum BnnTcInstruction { BNN_TC_MMA_SYNC = 0, BNN_TC_WGMMA = 1 };
 // 1 when the wgmma kernel is in the loaded binary for the current device, else 0 (asked once per process).
 int bnn_xnor_tc_wgmma_available(void);
 
+// Number of mma.sync kernel configurations (tile shape, stages, ...: BNN_TC_MMA_CONFIGS in xnor_tc.cu; the
+// `config` argument below indexes them, 0 being the default). The wgmma kernel has one shape and takes config 0.
+int bnn_xnor_tc_config_count(void);
+
 // out[r] = number of set bits among the first k bits of row r of x (rows x words32 words).
 cudaError_t bnn_row_popcount_cuda(const uint32_t* x, int64_t rows, int64_t words32, int64_t k, int32_t* out,
                                   cudaStream_t stream);
@@ -37,7 +41,7 @@ cudaError_t bnn_row_popcount_cuda(const uint32_t* x, int64_t rows, int64_t words
 // Bits past k must be zero in a or in b (pack() zeroes them in both).
 cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
                                   const int32_t* b_popc, int32_t* c, int64_t m, int64_t n, int64_t words32,
-                                  int64_t k, int instruction, cudaStream_t stream);
+                                  int64_t k, int instruction, int config, cudaStream_t stream);
 
 // Same product, but each output is compared with a per-column threshold and written as one bit:
 // bit j of row i = (dot[i][j] >= thresh[j]), packed like pack(): uint64 words, ceil(n / 64) per row,
@@ -46,7 +50,7 @@ cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* b, const in
 cudaError_t bnn_xnor_tc_gemm_threshold_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
                                             const int32_t* b_popc, const float* thresh, uint64_t* out_bits,
                                             int64_t m, int64_t n, int64_t words32, int64_t k, int instruction,
-                                            cudaStream_t stream);
+                                            int config, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

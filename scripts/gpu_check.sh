@@ -72,6 +72,11 @@ STEP_TIMEOUT=240 step bench python3 -m bnnctl bench --kernel all --out "$OUT" ${
 STEP_TIMEOUT=240 step tc_tests python3 -m pytest -q -rs tests/test_tensorcore.py
 STEP_TIMEOUT=150 step tc_bench_mlp python3 -m bnnctl bench --kernel xnor-tc,xnor,cublas,bf16 --m 10000 --n 4096 \
   --k 4096 --out "$OUT"
+# Every configuration of the mma.sync kernel (tile, stages, fragment double buffering, ...) at 8192^3 and
+# 10000 x 4096 x 4096, beside torch bf16 in the same process, taking turns: which one is fastest, and whether
+# it reaches issue 8's 4x bf16 (cuda/XNOR_TC.md says how to make the winner the default). JSON: $OUT/tc_configs-*.json.
+STEP_TIMEOUT=150 step tc_configs python3 -c 'import sys; from bnnctl.kernels import tensorcore as tc; \
+  tc.bench_configs(sys.argv[1])' "$OUT"
 
 # The bit-packed engine (issue 5): its CUDA tests (every activation equal to the float model's), then the paper's
 # Figure 3 right half: the MNIST MLP on the 10,000 test images, (a) baseline kernel, (b) XNOR (target >= 7x (a)),

@@ -2,12 +2,14 @@
 
 On the CPU, bnnctl.kernels.tensorcore models both kernels' data flow (stage loader and layouts, ldmatrix
 fragments and the mma's PTX fragment layouts, wgmma descriptors and accumulators, the epilogue's
-correction and output mapping); these tests hold that model to the float +/-1 product. With nvcc the
-source is compiled for sm_90 (BMMA in the SASS) and sm_90a (BGMMA too); with a GPU the kernels' output
-must equal the float product exactly.
+correction and output mapping), for every configuration of the mma.sync kernel; these tests hold that
+model to the float +/-1 product. With nvcc the source is compiled for sm_90 (BMMA in the SASS of every
+configuration) and sm_90a (BGMMA too), and its configuration table must be the model's; with a GPU every
+kernel's output must equal the float product exactly.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -86,28 +88,79 @@ def test_mma_model_multiplies_fragments_laid_out_by_the_ptx_table():
 
 
 EMULATED_SHAPES = [(1, 1, 1), (1, 300, 513), (3, 5, 70), (130, 9, 1100), (17, 260, 192), (129, 257, 600)]
+# The model depends only on the layouts a configuration implies (block tile, threads, K bits per stage);
+# stages, double buffering and the store policy change when things happen, not which bits meet.
+LAYOUTS = {(c.block_m, c.block_n, c.stage_bits): name for name, c in reversed(tc.CONFIGS.items())}
+MODEL_CASES = [("mma", name) for name in sorted(LAYOUTS.values())] + [("wgmma", "base")]
+
+
+def test_every_layout_of_the_configurations_is_modelled():
+    assert "base" in LAYOUTS.values() and len(LAYOUTS) >= 3  # 512- and 1024-bit stages, two block tiles
+    assert {c.stage_bits for c in tc.CONFIGS.values()} == {512, 1024}
 
 
 @pytest.mark.parametrize("m,n,k", EMULATED_SHAPES)
-@pytest.mark.parametrize("instruction", ["mma", "wgmma"])
-def test_emulated_kernel_equals_pm1_product(m, n, k, instruction):
+@pytest.mark.parametrize("instruction,config", MODEL_CASES)
+def test_emulated_kernel_equals_pm1_product(m, n, k, instruction, config):
     """Whole blocks with ragged edges, several stages, a partial last stage, K words not a multiple of 4."""
     x, w, expected = pm1_inputs(m, n, k, seed=k)
-    assert torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k, instruction), expected)
+    assert torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k, instruction, config), expected)
 
 
-def test_emulated_mma_kernel_notices_a_wrong_swizzle(monkeypatch):
+@pytest.mark.parametrize("config", sorted(LAYOUTS.values()))
+def test_emulated_mma_kernel_notices_a_wrong_swizzle(monkeypatch, config):
     """If the fragment reads forgot the swizzle that the loads apply, the product must come out wrong."""
-    x, w, expected = pm1_inputs(20, 20, 512, seed=11)
+    x, w, expected = pm1_inputs(20, 20, 1024, seed=11)
     real_offsets = tc._fragment_offsets
 
-    def unswizzled_offsets(step):
+    def unswizzled_offsets(step, cfg):
         with monkeypatch.context() as patch:
-            patch.setattr(tc.SwizzledRows, "swizzle", staticmethod(lambda row, segment: segment))
-            return real_offsets(step)
+            patch.setattr(tc.SwizzledRows, "swizzle", lambda self, row, segment: segment)
+            return real_offsets(step, cfg)
 
     monkeypatch.setattr(tc, "_fragment_offsets", unswizzled_offsets)
-    assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 512), expected)
+    assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 1024, "mma", config), expected)
+
+
+def _bank_groups(word_offsets: torch.Tensor) -> torch.Tensor:
+    return (word_offsets // tc.SEGMENT_WORDS) % tc.BANK_GROUPS
+
+
+@pytest.mark.parametrize("config", list(tc.CONFIGS))
+def test_shared_memory_accesses_are_free_of_bank_conflicts(config):
+    """Each 8-lane phase of an ldmatrix (8 rows of 16 bytes) and of the 16-byte cp.async writes touches
+    8 distinct 16-byte bank groups, in every configuration's layout."""
+    cfg = tc.CONFIGS[config]
+    for step in range(cfg.steps):
+        for offsets in tc._fragment_offsets(step, cfg):  # (warps, tiles, 32 lanes)
+            phases = _bank_groups(offsets).reshape(-1, 8)  # lanes 8q .. 8q + 7 give the rows of matrix q
+            assert all(len(set(p.tolist())) == 8 for p in phases), (config, step)
+    layout = tc.SwizzledRows(cfg)
+    tid = torch.arange(cfg.threads)
+    writes = _bank_groups(layout.offset(layout.copy_row(tid), layout.copy_seg(tid))).reshape(-1, 8)
+    assert all(len(set(p.tolist())) == 8 for p in writes), config
+
+
+def test_configurations_fit_the_hardware_and_the_first_is_the_default():
+    # the op's default is index 0 (kernels.xnor_gemm(impl="tc"), the bench's xnor-tc): the same kernel
+    assert tc.DEFAULT_CONFIG == tc.config_names()[0] and tc._config_index(None, wgmma=False) == 0
+    for cfg in tc.CONFIGS.values():
+        assert cfg.smem_bytes <= 227 * 1024, cfg.name
+        assert cfg.blocks_per_sm * (cfg.smem_bytes + 1024) <= 228 * 1024, cfg.name
+        assert cfg.blocks_per_sm * cfg.threads <= 256, cfg.name  # 255 registers per thread for all resident
+        assert cfg.block_m % tc.WARP_M == 0 and cfg.block_n % tc.WARP_N == 0 and cfg.steps % 2 == 0
+    assert len(tc.CONFIGS) >= 3 and len({(c.block_m, c.block_n, c.stage_bits, c.stages, c.blocks_per_sm,
+                                          c.fragment_double_buffer, c.streaming_stores)
+                                         for c in tc.CONFIGS.values()}) == len(tc.CONFIGS)
+
+
+def test_unknown_or_unsupported_configurations_are_refused_in_one_sentence():
+    x, w, _ = pm1_inputs(2, 5, 10, seed=1)
+    a, b = kernels.pack(x), kernels.pack(w)
+    with pytest.raises(kernels.KernelError, match="unknown tensor-core kernel configuration 'fast'.*base"):
+        tc.xnor_gemm_tc(a, b, 10, config="fast")
+    with pytest.raises(kernels.KernelError, match="wgmma kernel has one shape of its own"):
+        tc.xnor_gemm_tc(a, b, 10, wgmma=True, config="base")
 
 
 def test_emulated_wgmma_kernel_notices_swapped_descriptor_offsets(monkeypatch):
@@ -135,6 +188,7 @@ def test_tc_impl_on_cpu_tensors_falls_back_to_the_cpu_kernel():
     assert torch.equal(kernels.xnor_gemm(a, b, 300, impl="tc"), expected)
     thresh = torch.randn(70, generator=torch.Generator().manual_seed(2)) * 6
     assert torch.equal(tc.xnor_gemm_threshold(a, b, 300, thresh), tc.threshold_bits(expected, thresh))
+    assert torch.equal(tc.xnor_gemm_tc(a, b, 300, config=tc.config_names()[-1]), expected)
 
 
 def test_threshold_form_rejects_a_wrong_number_of_thresholds():
@@ -168,6 +222,37 @@ def test_each_tensor_core_kernel_is_held_to_its_own_peak():
     assert lines[1].startswith("xnor-tc-wgmma") and "75% of wgmma m64n128k256 b1 AND" in lines[1]
 
 
+def test_config_lines_compare_every_configuration_with_bf16_the_default_and_the_peak():
+    def entry(ms, exact=True):
+        return {"median_ms": ms, "tbops": 2 * 8192**3 / ms / 1e9, "x_torch_bf16": 1.25 / ms, "x_default": 0.4 / ms,
+                "exact": exact}
+    record = {"default_config": "base", "mma_peak_tbops": 10995.1, "shapes": [{
+        "shape": {"m": 8192, "n": 8192, "k": 8192}, "bf16_ms": 1.25,
+        "configs": {"base": entry(0.4), "fdb": entry(0.2), "fdb_cs": entry(0.25, exact=False)}}]}
+    lines = tc.config_lines(record)
+    assert lines[0] == "8192x8192x8192: torch bf16 1.250 ms"
+    base, fdb, cs = lines[1:]
+    assert base.split()[:2] == ["base", "(default)"] and "x bf16 3.12" in base and "x default 1.000" in base
+    assert "25% of the mma.sync AND peak" in base and "fastest" not in base
+    assert "5498 T binary-op/s" in fdb and "x default 2.000" in fdb and "50% of" in fdb and fdb.endswith("<- fastest")
+    assert "exact NO" in cs
+    record["mma_peak_tbops"] = None
+    assert "peak" not in " ".join(tc.config_lines(record))
+
+
+def test_bench_configs_times_and_checks_every_configuration_and_records_json(tmp_path, capsys):
+    """The GPU check's tc_configs step end to end on the CPU (where every configuration is the CPU kernel)."""
+    (tmp_path / "gpu_peaks.log").write_text(B1_PEAK_LOG)
+    record = tc.bench_configs(str(tmp_path), shapes=((40, 70, 300),), rounds=2, runs_per_round=3, device="cpu")
+    saved = json.loads(next(tmp_path.glob("tc_configs-*.json")).read_text())
+    assert saved == record and record["mma_peak_tbops"] == 4000.0 and record["default_config"] == tc.DEFAULT_CONFIG
+    (shape,) = record["shapes"]
+    assert shape["shape"] == {"m": 40, "n": 70, "k": 300} and list(shape["configs"]) == tc.config_names()
+    for entry in shape["configs"].values():
+        assert entry["exact"] is True and len(entry["round_ms"]) == 2 and entry["median_ms"] > 0
+    assert capsys.readouterr().out.splitlines()[:len(tc.CONFIGS) + 1] == tc.config_lines(record)
+
+
 # ---- compiled code ----------------------------------------------------------------------------------
 
 def _nvcc() -> str | None:
@@ -186,27 +271,82 @@ def _cuobjdump() -> tuple[str, dict] | None:
     return (found, dict(os.environ)) if found and shutil.which("nvdisasm") else None
 
 
+CONFIG_TABLE_PROGRAM = r"""
+#include "xnor_tc.cu"
+#include <cstdio>
+int main() {  // the kernel's configuration table, as the launcher sees it
+  for (const ConfigInfo& c : kConfigInfo)
+    std::printf("%s %d %d %d %d %d %d %d %d %d\n", c.name, c.block_m, c.block_n, c.stage_bits, c.stages,
+                c.blocks_per_sm, c.threads, c.smem_bytes, c.fragment_double_buffer, c.streaming_stores);
+  return 0;
+}
+"""
+
+
+def _model_row(c: tc.TcConfig) -> str:
+    return " ".join(str(v) for v in (c.name, c.block_m, c.block_n, c.stage_bits, c.stages, c.blocks_per_sm, c.threads,
+                                     c.smem_bytes, int(c.fragment_double_buffer), int(c.streaming_stores)))
+
+
+def _sass_functions(sass: str) -> dict[str, str]:
+    """cuobjdump --dump-sass output split by function (several per target), name -> its instructions."""
+    functions: dict[str, str] = {}
+    for part in re.split(r"\n\s*Function : ", sass)[1:]:
+        name, _, body = part.partition("\n")
+        functions[name.strip()] = functions.get(name.strip(), "") + body
+    return functions
+
+
+def _config_of(mangled: str) -> tc.TcConfig | None:
+    """The configuration an instantiation of xnor_tc_kernel<MmaConfig<...>, ...> was compiled for."""
+    m = re.search(r"MmaConfigILi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)ELi(\d+)ELb([01])ELb([01])E", mangled)
+    if not m:
+        return None
+    values = tuple(int(v) for v in m.groups())
+    found = [c for c in tc.CONFIGS.values() if (c.block_m, c.block_n, c.stage_bits, c.stages, c.blocks_per_sm,
+                                                 int(c.fragment_double_buffer), int(c.streaming_stores)) == values]
+    assert len(found) == 1, f"{mangled}: no configuration in tensorcore.CONFIGS has template arguments {values}"
+    return found[0]
+
+
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_kernels_compile_for_sm90_and_sm90a_without_spills_and_use_bmma_and_bgmma(tmp_path):
-    fatbin = tmp_path / "xnor_tc.fatbin"
+    """One build (every configuration, sm_90 and sm_90a) checked three ways: ptxas resource usage, the SASS
+    of each kernel, and the configuration table the launcher holds, which must be tensorcore.CONFIGS."""
+    (tmp_path / "configs.cu").write_text(CONFIG_TABLE_PROGRAM)
+    exe = tmp_path / "configs"
     result = subprocess.run([_nvcc(), "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90a,code=sm_90a",
-                             "-O3", "-std=c++17", "--resource-usage", "-fatbin", str(REPO / "cuda" / "xnor_tc.cu"),
-                             "-o", str(fatbin)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+                             "--threads", "2", "-O3", "-std=c++17", "--resource-usage", "-I", str(REPO / "cuda"),
+                             str(tmp_path / "configs.cu"), "-o", str(exe)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
     usage = result.stdout + result.stderr
     assert "warning" not in usage.lower(), usage
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", usage)
     assert frames and all(f == ("0", "0", "0") for f in frames), usage
+
+    table = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.split("\n")[:-1] == [_model_row(c) for c in tc.CONFIGS.values()]
+
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("compiled without spills; cuobjdump/nvdisasm not found to check the SASS")
-    exe, env = tool
-    sass = subprocess.run([exe, "--dump-sass", str(fatbin)], capture_output=True, text=True, env=env, timeout=120)
+    cuobjdump, env = tool
+    sass = subprocess.run([cuobjdump, "--dump-sass", str(exe)], capture_output=True, text=True, env=env, timeout=120)
     assert sass.returncode == 0, sass.stderr
-    assert "BMMA.168256.AND.POPC" in sass.stdout  # mma.sync, in both targets
-    assert "LDSM" in sass.stdout  # its fragments come in through ldmatrix, not per-word shared loads
-    assert "BGMMA.64x256x256.AND.POPC" in sass.stdout  # wgmma, sm_90a only
-    assert not re.search(r"\b(LDL|STL)\b", sass.stdout)  # no local memory
+    assert not re.search(r"\b(LDL|STL)\b", sass.stdout)  # no local memory anywhere
+    functions = _sass_functions(sass.stdout)
+    seen = set()
+    for name, body in functions.items():
+        cfg = _config_of(name)
+        if cfg is None:
+            continue
+        seen.add(cfg.name)
+        assert "BMMA.168256.AND.POPC" in body, name  # mma.sync, in both targets
+        assert "LDSM" in body, name  # fragments come in through ldmatrix, not per-word shared loads
+        assert ("STG.E.EF" in body) == cfg.streaming_stores, name  # evict-first stores where asked for
+    assert seen == set(tc.CONFIGS)
+    assert any("BGMMA.64x256x256.AND.POPC" in body for body in functions.values())  # wgmma, sm_90a only
 
 
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -234,12 +374,49 @@ def test_cuda_tc_gemm_is_exact(m, n, k):
 
 @needs_cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("config", list(tc.CONFIGS))
+@pytest.mark.parametrize("m,n,k", CUDA_SHAPES)
+def test_cuda_tc_gemm_is_exact_in_every_configuration(m, n, k, config):
+    _assert_tc_gemm_exact(m, n, k, config=config)
+
+
+def _assert_tc_gemm_exact(m, n, k, **kernel):
+    """xnor_gemm_tc(..., **kernel) equals the float product, every output written (poisoned memory)."""
+    x, w, expected = pm1_inputs(m, n, k, seed=m + n + k, device="cuda")
+    _poisoned_allocator((m, n), torch.int32, -(2**31) + 7)
+    out = tc.xnor_gemm_tc(kernels.pack(x), kernels.pack(w), k, **kernel)
+    assert torch.equal(out.cpu(), expected)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", list(tc.CONFIGS))
+def test_cuda_tc_gemm_takes_the_unaligned_load_path_in_every_configuration(config):
+    """Rows of 32 words (k = 1000) would take 16-byte copies, but a base that is 8 bytes past a 16-byte
+    boundary sends the kernel down its 4-byte cp.async path."""
+    m, n, k = 70, 300, 1000
+    x, w, expected = pm1_inputs(m, n, k, seed=5, device="cuda")
+    a, b = kernels.pack(x), kernels.pack(w)
+    storage = torch.zeros(m * a.shape[1] + 1, dtype=torch.int64, device="cuda")
+    storage[1:].copy_(a.flatten())
+    a_offset = storage[1:].view(m, a.shape[1])  # 8-byte aligned, not 16
+    assert a_offset.data_ptr() % 16 == 8
+    assert torch.equal(tc.xnor_gemm_tc(a_offset, b, k, config=config).cpu(), expected)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", list(tc.CONFIGS))
 @pytest.mark.parametrize("m,n,k", [(3, 70, 40), (129, 257, 600), (64, 64, 8192)])
-def test_cuda_threshold_epilogue_writes_packed_bits(m, n, k):
-    x, w, expected_dot = pm1_inputs(m, n, k, seed=k, device="cuda")
-    thresh = torch.randn(n, generator=torch.Generator().manual_seed(k)) * 8
+def test_cuda_threshold_epilogue_writes_packed_bits(m, n, k, config):
+    _assert_threshold_bits_exact(m, n, k, seed=k, config=config)
+
+
+def _assert_threshold_bits_exact(m, n, k, seed, **kernel):
+    x, w, expected_dot = pm1_inputs(m, n, k, seed=seed, device="cuda")
+    thresh = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 8
     _poisoned_allocator((m, -(-n // 64)), torch.int64, 0x5A5A5A5A5A5A5A5A)
-    bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda())
+    bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda(), **kernel)
     assert torch.equal(bits.cpu(), tc.threshold_bits(expected_dot, thresh))
 
 
@@ -253,27 +430,20 @@ def _skip_without_wgmma():
 @pytest.mark.parametrize("m,n,k", CUDA_SHAPES)
 def test_cuda_wgmma_kernel_is_exact(m, n, k):
     _skip_without_wgmma()
-    x, w, expected = pm1_inputs(m, n, k, seed=m + n + k, device="cuda")
-    _poisoned_allocator((m, n), torch.int32, -(2**31) + 7)
-    out = tc.xnor_gemm_tc(kernels.pack(x), kernels.pack(w), k, wgmma=True)
-    assert torch.equal(out.cpu(), expected)
+    _assert_tc_gemm_exact(m, n, k, wgmma=True)
 
 
 @needs_cuda
 @pytest.mark.cuda
 def test_cuda_wgmma_threshold_epilogue_writes_packed_bits():
     _skip_without_wgmma()
-    m, n, k = 129, 257, 600
-    x, w, expected_dot = pm1_inputs(m, n, k, seed=3, device="cuda")
-    thresh = torch.randn(n, generator=torch.Generator().manual_seed(3)) * 8
-    _poisoned_allocator((m, -(-n // 64)), torch.int64, 0x5A5A5A5A5A5A5A5A)
-    bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda(), wgmma=True)
-    assert torch.equal(bits.cpu(), tc.threshold_bits(expected_dot, thresh))
+    _assert_threshold_bits_exact(129, 257, 600, seed=3, wgmma=True)
 
 
 @needs_cuda
 @pytest.mark.cuda
-def test_cuda_tc_gemm_matches_the_cuda_core_kernel_on_a_large_product():
+@pytest.mark.parametrize("config", list(tc.CONFIGS))
+def test_cuda_tc_gemm_matches_the_cuda_core_kernel_on_a_large_product(config):
     x, w, _ = pm1_inputs(512, 768, 8192 + 96, seed=1, device="cuda")
     a, b = kernels.pack(x), kernels.pack(w)
-    assert torch.equal(kernels.xnor_gemm(a, b, x.shape[1], impl="tc"), kernels.xnor_gemm(a, b, x.shape[1]))
+    assert torch.equal(tc.xnor_gemm_tc(a, b, x.shape[1], config=config), kernels.xnor_gemm(a, b, x.shape[1]))
