@@ -2,7 +2,7 @@
 // XNOR_TC.md for the design and the numbers it is judged by. Two kernels share the pipeline and the
 // epilogue: xnor_tc_kernel (mma.sync, any sm_80+) and xnor_tc_wgmma_kernel (wgmma, sm_90a only).
 //
-// Shape of the computation (mma.sync; "base", the default of the configurations below)
+// Shape of the computation (mma.sync; the "base" configuration below, the one measured first)
 //   block tile 128 (M) x 256 (N), 8 warps as 2 x 4, warp tile 64 x 64 = 4 x 8 mma tiles of 16 x 8;
 //   K streams through shared memory 512 bits (16 words) per row and stage, 4 stages of cp.async;
 //   each stage is two m16n8k256 steps. Epilogue applies the popcount correction in registers.
@@ -14,7 +14,7 @@
 //   steps between barriers), the number of stages, blocks per SM (__launch_bounds__), fragment double
 //   buffering (the ldmatrix loads of the next mma step, across the stage boundary too, are issued before
 //   the mma of the current one, CUTLASS-style, so the tensor cores do not wait on shared memory after
-//   each barrier), and the int32 epilogue's store policy (st.global.cs: evict-first, so the 268 MB of
+//   each barrier), and the epilogue's store policy (st.global.cs: evict-first, so the 268 MB of
 //   int32 output at 8192^3 do not push the 17 MB of packed operands out of L2). XNOR_TC.md says why each
 //   might win. A 1024-bit stage row is 128 bytes = 8 segments; its swizzle is s ^ (r & 7) (below).
 //
@@ -25,9 +25,9 @@
 //     b0: B col g,   k in [32t, 32t+32)        b1: B col g,   k in [128+32t, ...+32)
 //     c0, c1: row g,   cols 2t, 2t+1           c2, c3: row g+8, cols 2t, 2t+1
 //   A popcount of a & b does not care which physical K word sits in which k slot, as long as A and B
-//   put the same word in the same slot. A stage row is 16 words = 4 segments of 16 bytes; mma step s
-//   (of 2 per stage) uses segments 2s and 2s+1: slot [32t..] <- word t of segment 2s, slot
-//   [128+32t..] <- word t of segment 2s+1, for A and B alike.
+//   put the same word in the same slot. A 512-bit stage row is 16 words = 4 segments of 16 bytes (1024
+//   bits: 8 segments); mma step s (2 or 4 per stage) uses segments 2s and 2s+1: slot [32t..] <- word t
+//   of segment 2s, slot [128+32t..] <- word t of segment 2s+1, for A and B alike.
 //   ldmatrix.x4 (plain .b16, no transpose) hands lane (g, t) the 32-bit word t of row g of each of
 //   four 8-row x 16-byte matrices, which is exactly that: for A the matrices are (rows 0-7, seg 2s),
 //   (rows 8-15, seg 2s), (rows 0-7, seg 2s+1), (rows 8-15, seg 2s+1) -> a0..a3 in register order;
