@@ -555,9 +555,36 @@ def find_benches(results: Path, notes: Notes) -> tuple[list[KernelRecord], list[
             else:
                 mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
                                              rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
+        elif kind == "cpu-peaks":
+            continue  # cpu_peaks_section reads these
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
     return kernel_records, mlp_records
+
+
+def cpu_peaks_section(results: Path, notes: Notes) -> str:
+    """The CPU ceilings that tools/cpu_peaks/popc_peak.cpp measured (records of kind 'cpu-peaks'), or ''."""
+    md_rows = []
+    for path in sorted((results / "bench").glob("*.json")) if (results / "bench").is_dir() else []:
+        rel = path.relative_to(results).as_posix()
+        data = read_json(path, rel, notes)
+        if data is None or data.get("kind") != "cpu-peaks":
+            continue
+        try:
+            for threads, block in sorted(data["threads"].items()):
+                for name, rate in block["rows"].items():
+                    md_rows.append([data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
+                md_rows.append([data["hardware"], threads, "best popcount / fp32 FMA", "",
+                                fmt(block["best_popcount_over_fp32_fma"], ".1f") + "x"])
+        except (KeyError, TypeError, AttributeError):
+            notes.add(rel, "cpu-peaks record in a layout this report does not know: skipped")
+    if not md_rows:
+        return ""
+    return "\n\n".join([
+        "### CPU instruction ceilings (`tools/cpu_peaks/popc_peak.cpp`)",
+        "Rates from registers, all threads together, in G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s: "
+        "the best popcount over the FMA rate is the largest XNOR-over-fp32 GEMM speed-up the CPU allows.",
+        md_table(["hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)])
 
 
 # The columns of a kernels record entry -> our CSV column; the ratio columns are reference time / time.
@@ -982,6 +1009,7 @@ def build_report(results: Path, out: Path, recipes_dir: Path | None = None) -> t
         table1_section(cells, recipes, out),
         figure1_section(runs, out),
         kernels_section(kernel_records, mlp_records, out),
+        cpu_peaks_section(results, notes),
         memory_energy_section(recipes, out, notes, recipe_paths),
         filter_section(runs, out, notes),
         runs_section(runs, others, out),
@@ -990,7 +1018,7 @@ def build_report(results: Path, out: Path, recipes_dir: Path | None = None) -> t
     sections.append("## Skipped or questioned files\n\n" + (
         "\n".join(f"- `{path}`: {why}" for path, why in skipped) if skipped else "None."))
     report = out / REPORT_FILE
-    report.write_text("\n\n".join(sections) + "\n")
+    report.write_text("\n\n".join(section for section in sections if section) + "\n")
     return report, notes
 
 

@@ -77,6 +77,14 @@ MLP_RECORD = {  # as bench_mlp.py records it
 }
 
 
+CPU_PEAKS_RECORD = {
+    "kind": "cpu-peaks", "date": "2026-11-27T12:00:00+00:00", "hardware": "Test CPU",
+    "threads": {"2": {"rows": {"fp32 FMA (registers)": {"one_thread": 90.0, "all_threads": 180.0},
+                               "xor+popcount avx2 lookup": {"one_thread": 600.0, "all_threads": 1170.0}},
+                      "best_popcount_over_fp32_fma": 6.5}},
+}
+
+
 def small_convnet_recipe(tmp_path: Path) -> dict:
     recipe = yaml.safe_load((REPO / "recipes" / "cifar10_torch7.yaml").read_text())
     recipe["model"].update(conv=[4, "M", 6], fc=[8])
@@ -159,6 +167,8 @@ def results(tmp_path_factory) -> Path:
     (bench / "20261127T130000-test-gpu-8192x8192x8192.json").write_text(json.dumps(gpu))
     (bench / "mlp.json").write_text(json.dumps(MLP_RECORD))
     (bench / "mlp-gpu.json").write_text(json.dumps({**MLP_RECORD, "device": {"type": "cuda", "hardware": "Test GPU"}}))
+    (bench / "cpu-peaks.json").write_text(json.dumps(CPU_PEAKS_RECORD))
+    (bench / "cpu-peaks-other-layout.json").write_text(json.dumps({"kind": "cpu-peaks", "threads": {"2": [1, 2]}}))
     (bench / "truncated.json").write_text('{"kind": "kernels", ')
     (bench / "future.json").write_text(json.dumps({"kind": "energy-meter", "joules": 3}))
     (bench / "mlp-other-layout.json").write_text(json.dumps({"kind": "mnist-mlp", "device": {"type": "cpu"},
@@ -248,6 +258,14 @@ def test_runs_figures_and_skipped_files(results, out):
     order = [md.index(f"({p})") for p in ("figure1_cifar10.png", "figure1_cifar10-jpeg.png", "figure1_mnist.png")]
     assert order == sorted(order)
     assert "`mnist_torch7/badmetrics` (" not in md.split("## Figure 1")[1].split("## Kernel")[0]
+
+    # The CPU ceilings: every rate of the record, and its ratio; a record in another layout is skipped.
+    ceilings = md.split("### CPU instruction ceilings")[1].split("\n## ")[0]
+    for line in ("| Test CPU | 2 | fp32 FMA (registers) | 180 |  |", "| Test CPU | 2 | xor+popcount avx2 lookup | 1170 |  |",
+                 "| Test CPU | 2 | best popcount / fp32 FMA |  | 6.5x |"):
+        assert line in ceilings, line
+    assert "`bench/cpu-peaks-other-layout.json`: cpu-peaks record in a layout this report does not know" in skipped
+    assert "bench/cpu-peaks.json" not in skipped
 
 
 def test_kernel_tables_match_the_bench_records(results, out):
