@@ -105,6 +105,9 @@ STEP_TIMEOUT=60 step tc_share python3 -c 'import sys; from bnnctl.kernels import
 
 # The CPU kernels on this machine's host CPU (AVX-512 VPOPCNTDQ where it has it), for the CPU target:
 # XNOR >= 15x torch fp32 at 1024 x 1024 x 4096.
+# and its instruction ceilings (fp32 FMA, XOR+popcount by each method), to read the ratio against.
+STEP_TIMEOUT=60 step cpu_peaks bash -c 'g++ -O3 -march=native -fopenmp tools/cpu_peaks/popc_peak.cpp -o "$0/popc_peak" \
+  && "$0/popc_peak" 5' "$OUT"
 STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xnor,cublas --out "$OUT"
 
 # The Table 1 ConvNet recipes: 2 timed epochs each on the GPU (CIFAR-10 recipes on the cifar10-jpeg stand-in,

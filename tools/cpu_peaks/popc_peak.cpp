@@ -8,7 +8,8 @@
 // Rates are in G binary-op/s with 2 ops per bit multiply-accumulate (the convention of `bnnctl bench`
 // and of FLOP/s), so "best popcount / fp32 FMA" is the largest XNOR-over-fp32 GEMM speed-up this core
 // can give when both kernels run at their instruction ceilings (loads, packing and cache misses only
-// lower either side).
+// lower either side). Run it on an otherwise idle machine: the rates are measured one after another,
+// so a neighbour's load skews their ratio.
 #include <immintrin.h>
 #include <omp.h>
 
