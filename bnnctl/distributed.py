@@ -84,6 +84,14 @@ def setup(device: torch.device) -> tuple[Ranks, torch.device]:
     return ranks, device
 
 
+def finish(ranks: Ranks) -> None:
+    """Wait for every rank after a run that ended well, so that none tears the group down while another
+    still has a collective in flight (gloo then aborts that process: 'terminate called without an
+    active exception', seen once in CI)."""
+    if ranks.active and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown(ranks: Ranks) -> None:
     if ranks.active and dist.is_initialized():
         dist.destroy_process_group()

@@ -572,8 +572,10 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
     """
     ranks, dev = distributed.setup(resolve_device(device))
     try:
-        return _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
-                      console if ranks.is_main else Console(quiet=True), fast, ranks)
+        result = _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
+                        console if ranks.is_main else Console(quiet=True), fast, ranks)
+        distributed.finish(ranks)
+        return result
     finally:
         distributed.shutdown(ranks)
 
