@@ -351,9 +351,10 @@ class Trainer:
         self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
         self.wall_time, self.started = state["wall_time"], state["started"]
         if "command" in state:  # checkpoints from before these were kept start the record here
+            # each resume with its own environment: it may run other code, or on other hardware
             self.resumes = [*state["resumes"], {"after_epoch": self.epoch, "command": self.command,
-                                                "commit": self.environment["commit"],
-                                                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}]
+                                                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                                **self.environment}]
             self.command, self.environment = state["command"], state["environment"]
         per_rank = state.get("rng_ranks")
         if not self.ranks.active:

@@ -84,6 +84,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tiny_recipe, tmp_path, monke
     assert result["status"] == "finished"
     (resume,) = result["resumes"]  # the record lists the resume
     assert resume["after_epoch"] == 1 and resume["commit"] == result["commit"]
+    assert resume["hardware"] == result["hardware"] and resume["torch"] == result["torch"]
 
 
 def test_kill_leaves_a_resumable_run(tiny_recipe, tmp_path):
