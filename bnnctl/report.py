@@ -532,8 +532,10 @@ def _mlp_model(data: dict[str, Any]) -> str:
     return f"{weights} weights{where}{epoch}"
 
 
-def find_benches(results: Path, notes: Notes) -> tuple[list[KernelRecord], list[MlpRecord]]:
-    kernel_records, mlp_records = [], []
+def find_benches(results: Path, notes: Notes
+                 ) -> tuple[list[KernelRecord], list[MlpRecord], list[tuple[str, dict[str, Any]]]]:
+    """(kernel records, MNIST MLP records, (path, data) of the CPU ceiling records) under results/bench."""
+    kernel_records, mlp_records, cpu_peaks = [], [], []
     bench_dir = results / "bench"
     for path in sorted(bench_dir.rglob("*.json")) if bench_dir.is_dir() else []:
         rel = path.relative_to(results).as_posix()
@@ -556,28 +558,27 @@ def find_benches(results: Path, notes: Notes) -> tuple[list[KernelRecord], list[
                 mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
                                              rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
         elif kind == "cpu-peaks":
-            continue  # cpu_peaks_section reads these
+            cpu_peaks.append((rel, data))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
-    return kernel_records, mlp_records
+    return kernel_records, mlp_records, cpu_peaks
 
 
-def cpu_peaks_section(results: Path, notes: Notes) -> str:
+def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:
     """The CPU ceilings that tools/cpu_peaks/popc_peak.cpp measured (records of kind 'cpu-peaks'), or ''."""
     md_rows = []
-    for path in sorted((results / "bench").glob("*.json")) if (results / "bench").is_dir() else []:
-        rel = path.relative_to(results).as_posix()
-        data = read_json(path, rel, notes)
-        if data is None or data.get("kind") != "cpu-peaks":
-            continue
+    for rel, data in records:
+        rows = []  # all of a record's rows or none of them
         try:
             for threads, block in sorted(data["threads"].items()):
                 for name, rate in block["rows"].items():
-                    md_rows.append([data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
-                md_rows.append([data["hardware"], threads, "best popcount / fp32 FMA", "",
-                                fmt(block["best_popcount_over_fp32_fma"], ".1f") + "x"])
+                    rows.append([data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
+                rows.append([data["hardware"], threads, "best popcount / fp32 FMA", "",
+                             fmt(block["best_popcount_over_fp32_fma"], ".1f") + "x"])
         except (KeyError, TypeError, AttributeError):
             notes.add(rel, "cpu-peaks record in a layout this report does not know: skipped")
+            continue
+        md_rows += rows
     if not md_rows:
         return ""
     return "\n\n".join([
@@ -998,7 +999,7 @@ def build_report(results: Path, out: Path, recipes_dir: Path | None = None) -> t
     notes = Notes()
     recipes, recipe_paths = load_recipes(recipes_dir, notes)
     runs = find_runs(results, notes, exclude=[out, results / "bench"])
-    kernel_records, mlp_records = find_benches(results, notes)
+    kernel_records, mlp_records, cpu_peak_records = find_benches(results, notes)
     cells, others = table1_cells(runs)
 
     sections = [
@@ -1009,7 +1010,7 @@ def build_report(results: Path, out: Path, recipes_dir: Path | None = None) -> t
         table1_section(cells, recipes, out),
         figure1_section(runs, out),
         kernels_section(kernel_records, mlp_records, out),
-        cpu_peaks_section(results, notes),
+        cpu_peaks_section(cpu_peak_records, notes),
         memory_energy_section(recipes, out, notes, recipe_paths),
         filter_section(runs, out, notes),
         runs_section(runs, others, out),
