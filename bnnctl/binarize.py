@@ -78,7 +78,10 @@ def ap2(x: torch.Tensor) -> torch.Tensor:
     """Approximate power of two, AP2(x) = sign(x) * 2^round(log2|x|); AP2(0) = 0.
 
     The shift-based BatchNorm and AdaMax of the paper (Algorithms 3 and 4) replace
-    multiplications by this so that they become bit shifts.
+    multiplications by this so that they become bit shifts. Rounded exactly: log2 is taken in
+    float64, where its error (< 2^-45) is far below the distance (> 2^-27) between the log2 of any
+    float32 and the nearest tie k + 1/2; in float32 some |x| within an ulp of 2^k * sqrt(2) round
+    the wrong way, and differently on other CPUs and libraries.
     """
-    magnitude = torch.exp2(torch.round(torch.log2(x.abs())))
-    return torch.where(x == 0, torch.zeros_like(x), torch.copysign(magnitude, x))
+    magnitude = torch.exp2(torch.round(torch.log2(x.abs().double()))).to(x.dtype)
+    return torch.copysign(magnitude, x)

@@ -121,6 +121,11 @@ SCHEMA: dict[str, Any] = {
         "fused_optimizer": f(bool, False, help="Adam's fused kernel on the CPU too (it is always fused on CUDA)"),
         "pretransform": f(bool, False, help="preprocess the whole dataset once instead of every batch"),
         "sync_bn": f(bool, False, help="several processes: BatchNorm statistics over the global batch"),
+        "fused_step": f(bool, False, help="CPU: optimizer update, clipping and binarization of each weight in one "
+                                          "C++ pass; the forward reuses those signs"),
+        "int8_forward": f(bool, False, help="CPU, with fused_step: layers whose inputs are +-1 (or dropout's 0, "
+                                            "+-2) multiply in int8, exactly, where that is faster here"),
+        "reuse_memory": f(bool, False, help="CPU: glibc keeps freed memory instead of returning it to the kernel"),
     },
 }
 

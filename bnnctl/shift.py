@@ -177,30 +177,31 @@ class ShiftAdaMax(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr_scale, eps, clip = group["lr_scale"], group["eps"], group["clip"]
-            base_lr = group["lr"] / lr_scale
+            beta1 = group["betas"][0]
+            base_lr = group["lr"] / group["lr_scale"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_inf"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                m, v = state["exp_avg"], state["exp_inf"]
-                m.lerp_(grad, 1 - beta1)
-                torch.maximum(v.mul_(beta2), grad.abs(), out=v)
-                # AP2 of a non-negative tensor in place (2^round(log2 0) = 2^-inf = 0), then + eps:
-                # three passes over the weights instead of ap2's six, the step's main cost on the CPU
-                v.log2_().round_().exp2_().add_(eps)
-                step_size = pow2_round(base_lr / (1 - beta1 ** state["step"])) * lr_scale
-                p.addcdiv_(m, v, value=-step_size)
-                if clip is not None:
-                    p.clamp_(-clip, clip)
+                step_size = pow2_round(base_lr / (1 - beta1 ** state["step"])) * group["lr_scale"]
+                self.update(p, state, group, step_size)
         return loss
+
+    def update(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any], step_size: float) -> None:
+        """One parameter's update, given its (already counted) state and power-of-two step size."""
+        beta1, beta2 = group["betas"]
+        m, v = state["exp_avg"], state["exp_inf"]
+        m.lerp_(p.grad, 1 - beta1)
+        torch.maximum(v.mul_(beta2), p.grad.abs(), out=v)
+        v.copy_(ap2(v)).add_(group["eps"])
+        p.addcdiv_(m, v, value=-step_size)
+        if group["clip"] is not None:
+            p.clamp_(-group["clip"], group["clip"])
 
 
 def make_shift_adamax(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.device) -> ShiftAdaMax:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, distributed
+from . import __version__, distributed, fused_step
 from .data import Splits, load_splits
 from .distributed import SINGLE, Ranks
 from .errors import UserError
@@ -188,8 +188,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform
 # mantissa; the +-1 x +-1 products of every other layer stay exact.
 # foreach_clip is off in both: clamp_min_ and clamp_max_ over the list are two passes over the
 # weights, a clamp_ per layer is one, and for the paper's layers memory traffic is what costs.
+# On the CPU the fused step (optimizer, clipping and binarization in one pass per tensor; exact int8
+# products where a layer's inputs are integers) replaces fused_optimizer and foreach_clip.
 FAST_PRESETS: dict[str, list[str]] = {
-    "cpu": ["fast.data_on_device=true", "fast.fused_optimizer=true", "fast.foreach_clip=false"],
+    "cpu": ["fast.data_on_device=true", "fast.fused_step=true", "fast.int8_forward=true", "fast.reuse_memory=true",
+            "fast.foreach_clip=false"],
     "cuda": ["fast.data_on_device=true", "fast.pretransform=true", "fast.tf32=true", "fast.channels_last=true",
              "fast.foreach_clip=false"],
 }
@@ -275,7 +278,21 @@ class Trainer:
         if fast["tf32"] and device.type == "cuda":
             torch.set_float32_matmul_precision("high")
         self.optimizer = build_optimizer(self.model, recipe["optimizer"], device)
-        if fast["fused_optimizer"]:
+        if fast["reuse_memory"] and device.type == "cpu":
+            fused_step.reuse_freed_memory()
+        # latent weights the fused optimizer clips itself, and the layers that multiply in int8
+        self.clipped_by_optimizer: set[int] = set()
+        self.int8_layers: list[int] = []
+        if fast["int8_forward"] and not fast["fused_step"]:
+            raise UserError("fast.int8_forward multiplies with the signs fast.fused_step keeps; set fast.fused_step=true too.")
+        if fast["fused_step"]:
+            if device.type != "cpu":
+                raise UserError("fast.fused_step is a CPU path; on CUDA use fast.fused_optimizer (Adam is fused there).")
+            if fast["compile"]:
+                raise UserError("fast.fused_step and fast.compile exclude each other; choose one.")
+            self.optimizer, self.clipped_by_optimizer, self.int8_layers = fused_step.setup_fused_step(
+                self.model, self.optimizer, fast["int8_forward"], batch_size // ranks.world_size)
+        elif fast["fused_optimizer"]:
             self.optimizer = fused_adam(self.optimizer)
         if ranks.active:
             # Same initial weights everywhere (seeded above, and DDP broadcasts rank 0's), but each
@@ -295,6 +312,7 @@ class Trainer:
             else:  # the loss joins the model's graph
                 self.forward_loss = compile_(self._forward_loss)
         self.binary_layers = binary_layers(self.model)
+        self.binary_layers = [layer for layer in self.binary_layers if id(layer.weight) not in self.clipped_by_optimizer]
         self.latent_weights = [layer.weight for layer in self.binary_layers]
         self.clip_values = {layer.clip_value for layer in self.binary_layers}
         self.foreach_clip = fast["foreach_clip"] and len(self.clip_values) == 1
@@ -418,7 +436,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------
     @torch.no_grad()
     def clip_(self) -> None:
-        if self.foreach_clip:
+        if self.foreach_clip and self.latent_weights:
             (c,) = self.clip_values
             torch._foreach_clamp_min_(self.latent_weights, -c)
             torch._foreach_clamp_max_(self.latent_weights, c)

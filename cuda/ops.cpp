@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "train_kernels.h"
 #include "ops_common.h"
 
 namespace {
@@ -120,6 +121,92 @@ at::Tensor xnor_tc_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k,
   return pack_cpu(c.to(at::kFloat).sub(*thresh).contiguous());
 }
 
+// ---- the fused training step (cuda/train_kernels.h) -------------------------------------------------
+
+void check_step_tensor(const at::Tensor& t, const at::Tensor& param, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "bnnctl fused step: ", what,
+              " must be a contiguous float32 CPU tensor");
+  TORCH_CHECK(t.numel() == param.numel(), "bnnctl fused step: ", what, " has ", t.numel(), " elements, the parameter ",
+              param.numel());
+}
+
+float* binary_ptr(const std::optional<at::Tensor>& binary, const at::Tensor& param) {
+  if (!binary) return nullptr;
+  check_step_tensor(*binary, param, "binary");
+  return binary->data_ptr<float>();
+}
+
+int8_t* binary_i8_ptr(const std::optional<at::Tensor>& binary, const at::Tensor& param) {
+  if (!binary) return nullptr;
+  TORCH_CHECK(binary->device().is_cpu() && binary->scalar_type() == at::kChar && binary->is_contiguous() &&
+                  binary->numel() == param.numel(),
+              "bnnctl fused step: binary_i8 must be a contiguous int8 CPU tensor shaped like the parameter");
+  return binary->data_ptr<int8_t>();
+}
+
+// Blocks small enough that the binarization loops re-read the updated weights from the L2 cache.
+template <typename Block>
+void for_each_chunk(int64_t n, const Block& block) {
+  at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) { block(i0, i1 - i0); });
+}
+
+void shift_adamax_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_inf, double beta1,
+                      double beta2, double eps, double step, double clip, const std::optional<at::Tensor>& binary,
+                      const std::optional<at::Tensor>& binary_i8) {
+  check_step_tensor(param, param, "param");
+  check_step_tensor(grad, param, "grad");
+  check_step_tensor(exp_avg, param, "exp_avg");
+  check_step_tensor(exp_inf, param, "exp_inf");
+  float *p = param.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_inf.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* b = binary_ptr(binary, param);
+  int8_t* b8 = binary_i8_ptr(binary_i8, param);
+  for_each_chunk(param.numel(), [&](int64_t i, int64_t n) {
+    bnn_train::shift_adamax(p + i, g + i, m + i, v + i, n, (float)(1.0 - beta1), (float)beta2, (float)eps, (float)step,
+                            (float)clip, b ? b + i : nullptr, b8 ? b8 + i : nullptr);
+  });
+}
+
+void adam_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, double beta1,
+              double beta2, double eps, double step, double bias2_sqrt, double clip,
+              const std::optional<at::Tensor>& binary, const std::optional<at::Tensor>& binary_i8) {
+  check_step_tensor(param, param, "param");
+  check_step_tensor(grad, param, "grad");
+  check_step_tensor(exp_avg, param, "exp_avg");
+  check_step_tensor(exp_avg_sq, param, "exp_avg_sq");
+  float *p = param.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* b = binary_ptr(binary, param);
+  int8_t* b8 = binary_i8_ptr(binary_i8, param);
+  for_each_chunk(param.numel(), [&](int64_t i, int64_t n) {
+    bnn_train::adam(p + i, g + i, m + i, v + i, n, (float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), (float)eps,
+                    (float)step, (float)bias2_sqrt, (float)clip, b ? b + i : nullptr, b8 ? b8 + i : nullptr);
+  });
+}
+
+void clip_binarize_cpu(at::Tensor& param, double clip, const std::optional<at::Tensor>& binary,
+                       const std::optional<at::Tensor>& binary_i8) {
+  check_step_tensor(param, param, "param");
+  float* p = param.data_ptr<float>();
+  float* b = binary_ptr(binary, param);
+  int8_t* b8 = binary_i8_ptr(binary_i8, param);
+  for_each_chunk(param.numel(), [&](int64_t i, int64_t n) {
+    bnn_train::clip_binarize(p + i, n, (float)clip, b ? b + i : nullptr, b8 ? b8 + i : nullptr);
+  });
+}
+
+at::Tensor ap2_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "bnnctl::ap2_nonnegative expects float32 on the CPU");
+  at::Tensor src = x.contiguous();
+  at::Tensor out = at::empty(src.sizes(), src.options());
+  const float* s = src.data_ptr<float>();
+  float* d = out.data_ptr<float>();
+  for_each_chunk(src.numel(), [&](int64_t i, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) d[i + j] = bnn_train::ap2_nonnegative(s[i + j]);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(bnnctl, m) {
@@ -132,6 +219,12 @@ TORCH_LIBRARY(bnnctl, m) {
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("set_cpu_isa(str isa) -> str", &set_cpu_isa);
   m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);
+  m.def("shift_adamax_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_inf, float beta1, "
+        "float beta2, float eps, float step, float clip, Tensor(d!)? binary, Tensor(e!)? binary_i8) -> ()");
+  m.def("adam_(Tensor(a!) param, Tensor grad, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, float beta1, float beta2, "
+        "float eps, float step, float bias2_sqrt, float clip, Tensor(d!)? binary, Tensor(e!)? binary_i8) -> ()");
+  m.def("clip_binarize_(Tensor(a!) param, float clip, Tensor(b!)? binary, Tensor(c!)? binary_i8) -> ()");
+  m.def("ap2_nonnegative(Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
@@ -141,4 +234,8 @@ TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
   m.impl("xnor_gemm_csa", &xnor_gemm_cpu);
   m.impl("baseline_gemm", &baseline_gemm_cpu);
   m.impl("xnor_tc_gemm", &xnor_tc_gemm_cpu);
+  m.impl("shift_adamax_", &shift_adamax_cpu);
+  m.impl("adam_", &adam_cpu);
+  m.impl("clip_binarize_", &clip_binarize_cpu);
+  m.impl("ap2_nonnegative", &ap2_cpu);
 }

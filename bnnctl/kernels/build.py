@@ -29,10 +29,13 @@ from ..errors import UserError
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
 # The glue and CPU kernels, in both variants. cpu_kernels.cpp has no torch headers (seconds to
 # compile); ops.cpp is the one slow translation unit.
-CPU_SOURCES = ["ops.cpp", "cpu_kernels.cpp"]
+CPU_SOURCES = ["ops.cpp", "cpu_kernels.cpp", "train_kernels.cpp"]
 # Added in the CUDA variant, together with every cuda/*.cu.
 CUDA_GLUE_SOURCES = ["ops_cuda.cpp"]
-EXTRA_CFLAGS = ["-O3"]  # the C++ standard is torch's choice (C++20 for recent torch)
+# The C++ standard is torch's choice (C++20 for recent torch). No contracted multiply-adds: the fused
+# training step must round as torch's eager ops do (cuda/train_kernels.cpp); sqrt need not set errno,
+# so that it vectorizes.
+EXTRA_CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 # at::parallel_for runs its loop on one thread unless the extension itself is compiled with OpenMP
 # (ATen/Parallel-inl.h: INTRA_OP_PARALLEL comes from _OPENMP), so the CPU kernels need it to use
 # torch's threads. torch already loads libgomp on Linux.

@@ -1,0 +1,273 @@
+"""The fused CPU step (fast.fused_step, fast.int8_forward) computes exactly what the plain step does."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from bnnctl import fused_step, kernels
+from bnnctl.binarize import ap2, sign_pm1
+from bnnctl.layers import BinaryLinear, SignActivation
+from bnnctl.models import build_model
+from bnnctl.shift import ShiftAdaMax
+from tests.test_fast_path import sets, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return kernels._ops()
+
+
+def hard_values(n: int, seed: int) -> torch.Tensor:
+    """Floats over the whole exponent range, subnormals, zeros of both signs, and the AP2 boundaries."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * torch.exp2(torch.randint(-150, 100, (n,), generator=g).float())
+    sqrt2 = torch.tensor(math.sqrt(2.0), dtype=torch.float32)
+    near = torch.stack([torch.nextafter(sqrt2, torch.tensor(0.0)), sqrt2, torch.nextafter(sqrt2, torch.tensor(2.0))])
+    special = torch.cat([near * 2.0 ** -20, near * 2.0 ** 7, torch.tensor([0.0, -0.0, 1e-45, 3e-45, 1.17e-38])])
+    return torch.cat([x, special, torch.arange(1, 4096, dtype=torch.int32).view(torch.float32)])
+
+
+def test_ap2_is_exact_in_torch_and_cpp(ops):
+    x = hard_values(200_000, 0)
+    x64 = x.double().abs()
+    truth = torch.copysign(torch.where(x64 == 0, 0.0, torch.exp2(torch.round(torch.log2(x64)))).float(), x)
+    assert torch.equal(ap2(x), truth)
+    assert torch.equal(ops.ap2_nonnegative(x.abs()), truth.abs())
+
+
+def reference_shift_adamax(p, grads, lr_scale, clip, steps_lr):
+    opt = ShiftAdaMax([{"params": [p], "lr_scale": lr_scale, "clip": clip}], lr=2.0 ** -6, eps=2.0 ** -27)
+    for grad, lr in zip(grads, steps_lr):
+        opt.param_groups[0]["lr"] = lr * lr_scale
+        p.grad = grad.clone()
+        opt.step()
+    return p, opt.state[p]
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_fused_shift_adamax_equals_shift_adamax_bit_for_bit(clip):
+    g = torch.Generator().manual_seed(1)
+    init = torch.empty(3000).uniform_(-1, 1, generator=g)
+    grads = [hard_values(2000, s)[:3000] if s % 2 else torch.randn(3000, generator=g) * 1e-3 for s in range(6)]
+    grads = [torch.cat([gr, torch.zeros(3000 - len(gr))]) for gr in grads]
+    lrs = [2.0 ** -6, 2.0 ** -6, 2.0 ** -7, 0.011, 0.003, 0.003]
+    p_ref, state_ref = reference_shift_adamax(init.clone(), grads, 3.7, clip, lrs)
+
+    p = init.clone()
+    cache = BinaryLinear(1, 1).attach_weight_cache(int8=True)  # buffers of the right kind, resized below
+    cache.weight, cache.binary, cache.binary_i8 = p, torch.empty_like(p), torch.empty(3000, dtype=torch.int8)
+    opt = fused_step.FusedShiftAdaMax([{"params": [p], "lr_scale": 3.7, "clip": None}], lr=2.0 ** -6,
+                                      betas=(0.9, 0.999), eps=2.0 ** -27,
+                                      layer_of={id(p): (cache, clip)} if clip else {})
+    for grad, lr in zip(grads, lrs):
+        opt.param_groups[0]["lr"] = lr * 3.7
+        p.grad = grad.clone()
+        opt.step()
+    assert torch.equal(p, p_ref)
+    assert torch.equal(opt.state[p]["exp_avg"], state_ref["exp_avg"])
+    assert torch.equal(opt.state[p]["exp_inf"], state_ref["exp_inf"])
+    if clip:
+        assert torch.equal(cache.binary, sign_pm1(p)) and torch.equal(cache.binary_i8, sign_pm1(p).to(torch.int8))
+        assert cache.version == p._version
+
+
+def numpy_adam(p, m, v, g, lr, step, beta1=0.9, beta2=0.999, eps=1e-8):
+    """torch.optim.Adam's formula in float32 numpy, with numpy's correctly rounded sqrt."""
+    f = np.float32
+    m = (m.astype(np.float64) + np.float64(f(1 - beta1)) * (g - m).astype(f).astype(np.float64)).astype(f)  # lerp: fma
+    v = ((v * f(beta2)).astype(np.float64) + (f(1 - beta2) * g).astype(f).astype(np.float64) * g).astype(f)  # addcmul: fma
+    denom = (np.sqrt(v) / f((1 - beta2 ** step) ** 0.5)).astype(f) + f(eps)
+    p = p + (f(-(lr / (1 - beta1 ** step))) * m) / denom
+    return p.astype(f), m, v
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_fused_adam_is_torch_adam(foreach):
+    """Bit for bit the formula with a correctly rounded sqrt; torch's own CPU sqrt is not always
+    correctly rounded (on this AVX-512 build about 1 result in 5 is an ulp off), so against
+    torch.optim.Adam the two agree to that ulp."""
+    g = torch.Generator().manual_seed(2)
+    init = [torch.empty(4097).uniform_(-1, 1, generator=g), torch.randn(33, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) * 10.0 ** -k for t in init] for k in range(5)]
+    lrs = [3e-3, 3e-3, 1e-3, 2e-4, 1e-5]
+
+    ref = [t.clone() for t in init]
+    opt = torch.optim.Adam([{"params": [ref[0]]}, {"params": [ref[1]]}], lr=3e-3, foreach=foreach)
+    emulated = [(t.numpy().copy(), np.zeros(t.shape, np.float32), np.zeros(t.shape, np.float32)) for t in init]
+    fused = [t.clone() for t in init]
+    cache = BinaryLinear(1, 1).attach_weight_cache()
+    cache.weight, cache.binary = fused[0], torch.empty_like(fused[0])
+    fopt = fused_step.FusedAdam([{"params": [fused[0]]}, {"params": [fused[1]]}], layer_of={id(fused[0]): (cache, 1.0)},
+                                lr=3e-3)
+    for step, (step_grads, lr) in enumerate(zip(grads, lrs), start=1):
+        for optimizer in (opt, fopt):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        for t, f, gr in zip(ref, fused, step_grads):
+            t.grad, f.grad = gr.clone(), gr.clone()
+        opt.step()
+        fopt.step()
+        ref[0].data.clamp_(-1, 1)
+        emulated = [numpy_adam(p, m, v, gr.numpy(), lr, step) for (p, m, v), gr in zip(emulated, step_grads)]
+        emulated[0] = (np.clip(emulated[0][0], -1, 1), *emulated[0][1:])
+        for t, f, (p, _, _) in zip(ref, fused, emulated):
+            assert torch.equal(f, torch.from_numpy(p))
+            torch.testing.assert_close(f, t, rtol=1e-6, atol=1e-9)
+    assert torch.equal(cache.binary, sign_pm1(fused[0]))
+    # the state is Adam's own: a checkpoint moves between the plain and the fused optimizer
+    assert opt.state_dict()["state"].keys() == fopt.state_dict()["state"].keys()
+    torch.testing.assert_close(opt.state_dict()["state"][0]["exp_avg_sq"], fopt.state_dict()["state"][0]["exp_avg_sq"])
+
+
+def test_integral_inputs_are_found_from_the_structure():
+    def mlp(dropout_in, dropout_hidden, **extra):
+        cfg = {"arch": "mlp", "hidden": [16, 16], "dropout_in": dropout_in, "dropout_hidden": dropout_hidden,
+               "bias": True, "norm": "bn", "output_norm": None, "bn_eps": 1e-4, "bn_momentum": 0.1,
+               "stochastic_weights": False, "stochastic_activations": False, **extra}
+        return build_model(cfg, (1, 4, 4), 10)
+
+    model = mlp(0.0, 0.0)
+    linear = [i for i, m in enumerate(model) if isinstance(m, BinaryLinear)]
+    assert fused_step.integral_input_scale(model) == {linear[1]: 1.0, linear[2]: 1.0}  # not the pixels
+    model = mlp(0.2, 0.5)
+    linear = [i for i, m in enumerate(model) if isinstance(m, BinaryLinear)]
+    assert fused_step.integral_input_scale(model) == {linear[1]: 2.0, linear[2]: 2.0}
+    assert fused_step.integral_input_scale(mlp(0.0, 0.2)) == {}  # 1.25 is no integer
+    convnet = build_model({"arch": "convnet", "conv": [4, "M"], "fc": [8], "kernel_size": 3, "dropout_in": 0.0,
+                           "dropout_hidden": 0.0, "bias": True, "norm": "bn", "output_norm": None, "bn_eps": 1e-4,
+                           "bn_momentum": 0.1, "stochastic_weights": False, "stochastic_activations": False},
+                          (3, 8, 8), 10)
+    fc = [i for i, m in enumerate(convnet) if isinstance(m, BinaryLinear)]
+    assert fused_step.integral_input_scale(convnet) == {fc[0]: 1.0, fc[1]: 1.0}  # Flatten keeps the signs
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_int8_linear_equals_float_linear(dropout):
+    torch.manual_seed(3)
+    float_layer = BinaryLinear(300, 70)
+    int8_layer = BinaryLinear(300, 70)
+    int8_layer.load_state_dict(float_layer.state_dict())
+    int8_layer.attach_weight_cache(int8=True)
+    x = sign_pm1(torch.randn(50, 300))
+    if dropout:
+        x = nn.functional.dropout(x, dropout)
+    x_float, x_int8 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_float, out_int8 = float_layer(x_float), int8_layer(x_int8)
+    assert torch.equal(out_float, out_int8)
+    grad = torch.randn_like(out_float)
+    out_float.backward(grad)
+    out_int8.backward(grad)
+    assert torch.equal(x_float.grad, x_int8.grad)
+    assert torch.equal(float_layer.weight.grad, int8_layer.weight.grad)
+    assert torch.equal(float_layer.bias.grad, int8_layer.bias.grad)
+
+
+def test_a_cache_follows_every_change_of_its_weight():
+    layer = BinaryLinear(8, 4)
+    layer.attach_weight_cache(int8=True)
+    x = sign_pm1(torch.randn(3, 8))
+    before = layer(x)
+    with torch.no_grad():
+        layer.weight.neg_()
+    assert torch.equal(layer(x), -before + 2 * layer.bias)
+    other = BinaryLinear(8, 4)
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer(x), other(x))
+
+
+def tiny_torch7(tmp_path: Path, tiny_npz: Path) -> Path:
+    recipe = yaml.safe_load((REPO / "recipes" / "mnist_torch7.yaml").read_text())
+    recipe["name"] = "tiny7"
+    recipe["data"].update(source="npz", npz=str(tiny_npz), valid_size=100)
+    recipe["model"]["hidden"] = [32, 32]
+    recipe["train"].update(epochs=3, batch_size=50, eval_batch_size=100)
+    path = tmp_path / "tiny7.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+PLAIN_CPU = ["fast.fused_step=false", "fast.int8_forward=false", "fast.reuse_memory=false",
+             "fast.fused_optimizer=false"]
+FUSED_CPU = ["fast.fused_step=true", "fast.int8_forward=true", "fast.reuse_memory=true"]
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    assert (a / "metrics.csv").read_text().split("epoch_time_s")[0] == (b / "metrics.csv").read_text().split("epoch_time_s")[0]
+    rows_a = [r.rsplit(",", 1)[0] for r in (a / "metrics.csv").read_text().splitlines()]
+    rows_b = [r.rsplit(",", 1)[0] for r in (b / "metrics.csv").read_text().splitlines()]
+    assert rows_a == rows_b  # every column but the epoch time
+    state_a = torch.load(a / "checkpoint.pt", weights_only=False)
+    state_b = torch.load(b / "checkpoint.pt", weights_only=False)
+    for key, value in state_a["model"].items():
+        assert torch.equal(value, state_b["model"][key]), key
+    for index, state in state_a["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = state_b["optimizer"]["state"][index][name]
+            assert (torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other), (index, name)
+
+
+def force_int8(monkeypatch):
+    """Every integral-input layer multiplies in int8 (on a CPU where int8 is slower it would not be chosen)."""
+    monkeypatch.setattr(fused_step, "choose_int8_layers",
+                        lambda model, batch: list(fused_step.integral_input_scale(model)))
+
+
+def test_fused_torch7_training_equals_plain_training_bit_for_bit(tiny_npz, tmp_path, monkeypatch):
+    """Shift AdaMax has no sqrt: two epochs give the same losses, errors, weights, BN statistics and
+    optimizer state, to the bit, on any CPU."""
+    force_int8(monkeypatch)
+    path = tiny_torch7(tmp_path, tiny_npz)
+    plain = train(path, tmp_path / "plain", *sets(PLAIN_CPU))
+    fused = train(path, tmp_path / "fused", *sets(FUSED_CPU))
+    assert "fused_step: true" in (fused / "recipe.yaml").read_text()
+    assert_identical_runs(plain, fused)
+
+
+def test_fused_adam_training_step_equals_plain_step(tiny_recipe, tmp_path, monkeypatch):
+    """One step of the Theano recipe (dropout 0.5 before the int8 layers): the same forward and
+    gradients to the bit, and the same update to torch's sqrt ulp (see test_fused_adam_is_torch_adam)."""
+    from rich.console import Console
+
+    from bnnctl.data import load_splits
+    from bnnctl.recipe import load_recipe
+    from bnnctl.train import Trainer
+
+    force_int8(monkeypatch)
+    trainers = []
+    for overrides in (PLAIN_CPU, FUSED_CPU):
+        cfg = load_recipe(tiny_recipe, overrides + ["model.dropout_hidden=0.5"])
+        splits = load_splits(cfg["data"], None)
+        trainers.append(Trainer(cfg, splits, torch.device("cpu"), tmp_path, Console(quiet=True), "test"))
+    plain, fused = trainers
+    assert fused.int8_layers and isinstance(fused.optimizer, fused_step.FusedAdam)
+    idx = plain.batches()[0]
+    for trainer in trainers:
+        torch.manual_seed(5)  # the same dropout masks
+        trainer.model.train()
+        xb = trainer.inputs(trainer.splits.x_train[idx])
+        loss = trainer.forward_loss(xb, trainer.splits.y_train[idx])
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.loss = loss.detach()
+    assert torch.equal(plain.loss, fused.loss)
+    for p, f in zip(plain.model.parameters(), fused.model.parameters()):
+        assert torch.equal(p.grad, f.grad)
+    for trainer in trainers:
+        trainer.optimizer.step()
+        trainer.clip_()
+    for p, f in zip(plain.model.parameters(), fused.model.parameters()):
+        torch.testing.assert_close(p, f, rtol=1e-6, atol=1e-9)
+
+
+def test_fused_step_is_what_fast_means_on_the_cpu(tiny_recipe, tmp_path):
+    run = train(tiny_recipe, tmp_path / "fast", "--fast")
+    recorded = yaml.safe_load((run / "recipe.yaml").read_text())["fast"]
+    assert recorded["fused_step"] and recorded["int8_forward"] and recorded["reuse_memory"]
