@@ -49,13 +49,13 @@ def train(
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
     if nproc != 1:
-        from .distributed import relaunch
+        from .train.distributed import relaunch
         args = ["train", str(recipe), "--device", device, "--runs-dir", str(runs_dir)]
         args += [arg for item in set_ for arg in ("--set", item)]
         for flag, value in (("--data-dir", data_dir), ("--resume", resume), ("--seed", seed), ("--run-id", run_id)):
             args += [flag, str(value)] if value is not None else []
         raise typer.Exit(relaunch(nproc, args + (["--fast"] if fast else [])))
-    from .train import run_training
+    from .train.loop import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
                  resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)
 
@@ -70,7 +70,7 @@ def eval_(
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
 ):
     """Test (or validation) error of a trained model; agrees with what training recorded."""
-    from .train import run_eval
+    from .infer.evaluate import run_eval
     run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console)
 
 
@@ -81,7 +81,7 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="export file (default: model.bnnx beside best.pt)"),
 ):
     """Write a deployable 1-bit model: packed weights, BN + sign folded into integer thresholds."""
-    from .export import run_export
+    from .infer.export import run_export
     run_export(run=run, out=out, console=console)
 
 
@@ -106,7 +106,7 @@ def bench(
     data_dir: Optional[Path] = typer.Option(None, help="with --model: data root holding MNIST/raw"),
 ):
     """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
-    from .bench import run_bench
+    from .bench.kernels import run_bench
     given = {"--kernel": kernel, "--m": m, "--n": n, "--k": k, "--repeat": repeat, "--device": device,
              "--out": out, "--popc-peak": popc_peak}
     if model is not None:
@@ -114,7 +114,7 @@ def bench(
                  "--device": device, "--out": out}
     command = " ".join(["bnnctl bench"] + [f"{opt} {val}" for opt, val in given.items() if val is not None])
     if model is not None:
-        from .bench_mlp import run_model_bench
+        from .bench.mlp import run_model_bench
         run_model_bench(model=model, run=run, device=device, data_dir=data_dir, repeat=repeat, out=out,
                         command=command, console=console, variants=kernel)
         return
@@ -142,7 +142,7 @@ def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of rec
 @user_errors
 def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist")):
     """Per-layer table of a recipe's model: output shape, weight bits (binary vs float32), MACs per image."""
-    from .summary import render, summarize
+    from .report.summary import render, summarize
     render(summarize(recipe), console)
 
 

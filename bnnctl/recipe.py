@@ -16,7 +16,12 @@ from typing import Any
 
 import yaml
 
+from .core.losses import LOSSES
+from .core.models import ARCHITECTURES
+from .core.norms import NORMS
+from .data import DATASETS, PREPROCESSORS, SPLITTERS
 from .errors import UserError
+from .optim import OPTIMIZERS
 
 REQUIRED = object()
 
@@ -42,8 +47,8 @@ def f(types, default=REQUIRED, choices=None, help="", nullable=False, items=None
 
 NUM = (int, float)
 
-# The schema: nested dicts of Field. Other modules extend ``choices`` of their own fields
-# (a new dataset, norm or optimizer) through ``register_choice``.
+# The schema: nested dicts of Field. The choices of a dataset, split, preprocessing, architecture,
+# norm, loss or optimizer are the keys of the table that holds those entries, beside their code.
 SCHEMA: dict[str, Any] = {
     "name": f(str, help="run family; results go to results/<name>/"),
     "description": f(str, ""),
@@ -55,19 +60,19 @@ SCHEMA: dict[str, Any] = {
     },
     "seed": f(int, 0),
     "data": {
-        "dataset": f(str, choices=("mnist",)),
+        "dataset": f(str, choices=tuple(DATASETS)),
         "variant": f(str, None, nullable=True, help="recorded dataset variant; set by the loader"),
         "source": f(str, "auto", choices=("auto", "torchvision", "npz")),
         "npz": f(str, None, nullable=True, help="path of a pre-staged .npz (x_train, y_train, x_test, y_test)"),
         "train_size": f(int, None, nullable=True, help="training images taken from the start of train"),
         "valid_size": f(int, help="validation images"),
-        "split": f(str, "tail", choices=("tail",), help="how the validation set is cut from train"),
-        "preprocess": f(str, "scale", choices=("scale",), help="scale: pixels to [-1, 1]"),
+        "split": f(str, "tail", choices=tuple(SPLITTERS), help="how the validation set is cut from train"),
+        "preprocess": f(str, "scale", choices=tuple(PREPROCESSORS), help="scale: pixels to [-1, 1]"),
         "limit_train": f(int, None, nullable=True, help="debug: use only the first N training images"),
         "limit_test": f(int, None, nullable=True, help="debug: use only the first N test images"),
     },
     "model": {
-        "arch": f(str, choices=("mlp", "convnet")),
+        "arch": f(str, choices=tuple(ARCHITECTURES)),
         "hidden": f(list, [], items=(int,), help="MLP hidden widths"),
         "conv": f(list, [], items=(int, str), help="ConvNet: channel widths, 'M' = 2x2 max-pool"),
         "fc": f(list, [], items=(int,), help="ConvNet: hidden fully connected widths"),
@@ -75,8 +80,8 @@ SCHEMA: dict[str, Any] = {
         "dropout_in": f(NUM, 0.0),
         "dropout_hidden": f(NUM, 0.0),
         "bias": f(bool, True),
-        "norm": f(str, "bn", choices=("bn",)),
-        "output_norm": f(str, None, nullable=True, choices=("bn",), help="norm after the output layer; null: model.norm"),
+        "norm": f(str, "bn", choices=tuple(NORMS)),
+        "output_norm": f(str, None, nullable=True, choices=tuple(NORMS), help="norm after the output layer; null: model.norm"),
         "bn_eps": f(NUM, 1e-4),
         "bn_momentum": f(NUM, 0.1),
         "stochastic_weights": f(bool, False),
@@ -86,11 +91,11 @@ SCHEMA: dict[str, Any] = {
         "epochs": f(int),
         "batch_size": f(int),
         "eval_batch_size": f(int, 1000),
-        "loss": f(str, "squared_hinge", choices=("squared_hinge", "cross_entropy")),
+        "loss": f(str, "squared_hinge", choices=tuple(LOSSES)),
         "checkpoint_every": f(int, 1, help="epochs between checkpoints"),
     },
     "optimizer": {
-        "name": f(str, "adam", choices=("adam",)),
+        "name": f(str, "adam", choices=tuple(OPTIMIZERS)),
         "lr": f(NUM),
         "betas": f(list, [0.9, 0.999], items=NUM),
         "eps": f(NUM, 1e-8),
@@ -128,14 +133,6 @@ SCHEMA: dict[str, Any] = {
         "reuse_memory": f(bool, False, help="CPU: glibc keeps freed memory instead of returning it to the kernel"),
     },
 }
-
-
-def register_choice(path: str, *values: Any) -> None:
-    """Allow more values for a field with choices, e.g. register_choice('data.dataset', 'cifar10')."""
-    node: Any = SCHEMA
-    for part in path.split("."):
-        node = node[part]
-    node.choices = tuple(dict.fromkeys((*(node.choices or ()), *values)))
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -275,8 +272,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict[st
 
 
 def resolve(raw: dict[str, Any], source: str = "recipe") -> dict[str, Any]:
-    # The modules that register datasets, norms and optimizers extend SCHEMA's choices on import.
-    from . import data, models, optim  # noqa: F401
     recipe = _validate(raw, SCHEMA, "", source)
     _check_consistency(recipe, source)
     return recipe

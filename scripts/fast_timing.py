@@ -40,7 +40,9 @@ sys.path.insert(0, str(REPO))
 
 from bnnctl.data import load_splits  # noqa: E402
 from bnnctl.recipe import load_recipe  # noqa: E402
-from bnnctl.train import FAST_PRESETS, Trainer, environment, pretransformed, resolve_device, run_training  # noqa: E402
+from bnnctl.runs import environment, resolve_device  # noqa: E402
+from bnnctl.train.fast import FAST_PRESETS, pretransformed  # noqa: E402
+from bnnctl.train.loop import Trainer, run_training  # noqa: E402
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
@@ -124,7 +126,7 @@ def steps_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def epochs_command(args: argparse.Namespace) -> dict[str, Any]:
-    import bnnctl.train as train_module
+    import bnnctl.train.loop as train_module
 
     device = resolve_device(args.device)
     record = provenance(device)

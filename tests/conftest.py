@@ -67,5 +67,5 @@ def mnist_raw(tmp_path: Path, monkeypatch) -> Path:
     for name, array in files.items():
         write_idx(raw / name, array)
     md5s = {name: hashlib.md5((raw / name).read_bytes()).hexdigest() for name in files}
-    monkeypatch.setattr("bnnctl.data._mnist_md5s", lambda: md5s)
+    monkeypatch.setattr("bnnctl.data.mnist._mnist_md5s", lambda: md5s)
     return root

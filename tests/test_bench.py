@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from bnnctl import bench
+from bnnctl.bench import kernels as bench
 from bnnctl.cli import app
 from bnnctl.errors import UserError
 

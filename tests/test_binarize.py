@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnnctl.binarize import ap2, binarize_ste, binarize_weight, hard_sigmoid, sign_pm1, stochastic_sign
+from bnnctl.core.binarize import ap2, binarize_ste, binarize_weight, hard_sigmoid, sign_pm1, stochastic_sign
 
 
 def test_sign_of_zero_and_negative_zero_is_plus_one():
@@ -51,7 +51,7 @@ def test_stochastic_sign_has_hard_sigmoid_probability():
 
 
 def test_stochastic_ste_only_while_training():
-    from bnnctl.layers import SignActivation
+    from bnnctl.core.layers import SignActivation
     act = SignActivation(stochastic=True)
     x = torch.full((1000,), 0.2)
     act.eval()

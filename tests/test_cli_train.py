@@ -60,7 +60,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tiny_recipe, tmp_path, monke
     assert train(tiny_recipe, straight).exit_code == 0
     expected = metrics(only_run(straight))
 
-    from bnnctl.train import Trainer
+    from bnnctl.train.loop import Trainer
     original = Trainer.train_epoch
 
     def interrupt_in_second_epoch(self, progress):
@@ -111,7 +111,7 @@ def test_kill_leaves_a_resumable_run(tiny_recipe, tmp_path):
 
 
 def test_nan_loss_stops_with_state_saved(tiny_recipe, tmp_path, monkeypatch):
-    from bnnctl import train as train_module
+    from bnnctl.train import loop as train_module
 
     monkeypatch.setitem(train_module.LOSSES, "squared_hinge",
                         lambda out, y: (out * float("nan")).sum())

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from bnnctl.data import DataError, load_splits, read_idx, scale_to_pm1, to_nchw
+from bnnctl.data import DataError, load_splits, scale_to_pm1
+from bnnctl.data.common import read_idx, to_nchw
 from bnnctl.recipe import load_recipe
 
 from .conftest import REPO, write_idx
@@ -41,7 +42,7 @@ def test_mnist_loader_reads_idx_files_and_cuts_tail_split(mnist_raw):
 
 
 def test_mnist_md5_mismatch_is_refused(mnist_raw, monkeypatch):
-    monkeypatch.setattr("bnnctl.data._mnist_md5s", lambda: {"train-images-idx3-ubyte.gz": "0" * 32})
+    monkeypatch.setattr("bnnctl.data.mnist._mnist_md5s", lambda: {"train-images-idx3-ubyte.gz": "0" * 32})
     with pytest.raises(DataError, match="md5"):
         load_splits(mnist_data_cfg(valid_size=50), mnist_raw)
 

@@ -9,8 +9,8 @@ import scipy.io
 import scipy.signal
 import torch
 
-from bnnctl import data_cifar_svhn as dcs
-from bnnctl import preprocessing as pre
+from bnnctl.data import cifar_svhn as dcs
+from bnnctl.data import preprocessing as pre
 from bnnctl.data import DataError, RawData, load_splits
 from bnnctl.recipe import load_recipe
 

@@ -20,7 +20,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from bnnctl.cli import app
-from bnnctl.distributed import CrossRankBatchNorm, Ranks, rank_seed, relaunch
+from bnnctl.train.distributed import CrossRankBatchNorm, Ranks, rank_seed, relaunch
 from bnnctl.errors import UserError
 from tests.conftest import REPO, make_images
 
@@ -80,7 +80,7 @@ def _two_rank_worker(rank: int, recipe: str, runs: str, ports: list[int]) -> Non
     """Rank ``rank`` of the runs the tests below inspect; every run_training call is one torchrun launch."""
     torch.set_num_threads(1)  # as torchrun sets OMP_NUM_THREADS=1: the CLI resume must match to the bit
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
-    from bnnctl.train import Trainer, run_training
+    from bnnctl.train.loop import Trainer, run_training
 
     def train(port: int, run_id: str | None, overrides: list[str] = (), resume: Path | None = None) -> None:
         os.environ["MASTER_PORT"] = str(port)
@@ -129,7 +129,7 @@ def two_rank_runs(tmp_path_factory) -> Path:
     (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     runs = root / "runs"
     runs.mkdir()
-    from bnnctl.train import Trainer
+    from bnnctl.train.loop import Trainer
     original = Trainer.train_epoch
     Trainer.train_epoch = interrupting_in_second_epoch(original)
     try:
@@ -214,7 +214,7 @@ def test_sync_bn_two_processes_take_the_one_process_steps(two_rank_runs, tmp_pat
 def test_batch_must_split_evenly(tiny_recipe, tmp_path):
     from bnnctl.data import load_splits
     from bnnctl.recipe import load_recipe
-    from bnnctl.train import Trainer
+    from bnnctl.train.loop import Trainer
 
     cfg = load_recipe(tiny_recipe)
     with pytest.raises(UserError, match="does not split evenly across 3 processes"):

@@ -18,17 +18,18 @@ from torch import nn
 from typer.testing import CliRunner
 
 from bnnctl import kernels
-from bnnctl.binarize import sign_pm1
+from bnnctl.core.binarize import sign_pm1
 from bnnctl.cli import app
 from bnnctl.data import scale_to_pm1
-from bnnctl.engine import EngineError, PackedEngine, engine_error
-from bnnctl.export import (EXPORT_VERSION, MAGIC, ExportError, export_model, fires, fold_thresholds, load_export,
+from bnnctl.infer.engine import EngineError, PackedEngine, engine_error
+from bnnctl.infer.export import (EXPORT_VERSION, MAGIC, ExportError, export_model, fires, fold_thresholds, load_export,
                            save_export)
-from bnnctl.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_
-from bnnctl.models import build_model
+from bnnctl.core.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_
+from bnnctl.core.models import build_model
 from bnnctl.recipe import load_recipe
-from bnnctl.shift import ShiftBatchNorm
-from bnnctl.train import MODEL_FORMAT, FORMAT_VERSION, squared_hinge
+from bnnctl.core.norms import ShiftBatchNorm
+from bnnctl.core.losses import squared_hinge
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm)
@@ -424,7 +425,7 @@ def test_cuda_engine_error_equals_cpu(arch_model):
 
 def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
     """The bench on a small MLP of the MNIST shape, random images (no MNIST under the data dir)."""
-    from bnnctl.bench_mlp import bench_model, float_model_from_export, print_model_table, record
+    from bnnctl.bench.mlp import bench_model, float_model_from_export, print_model_table, record
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[96,64]"])
     torch.manual_seed(0)
     model = build_model(cfg["model"], (1, 28, 28), 10).eval()
@@ -453,7 +454,7 @@ def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
 
 
 def test_model_bench_finds_the_newest_finished_mnist_run(tmp_path):
-    from bnnctl.bench_mlp import find_model
+    from bnnctl.bench.mlp import find_model
     from bnnctl.recipe import dump_recipe
     paper_mlp = dump_recipe(load_recipe(REPO / "recipes" / "mnist.yaml"))
     small_mlp = dump_recipe(load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[64]"]))

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from bnnctl.cli import app
 from bnnctl.data import scale_to_pm1
-from bnnctl.preprocessing import Standardize
-from bnnctl.train import Trainer, fused_adam, pretransformed
+from bnnctl.data.preprocessing import Standardize
+from bnnctl.train.fast import fused_adam, pretransformed
+from bnnctl.train.loop import Trainer
 
 runner = CliRunner()
 # Every comparison drops the binary layers' biases. Each feeds a BN, which subtracts any shift, so
@@ -123,7 +124,7 @@ def test_compiled_model_step_equals_plain(tiny_recipe, tmp_path, monkeypatch):
 
 def test_compiled_sign_maps_negative_zero_to_plus_one():
     """Inductor folds away an x + 0.0, so compiled code must not rely on it to turn -0.0 into +0.0."""
-    from bnnctl.binarize import sign_pm1
+    from bnnctl.core.binarize import sign_pm1
 
     torch._dynamo.reset()
     values = torch.tensor([-2.0, -0.5, -0.0, 0.0, 1e-30, 0.5, 2.0])
@@ -221,7 +222,7 @@ def test_cuda_train_step_never_synchronizes(tiny_recipe, tmp_path):
 
     from bnnctl.data import load_splits
     from bnnctl.recipe import load_recipe
-    from bnnctl.train import FAST_PRESETS
+    from bnnctl.train.fast import FAST_PRESETS
 
     cfg = load_recipe(tiny_recipe, FAST_PRESETS["cuda"])
     device = torch.device("cuda")
@@ -243,7 +244,7 @@ def test_cuda_train_step_never_synchronizes(tiny_recipe, tmp_path):
 @cuda
 def test_cuda_tf32_keeps_binary_products_exact():
     """+1/-1 inputs and weights: TF32 tensor cores return the exact integer sums of fp32."""
-    from bnnctl.binarize import sign_pm1
+    from bnnctl.core.binarize import sign_pm1
 
     torch.manual_seed(0)
     a = sign_pm1(torch.randn(100, 4096, device="cuda"))
@@ -258,7 +259,7 @@ def test_cuda_tf32_keeps_binary_products_exact():
 
 
 def tiny_mlp(seed: int = 0) -> torch.nn.Module:
-    from bnnctl.models import build_model
+    from bnnctl.core.models import build_model
     from bnnctl.recipe import load_recipe
 
     cfg = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "mnist.yaml",
@@ -277,10 +278,10 @@ def test_cuda_compiled_training_equals_eager(mode):
     """
     import copy
 
-    from bnnctl.layers import binary_layers
+    from bnnctl.core.layers import binary_layers
     from bnnctl.optim import build_optimizer
     from bnnctl.recipe import load_recipe
-    from bnnctl.train import squared_hinge
+    from bnnctl.core.losses import squared_hinge
 
     optimizer_cfg = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "mnist.yaml")["optimizer"]
     device = torch.device("cuda")

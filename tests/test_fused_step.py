@@ -10,11 +10,12 @@ import torch
 import yaml
 from torch import nn
 
-from bnnctl import fused_step, kernels
-from bnnctl.binarize import ap2, sign_pm1
-from bnnctl.layers import BinaryLinear, SignActivation
-from bnnctl.models import build_model
-from bnnctl.shift import ShiftAdaMax
+from bnnctl import kernels
+from bnnctl.train import fused_step
+from bnnctl.core.binarize import ap2, sign_pm1
+from bnnctl.core.layers import BinaryLinear, SignActivation
+from bnnctl.core.models import build_model
+from bnnctl.optim.shift_adamax import ShiftAdaMax
 from tests.test_fast_path import sets, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -238,7 +239,7 @@ def test_fused_adam_training_step_equals_plain_step(tiny_recipe, tmp_path, monke
 
     from bnnctl.data import load_splits
     from bnnctl.recipe import load_recipe
-    from bnnctl.train import Trainer
+    from bnnctl.train.loop import Trainer
 
     force_int8(monkeypatch)
     trainers = []

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from bnnctl.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_, glorot_lr_scale
-from bnnctl.models import build_model, count_parameters
+from bnnctl.core.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_, glorot_lr_scale
+from bnnctl.core.models import build_model, count_parameters
 from bnnctl.optim import build_optimizer, lr_at, param_groups, set_lr
 from bnnctl.recipe import load_recipe, resolve
 
@@ -105,7 +105,7 @@ def test_step_schedule_written_for_a_length_compresses_with_the_run():
 
 
 def test_training_step_keeps_latent_weights_clipped():
-    from bnnctl.train import squared_hinge
+    from bnnctl.core.losses import squared_hinge
     torch.manual_seed(0)
     model = build_model(dict(mnist_model_cfg(), hidden=[16]), (1, 4, 4), 3)
     opt = torch.optim.SGD(model.parameters(), lr=100.0)
@@ -117,7 +117,7 @@ def test_training_step_keeps_latent_weights_clipped():
 
 
 def test_squared_hinge_on_pm1_targets():
-    from bnnctl.train import squared_hinge
+    from bnnctl.core.losses import squared_hinge
     out = torch.tensor([[0.5, -2.0, 1.5]])
     # targets (-1, -1, +1): max(0, 1 + 0.5)^2, max(0, 1 - 2)^2, max(0, 1 - 1.5)^2
     assert squared_hinge(out, torch.tensor([2])).item() == pytest.approx((2.25 + 0 + 0) / 3)

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bnnctl import data_cifar_svhn
+from bnnctl.data import cifar_svhn as data_cifar_svhn
 from bnnctl.cli import app
-from bnnctl.layers import BinaryConv2d, BinaryLinear, SignActivation
-from bnnctl.models import build_model, count_parameters
+from bnnctl.core.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnnctl.core.models import build_model, count_parameters
 from bnnctl.optim import lr_at
 from bnnctl.recipe import load_recipe
-from bnnctl.shift import ShiftBatchNorm
+from bnnctl.core.norms import ShiftBatchNorm
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

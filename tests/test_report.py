@@ -15,8 +15,8 @@ from bnnctl import paper
 from bnnctl.cli import app
 from bnnctl.recipe import dump_recipe, load_recipe
 from bnnctl.report import build_report, random_unique_share, unique_filters
-from bnnctl.summary import summarize
-from bnnctl.train import FORMAT_VERSION, MODEL_FORMAT
+from bnnctl.report.summary import summarize
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -95,7 +95,7 @@ def small_convnet_recipe(tmp_path: Path) -> dict:
 
 def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> None:
     """A best.pt (train.py's model record) whose binary conv layers have the given weights."""
-    from bnnctl.models import build_model
+    from bnnctl.core.models import build_model
 
     torch.manual_seed(0)
     model = build_model(recipe["model"], (3, 8, 8), 10)

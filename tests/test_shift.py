@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from bnnctl.binarize import ap2
-from bnnctl.models import build_model
+from bnnctl.core.binarize import ap2
+from bnnctl.core.models import build_model
 from bnnctl.optim import build_optimizer, param_groups
 from bnnctl.recipe import load_recipe
-from bnnctl.shift import NORM_WEIGHT, PARAM_ROLE, ShiftAdaMax, ShiftBatchNorm, make_shift_adamax, pow2_round
+from bnnctl.core.binarize import pow2_round
+from bnnctl.core.norms import NORM_WEIGHT, PARAM_ROLE, ShiftBatchNorm
+from bnnctl.optim.shift_adamax import ShiftAdaMax, make_shift_adamax
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ import yaml
 from typer.testing import CliRunner
 
 from bnnctl.cli import app
-from bnnctl.models import build_model
+from bnnctl.core.models import build_model
 from bnnctl.recipe import load_recipe
-from bnnctl.summary import summarize, summarize_model
+from bnnctl.report.summary import summarize, summarize_model
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -535,7 +535,7 @@ def bench_wgmma(out_dir: str, m: int, n: int, k: int, others: str = "xnor-tc,bf1
 
     from rich.console import Console
 
-    from .. import bench
+    from ..bench import kernels as bench
 
     bench.KERNELS.setdefault(WGMMA_BENCH_NAME, bench.BenchKernel(
         "XNOR, tensor cores (wgmma m64n256k256 b1 AND+POPC, sm_90a)",
@@ -584,7 +584,7 @@ def bench_configs(out_dir: str, shapes=CONFIG_BENCH_SHAPES, rounds: int = 5, run
     from datetime import datetime, timezone
     from pathlib import Path
 
-    from .. import bench
+    from ..bench import kernels as bench
 
     out = Path(out_dir)
     log = out / "gpu_peaks.log"

@@ -34,14 +34,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import BinaryLayer, BinaryWeightCache, SignActivation
-from .shift import ShiftAdaMax
+from ..core.layers import BinaryLayer, BinaryWeightCache, SignActivation
+from ..optim.shift_adamax import ShiftAdaMax
 
 # a latent weight's id -> (its binary cache, or None; its clip value, or None)
 LayerMap = dict[int, tuple[BinaryWeightCache | None, float | None]]
 
 def ops():
-    from .kernels import _ops
+    from ..kernels import _ops
     return _ops()
 
 

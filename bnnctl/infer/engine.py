@@ -42,9 +42,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import kernels
-from .data import scale_to_pm1
-from .errors import UserError
+from .. import kernels
+from ..data import scale_to_pm1
+from ..errors import UserError
 from .export import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
 
 HIDDEN_MODES = ("xnor", "float")

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import paper
-from .errors import UserError
+from .. import paper
+from ..errors import UserError
 
 REPORT_FILE = "REPORT.md"
 # Files this command writes (or wrote before): cleared first, so that a figure of a run that no longer
@@ -856,7 +856,7 @@ def unique_filters(weight) -> tuple[int, int]:
     """
     import torch
 
-    from .binarize import sign_pm1
+    from ..core.binarize import sign_pm1
 
     signs = sign_pm1(weight.detach().float()) > 0          # (out, in, kh, kw) bools, sign(0) = +1
     out_c, in_c = signs.shape[:2]
@@ -885,9 +885,9 @@ def filter_rows(run: Run, notes: Notes) -> list[list[Any]] | None:
     """One row per binary conv layer of the run's best.pt; None (with a note) if it cannot be read."""
     from torch import nn
 
-    from .layers import BinaryLayer
+    from ..core.layers import BinaryLayer
     from .summary import summarize_model
-    from .train import load_model
+    from ..runs import load_model
 
     try:
         record, model, _ = load_model(run.path)
@@ -966,7 +966,7 @@ def _arch(run: Run) -> str | None:
 # ============================================================================ the report
 
 def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    from .recipe import RecipeError, load_recipe, recipes_dir
+    from ..recipe import RecipeError, load_recipe, recipes_dir
 
     directory = directory or recipes_dir()
     if not directory.is_dir():

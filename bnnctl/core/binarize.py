@@ -10,6 +10,8 @@ paper's conventions hold everywhere:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -85,3 +87,8 @@ def ap2(x: torch.Tensor) -> torch.Tensor:
     """
     magnitude = torch.exp2(torch.round(torch.log2(x.abs().double()))).to(x.dtype)
     return torch.copysign(magnitude, x)
+
+
+def pow2_round(x: float) -> float:
+    """AP2 of a positive Python number: 2^round(log2 x)."""
+    return 2.0 ** round(math.log2(x))

@@ -44,11 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .binarize import ap2, sign_pm1
-from .errors import UserError
-from .layers import BinaryConv2d, BinaryLinear
-from .shift import ShiftBatchNorm
+from .. import __version__
+from ..core.binarize import ap2, sign_pm1
+from ..errors import UserError
+from ..core.layers import BinaryConv2d, BinaryLinear
+from ..core.norms import ShiftBatchNorm
 
 MAGIC = b"BNNCTLX\x00"
 EXPORT_VERSION = 1
@@ -319,7 +319,7 @@ def norm_affine(norm: nn.Module, bias: torch.Tensor | None) -> tuple[torch.Tenso
 # ---------------------------------------------------------------------------- export
 
 def _pack_signs(weight: torch.Tensor) -> torch.Tensor:
-    from . import kernels
+    from .. import kernels
     return kernels.pack(sign_pm1(weight.detach().float().cpu()).reshape(weight.shape[0], -1))
 
 
@@ -377,7 +377,7 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 def save_export(exported: ExportedModel, path: Path | str) -> int:
     """Write the export file atomically; returns its size in bytes."""
-    from .train import atomic_write_bytes
+    from ..runs import atomic_write_bytes
     blobs: list[bytes] = []
     offset = 0
 
@@ -454,7 +454,7 @@ def _megabytes(n: int) -> str:
 
 def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
     """``bnnctl export RUN [-o FILE]``: export, write, print and record the size against best.pt."""
-    from .train import atomic_write_text, git_commit, load_model
+    from ..runs import atomic_write_text, git_commit, load_model
     record, model, _ = load_model(run)
     checkpoint = run / "best.pt" if run.is_dir() else run
     out = out or checkpoint.parent / f"model{EXPORT_SUFFIX}"

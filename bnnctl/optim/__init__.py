@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .layers import binary_layers
+from ..core.layers import binary_layers
+from .shift_adamax import make_shift_adamax
 
 
 def param_groups(model: nn.Module, use_lr_scale: bool) -> list[dict[str, Any]]:
@@ -33,8 +34,8 @@ def make_adam(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.d
                             fused=fused, foreach=None if fused else True)
 
 
-# optimizer name -> factory(param groups, optimizer cfg, device); shift-based AdaMax registers here.
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": make_adam}
+# optimizer name -> factory(param groups, optimizer cfg, device); a recipe's optimizer.name chooses
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": make_adam, "shift_adamax": make_shift_adamax}
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
@@ -69,5 +70,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
 
-
-from . import shift  # noqa: E402,F401  registers the shift_adamax optimizer

@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import preprocessing
-from .data import DATASETS, PREPROCESSORS, SPLITTERS, DataError, RawData, _verified, load_npz, to_nchw
-from .recipe import register_choice
+from .common import DataError, RawData, _verified, load_npz, to_nchw
 
 
 def wants_npz(cfg: dict[str, Any]) -> bool:
@@ -229,12 +227,3 @@ def pylearn2_svhn_split(raw: RawData, cfg: dict[str, Any]):
         x_train, y_train = x_train[: cfg["train_size"]], y_train[: cfg["train_size"]]
     return x_train, y_train, np.concatenate(valid_x), np.concatenate(valid_y)
 
-
-# ---------------------------------------------------------------------------- registration
-
-DATASETS.update({"cifar10": load_cifar10, "svhn": load_svhn})
-SPLITTERS["pylearn2_svhn"] = pylearn2_svhn_split
-PREPROCESSORS.update(preprocessing.PREPROCESSORS)
-register_choice("data.dataset", "cifar10", "svhn")
-register_choice("data.split", "pylearn2_svhn")
-register_choice("data.preprocess", *preprocessing.PREPROCESSORS)

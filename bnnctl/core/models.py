@@ -13,20 +13,12 @@ The first layer sees real (or 8-bit) inputs; every later one sees +1/-1 activati
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from .layers import BinaryConv2d, BinaryLinear, SignActivation
-
-
-def batch_norm(dims: int, features: int, eps: float, momentum: float) -> nn.Module:
-    cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
-    return cls(features, eps=eps, momentum=momentum)
-
-
-# norm kind -> factory(dims, features, eps, momentum); shift-based BN registers itself here.
-NORMS: dict[str, Callable[[int, int, float, float], nn.Module]] = {"bn": batch_norm}
+from .norms import NORMS
 
 
 def _norm(cfg: dict[str, Any], dims: int, features: int, kind: str | None = None) -> nn.Module:
@@ -90,5 +82,3 @@ def build_model(cfg: dict[str, Any], input_shape: tuple[int, ...], num_classes: 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-from . import shift  # noqa: E402,F401  registers the shift_bn / torch7_bn norms

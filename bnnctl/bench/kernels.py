@@ -25,10 +25,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from . import kernels
-from .errors import UserError
-from .paper import KERNEL_RATIOS
-from .train import atomic_write_text, environment, resolve_device
+from .. import kernels
+from ..errors import UserError
+from ..paper import KERNEL_RATIOS
+from ..runs import atomic_write_text, environment, resolve_device
 
 DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds
 # The paper's ratios (cited, not measured here), recorded beside ours.

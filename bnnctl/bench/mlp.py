@@ -35,15 +35,15 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from . import kernels, paper
-from .bench import _device_info, record
-from .data import MNIST_FILES, data_root, scale_to_pm1
-from .engine import FIRST_LAYERS, PackedEngine
-from .errors import UserError
-from .export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
-from .models import build_model
-from .recipe import load_recipe, recipes_dir
-from .train import load_model, resolve_device
+from .. import kernels, paper
+from .kernels import _device_info, record
+from ..data import MNIST_FILES, data_root, scale_to_pm1
+from ..infer.engine import FIRST_LAYERS, PackedEngine
+from ..errors import UserError
+from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
+from ..core.models import build_model
+from ..recipe import load_recipe, recipes_dir
+from ..runs import load_model, resolve_device
 
 MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
 IMAGES = 10_000
@@ -181,7 +181,7 @@ def load_test_images(data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor 
     root = data_root(data_dir)
     raw = root / "MNIST" / "raw"
     if all((raw / name).is_file() for name in MNIST_FILES.values()):
-        from .data import load_mnist
+        from ..data import load_mnist
         data = load_mnist({"source": "auto", "npz": None}, root)
         return torch.from_numpy(data.x_test.copy()), torch.from_numpy(data.y_test.copy()), "MNIST test set"
     g = torch.Generator().manual_seed(0)

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import BinaryLayer, SignActivation
-from .models import build_model
-from .recipe import RecipeError, load_recipe, recipes_dir
+from ..core.layers import BinaryLayer, SignActivation
+from ..core.models import build_model
+from ..recipe import RecipeError, load_recipe, recipes_dir
 
 # Image shape (C, H, W) and class count of each dataset the recipes name; the model's size depends
 # on them and the summary must not need the data on disk.

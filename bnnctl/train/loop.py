@@ -1,13 +1,4 @@
-"""The training loop: one recipe in, one recorded run out.
-
-A run lives in ``<runs_dir>/<recipe name>/<run id>/``:
-
-* ``recipe.yaml``  the resolved recipe (every field), the run's single source of truth;
-* ``metrics.csv``  one row per finished epoch;
-* ``result.json``  the paper's protocol: test error at the best-validation epoch, plus
-                    provenance (seed, commit, versions, hardware, wall time, status);
-* ``checkpoint.pt`` everything needed to resume after the last finished epoch (git-ignored);
-* ``best.pt``      the model at the best-validation epoch, what ``bnnctl eval`` reads.
+"""The training loop: one recipe in, one recorded run out (the run's files: ``bnnctl.runs``).
 
 Every file is written atomically (temporary file, then rename), so Ctrl-C or a kill at any
 moment leaves a run that ``--resume`` continues from its last finished epoch. On the CPU a
@@ -27,223 +18,34 @@ import functools
 import io
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, distributed, fused_step
-from .data import Splits, load_splits
+from ..core.layers import binary_layers
+from ..core.losses import LOSSES
+from ..core.models import build_model, count_parameters
+from ..data import Splits, load_splits
+from ..errors import UserError
+from ..optim import build_optimizer, lr_at, set_lr
+from ..recipe import dump_recipe, load_recipe, resolve
+from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
+                    RECIPE_FILE, RESULT_FILE, atomic_torch_save, atomic_write_text, environment, hardware,
+                    load_checkpoint, new_run_dir, resolve_device)
+from . import distributed, fused_step
 from .distributed import SINGLE, Ranks
-from .errors import UserError
-from .layers import binary_layers
-from .models import build_model, count_parameters
-from .optim import build_optimizer, lr_at, set_lr
-from .recipe import dump_recipe, load_recipe, resolve
-
-CHECKPOINT_FORMAT = "bnnctl-checkpoint"
-MODEL_FORMAT = "bnnctl-model"
-FORMAT_VERSION = 1
+from .evaluate import eval_sums
+from .fast import CUDA_GRAPH_COMPILE_MODES, FAST_PRESETS, fused_adam, pretransformed
 
 
 class TrainingDiverged(UserError):
     exit_code = 3
-
-
-# ---------------------------------------------------------------------------- small utilities
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def git_commit() -> str:
-    """HEAD of the repository bnnctl runs from, with '+dirty' when tracked files differ.
-
-    $BNNCTL_COMMIT wins: a copy of the tree without its git history (a lent GPU machine) is told
-    its commit by whoever copied it there.
-    """
-    if os.environ.get("BNNCTL_COMMIT"):
-        return os.environ["BNNCTL_COMMIT"]
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=repo, capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = head.stdout.strip()
-    if head.returncode != 0 or not sha:
-        return "unknown"
-    return sha + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    return {
-        "bnnctl": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "device": str(device), "hardware": hardware(device),
-        "commit": git_commit(),
-    }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but torch sees no CUDA GPU on this machine.")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}.")
-    return torch.device(name)
-
-
-# ---------------------------------------------------------------------------- loss and evaluation
-
-def squared_hinge(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """mean(max(0, 1 - t * y)^2) over batch and classes, t = +1 for the label and -1 elsewhere."""
-    targets = F.one_hot(labels, output.shape[1]).to(output.dtype) * 2 - 1
-    return (1 - targets * output).clamp_min(0).square().mean()
-
-
-def cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(output, labels)
-
-
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "squared_hinge": squared_hinge, "cross_entropy": cross_entropy,
-}
-
-
-@torch.no_grad()
-def eval_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
-              batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, number of errors) of the model in eval mode on (x, y), left on the device."""
-    was_training = model.training
-    model.eval()
-    errors = torch.zeros((), device=device, dtype=torch.int64)
-    loss_sum = torch.zeros((), device=device)
-    for start in range(0, len(x), batch_size):
-        xb = transform(x[start:start + batch_size].to(device, non_blocking=True))
-        yb = y[start:start + batch_size].to(device, non_blocking=True)
-        with autocast():
-            out = model(xb)
-        out = out.float()
-        errors += (out.argmax(1) != yb).sum()
-        loss_sum += loss_fn(out, yb) * len(yb)
-    model.train(was_training)
-    return loss_sum, errors
-
-
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
-             batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext
-             ) -> tuple[float, float]:
-    """(mean loss, error in %) of the model in eval mode on (x, y)."""
-    loss_sum, errors = eval_sums(model, x, y, transform, loss_fn, batch_size, device, autocast)
-    n = max(len(x), 1)
-    return loss_sum.item() / n, 100.0 * errors.item() / n
-
-
-# ---------------------------------------------------------------------------- the fast path
-
-# What `bnnctl train --fast` switches on: every fast.* option that leaves the paper's semantics
-# (batch, schedule, binarization, clipping) alone and pays off on that device. Not compile (minutes
-# of start-up; opt in with --set fast.compile=true) and not bf16 (it rounds pre-BN sums and
-# gradients). tf32 rounds the first layer's real-valued inputs and the gradients to a 10-bit
-# mantissa; the +-1 x +-1 products of every other layer stay exact.
-# foreach_clip is off in both: clamp_min_ and clamp_max_ over the list are two passes over the
-# weights, a clamp_ per layer is one, and for the paper's layers memory traffic is what costs.
-# On the CPU the fused step (optimizer, clipping and binarization in one pass per tensor; exact int8
-# products where a layer's inputs are integers) replaces fused_optimizer and foreach_clip.
-FAST_PRESETS: dict[str, list[str]] = {
-    "cpu": ["fast.data_on_device=true", "fast.fused_step=true", "fast.int8_forward=true", "fast.reuse_memory=true",
-            "fast.foreach_clip=false"],
-    "cuda": ["fast.data_on_device=true", "fast.pretransform=true", "fast.tf32=true", "fast.channels_last=true",
-             "fast.foreach_clip=false"],
-}
-
-
-# torch.compile modes that replay the compiled graphs as CUDA graphs; refused on CUDA until
-# tests/test_fast_path.py::test_cuda_compiled_training_equals_eager passes for them on a GPU.
-CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
-
-
-def _already_transformed(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def pretransformed(splits: Splits, chunk: int) -> Splits:
-    """``splits`` preprocessed once, ``chunk`` images at a time, where they are; the transform becomes the identity.
-
-    Every transform works image by image, so this feeds the network the same inputs as
-    transforming each batch, without redoing it every epoch (a 3072x3072 matmul per batch for ZCA).
-    """
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        parts = [splits.transform(x[i:i + chunk]) for i in range(0, len(x), chunk)]
-        return torch.cat(parts) if parts else splits.transform(x)
-
-    return Splits(apply(splits.x_train), splits.y_train, apply(splits.x_valid), splits.y_valid,
-                  apply(splits.x_test), splits.y_test, splits.num_classes, splits.dataset, splits.variant,
-                  _already_transformed)
-
-
-def fused_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The same Adam (groups, LR scales, hyper-parameters) with its fused kernel: one pass per tensor.
-
-    Other optimizers (shift-based AdaMax) are returned as they are.
-    """
-    if type(optimizer) is not torch.optim.Adam or optimizer.defaults.get("fused"):
-        return optimizer
-    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in optimizer.param_groups]
-    return torch.optim.Adam(groups, **{**optimizer.defaults, "fused": True, "foreach": False})
-
-
-# ---------------------------------------------------------------------------- the run
-
-def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Path:
-    base = runs_dir / name
-    run_id = run_id or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-s{seed}"
-    path, i = base / run_id, 1
-    while path.exists():
-        i += 1
-        path = base / f"{run_id}-{i}"
-    path.mkdir(parents=True)
-    return path
 
 
 class Trainer:
@@ -427,11 +229,11 @@ class Trainer:
             writer = csv.DictWriter(out, fieldnames=list(self.metrics[0]))
             writer.writeheader()
             writer.writerows(self.metrics)
-            atomic_write_text(self.run_dir / "metrics.csv", out.getvalue())
+            atomic_write_text(self.run_dir / METRICS_FILE, out.getvalue())
         if state is not None:
-            atomic_torch_save(state, self.run_dir / "checkpoint.pt")
+            atomic_torch_save(state, self.run_dir / CHECKPOINT_FILE)
         # result.json last: it only ever points at files already on disk.
-        atomic_write_text(self.run_dir / "result.json", json.dumps(self.result(status), indent=2) + "\n")
+        atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(self.result(status), indent=2) + "\n")
 
     # -- training ----------------------------------------------------------------------
     @torch.no_grad()
@@ -550,7 +352,7 @@ class Trainer:
                 if improved:
                     self.best = {"epoch": self.epoch, "valid_error_pct": valid_err, "test_error_pct": test_err}
                     if self.ranks.is_main:
-                        atomic_torch_save(self.model_record(), self.run_dir / "best.pt")
+                        atomic_torch_save(self.model_record(), self.run_dir / BEST_FILE)
                 done = self.epoch == epochs
                 save = done or self.epoch % r["train"]["checkpoint_every"] == 0
                 self.write_records("finished" if done else "running", checkpoint=save)
@@ -566,20 +368,6 @@ class Trainer:
         self.console.print(
             f"{row['epoch']:>7} {row['lr']:>9.2e} {row['train_loss']:>11.4f} {row['valid_error_pct']:>11.2f} "
             f"{row['test_error_pct']:>10.2f} {row['epoch_time_s']:>8.2f}{mark}", highlight=False)
-
-
-def load_checkpoint(path: Path, expected: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a broken file is the user's to replace
-        raise UserError(f"{path} is not a readable bnnctl file ({type(e).__name__}).") from None
-    if not isinstance(state, dict) or state.get("format") != expected:
-        raise UserError(f"{path} is not a {expected} file.")
-    if state.get("version") != FORMAT_VERSION:
-        raise UserError(f"{path} has format version {state.get('version')}; this bnnctl reads version {FORMAT_VERSION}.")
-    return state
 
 
 def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
@@ -607,8 +395,8 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
     if resume is not None:
         if overrides or seed is not None or fast:
             raise UserError("--resume continues a run exactly as recorded; drop --set, --seed and --fast.")
-        state = distributed.on_main(ranks, lambda: load_checkpoint(resume / "checkpoint.pt", CHECKPOINT_FORMAT))
-        cfg = resolve(state["recipe"], str(resume / "recipe.yaml"))
+        state = distributed.on_main(ranks, lambda: load_checkpoint(resume / CHECKPOINT_FILE, CHECKPOINT_FORMAT))
+        cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
         run_dir = resume
     else:
         preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
@@ -623,7 +411,7 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
     if state is None:
         def create_run_dir() -> Path:
             path = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
-            atomic_write_text(path / "recipe.yaml", dump_recipe(cfg))
+            atomic_write_text(path / RECIPE_FILE, dump_recipe(cfg))
             return path
         run_dir = distributed.on_main(ranks, create_run_dir)
     trainer = Trainer(cfg, splits, dev, run_dir, console, command, ranks)
@@ -649,45 +437,3 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
     return result
 
 
-# ---------------------------------------------------------------------------- eval
-
-def load_model(run: Path) -> tuple[dict[str, Any], torch.nn.Module, dict[str, Any]]:
-    """(model record, model in eval mode on the CPU, recorded result or {}) of a run dir or best.pt."""
-    path = run / "best.pt" if run.is_dir() else run
-    record = load_checkpoint(path, MODEL_FORMAT)
-    recipe = resolve(record["recipe"], str(path))
-    model = build_model(recipe["model"], tuple(record["input_shape"]), record["num_classes"])
-    model.load_state_dict(record["model"])
-    model.eval()
-    result_path = path.parent / "result.json"
-    recorded = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    return record, model, recorded
-
-
-def run_eval(run: Path, split: str, engine: str, device: str, data_dir: Path | None, console: Console) -> float:
-    if split not in ("test", "valid"):
-        raise UserError(f"--split must be test or valid, got {split!r}.")
-    if engine not in ("float", "xnor"):
-        raise UserError(f"--engine must be float or xnor, got {engine!r}.")
-    dev = resolve_device(device)
-    record, model, recorded = load_model(run)
-    recipe = record["recipe"]
-    splits = load_splits(recipe["data"], data_dir)
-    if recipe["data"].get("variant") and splits.variant != recipe["data"]["variant"]:
-        console.print(f"[yellow]note:[/] trained on {recipe['data']['variant']}, evaluating on {splits.variant}")
-    x, y = splits.split(split)
-    if engine == "xnor":
-        from .engine import engine_error
-        error = engine_error(record, model, x, y, splits.transform, dev)
-    else:
-        model = model.to(dev)
-        _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe["train"]["loss"]],
-                            recipe["train"]["eval_batch_size"], dev)
-    console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {engine}, "
-                  f"epoch {record['epoch']})", highlight=False)
-    key = "test_error_pct" if split == "test" else "valid_error_pct"
-    if record.get(key) is not None:
-        same = abs(record[key] - error) < 1e-9
-        console.print(f"recorded at training: {record[key]:.2f}% ({'agrees' if same else 'differs'})",
-                      highlight=False)
-    return error

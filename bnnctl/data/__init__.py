@@ -1,0 +1,49 @@
+"""Datasets, splits and preprocessing, chosen by a recipe's ``data`` section.
+
+Three tables keep datasets out of the training loop, each entry beside its code:
+
+* ``DATASETS[name](cfg, root) -> RawData``: read (or download) the images as uint8 NCHW arrays;
+* ``SPLITTERS[cfg.split](raw, cfg) -> (x_train, y_train, x_valid, y_valid)``;
+* ``PREPROCESSORS[cfg.preprocess](x_train, x_valid, x_test, root) -> arrays``, fitted on the
+  training split only.
+
+The recipe schema reads its choices from these tables.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import cifar_svhn, preprocessing
+from .common import DataError, RawData, Splits, data_root, load_npz, preprocess_scale, scale_to_pm1, tail_split
+from .mnist import MNIST_FILES, load_mnist
+
+__all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DataError", "RawData", "Splits", "data_root", "load_npz",
+           "load_splits", "scale_to_pm1", "MNIST_FILES", "load_mnist"]
+
+DATASETS: dict[str, Callable[[dict[str, Any], Path], RawData]] = {
+    "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,
+}
+SPLITTERS: dict[str, Callable] = {"tail": tail_split, "pylearn2_svhn": cifar_svhn.pylearn2_svhn_split}
+PREPROCESSORS: dict[str, Callable] = {"scale": preprocess_scale, **preprocessing.PREPROCESSORS}
+
+
+def load_splits(cfg: dict[str, Any], root: str | Path | None = None) -> Splits:
+    """Load the recipe's dataset, cut the validation split and preprocess; tensors on the CPU."""
+    root = data_root(root)
+    raw = DATASETS[cfg["dataset"]](cfg, root)
+    x_tr, y_tr, x_va, y_va = SPLITTERS[cfg["split"]](raw, cfg)
+    x_te, y_te = raw.x_test, raw.y_test
+    if cfg["limit_train"]:
+        x_tr, y_tr = x_tr[: cfg["limit_train"]], y_tr[: cfg["limit_train"]]
+        x_va, y_va = x_va[: cfg["limit_train"]], y_va[: cfg["limit_train"]]
+    if cfg["limit_test"]:
+        x_te, y_te = x_te[: cfg["limit_test"]], y_te[: cfg["limit_test"]]
+    x_tr, x_va, x_te, transform = PREPROCESSORS[cfg["preprocess"]](x_tr, x_va, x_te, root)
+    num_classes = int(max(raw.y_train.max(), raw.y_test.max())) + 1
+    t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731 - copies read-only buffers
+    return Splits(t(x_tr), t(y_tr).long(), t(x_va), t(y_va).long(), t(x_te), t(y_te).long(),
+                  num_classes, cfg["dataset"], raw.variant, transform)
