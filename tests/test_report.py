@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from bnnctl import paper
 from bnnctl.cli import app
 from bnnctl.recipe import dump_recipe, load_recipe
-from bnnctl.report import build_report, random_unique_share, unique_filters
+from bnnctl.report import Run, build_report, random_unique_share, unique_filters
 from bnnctl.report.summary import summarize
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
+from bnnctl.runs import BEST_FILE, FORMAT_VERSION, MODEL_FORMAT, RECIPE_FILE, atomic_torch_save
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -26,7 +26,7 @@ ROWS = {"tiny": "", "mnist": "BNN (Theano)", "mnist_torch7": "BNN (Torch7)", "ci
 
 def write_run(results: Path, recipe: str, run_id: str, dataset: str, variant: str, curve: list[tuple],
               planned: int | None = None, status: str | None = None) -> dict:
-    """A run directory as train.py writes it; curve rows are (train_loss, valid_error_pct, test_error_pct)."""
+    """A run directory as training writes it; curve rows are (train_loss, valid_error_pct, test_error_pct)."""
     run = results / recipe / run_id
     run.mkdir(parents=True)
     planned = planned or len(curve)
@@ -62,7 +62,20 @@ KERNELS_RECORD = {
                    "x_baseline": 5.0, "x_cublas_fp32": 1.0, "x_torch_bf16": 2.0},
     },
 }
-MLP_RECORD = {  # as bench_mlp.py records it
+# A later run on the same CPU and shape that timed xnor and the fp32 matmul only: the table takes those two
+# from it and the baseline from the earlier record.
+NEWER_CPU_RECORD = {
+    **KERNELS_RECORD, "date": "2026-11-27T14:00:00+00:00",
+    "kernels": {
+        "xnor": {"label": "XNOR, CPU", "packed": True, "status": "ok", "median_ms": 0.4, "exact": True,
+                 "including_packing_ms": 0.6, "tbops": 0.0025, "x_cublas_fp32": 5.0},
+        "xnor-paper": {"label": "XNOR, paper-style", "packed": True, "status": "not run: not selected"},
+        "baseline": {"label": "float baseline", "packed": False, "status": "not run: not selected"},
+        "cublas": {"label": "torch fp32 matmul", "packed": False, "status": "ok", "median_ms": 2.0, "exact": True,
+                   "x_cublas_fp32": 1.0},
+    },
+}
+MLP_RECORD = {  # as bnnctl/bench/mlp.py records it
     "kind": "mnist-mlp", "date": "2026-11-27T12:00:00+00:00", "device": {"type": "cpu", "hardware": "Test CPU"},
     "model": {"weights": "trained", "source": "results/mnist/x/best.pt", "epoch": 2},
     "variants": {
@@ -94,7 +107,7 @@ def small_convnet_recipe(tmp_path: Path) -> dict:
 
 
 def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> None:
-    """A best.pt (train.py's model record) whose binary conv layers have the given weights."""
+    """A best.pt (the model record training writes) whose binary conv layers have the given weights."""
     from bnnctl.core.models import build_model
 
     torch.manual_seed(0)
@@ -103,10 +116,11 @@ def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> Non
     with torch.no_grad():
         for conv, w in zip(convs, conv_weights):
             conv.weight.copy_(w)
-    (run / "recipe.yaml").write_text(dump_recipe(recipe))
-    torch.save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe, "model": model.state_dict(),
-                "input_shape": [3, 8, 8], "num_classes": 10, "dataset": "cifar10", "variant": "cifar10-jpeg",
-                "epoch": 1, "valid_error_pct": 50.0, "test_error_pct": 50.0}, run / "best.pt")
+    (run / RECIPE_FILE).write_text(dump_recipe(recipe))
+    atomic_torch_save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe,
+                       "model": model.state_dict(), "input_shape": [3, 8, 8], "num_classes": 10, "dataset": "cifar10",
+                       "variant": "cifar10-jpeg", "epoch": 1, "valid_error_pct": 50.0, "test_error_pct": 50.0},
+                      run / BEST_FILE)
 
 
 # Conv 1 (3 -> 4): per input map, kernels [a, a, -a, b] -> 2 unique up to sign, 3 exactly.
@@ -162,6 +176,7 @@ def results(tmp_path_factory) -> Path:
     bench = root / "bench"
     bench.mkdir()
     (bench / "20261127T120000-cpu-64x32x128.json").write_text(json.dumps(KERNELS_RECORD))
+    (bench / "20261127T140000-cpu-64x32x128.json").write_text(json.dumps(NEWER_CPU_RECORD))
     gpu = {**KERNELS_RECORD, "date": "2026-11-27T13:00:00+00:00", "shape": {"m": 8192, "n": 8192, "k": 8192},
            "device": {"type": "cuda", "hardware": "Test GPU"}}
     (bench / "20261127T130000-test-gpu-8192x8192x8192.json").write_text(json.dumps(gpu))
@@ -203,11 +218,14 @@ def test_table1_cells_match_the_files(results, out):
     assert cell["run"] == "mnist/full" and cell["runs_in_cell"] == "3"  # most epochs, not the lowest test error
     assert cell["ours_test_error_pct"] == f"{full['test_error_pct']:.2f}" == "2.12"  # epoch 5: last of equal bests
     assert (cell["epochs_run"], cell["epochs_planned"], cell["recipe_epochs"]) == ("5", "5", "1000")
+    assert cell["schedule"] == "0.5% (5/1000)"  # of the recipe's schedule, not of the run's own plan
     assert cell["paper_test_error_pct"] == "0.96" and cell["best_epoch"] == "5" and cell["status"] == "finished"
 
     jpeg = cells[("BNN (Torch7)", "cifar10", "cifar10-jpeg")]
     assert (jpeg["run"], jpeg["ours_test_error_pct"], jpeg["status"]) == ("cifar10_torch7/jpeg", "71.50", "interrupted")
     assert (jpeg["epochs_run"], jpeg["epochs_planned"], jpeg["paper_test_error_pct"]) == ("2", "500", "10.15")
+    assert jpeg["schedule"] == "0.4% (2/500)"
+    assert cells[("BNN (Torch7)", "cifar10", "cifar10")]["schedule"] == ""
     assert cells[("BNN (Torch7)", "cifar10", "cifar10")]["ours_test_error_pct"] == "not run"
     assert cells[("BNN (Theano)", "cifar10", "cifar10")]["run"] == "cifar10/nockpt"
     assert cells[("BNN (Torch7)", "mnist", "mnist")]["ours_test_error_pct"] == "1.50"
@@ -270,25 +288,40 @@ def test_runs_figures_and_skipped_files(results, out):
 
 def test_kernel_tables_match_the_bench_records(results, out):
     all_rows = read_csv(out / "kernels.csv")
-    assert [r["device"] for r in all_rows] == ["Test CPU (2 threads) (cpu)"] * 4 + ["Test GPU (cuda)"] * 4
+    # One row per kernel that ran, per device and shape: the not-run entries have none.
+    assert [(r["device"], r["kernel"]) for r in all_rows] == \
+        [("Test CPU (2 threads) (cpu)", k) for k in ("xnor", "baseline", "cublas")] \
+        + [("Test GPU (cuda)", k) for k in ("xnor", "baseline", "cublas")]
     rows = {r["kernel"]: r for r in all_rows if r["device"] == "Test CPU (2 threads) (cpu)"}
     gpu = {r["kernel"]: r for r in all_rows if r["device"] == "Test GPU (cuda)"}
-    assert set(rows) == set(gpu) == set(KERNELS_RECORD["kernels"])
-    for name, entry in KERNELS_RECORD["kernels"].items():
-        row = rows[name]
-        assert row["status"] == entry["status"] and row["shape"] == "64x32x128"
-        assert gpu[name]["shape"] == "8192x8192x8192" and gpu[name]["median_ms"] == row["median_ms"]
-        if entry["status"] == "ok":
-            assert float(row["median_ms"]) == entry["median_ms"]
-            assert float(row["x_baseline"]) == entry["x_baseline"]
-            assert float(row["x_fp32_matmul"]) == entry["x_cublas_fp32"]
-        else:
-            assert row["median_ms"] == ""
+    # Each row from the latest record in which that kernel ran.
+    newer, older = "bench/20261127T140000-cpu-64x32x128.json", "bench/20261127T120000-cpu-64x32x128.json"
+    assert {k: r["record"] for k, r in rows.items()} == {"xnor": newer, "baseline": older, "cublas": newer}
+    assert rows["xnor"]["date"] == NEWER_CPU_RECORD["date"]
+    for name, row in rows.items():
+        entry = (NEWER_CPU_RECORD if row["record"] == newer else KERNELS_RECORD)["kernels"][name]
+        assert row["shape"] == "64x32x128" and float(row["median_ms"]) == entry["median_ms"]
+        assert float(row["x_fp32_matmul"]) == entry["x_cublas_fp32"]
+        assert row["x_baseline"] == ("" if "x_baseline" not in entry else f"{entry['x_baseline']:g}")
+    for name, row in gpu.items():
+        entry = KERNELS_RECORD["kernels"][name]
+        assert row["shape"] == "8192x8192x8192" and float(row["median_ms"]) == entry["median_ms"]
+        assert float(row["x_baseline"]) == entry["x_baseline"]
     # The paper's ratios (GTX750) stand beside GPU records only.
     assert (gpu["xnor"]["paper_x_baseline"], gpu["xnor"]["paper_x_cublas"]) == ("23.0", "3.4")
-    assert gpu["xnor-paper"]["paper_x_baseline"] == "23.0" and gpu["baseline"]["paper_x_baseline"] == ""
+    assert gpu["baseline"]["paper_x_baseline"] == ""
     assert rows["xnor"]["paper_x_baseline"] == rows["xnor"]["paper_x_cublas"] == ""
     assert (out / "kernels.png").is_file()
+
+    md = (out / "REPORT.md").read_text()
+    table = md.split("## Kernel figure")[1].split("### MNIST MLP")[0]
+    assert "not run" not in table and "xnor-paper" not in table
+    assert "| Test CPU (2 threads) (cpu) | 64x32x128 | xnor: XNOR, CPU | 0.400 | 0.600 |  |  | 5.00 |  | yes |" \
+        in table
+    assert "| Test CPU (2 threads) (cpu) | 64x32x128 | baseline: float baseline | 10.000 |  | 1.00 |  | 0.20 |  " \
+           "| yes |" in table
+    assert "| Test GPU (cuda) | 8192x8192x8192 | xnor: XNOR, CPU | 0.500 | 0.800 | 20.00 | 23x | 4.00 | 3.4x | yes |" \
+        in table
 
     mlp = read_csv(out / "mnist_mlp.csv")
     assert [r["device"] for r in mlp] == ["Test CPU (cpu)"] * 4 + ["Test GPU (cuda)"] * 4
@@ -380,7 +413,7 @@ def test_report_cli(tmp_path):
 
 
 def test_cells_say_how_short_a_run_is_of_its_plan_and_of_the_recipe():
-    from bnnctl.report import Run, _short_of
+    from bnnctl.report import _short_of
 
     recipes = {"mnist": {"train": {"epochs": 1000}}}
 
@@ -391,3 +424,61 @@ def test_cells_say_how_short_a_run_is_of_its_plan_and_of_the_recipe():
     assert short("interrupted", 3, 1000) == " (interrupted, 3 of 1000 epochs)"
     assert short("finished", 20, 20) == " (20 of the recipe's 1000 epochs)"
     assert short("finished", 1000, 1000) == ""
+
+
+def test_summary_and_schedule_tell_a_full_run_from_a_shortened_one(tmp_path):
+    # Recipes whose Theano MNIST schedule is 3 epochs, so that a 3-epoch run goes the recipe's whole length.
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    mnist = (REPO / "recipes" / "mnist.yaml").read_text()
+    assert "  epochs: 1000\n" in mnist
+    (recipes / "mnist.yaml").write_text(mnist.replace("  epochs: 1000\n", "  epochs: 3\n"))
+    for name in ("mnist_torch7", "cifar10_torch7"):
+        (recipes / f"{name}.yaml").write_text((REPO / "recipes" / f"{name}.yaml").read_text())
+    results, out = tmp_path / "results", tmp_path / "out"
+    write_run(results, "mnist", "full", "mnist", "mnist", [(0.5, 5.0, 5.5), (0.3, 3.0, 3.25), (0.2, 2.0, 2.5)])
+    write_run(results, "mnist_torch7", "short", "mnist", "mnist", [(0.4, 4.0, 4.0)] * 20)  # 20 of 200 epochs
+    write_run(results, "cifar10_torch7", "jpeg", "cifar10", "cifar10-jpeg", [(0.9, 80.0, 81.0), (0.8, 70.0, 71.5)],
+              planned=500, status="interrupted")
+    build_report(results, out, recipes)
+
+    cells = table1(out)
+    assert cells[("BNN (Theano)", "mnist", "mnist")]["schedule"] == "full (3/3)"
+    assert cells[("BNN (Torch7)", "mnist", "mnist")]["schedule"] == "10% (20/200)"
+    assert cells[("BNN (Torch7)", "cifar10", "cifar10-jpeg")]["schedule"] == "0.4% (2/500)"
+    md = (out / "REPORT.md").read_text()
+    assert "| BNN (Theano) | mnist | 0.96 | 2.50 | full (3/3) | 3 of 3 | finished | `mnist/full` | 1 |" in md
+    assert "| BNN (Torch7) | mnist | 1.40 | 4.00 | 10% (20/200) | 20 of 20 (the recipe plans 200) | finished | " \
+           "`mnist_torch7/short` | 1 |" in md
+
+    # The summary opens the report, right after the title.
+    assert md.startswith("# bnnctl report\n\n## Summary\n\n")
+    summary = md.split("## Summary")[1].split("## Table 1")[0]
+    assert "Reproduced on the paper's data with the recipe's full schedule: BNN (Theano) on MNIST (of the 6 " \
+           "Table 1 cells of the BNN rows)." in summary
+    assert "- BNN (Theano) on MNIST: **2.50%** test error (paper: 0.96%), full schedule (3 epochs)." in summary
+    assert "- BNN (Torch7) on MNIST: **4.00%** test error (paper: 1.40%), 20 of 200 epochs (10%)." in summary
+    # The JPEG stand-in is named as such, never as CIFAR-10; the paper's number is the one on CIFAR-10.
+    assert "- BNN (Torch7) on `cifar10-jpeg`, a stand-in, not the original CIFAR-10: **71.50%** test error " \
+           "(paper, on CIFAR-10: 10.15%), 2 of 500 epochs (0.4%), interrupted." in summary
+    assert "on CIFAR-10: **" not in summary
+    assert "Not run on the paper's data: BNN (Torch7) on SVHN; BNN (Torch7) on CIFAR-10; BNN (Theano) on SVHN; " \
+           "BNN (Theano) on CIFAR-10." in summary
+
+
+def test_schedule_is_the_share_of_the_recipes_epochs():
+    from bnnctl.report.table1 import schedule, schedule_words
+
+    recipes = {"mnist": {"train": {"epochs": 1000}}}
+
+    def run(done, status="finished", recipe="mnist"):
+        return Run("r", Path("r"), {"recipe": recipe, "status": status, "epochs_run": done, "epochs_planned": done})
+    assert (schedule(run(1000), recipes), schedule_words(run(1000), recipes)) == \
+        ("full (1000/1000)", "full schedule (1000 epochs)")
+    assert (schedule(run(20), recipes), schedule_words(run(20), recipes)) == ("2% (20/1000)", "20 of 1000 epochs (2%)")
+    assert schedule(run(999), recipes) == "99.9% (999/1000)"
+    # A shortened run never reads 100%.
+    assert schedule(run(1999), {"mnist": {"train": {"epochs": 2000}}}) == "99.9% (1999/2000)"
+    assert schedule_words(run(1200), recipes) == "1200 epochs, more than the recipe's 1000"
+    assert schedule_words(run(3, "interrupted"), recipes) == "3 of 1000 epochs (0.3%), interrupted"
+    assert schedule(run(5, recipe="tiny"), recipes) == "5 epochs (recipe not shipped)"

@@ -1,0 +1,326 @@
+"""The kernel figure (the paper's Figure 3): matmul kernel times per device and shape, the MNIST MLP
+timings, and the CPU instruction ceilings, from the ``bnnctl bench`` records under ``results/bench``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import paper
+from ..runs import is_count, is_number
+from .records import Notes, fmt, md_table, new_figure, read_json, save_png, write_csv
+
+
+@dataclass
+class KernelRecord:
+    rel: str
+    data: dict[str, Any]
+
+    @property
+    def date(self) -> str:
+        return str(self.data.get("date", ""))
+
+    @property
+    def device(self) -> str:
+        d = self.data["device"]
+        return f"{d.get('hardware', d['type'])} ({d['type']})"
+
+    @property
+    def shape(self) -> str:
+        s = self.data["shape"]
+        return f"{s['m']}x{s['n']}x{s['k']}"
+
+
+@dataclass
+class MlpRecord:
+    """A ``bnnctl bench --model mnist-mlp`` record (``bnnctl/bench/mlp.py``): engine variants timed on the
+    test images."""
+
+    rel: str
+    device: str
+    rows: list[dict[str, Any]]   # name, paper_row, label, status, median_ms, test_error_pct, differing
+    model: str                   # which weights the accuracies are for
+    device_type: str
+    date: str
+
+    def ms(self, name: str) -> float | None:
+        return next((r["median_ms"] for r in self.rows if r["name"] == name and r["status"] == "ok"), None)
+
+    def speedup(self, row: dict[str, Any], reference: str) -> float | None:
+        """reference variant's time / this variant's time, from the recorded times; None if either did not run."""
+        ref = self.ms(reference)
+        return ref / row["median_ms"] if ref and row["status"] == "ok" else None
+
+
+def _check_kernels_record(data: dict[str, Any]) -> str | None:
+    device, shape, kernel_map = data.get("device"), data.get("shape"), data.get("kernels")
+    if not isinstance(device, dict) or not isinstance(device.get("type"), str):
+        return "no device type"
+    if not isinstance(shape, dict) or not all(is_count(shape.get(d)) for d in "mnk"):
+        return "no shape {m, n, k}"
+    if not isinstance(kernel_map, dict) or not kernel_map:
+        return "no kernels"
+    for name, entry in kernel_map.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
+            return f"kernel {name!r} has no status"
+        if entry["status"] == "ok" and not is_number(entry.get("median_ms")):
+            return f"kernel {name!r} ran but has no median_ms"
+    return None
+
+
+def _mlp_rows(data: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The variants of an MNIST MLP bench record, or None when its layout is not ``bnnctl/bench/mlp.py``'s.
+
+    ``variants`` maps a name to {status, label, paper_row, median_ms (when ok), test_error_pct,
+    predictions_differing_from_torch}; the speed-ups are recomputed here from the times.
+    """
+    raw = data.get("variants")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    rows = []
+    for name, e in raw.items():
+        if not isinstance(e, dict) or not isinstance(e.get("status"), str):
+            return None
+        ok = e["status"] == "ok"
+        if ok and not is_number(e.get("median_ms")):
+            return None
+        err, differing = e.get("test_error_pct"), e.get("predictions_differing_from_torch")
+        rows.append({"name": name, "paper_row": str(e.get("paper_row") or ""), "label": str(e.get("label") or ""),
+                     "status": e["status"], "median_ms": e["median_ms"] if ok else None,
+                     "test_error_pct": err if ok and is_number(err) else None,
+                     "differing": differing if ok and is_count(differing) else None})
+    return rows
+
+
+def _mlp_model(data: dict[str, Any]) -> str:
+    """What the accuracies are for, from the record's model section."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    weights = model.get("weights", "unknown")
+    where = f" from `{model['source']}`" if model.get("source") else ""
+    epoch = f", epoch {model['epoch']}" if model.get("epoch") is not None else ""
+    return f"{weights} weights{where}{epoch}"
+
+
+def find_benches(results: Path, notes: Notes
+                 ) -> tuple[list[KernelRecord], list[MlpRecord], list[tuple[str, dict[str, Any]]]]:
+    """(kernel records, MNIST MLP records, (path, data) of the CPU ceiling records) under results/bench."""
+    kernel_records, mlp_records, cpu_peaks = [], [], []
+    bench_dir = results / "bench"
+    for path in sorted(bench_dir.rglob("*.json")) if bench_dir.is_dir() else []:
+        rel = path.relative_to(results).as_posix()
+        data = read_json(path, rel, notes)
+        if data is None:
+            continue
+        kind = data.get("kind")
+        if kind == "kernels":
+            problem = _check_kernels_record(data)
+            if problem:
+                notes.add(rel, f"kernel bench record with {problem}: skipped")
+            else:
+                kernel_records.append(KernelRecord(rel, data))
+        elif isinstance(kind, str) and "mlp" in kind.lower():
+            rows = _mlp_rows(data)
+            device = data.get("device")
+            if rows is None or not isinstance(device, dict) or not isinstance(device.get("type"), str):
+                notes.add(rel, f"bench record of kind {kind!r} in a layout this report does not know: skipped")
+            else:
+                mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
+                                             rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
+        elif kind == "cpu-peaks":
+            cpu_peaks.append((rel, data))
+        else:
+            notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
+    return kernel_records, mlp_records, cpu_peaks
+
+
+def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:
+    """The CPU ceilings that tools/cpu_peaks/popc_peak.cpp measured (records of kind 'cpu-peaks'), or ''."""
+    md_rows = []
+    for rel, data in records:
+        rows = []  # all of a record's rows or none of them
+        try:
+            for threads, block in sorted(data["threads"].items()):
+                for name, rate in block["rows"].items():
+                    rows.append([data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
+                rows.append([data["hardware"], threads, "best popcount / fp32 FMA", "",
+                             fmt(block["best_popcount_over_fp32_fma"], ".1f") + "x"])
+        except (KeyError, TypeError, AttributeError):
+            notes.add(rel, "cpu-peaks record in a layout this report does not know: skipped")
+            continue
+        md_rows += rows
+    if not md_rows:
+        return ""
+    return "\n\n".join([
+        "### CPU instruction ceilings (`tools/cpu_peaks/popc_peak.cpp`)",
+        "Rates from registers, all threads together, in G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s: "
+        "the best popcount over the FMA rate is the largest XNOR-over-fp32 GEMM speed-up the CPU allows.",
+        md_table(["hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)])
+
+
+# The columns of a kernels record entry -> our CSV column; the ratio columns are reference time / time.
+KERNEL_COLUMNS = (("median_ms", "median_ms"), ("including_packing_ms", "including_packing_ms"),
+                  ("tbops", "t_binary_ops_per_s"), ("x_baseline", "x_baseline"),
+                  ("x_baseline_including_packing", "x_baseline_including_packing"),
+                  ("x_cublas_fp32", "x_fp32_matmul"), ("x_cublas_fp32_including_packing",
+                                                       "x_fp32_matmul_including_packing"),
+                  ("x_torch_bf16", "x_torch_bf16"))
+PAPER_RATIO_FOR = {("xnor", "x_baseline"): "xnor_vs_baseline", ("xnor", "x_cublas_fp32"): "xnor_vs_cublas",
+                   ("xnor-paper", "x_baseline"): "xnor_vs_baseline", ("xnor-paper", "x_cublas_fp32"): "xnor_vs_cublas"}
+
+
+def _paper_ratio(rec: KernelRecord, kernel: str, column: str) -> float | None:
+    """The paper's ratio for this kernel and column; only beside GPU records, as the paper timed a GPU."""
+    key = PAPER_RATIO_FOR.get((kernel, column))
+    return paper.kernel_ratio(key) if key and rec.data["device"]["type"] == "cuda" else None
+
+
+def latest_runs(records: list[KernelRecord]) -> list[tuple[KernelRecord, str, dict[str, Any]]]:
+    """(record, kernel, entry) per (device, shape, kernel) that ran: the latest record in which it ran.
+
+    In (device, shape) order, kernels in the order of the newest record for that (device, shape). A
+    record that times a few kernels lists the others as not run; those entries say nothing about the
+    kernel, so each row comes from the latest record that did time it.
+    """
+    latest: dict[tuple[str, str, str], tuple[KernelRecord, str, dict[str, Any]]] = {}
+    order: dict[tuple[str, str], dict[str, None]] = {}
+    for rec in sorted(records, key=lambda r: (r.date, r.rel), reverse=True):
+        names = order.setdefault((rec.device, rec.shape), {})
+        for name, e in rec.data["kernels"].items():
+            names.setdefault(name, None)
+            if e["status"] == "ok":
+                latest.setdefault((rec.device, rec.shape, name), (rec, name, e))
+    return [latest[(*key, name)] for key in sorted(order) for name in order[key] if (*key, name) in latest]
+
+
+def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
+    header = ["record", "date", "device", "shape", "kernel", "label", "exact"] + [c for _, c in KERNEL_COLUMNS] \
+        + ["paper_x_baseline", "paper_x_cublas"]
+    rows = []
+    md_rows = []
+    ran = latest_runs(records)
+    for rec, name, e in ran:
+        values = [e.get(key) for key, _ in KERNEL_COLUMNS]
+        paper_base, paper_cublas = (_paper_ratio(rec, name, key) for key in ("x_baseline", "x_cublas_fp32"))
+        rows.append([rec.rel, rec.date, rec.device, rec.shape, name, e.get("label", ""), e.get("exact")]
+                    + [fmt(v, ".6g") if is_number(v) else None for v in values] + [paper_base, paper_cublas])
+        md_rows.append([rec.device, rec.shape, f"{name}: {e.get('label', '')}", fmt(e.get("median_ms"), ".3f"),
+                        fmt(e.get("including_packing_ms"), ".3f"), fmt(e.get("x_baseline"), ".2f"),
+                        fmt(paper_base, ".0f", "") + ("x" if paper_base else ""),
+                        fmt(e.get("x_cublas_fp32"), ".2f"),
+                        fmt(paper_cublas, ".1f", "") + ("x" if paper_cublas else ""),
+                        {True: "yes", False: "NO"}.get(e.get("exact"), "?")])
+    write_csv(out / "kernels.csv", header, rows)
+
+    mlp_header = ["record", "device", "variant", "paper_row", "label", "status", "median_ms", "x_baseline",
+                  "x_torch", "paper_x_baseline", "test_error_pct", "predictions_differing_from_torch", "model"]
+    mlp_rows, mlp_md = [], []
+    for rec in sorted(mlp, key=lambda r: (r.device, r.rel)):
+        for r in rec.rows:
+            x_base, x_torch = rec.speedup(r, "baseline"), rec.speedup(r, "torch")
+            # The paper's 7x is (b), the XNOR kernels with the first layer on the baseline kernel, over (a), on a GPU.
+            paper_x = paper.kernel_ratio("mlp_xnor_vs_baseline") \
+                if r["paper_row"] == "(b)" and rec.device_type == "cuda" else None
+            mlp_rows.append([rec.rel, rec.device, r["name"], r["paper_row"], r["label"], r["status"],
+                             fmt(r["median_ms"], ".6g"), fmt(x_base, ".4g"), fmt(x_torch, ".4g"), paper_x,
+                             fmt(r["test_error_pct"]), r["differing"], rec.model])
+            mlp_md.append([rec.device, f"{r['paper_row']} {r['name']}: {r['label']}".strip(),
+                           fmt(r["median_ms"], ".1f") if r["status"] == "ok" else r["status"], fmt(x_base, ".2f"),
+                           fmt(paper_x, "g") + ("x" if paper_x else ""), fmt(x_torch, ".2f"),
+                           fmt(r["test_error_pct"]), fmt(r["differing"], "d")])
+    if mlp:
+        write_csv(out / "mnist_mlp.csv", mlp_header, mlp_rows)
+
+    ratios = "; ".join(f"{r.value:g}x: {r.claim} ({r.source})" for r in paper.KERNEL_RATIOS)
+    parts = ["## Kernel figure (the paper's Figure 3)",
+             f"Paper: {ratios}. Ours: the `bnnctl bench` records under `bench/`, per device; a ratio is the "
+             "reference kernel's time over the kernel's (higher is faster). The paper's ratios stand beside GPU "
+             "records only. On a CPU the 'baseline' is a plain C++ loop and the fp32 reference is torch's matmul, not "
+             "cuBLAS: the kernel column says which."]
+    if ran:
+        parts.append(md_table(["device", "m x n x k", "kernel", "ms", "ms incl. packing", "x baseline", "paper",
+                               "x fp32 matmul", "paper", "exact"], md_rows))
+        parts.append("One row per kernel, device and shape, from the latest record in which that kernel ran; a "
+                     "kernel no record ran there has no row. A ratio compares times within that one record, so "
+                     "it is blank where the record did not time the reference. CSV (with each row's record): "
+                     "`kernels.csv`.")
+    elif records:
+        parts.append("No kernel ran in the recorded benchmarks: not run.")
+    else:
+        parts.append("No kernel benchmark is recorded (`bnnctl bench --kernel all` writes one): not run.")
+    parts.append("### MNIST MLP (the figure's right half)")
+    if mlp:
+        parts.append(md_table(["device", "variant", "ms (all test images)", "x baseline (a)", "paper",
+                               "x torch (d)", "test error %", "predictions differing from torch"], mlp_md))
+        parts.append("Accuracies are for: " + "; ".join(f"`{rec.rel}`: {rec.model}" for rec in mlp) + ". "
+                     f"Paper: {paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x for (b) over (a), at the same accuracy. "
+                     "CSV: `mnist_mlp.csv`.")
+    else:
+        parts.append("No MNIST MLP benchmark is recorded (`bnnctl bench --model mnist-mlp` writes one): not run.")
+    if records or mlp:
+        parts.append(_bench_chart(records, mlp, out))
+    return "\n\n".join(parts)
+
+
+def _most_complete(records: list, key: Callable[[Any], Any], ran: Callable[[Any], int]) -> list:
+    """Per key, the record in which the most kernels ran, the latest (by date, then path) on ties; in key order."""
+    best: dict[Any, Any] = {}
+    for rec in sorted(records, key=lambda r: (ran(r), str(r.date), r.rel)):
+        best[key(rec)] = rec
+    return [best[k] for k in sorted(best)]
+
+
+def _bars(ax, names: list[str], times: list[float], labels: list[str], title: str,
+          colors: dict[str, str] | None = None) -> None:
+    colors = colors or {name: f"C{i % 10}" for i, name in enumerate(names)}
+    bars = ax.bar(range(len(names)), times, color=[colors[name] for name in names])
+    ax.set_yscale("log")
+    if times:  # room below the fastest bar, so that its height still reads as a time
+        ax.set_ylim(bottom=min(times) / 4, top=max(times) * 2)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("median ms (log scale)")
+    ax.set_title(title, fontsize=9)
+    for bar, label in zip(bars, labels):
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=6)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
+    """kernels.png: one panel per (device, shape) of matmul times, then one per device of MNIST MLP times."""
+    kernel_panels = _most_complete(records, key=lambda r: (r.device, r.shape),
+                                   ran=lambda r: sum(e["status"] == "ok" for e in r.data["kernels"].values()))
+    mlp_panels = _most_complete(mlp, key=lambda r: r.device, ran=lambda r: sum(x["status"] == "ok" for x in r.rows))
+    panels = len(kernel_panels) + len(mlp_panels)
+    cols = min(panels, 3)
+    rows = -(-panels // cols)
+    width, height = max(8.0, 5.0 * cols), 1.0 + 3.9 * rows
+    fig = new_figure(width, height)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    # One color per kernel across the device panels.
+    kernel_names = dict.fromkeys(name for rec in kernel_panels for name in rec.data["kernels"])
+    colors = {name: f"C{i % 10}" for i, name in enumerate(kernel_names)}
+    for ax, rec in zip(axes, kernel_panels):
+        ran = [(name, e) for name, e in rec.data["kernels"].items() if e["status"] == "ok"]
+        ratio, reference = ("x_baseline", "baseline") if any(n == "baseline" for n, _ in ran) else \
+            ("x_cublas_fp32", "fp32 matmul")
+        _bars(ax, [name for name, _ in ran], [e["median_ms"] for _, e in ran],
+              [f"{e[ratio]:.1f}x" if is_number(e.get(ratio)) else "" for _, e in ran],
+              f"{rec.device}\nmatmul {rec.shape} (label: x {reference})", colors)
+    for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
+        ran = [r for r in rec.rows if r["status"] == "ok"]
+        reference = "baseline" if rec.ms("baseline") else "torch"
+        _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
+              [f"{fmt(rec.speedup(r, reference), '.1f', '?')}x\n{fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
+              f"{rec.device}\nMNIST MLP, test images (label: x {reference}, test error)")
+    fig.suptitle("median time per kernel; bar label: speed-up over the reference in the panel's title (MLP: "
+                 f"and the test error)\npaper, GTX750: XNOR {paper.kernel_ratio('xnor_vs_baseline'):g}x the baseline "
+                 f"kernel and {paper.kernel_ratio('xnor_vs_cublas'):g}x cuBLAS at 8192^3; MNIST MLP "
+                 f"{paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x the baseline kernel", fontsize=8)
+    fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.7 / height, top=1 - 1.1 / height,
+                        wspace=0.3, hspace=1.4 / 3.9)
+    save_png(fig, out / "kernels.png")
+    used = ", ".join(f"`{rec.rel}`" for rec in [*kernel_panels, *mlp_panels])
+    return (f"![kernel times](kernels.png)\n\nChart: per device (and shape) the record in which the most kernels "
+            f"ran, the latest on ties: {used}.")
