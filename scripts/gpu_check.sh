@@ -75,7 +75,7 @@ STEP_TIMEOUT=150 step tc_bench_mlp python3 -m bnnctl bench --kernel xnor-tc,xnor
 # Every configuration of the mma.sync kernel (tile, stages, fragment double buffering, ...) at 8192^3 and
 # 10000 x 4096 x 4096, beside torch bf16 in the same process, taking turns: which one is fastest, and whether
 # it reaches issue 8's 4x bf16 (cuda/XNOR_TC.md says how to make the winner the default). JSON: $OUT/tc_configs-*.json.
-STEP_TIMEOUT=150 step tc_configs python3 -c 'import sys; from bnnctl.kernels import tensorcore as tc; \
+STEP_TIMEOUT=150 step tc_configs python3 -c 'import sys; from bnnctl.bench import tensorcore as tc; \
   tc.bench_configs(sys.argv[1])' "$OUT"
 
 # The bit-packed engine (issue 5): its CUDA tests (every activation equal to the float model's), then the paper's
@@ -98,9 +98,9 @@ STEP_TIMEOUT=90 step fast_mnist python3 scripts/fast_timing.py epochs recipes/mn
 # Last, what can be dropped when the lease is short (a call that runs out of time loses only these):
 # the sm_90a wgmma variant, the CPU kernels on the host CPU, the ConvNet epochs, compiled MNIST epochs.
 STEP_TIMEOUT=360 step tc_wgmma env TORCH_CUDA_ARCH_LIST=9.0a bash -c 'python3 -m pytest -q -rs tests/test_tensorcore.py \
-  -k cuda_wgmma && python3 -c "import sys; from bnnctl.kernels import tensorcore as tc; \
+  -k cuda_wgmma && python3 -c "import sys; from bnnctl.bench import tensorcore as tc; \
   [tc.bench_wgmma(sys.argv[1], *shape) for shape in ((8192, 8192, 8192), (10000, 4096, 4096))]" "$0"' "$OUT"
-STEP_TIMEOUT=60 step tc_share python3 -c 'import sys; from bnnctl.kernels import tensorcore as tc; \
+STEP_TIMEOUT=60 step tc_share python3 -c 'import sys; from bnnctl.bench import tensorcore as tc; \
   tc.report_peak_shares(sys.argv[1])' "$OUT"
 
 # The CPU kernels on this machine's host CPU (AVX-512 VPOPCNTDQ where it has it), for the CPU target:

@@ -1,6 +1,6 @@
 """The 1-bit tensor-core GEMM (cuda/xnor_tc.cu): its CPU-side logic always, the kernel itself on a GPU.
 
-On the CPU, bnnctl.kernels.tensorcore models both kernels' data flow (stage loader and layouts, ldmatrix
+On the CPU, tests/support/tc_emulator.py models both kernels' data flow (stage loader and layouts, ldmatrix
 fragments and the mma's PTX fragment layouts, wgmma descriptors and accumulators, the epilogue's
 correction and output mapping), for every configuration of the mma.sync kernel; these tests hold that
 model to the float +/-1 product. With nvcc the source is compiled for sm_90 (BMMA in the SASS of every
@@ -9,7 +9,6 @@ kernel's output must equal the float product exactly.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ import torch
 
 from bnnctl import kernels
 from bnnctl.kernels import tensorcore as tc
+from tests.support import tc_emulator as emu
 
 REPO = Path(__file__).resolve().parent.parent
 CUDA = torch.cuda.is_available()
@@ -45,14 +45,14 @@ SHAPES = [(1, 1, 1), (1, 7, 31), (5, 1, 64), (3, 5, 70), (9, 17, 255), (16, 8, 2
 @pytest.mark.parametrize("m,n,k", SHAPES)
 def test_correction_from_and_counts_equals_pm1_product(m, n, k):
     x, w, expected = pm1_inputs(m, n, k, seed=m * 1000 + k)
-    assert torch.equal(tc.and_popcount_gemm(kernels.pack(x), kernels.pack(w), k), expected)
+    assert torch.equal(emu.and_popcount_gemm(kernels.pack(x), kernels.pack(w), k), expected)
 
 
 def test_row_popcount_counts_the_nonnegative_entries():
     x, _, _ = pm1_inputs(6, 1, 300, seed=3)
-    assert tc.row_popcount(kernels.pack(x)).tolist() == (x >= 0).sum(1).tolist()
+    assert emu.row_popcount(kernels.pack(x)).tolist() == (x >= 0).sum(1).tolist()
     # int64 words and their int32 view are the same bits
-    assert torch.equal(tc.row_popcount(kernels.pack(x).view(torch.int32)), tc.row_popcount(kernels.pack(x)))
+    assert torch.equal(emu.row_popcount(kernels.pack(x).view(torch.int32)), emu.row_popcount(kernels.pack(x)))
 
 
 def _fragments_by_the_book(a_bits: torch.Tensor, b_bits: torch.Tensor):
@@ -77,14 +77,14 @@ def test_mma_model_multiplies_fragments_laid_out_by_the_ptx_table():
     b_bits = torch.rand(256, 8, generator=g) < 0.5
     a, b = _fragments_by_the_book(a_bits, b_bits)
     c = torch.randint(-100, 100, (32, 4), generator=g, dtype=torch.int32)
-    d = tc.mma_m16n8k256_and_popc(a, b, c)
+    d = emu.mma_m16n8k256_and_popc(a, b, c)
     product = a_bits.int() @ b_bits.int()
     for lane in range(32):
         for r in range(4):
             row, col = lane // 4 + 8 * (r // 2), 2 * (lane % 4) + r % 2
             assert d[lane, r] == c[lane, r] + product[row, col]
     # the model is sensitive to the register order: swapping a1 and a2 changes the product
-    assert not torch.equal(tc.mma_m16n8k256_and_popc(a[:, [0, 2, 1, 3]], b, c), d)
+    assert not torch.equal(emu.mma_m16n8k256_and_popc(a[:, [0, 2, 1, 3]], b, c), d)
 
 
 EMULATED_SHAPES = [(1, 1, 1), (1, 300, 513), (3, 5, 70), (130, 9, 1100), (17, 260, 192), (129, 257, 600)]
@@ -104,26 +104,26 @@ def test_every_layout_of_the_configurations_is_modelled():
 def test_emulated_kernel_equals_pm1_product(m, n, k, instruction, config):
     """Whole blocks with ragged edges, several stages, a partial last stage, K words not a multiple of 4."""
     x, w, expected = pm1_inputs(m, n, k, seed=k)
-    assert torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k, instruction, config), expected)
+    assert torch.equal(emu.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), k, instruction, config), expected)
 
 
 @pytest.mark.parametrize("config", sorted(LAYOUTS.values()))
 def test_emulated_mma_kernel_notices_a_wrong_swizzle(monkeypatch, config):
     """If the fragment reads forgot the swizzle that the loads apply, the product must come out wrong."""
     x, w, expected = pm1_inputs(20, 20, 1024, seed=11)
-    real_offsets = tc._fragment_offsets
+    real_offsets = emu._fragment_offsets
 
     def unswizzled_offsets(step, cfg):
         with monkeypatch.context() as patch:
-            patch.setattr(tc.SwizzledRows, "swizzle", lambda self, row, segment: segment)
+            patch.setattr(emu.SwizzledRows, "swizzle", lambda self, row, segment: segment)
             return real_offsets(step, cfg)
 
-    monkeypatch.setattr(tc, "_fragment_offsets", unswizzled_offsets)
-    assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 1024, "mma", config), expected)
+    monkeypatch.setattr(emu, "_fragment_offsets", unswizzled_offsets)
+    assert not torch.equal(emu.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 1024, "mma", config), expected)
 
 
 def _bank_groups(word_offsets: torch.Tensor) -> torch.Tensor:
-    return (word_offsets // tc.SEGMENT_WORDS) % tc.BANK_GROUPS
+    return (word_offsets // tc.SEGMENT_WORDS) % emu.BANK_GROUPS
 
 
 @pytest.mark.parametrize("config", list(tc.CONFIGS))
@@ -132,10 +132,10 @@ def test_shared_memory_accesses_are_free_of_bank_conflicts(config):
     8 distinct 16-byte bank groups, in every configuration's layout."""
     cfg = tc.CONFIGS[config]
     for step in range(cfg.steps):
-        for offsets in tc._fragment_offsets(step, cfg):  # (warps, tiles, 32 lanes)
+        for offsets in emu._fragment_offsets(step, cfg):  # (warps, tiles, 32 lanes)
             phases = _bank_groups(offsets).reshape(-1, 8)  # lanes 8q .. 8q + 7 give the rows of matrix q
             assert all(len(set(p.tolist())) == 8 for p in phases), (config, step)
-    layout = tc.SwizzledRows(cfg)
+    layout = emu.SwizzledRows(cfg)
     tid = torch.arange(cfg.threads)
     writes = _bank_groups(layout.offset(layout.copy_row(tid), layout.copy_seg(tid))).reshape(-1, 8)
     assert all(len(set(p.tolist())) == 8 for p in writes), config
@@ -166,19 +166,19 @@ def test_unknown_or_unsupported_configurations_are_refused_in_one_sentence():
 def test_emulated_wgmma_kernel_notices_swapped_descriptor_offsets(monkeypatch):
     """Leading (next K core matrix) and stride (next 8-row group) offsets are not interchangeable."""
     x, w, expected = pm1_inputs(20, 20, 512, seed=12)
-    real_operand = tc.wgmma_operand
-    monkeypatch.setattr(tc, "wgmma_operand", lambda smem, start, leading, stride, rows:
+    real_operand = emu.wgmma_operand
+    monkeypatch.setattr(emu, "wgmma_operand", lambda smem, start, leading, stride, rows:
                         real_operand(smem, start, stride, leading, rows))
-    assert not torch.equal(tc.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 512, "wgmma"), expected)
+    assert not torch.equal(emu.emulate_tc_gemm(kernels.pack(x), kernels.pack(w), 512, "wgmma"), expected)
 
 
 def test_threshold_bits_are_packed_like_pack():
     x, w, _ = pm1_inputs(5, 70, 40, seed=5)
-    dot = tc.and_popcount_gemm(kernels.pack(x), kernels.pack(w), 40)
+    dot = emu.and_popcount_gemm(kernels.pack(x), kernels.pack(w), 40)
     thresh = torch.randn(70) * 4
     # pack() sets bit = (value >= 0), and in IEEE arithmetic dot - thresh >= 0 exactly when dot >= thresh
     expected = kernels.pack(dot.float() - thresh[None, :])
-    assert torch.equal(tc.threshold_bits(dot, thresh), expected)
+    assert torch.equal(emu.threshold_bits(dot, thresh), expected)
 
 
 def test_tc_impl_on_cpu_tensors_falls_back_to_the_cpu_kernel():
@@ -187,7 +187,7 @@ def test_tc_impl_on_cpu_tensors_falls_back_to_the_cpu_kernel():
     a, b = kernels.pack(x), kernels.pack(w)
     assert torch.equal(kernels.xnor_gemm(a, b, 300, impl="tc"), expected)
     thresh = torch.randn(70, generator=torch.Generator().manual_seed(2)) * 6
-    assert torch.equal(tc.xnor_gemm_threshold(a, b, 300, thresh), tc.threshold_bits(expected, thresh))
+    assert torch.equal(tc.xnor_gemm_threshold(a, b, 300, thresh), emu.threshold_bits(expected, thresh))
     assert torch.equal(tc.xnor_gemm_tc(a, b, 300, config=tc.config_names()[-1]), expected)
 
 
@@ -195,62 +195,6 @@ def test_threshold_form_rejects_a_wrong_number_of_thresholds():
     x, w, _ = pm1_inputs(2, 5, 10, seed=1)
     with pytest.raises(kernels.KernelError, match="one threshold per row of b"):
         tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), 10, torch.zeros(4))
-
-
-B1_PEAK_LOG = """NVIDIA H100 80GB HBM3, 132 SMs, clock 1980000 kHz (max)
-cuda-core xor+popc+add            250.5 T ops/s      1000 ops/clk/SM (clock64, 528 blocks, 1.000 ms)
-mma.sync m16n8k256 AND           4000.0 T ops/s     16000 ops/clk/SM (clock64, 264 blocks, 1.000 ms)
-wgmma m64n128k256 b1 AND         8000.0 T ops/s     32000 ops/clk/SM (clock64, 132 blocks, 1.000 ms)
-"""
-
-
-def test_b1_peaks_are_read_from_the_micro_benchmark_output():
-    assert tc.parse_b1_peaks(B1_PEAK_LOG) == {"cuda-core xor+popc+add": 250.5, "mma.sync m16n8k256 AND": 4000.0,
-                                              "wgmma m64n128k256 b1 AND": 8000.0}
-
-
-def test_each_tensor_core_kernel_is_held_to_its_own_peak():
-    result = {"shape": {"m": 8192, "n": 8192, "k": 8192}, "kernels": {
-        "xnor": {"status": "ok", "tbops": 200.0, "median_ms": 5.0, "exact": True},
-        "xnor-tc": {"status": "ok", "tbops": 3000.0, "median_ms": 0.4, "exact": True, "x_torch_bf16": 3.5},
-        "xnor-tc-wgmma": {"status": "ok", "tbops": 6000.0, "median_ms": 0.2, "exact": True},
-        "bf16": {"status": "ok", "tbops": 800.0, "median_ms": 1.4, "exact": True}}}
-    lines = tc.peak_share_lines([result], tc.parse_b1_peaks(B1_PEAK_LOG))
-    assert len(lines) == 2
-    assert lines[0].startswith("xnor-tc 8192x8192x8192") and "75% of mma.sync m16n8k256 AND" in lines[0]
-    assert "x_torch_bf16 3.50" in lines[0]
-    assert lines[1].startswith("xnor-tc-wgmma") and "75% of wgmma m64n128k256 b1 AND" in lines[1]
-
-
-def test_config_lines_compare_every_configuration_with_bf16_the_default_and_the_peak():
-    def entry(ms, exact=True):
-        return {"median_ms": ms, "tbops": 2 * 8192**3 / ms / 1e9, "x_torch_bf16": 1.25 / ms, "x_default": 0.4 / ms,
-                "exact": exact}
-    record = {"default_config": "base", "mma_peak_tbops": 10995.1, "shapes": [{
-        "shape": {"m": 8192, "n": 8192, "k": 8192}, "bf16_ms": 1.25,
-        "configs": {"base": entry(0.4), "fdb": entry(0.2), "fdb_cs": entry(0.25, exact=False)}}]}
-    lines = tc.config_lines(record)
-    assert lines[0] == "8192x8192x8192: torch bf16 1.250 ms"
-    base, fdb, cs = lines[1:]
-    assert base.split()[:2] == ["base", "(default)"] and "x bf16 3.12" in base and "x default 1.000" in base
-    assert "25% of the mma.sync AND peak" in base and "fastest" not in base
-    assert "5498 T binary-op/s" in fdb and "x default 2.000" in fdb and "50% of" in fdb and fdb.endswith("<- fastest")
-    assert "exact NO" in cs
-    record["mma_peak_tbops"] = None
-    assert "peak" not in " ".join(tc.config_lines(record))
-
-
-def test_bench_configs_times_and_checks_every_configuration_and_records_json(tmp_path, capsys):
-    """The GPU check's tc_configs step end to end on the CPU (where every configuration is the CPU kernel)."""
-    (tmp_path / "gpu_peaks.log").write_text(B1_PEAK_LOG)
-    record = tc.bench_configs(str(tmp_path), shapes=((40, 70, 300),), rounds=2, runs_per_round=3, device="cpu")
-    saved = json.loads(next(tmp_path.glob("tc_configs-*.json")).read_text())
-    assert saved == record and record["mma_peak_tbops"] == 4000.0 and record["default_config"] == tc.DEFAULT_CONFIG
-    (shape,) = record["shapes"]
-    assert shape["shape"] == {"m": 40, "n": 70, "k": 300} and list(shape["configs"]) == tc.config_names()
-    for entry in shape["configs"].values():
-        assert entry["exact"] is True and len(entry["round_ms"]) == 2 and entry["median_ms"] > 0
-    assert capsys.readouterr().out.splitlines()[:len(tc.CONFIGS) + 1] == tc.config_lines(record)
 
 
 # ---- compiled code ----------------------------------------------------------------------------------
@@ -417,7 +361,7 @@ def _assert_threshold_bits_exact(m, n, k, seed, **kernel):
     thresh = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 8
     _poisoned_allocator((m, -(-n // 64)), torch.int64, 0x5A5A5A5A5A5A5A5A)
     bits = tc.xnor_gemm_threshold(kernels.pack(x), kernels.pack(w), k, thresh.cuda(), **kernel)
-    assert torch.equal(bits.cpu(), tc.threshold_bits(expected_dot, thresh))
+    assert torch.equal(bits.cpu(), emu.threshold_bits(expected_dot, thresh))
 
 
 def _skip_without_wgmma():

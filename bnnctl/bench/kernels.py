@@ -1,23 +1,18 @@
 """``bnnctl bench``: the paper's kernel figure on today's hardware.
 
-The paper (Figure 3 and its section "Seven times faster on GPU at run-time") multiplies two 8192 x 8192 binary matrices on a GTX 750 and reports its
-XNOR kernel 23x faster than an unoptimised float kernel and 3.4x faster than cuBLAS. ``bench_kernels``
-times the same contenders -- the XNOR kernels on packed bits, the paper's float baseline, cuBLAS fp32
-(TF32 off) and torch bf16 -- on +/-1 operands, checks every output against the exact float64
-product, and ``record`` writes the result as JSON under ``results/bench/``.
+The paper (Figure 3 and its section "Seven times faster on GPU at run-time") multiplies two
+8192 x 8192 binary matrices on a GTX 750 and reports its XNOR kernel 23x faster than an unoptimised
+float kernel and 3.4x faster than cuBLAS. ``bench_kernels`` times the same contenders -- the XNOR
+kernels on packed bits, the paper's float baseline, cuBLAS fp32 (TF32 off) and torch bf16 -- on +/-1
+operands, checks every output against the exact float64 product, and ``timing.record``
+writes the result as JSON under ``results/bench/``.
 
 The contenders are the ``KERNELS`` table (name -> BenchKernel), so a new kernel is one entry.
 Nothing is filled in: a kernel that was not run, or failed, says so in the table and the JSON.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
-import statistics
-import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -28,14 +23,14 @@ from rich.table import Table
 from .. import kernels
 from ..errors import UserError
 from ..paper import KERNEL_RATIOS
-from ..runs import atomic_write_text, environment, resolve_device
+from ..runs import resolve_device
+from .timing import error_line, header, measuring, parse_names, record, sync, time_call
 
 DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds
 # The paper's ratios (cited, not measured here), recorded beside ours.
 PAPER = {"gpu": "GTX 750", "shape": [8192, 8192, 8192],
          **{r.key: r.value for r in KERNEL_RATIOS if r.key in ("xnor_vs_baseline", "xnor_vs_cublas")},
          "source": next(r.source for r in KERNEL_RATIOS if r.key == "xnor_vs_baseline")}
-MIN_RUNS = 3  # timed runs every kernel gets, however slow; more up to --repeat within the time budget
 
 
 @dataclass
@@ -93,17 +88,6 @@ KERNELS: dict[str, BenchKernel] = {
 RATIO_REFERENCES = {"x_baseline": "baseline", "x_cublas_fp32": "cublas", "x_torch_bf16": "bf16"}
 
 
-def parse_kernel_names(spec: str) -> list[str]:
-    """"all", one name, or a comma-separated list -> kernel names, in table order."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if names == ["all"]:
-        return list(KERNELS)
-    unknown = [n for n in names if n not in KERNELS]
-    if unknown or not names:
-        raise UserError(f"unknown kernel {', '.join(unknown) or repr(spec)}; choose from all, {', '.join(KERNELS)}.")
-    return [n for n in KERNELS if n in names]
-
-
 def make_operands(m: int, n: int, k: int, device: torch.device, seed: int = 0) -> Operands:
     g = torch.Generator(device=device).manual_seed(seed)
     a = torch.randn(m, k, device=device, generator=g)
@@ -113,53 +97,15 @@ def make_operands(m: int, n: int, k: int, device: torch.device, seed: int = 0) -
     return Operands(a, b, a_pm1, b_pm1, kernels.pack(a), kernels.pack(b), k, exact)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device, repeat: int, budget_s: float) -> tuple[float, int]:
-    """Median milliseconds of fn() over up to `repeat` runs (at least MIN_RUNS, more while the budget
-    lasts), after one warm-up run; CUDA events on a GPU, perf_counter around a synchronised call on CPU."""
-    fn()
-    _sync(device)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < repeat and (len(times) < MIN_RUNS or time.perf_counter() - started < budget_s):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), len(times)
-
-
 def _matches(out: torch.Tensor, exact: torch.Tensor) -> bool:
     """Equal to the exact product in the output's own dtype (bf16 outputs are the rounded integers)."""
     return out.shape == exact.shape and bool(torch.equal(out, exact.to(out.dtype)))
 
 
-def _device_info(device: torch.device) -> dict:
-    info = {"type": device.type, **environment(device)}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count)
-    else:
-        info.update(threads=torch.get_num_threads(), cpu_isa=kernels.cpu_isa(),
-                    load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
-    return info
-
-
 def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, k: int | None = None,
                   repeat: int = 20, device: str = "auto", budget_s: float = 5.0, popc_peak_tbops: float | None = None,
                   command: str = "", console: Console | None = None) -> dict:
-    """Time the named kernels on one (m, n, k) product and return the result record (see ``record``)."""
+    """Time the named kernels on one (m, n, k) product and return the result record (``timing.record`` writes it)."""
     dev = resolve_device(device)
     if dev.type == "cuda" and not kernels.available()["cuda"]:
         raise UserError("the CUDA kernels are not available on this machine, so there is nothing to bench on the GPU.")
@@ -169,9 +115,7 @@ def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, 
         raise UserError(f"--m, --n, --k and --repeat must be positive, got {m}, {n}, {k} and {repeat}.")
     say = console.print if console else (lambda *a, **kw: None)
     say(f"bench: {m} x {n} x {k} on {dev.type}, kernels {', '.join(names)}")
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # cuBLAS fp32 as the paper compared: full fp32
-    try:
+    with measuring():
         ops = make_operands(m, n, k, dev)
         results = {name: _run_kernel(name, ops, dev, repeat, budget_s, selected=name in names, say=say)
                    for name in KERNELS}
@@ -179,12 +123,9 @@ def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, 
         if any(KERNELS[nm].packed and results[nm]["status"] == "ok" for nm in names):
             ms, runs = time_call(lambda: (kernels.pack(ops.a), kernels.pack(ops.b)), dev, repeat, budget_s)
             packing = {"median_ms": ms, "runs": runs, "what": "pack(A) and pack(B), float32 -> bits"}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old_tf32
     _add_rates(results, 2 * m * n * k, popc_peak_tbops)
     return {
-        "kind": "kernels", "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": _device_info(dev), "shape": {"m": m, "n": n, "k": k}, "binary_ops": 2 * m * n * k,
+        **header("kernels", command, dev), "shape": {"m": m, "n": n, "k": k}, "binary_ops": 2 * m * n * k,
         "repeat": repeat, "budget_s_per_kernel": budget_s, "kernels": results, "packing": packing,
         "popc_ceiling_tbops": popc_peak_tbops, "paper": PAPER,
     }
@@ -201,7 +142,7 @@ def _run_kernel(name: str, ops: Operands, dev: torch.device, repeat: int, budget
     say(f"  {name}: {entry['label']}")
     try:
         out = spec.run(ops)
-        _sync(dev)
+        sync(dev)
         exact = _matches(out, ops.exact)
         del out
         ms, runs = time_call(lambda: spec.run(ops), dev, repeat, budget_s)
@@ -212,8 +153,7 @@ def _run_kernel(name: str, ops: Operands, dev: torch.device, repeat: int, budget
             entry["including_packing_ms"], entry["including_packing_runs"] = time_call(with_packing, dev, repeat,
                                                                                        budget_s)
     except (RuntimeError, UserError) as e:  # e.g. out of memory: the row says so, the others still run
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        entry.update(status=f"failed: {first_line}")
+        entry.update(status=f"failed: {error_line(e)}")
     return entry
 
 
@@ -233,21 +173,6 @@ def _add_rates(results: dict, binary_ops: int, popc_peak_tbops: float | None) ->
                     entry[key + "_including_packing"] = ref_entry["median_ms"] / entry["including_packing_ms"]
             else:
                 entry[key] = None  # the reference was not timed: the table says "not run"
-
-
-def record(result: dict, out_dir: Path | str) -> Path:
-    """Write a bench result as JSON into out_dir (atomically) and return its path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = re.sub(r"[^0-9T]", "", result.get("date", datetime.now(timezone.utc).isoformat()))[:15]
-    device = result.get("device", {})
-    slug = device.get("type", "device")
-    if device.get("type") == "cuda":
-        slug = re.sub(r"[^a-z0-9]+", "-", device.get("hardware", "cuda").lower()).strip("-")
-    what = "x".join(str(result["shape"][d]) for d in "mnk") if "shape" in result else result.get("kind", "bench")
-    path = out_dir / f"{stamp}-{slug}-{what}.json"
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    return path
 
 
 def _fmt(value, spec: str, missing: str = "not run") -> str:
@@ -296,7 +221,7 @@ def print_table(result: dict, console: Console) -> None:
 def run_bench(kernel: str, m: int | None, n: int | None, k: int | None, repeat: int, device: str, out: Path,
               popc_peak_tbops: float | None, command: str, console: Console) -> Path:
     """The ``bnnctl bench --kernel ...`` command: bench, print the table, record the JSON."""
-    result = bench_kernels(parse_kernel_names(kernel), m, n, k, repeat=repeat, device=device,
+    result = bench_kernels(parse_names(kernel, KERNELS, "kernel"), m, n, k, repeat=repeat, device=device,
                            popc_peak_tbops=popc_peak_tbops, command=command, console=console)
     print_table(result, console)
     path = record(result, out)
@@ -309,5 +234,4 @@ def run_bench(kernel: str, m: int | None, n: int | None, k: int | None, repeat: 
     return path
 
 
-__all__ = ["KERNELS", "BenchKernel", "Operands", "bench_kernels", "record", "print_table", "run_bench",
-           "parse_kernel_names", "time_call", "make_operands"]
+__all__ = ["KERNELS", "BenchKernel", "Operands", "bench_kernels", "print_table", "run_bench", "make_operands"]

@@ -23,10 +23,7 @@ files, 10,000 random 8-bit images stand in and the error column is not a test er
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -36,14 +33,14 @@ from rich.table import Table
 from torch import nn
 
 from .. import kernels, paper
-from .kernels import _device_info, record
-from ..data import MNIST_FILES, data_root, scale_to_pm1
-from ..infer.engine import FIRST_LAYERS, PackedEngine
-from ..errors import UserError
-from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
 from ..core.models import build_model
+from ..data import MNIST_FILES, data_root, scale_to_pm1
+from ..errors import UserError
+from ..infer.engine import FIRST_LAYERS, PackedEngine
+from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
 from ..recipe import load_recipe, recipes_dir
 from ..runs import load_model, resolve_device
+from .timing import error_line, header, measuring, no_tf32, parse_names, record, sync, time_round_robin
 
 MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
 IMAGES = 10_000
@@ -189,42 +186,7 @@ def load_test_images(data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor 
     return x, None, f"10,000 random 8-bit images (no MNIST under {raw}): the error column is not a test error"
 
 
-# ---------------------------------------------------------------------------- timing
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed_pass(run_all: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
-    _sync(device)
-    t0 = time.perf_counter()
-    predictions = run_all()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1e3, predictions
-
-
-def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeat: int
-                     ) -> dict[str, tuple[float, int, torch.Tensor]]:
-    """name -> (median ms of a whole test-set pass, passes timed, predictions). The variants take
-    turns, one pass each per round, so that a load that comes and goes on a shared machine weighs on
-    all of them alike; rounds go on up to ``repeat`` while BUDGET_S per variant lasts (at least one)."""
-    times: dict[str, list[float]] = {name: [] for name in passes}
-    predictions: dict[str, torch.Tensor] = {}
-    started = time.perf_counter()
-    for rounds in range(repeat):
-        if rounds and time.perf_counter() - started >= BUDGET_S * len(passes):
-            break
-        for name, run_all in passes.items():
-            ms, predictions[name] = _timed_pass(run_all, device)
-            times[name].append(ms)
-    return {name: (statistics.median(t), len(t), predictions[name]) for name, t in times.items()}
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
+# ---------------------------------------------------------------------------- the timed variants
 
 def _batches(x: torch.Tensor, batch: int):
     return [x[i:i + batch] for i in range(0, len(x), batch)]
@@ -238,19 +200,6 @@ def _runner(name: str, exported: ExportedModel, float_model: nn.Module, device: 
         return lambda xb: model(scale_to_pm1(xb)).argmax(1)
     engine = PackedEngine(exported, device, first_layer=v.first_layer, hidden=v.hidden, xnor_impl=v.xnor_impl)
     return lambda xb: engine.logits(xb).argmax(1)
-
-
-@torch.no_grad()
-def parse_variant_names(spec: str) -> list[str]:
-    """"all", one variant name, or a comma-separated list -> variant names, in table order."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if names == ["all"]:
-        return list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or not names:
-        raise UserError(f"unknown variant {', '.join(unknown) or repr(spec)} for --model; choose from all, "
-                        f"{', '.join(VARIANTS)}.")
-    return [n for n in VARIANTS if n in names]
 
 
 def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path | None, repeat: int,
@@ -273,39 +222,36 @@ def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path |
     batch = BATCH[dev.type]
     say(f"bench {model_name}: {len(x)} images ({data_note}), model {model_info['source'] or 'random weights'}, "
         f"{dev.type}, batches of {batch}")
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
     variants: dict[str, dict] = {}
     passes: dict[str, Callable[[], torch.Tensor]] = {}
-    try:
-        for name, v in VARIANTS.items():
-            entry = {"paper_row": v.paper_row, "label": v.label, "xnor_impl": v.xnor_impl if v.first_layer else None}
-            variants[name] = entry
-            if names is not None and name not in names:
-                entry["status"] = "not run: not selected"
-            elif dev.type not in v.devices:
-                entry["status"] = "not run: CUDA-only kernel"
-            else:
-                say(f"  {v.paper_row} {name}: {v.label}")
-                try:  # build and warm up on one batch; a kernel that fails must not hide the others
-                    step = _runner(name, exported, float_model, dev)
+    for name, v in VARIANTS.items():
+        entry = {"paper_row": v.paper_row, "label": v.label, "xnor_impl": v.xnor_impl if v.first_layer else None}
+        variants[name] = entry
+        if names is not None and name not in names:
+            entry["status"] = "not run: not selected"
+        elif dev.type not in v.devices:
+            entry["status"] = "not run: CUDA-only kernel"
+        else:
+            say(f"  {v.paper_row} {name}: {v.label}")
+            try:  # build and warm up on one batch; a kernel that fails must not hide the others
+                step = _runner(name, exported, float_model, dev)
+                with measuring():
                     step(x[:batch])
-                    _sync(dev)
-                except (RuntimeError, UserError) as e:
-                    entry["status"] = f"failed: {_first_line(e)}"
-                    continue
-                passes[name] = (lambda s: lambda: torch.cat([s(b) for b in _batches(x, batch)]))(step)
-        timed = time_round_robin(passes, dev, repeat)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+                    sync(dev)
+            except (RuntimeError, UserError) as e:
+                entry["status"] = f"failed: {error_line(e)}"
+                continue
+            passes[name] = (lambda s: lambda: torch.cat([s(b) for b in _batches(x, batch)]))(step)
+    with no_tf32():  # time_round_robin runs every pass in inference mode
+        timed = time_round_robin(passes, dev, repeat, BUDGET_S)
     predictions = {}
     for name, (ms, runs, pred) in timed.items():
         predictions[name] = pred.cpu()
         variants[name].update(status="ok", median_ms=ms, runs=runs, images_per_s=len(x) / (ms / 1e3))
     same = _add_comparisons(variants, predictions, y)
     return {
-        "kind": "mnist-mlp", "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": _device_info(dev), "model": {"name": model_name, "architecture": _widths(exported), **model_info},
+        **header("mnist-mlp", command, dev),
+        "model": {"name": model_name, "architecture": _widths(exported), **model_info},
         "data": {"images": len(x), "source": data_note}, "batch_size": batch, "repeat": repeat,
         "variants": variants, "targets": _targets(variants, same, dev.type),
         "paper": {"x_baseline": paper.kernel_ratio("mlp_xnor_vs_baseline"),
@@ -382,7 +328,7 @@ def run_model_bench(model: str, run: Path | None, device: str, data_dir: Path | 
     """The ``bnnctl bench --model ...`` command: bench, print, record; an error if the engine variants
     disagree."""
     result = bench_model(model, run, device, data_dir, repeat, command=command, console=console,
-                         names=parse_variant_names(variants))
+                         names=parse_names(variants, VARIANTS, "variant", " for --model"))
     print_model_table(result, console)
     path = record(result, out)
     console.print(f"recorded {path}")

@@ -1,0 +1,164 @@
+"""What every ``bnnctl bench`` measurement shares: how it times, under which settings, and how it records.
+
+* ``measuring()``: TF32 off (cuBLAS fp32 is compared at full fp32 precision, as in the paper) and
+  inference mode on (no autograd bookkeeping in any timed call); ``time_call`` and ``time_round_robin``
+  enter inference mode themselves, so nothing they time can run with autograd on.
+* ``time_call``: the median of repeated calls of one function; ``time_round_robin``: several functions
+  taking turns, so that a load that comes and goes on a shared machine weighs on all of them alike.
+* ``parse_names``: the ``--kernel`` list of names against a table of contenders.
+* ``header`` and ``record``: the fields every record starts with (kind, command, date, device with its
+  hardware and commit) and the JSON file under ``results/bench/`` it is written to.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from .. import kernels
+from ..errors import UserError
+from ..runs import atomic_write_text, environment
+
+MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read afterwards includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """cuBLAS fp32 matmuls at full fp32 precision (TF32 off) inside; the previous setting after."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@contextlib.contextmanager
+def measuring() -> Iterator[None]:
+    """The settings a benchmark runs under: TF32 off and inference mode on."""
+    with no_tf32(), torch.inference_mode():
+        yield
+
+
+def parse_names(spec: str, known: Iterable[str], what: str, where: str = "") -> list[str]:
+    """"all", one name, or a comma-separated list -> names, in the order of ``known``; an unknown name
+    is a UserError naming the choices ("unknown {what} NAME{where}; choose from all, ...")."""
+    known = list(known)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return known
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise UserError(f"unknown {what} {', '.join(unknown) or repr(spec)}{where}; choose from all, "
+                        f"{', '.join(known)}.")
+    return [n for n in known if n in names]
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeat: int, budget_s: float) -> tuple[float, int]:
+    """Median milliseconds of fn() over up to `repeat` runs (at least MIN_RUNS, more while the budget
+    lasts), after one warm-up run, in inference mode; CUDA events on a GPU, perf_counter around a
+    synchronised call on CPU. Returns (median ms, runs timed)."""
+    with torch.inference_mode():
+        fn()
+        sync(device)
+        times: list[float] = []
+        started = time.perf_counter()
+        while len(times) < repeat and (len(times) < MIN_RUNS or time.perf_counter() - started < budget_s):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), len(times)
+
+
+def _timed_pass(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeat: int,
+                     budget_s: float) -> dict[str, tuple[float, int, torch.Tensor]]:
+    """name -> (median ms of one call, calls timed, the last call's output), in inference mode.
+
+    The functions take turns, one call each per round; rounds go on up to ``repeat`` while ``budget_s``
+    per function lasts (at least one round). Each call is timed whole, with perf_counter between device
+    synchronisations, so it suits calls long enough to hide the clock's resolution (a test-set pass)."""
+    times: dict[str, list[float]] = {name: [] for name in passes}
+    outputs: dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for rounds in range(repeat):
+            if rounds and time.perf_counter() - started >= budget_s * len(passes):
+                break
+            for name, fn in passes.items():
+                ms, outputs[name] = _timed_pass(fn, device)
+                times[name].append(ms)
+    return {name: (statistics.median(t), len(t), outputs[name]) for name, t in times.items()}
+
+
+def error_line(e: Exception) -> str:
+    """The first line of an exception's message (its type when it has none), for a table's status cell."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def device_info(device: torch.device) -> dict:
+    """The device a result was measured on: environment() (hardware, commit, versions) and what bears on speed."""
+    info = {"type": device.type, **environment(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count)
+    else:
+        info.update(threads=torch.get_num_threads(), cpu_isa=kernels.cpu_isa(),
+                    load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
+    return info
+
+
+def header(kind: str, command: str, device: torch.device) -> dict:
+    """The fields a bench record starts with; made after the timings, so the load average is the run's."""
+    return {"kind": kind, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device_info(device)}
+
+
+def record(result: dict, out_dir: Path | str) -> Path:
+    """Write a bench result as JSON into out_dir (atomically) and return its path:
+    DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = re.sub(r"[^0-9T]", "", result.get("date", datetime.now(timezone.utc).isoformat()))[:15]
+    device = result.get("device", {})
+    slug = device.get("type", "device")
+    if device.get("type") == "cuda":
+        slug = re.sub(r"[^a-z0-9]+", "-", device.get("hardware", "cuda").lower()).strip("-")
+    what = "x".join(str(result["shape"][d]) for d in "mnk") if "shape" in result else result.get("kind", "bench")
+    path = out_dir / f"{stamp}-{slug}-{what}.json"
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return path
+
+
+__all__ = ["MIN_RUNS", "sync", "no_tf32", "measuring", "parse_names", "time_call", "time_round_robin", "error_line",
+           "device_info", "header", "record"]
