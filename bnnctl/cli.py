@@ -9,15 +9,41 @@ import functools
 from pathlib import Path
 from typing import List, Optional
 
+import sys
+
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from .errors import UserError
+from .runs import command_line, invocation, set_invocation
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _RecordingGroup(TyperGroup):
+    """Keeps the arguments bnnctl was called with, for the records and for --nproc's relaunch."""
+
+    def main(self, args=None, *rest, **kwargs):
+        set_invocation(sys.argv[1:] if args is None else list(args))
+        return super().main(args, *rest, **kwargs)
+
+
+app = typer.Typer(cls=_RecordingGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Binarized Neural Networks (Courbariaux et al., 2016): train, evaluate, benchmark, report.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def without_option(args: list[str], option: str) -> list[str]:
+    """args less ``option VALUE`` and ``option=VALUE``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def user_errors(fn):
@@ -50,11 +76,7 @@ def train(
     """Train a model from a recipe and record metrics, result and checkpoint."""
     if nproc != 1:
         from .train.distributed import relaunch
-        args = ["train", str(recipe), "--device", device, "--runs-dir", str(runs_dir)]
-        args += [arg for item in set_ for arg in ("--set", item)]
-        for flag, value in (("--data-dir", data_dir), ("--resume", resume), ("--seed", seed), ("--run-id", run_id)):
-            args += [flag, str(value)] if value is not None else []
-        raise typer.Exit(relaunch(nproc, args + (["--fast"] if fast else [])))
+        raise typer.Exit(relaunch(nproc, without_option(invocation(), "--nproc"), command_line()))
     from .train.loop import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
                  resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)
@@ -107,12 +129,7 @@ def bench(
 ):
     """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
     from .bench.kernels import run_bench
-    given = {"--kernel": kernel, "--m": m, "--n": n, "--k": k, "--repeat": repeat, "--device": device,
-             "--out": out, "--popc-peak": popc_peak}
-    if model is not None:
-        given = {"--model": model, "--kernel": kernel, "--run": run, "--data-dir": data_dir, "--repeat": repeat,
-                 "--device": device, "--out": out}
-    command = " ".join(["bnnctl bench"] + [f"{opt} {val}" for opt, val in given.items() if val is not None])
+    command = command_line()
     if model is not None:
         from .bench.mlp import run_model_bench
         run_model_bench(model=model, run=run, device=device, data_dir=data_dir, repeat=repeat, out=out,
@@ -158,6 +175,3 @@ def report(
     from .report import run_report
     run_report(results=results, out=out, recipes=recipes_dir, console=console)
 
-
-def main() -> None:
-    app()

@@ -25,7 +25,7 @@ from bnnctl.errors import UserError
 from tests.conftest import REPO, make_images
 
 NO_DROPOUT = ["model.dropout_in=0", "model.dropout_hidden=0", "model.bias=false"]  # bias: see test_fast_path
-RUN_FILES = {"recipe.yaml", "metrics.csv", "result.json", "checkpoint.pt", "best.pt"}
+RUN_FILES = {"recipe.yaml", "metrics.csv", "result.json", "checkpoint.pt", "best.pt", ".lock"}  # .lock: the run folder's lock file, kept for the next trainer
 
 
 def free_port() -> int:
@@ -224,7 +224,7 @@ def test_batch_must_split_evenly(tiny_recipe, tmp_path):
 def test_nproc_inside_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="already started by torchrun"):
-        relaunch(2, ["train", "x.yaml"])
+        relaunch(2, ["train", "x.yaml"], "bnnctl train x.yaml --nproc 2")
 
 
 def test_shard_covers_every_item_once():

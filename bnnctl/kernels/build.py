@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..resources import shipped_dir
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda"
+SOURCE_DIR = shipped_dir("cuda")
 # The glue and CPU kernels, in both variants. cpu_kernels.cpp has no torch headers (seconds to
 # compile); ops.cpp is the one slow translation unit.
 CPU_SOURCES = ["ops.cpp", "cpu_kernels.cpp", "train_kernels.cpp"]
@@ -44,7 +45,7 @@ EXTRA_CFLAGS += OPENMP_FLAGS
 # nvcc flags for every .cu file (tests/test_cuda_compile.py compiles with the same ones). The target
 # architecture comes from $TORCH_CUDA_ARCH_LIST, else from the visible GPU.
 EXTRA_NVCC_FLAGS = ["-O3", "-lineinfo"]
-# First-build times measured on a 2-core machine (15-25 s and 65-100 s), shown while the build runs.
+# About how long a first build takes on a 2-core machine, shown while it runs.
 BUILD_SECONDS = {"cpu": 30, "cuda": 90}
 
 
@@ -115,7 +116,7 @@ def _build(variant: str, verbose: bool) -> str:
     missing = [p for p in sources(variant) if not p.exists()]
     if missing or not SOURCE_DIR.is_dir():
         raise KernelBuildError(f"the kernel sources are missing ({missing[0] if missing else SOURCE_DIR}); "
-                               "bnnctl needs its cuda/ folder, so install it from a checkout with pip install -e .")
+                               "reinstall bnnctl (its wheel carries them as bnnctl/cuda).")
     if variant == "cuda":
         cuda_home = str(find_cuda_home())
         os.environ["CUDA_HOME"] = cuda_home

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
+from ..runs import COMMAND_ENV
 
 T = TypeVar("T")
 
@@ -259,8 +260,11 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 # ---------------------------------------------------------------------------- launching
 
-def relaunch(nproc: int, args: list[str]) -> int:
-    """Run ``bnnctl ARGS`` as nproc processes through torch.distributed.run on this machine; its exit code."""
+def relaunch(nproc: int, args: list[str], command: str) -> int:
+    """Run ``bnnctl ARGS`` as nproc processes through torch.distributed.run on this machine; its exit code.
+
+    ``command`` is the user's own command line (with --nproc), which the workers record.
+    """
     if launched_by_torchrun():
         raise UserError("--nproc re-launches bnnctl through torchrun, but this process was already started by "
                         "torchrun; drop --nproc.")
@@ -268,7 +272,7 @@ def relaunch(nproc: int, args: list[str]) -> int:
         raise UserError(f"--nproc must be at least 1, got {nproc}.")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "bnnctl", *args]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env={**os.environ, COMMAND_ENV: command})
     # Ctrl-C reaches the workers directly (same process group); they record the interrupted run
     # and exit, and this process only waits for them.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -16,9 +16,7 @@ import contextlib
 import csv
 import functools
 import io
-import json
 import math
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,12 +30,13 @@ from ..core.layers import binary_layers
 from ..core.losses import LOSSES
 from ..core.models import build_model, count_parameters
 from ..data import Splits, load_splits
-from ..errors import UserError
+from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError
 from ..optim import build_optimizer, lr_at, set_lr
 from ..recipe import dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
-                    RECIPE_FILE, RESULT_FILE, atomic_torch_save, atomic_write_text, environment, hardware,
-                    load_checkpoint, new_run_dir, resolve_device)
+                    RECIPE_FILE, RESULT_FILE, RunLock, atomic_torch_save, atomic_write_text, command_line, environment,
+                    check_name, hardware, load_checkpoint, new_run_dir, remove_stale_temporaries, resolve_device,
+                    write_result)
 from . import distributed, fused_step
 from .distributed import SINGLE, Ranks
 from .evaluate import eval_sums
@@ -45,7 +44,7 @@ from .fast import CUDA_GRAPH_COMPILE_MODES, FAST_PRESETS, fused_adam, pretransfo
 
 
 class TrainingDiverged(UserError):
-    exit_code = 3
+    exit_code = EXIT_DIVERGED
 
 
 class Trainer:
@@ -65,9 +64,8 @@ class Trainer:
             raise UserError(f"train.batch_size {batch_size} does not split evenly across {ranks.world_size} "
                             f"processes; use a multiple of {ranks.world_size}.")
         if fast["compile"] and device.type == "cuda" and fast["compile_mode"] in CUDA_GRAPH_COMPILE_MODES:
-            raise UserError(f"fast.compile_mode={fast['compile_mode']} (CUDA graphs) trained an MNIST model that did "
-                            f"not learn on the H200 (88% test error after 4 epochs, results/gpu_check/"
-                            f"20261127-1346-h200/fast_mnist_compiled.log); use compile_mode default or "
+            raise UserError(f"fast.compile_mode={fast['compile_mode']} replays CUDA graphs, which are not yet shown "
+                            f"to train the same model as eager mode; use compile_mode default or "
                             f"max-autotune-no-cudagraphs.")
         torch.manual_seed(recipe["seed"])
         model = build_model(recipe["model"], splits.input_shape, splits.num_classes)
@@ -133,6 +131,8 @@ class Trainer:
         self.environment = environment(device)
         # A resumed run keeps the command and environment it started with; each resume is listed.
         self.resumes: list[dict[str, Any]] = []
+        # The epoch the run folder's checkpoint.pt holds (None: none written yet), what --resume continues after.
+        self.checkpoint_epoch: int | None = None
 
     # -- state -------------------------------------------------------------------------
     def autocast(self):
@@ -169,6 +169,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
+        self.checkpoint_epoch = self.epoch
         self.wall_time, self.started = state["wall_time"], state["started"]
         if "command" in state:  # checkpoints from before these were kept start the record here
             # each resume with its own environment: it may run other code, or on other hardware
@@ -232,8 +233,9 @@ class Trainer:
             atomic_write_text(self.run_dir / METRICS_FILE, out.getvalue())
         if state is not None:
             atomic_torch_save(state, self.run_dir / CHECKPOINT_FILE)
+            self.checkpoint_epoch = self.epoch
         # result.json last: it only ever points at files already on disk.
-        atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(self.result(status), indent=2) + "\n")
+        write_result(self.run_dir / RESULT_FILE, self.result(status))
 
     # -- training ----------------------------------------------------------------------
     @torch.no_grad()
@@ -331,9 +333,10 @@ class Trainer:
                 train_loss = self.train_epoch(progress)
                 if not math.isfinite(train_loss):
                     self.write_records("diverged", checkpoint=False)
+                    kept = ("no checkpoint was written before it" if self.checkpoint_epoch is None
+                            else f"{self.run_dir} keeps the state after epoch {self.checkpoint_epoch}")
                     raise TrainingDiverged(
-                        f"the training loss became {train_loss} in epoch {self.epoch + 1}; the run stopped and "
-                        f"{self.run_dir} keeps the state after epoch {self.epoch}.")
+                        f"the training loss became {train_loss} in epoch {self.epoch + 1}; the run stopped and {kept}.")
                 # Without fast.sync_bn each rank's BN statistics follow its own slices; all evaluate
                 # (and rank 0 saves) rank 0's.
                 distributed.broadcast_buffers_(self.model, self.ranks)
@@ -387,39 +390,84 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
         distributed.shutdown(ranks)
 
 
+def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: dict[str, Any], console: Console) -> None:
+    """A resume continues exactly as recorded; the recipe named beside --resume must be the run's own.
+
+    Another recipe is refused. The same recipe with other values (a --set, --seed or --fast at the
+    start, or an edit since) gets a note naming the first difference, since the recorded one wins.
+    """
+    if recipe.resolve() == (run_dir / RECIPE_FILE).resolve():
+        return
+    given = load_recipe(recipe)
+    if given["name"] != recorded.get("name"):
+        raise UserError(f"{run_dir} is a run of recipe {recorded.get('name')!r}, not {given['name']!r} ({recipe}); "
+                        f"resume with: bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}")
+    for section, fields in given.items():
+        for key, value in (fields.items() if isinstance(fields, dict) else [(None, fields)]):
+            was = recorded.get(section) if key is None else recorded.get(section, {}).get(key)
+            if value != was and (section, key) != ("data", "variant"):  # the loader sets the variant
+                name = section if key is None else f"{section}.{key}"
+                console.print(f"note: the run continues with its recorded recipe ({run_dir / RECIPE_FILE}); "
+                              f"{recipe} differs from it in {name} ({value!r} there, {was!r} recorded).",
+                              highlight=False)
+                return
+
+
 def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path | None, runs_dir: Path,
            resume: Path | None, seed: int | None, run_id: str | None, console: Console, fast: bool,
            ranks: Ranks) -> dict[str, Any]:
-    command = " ".join(["bnnctl", *sys.argv[1:]]) if sys.argv and "bnnctl" in sys.argv[0] else "bnnctl train"
-    state = None
-    if resume is not None:
-        if overrides or seed is not None or fast:
-            raise UserError("--resume continues a run exactly as recorded; drop --set, --seed and --fast.")
-        state = distributed.on_main(ranks, lambda: load_checkpoint(resume / CHECKPOINT_FILE, CHECKPOINT_FORMAT))
-        cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
-        run_dir = resume
-    else:
-        preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
-        cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-    # Rank 0 first: it alone downloads data or fills the preprocessing cache.
-    splits = distributed.main_first(ranks, lambda: load_splits(cfg["data"], data_dir))
-    cfg["data"]["variant"] = splits.variant
-    if cfg["fast"]["data_on_device"]:
-        splits = splits.to(dev)
-    if cfg["fast"]["pretransform"]:
-        splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
-    if state is None:
-        def create_run_dir() -> Path:
-            path = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
-            atomic_write_text(path / RECIPE_FILE, dump_recipe(cfg))
-            return path
-        run_dir = distributed.on_main(ranks, create_run_dir)
-    trainer = Trainer(cfg, splits, dev, run_dir, console, command, ranks)
-    if state is not None:
-        trainer.load_state_dict(state)
-        del state
-        console.print(f"resuming {run_dir} after epoch {trainer.epoch} of {cfg['train']['epochs']}")
-    on = f"{ranks.world_size} processes x {hardware(dev)}" if ranks.active else hardware(dev)
+    """Resolve the recipe (or the resumed run's), then train; rank 0 holds the run folder's lock."""
+    state, lock = None, None
+    try:
+        if resume is not None:
+            if overrides or seed is not None or fast:
+                raise UserError("--resume continues a run exactly as recorded; drop --set, --seed and --fast.")
+            if ranks.is_main and resume.is_dir():  # a second process resuming the same run stops here
+                lock = RunLock(resume).acquire()
+                remove_stale_temporaries(resume)
+            state = distributed.on_main(ranks, lambda: load_checkpoint(resume / CHECKPOINT_FILE, CHECKPOINT_FORMAT))
+            cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
+            if ranks.is_main:
+                _check_resume_recipe(Path(recipe), resume, state["recipe"], console)
+        else:
+            preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
+            cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+            check_name(cfg["name"], "the recipe name")
+            if run_id is not None:
+                check_name(run_id, "--run-id")
+        # Rank 0 first: it alone downloads data or fills the preprocessing cache.
+        splits = distributed.main_first(ranks, lambda: load_splits(cfg["data"], data_dir))
+        cfg["data"]["variant"] = splits.variant
+        if cfg["fast"]["data_on_device"]:
+            splits = splits.to(dev)
+        if cfg["fast"]["pretransform"]:
+            splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
+        # Model and optimizer exist before a new run folder does: a model too large fails with nothing written.
+        trainer = Trainer(cfg, splits, dev, resume or Path("."), console, command_line(), ranks)
+        if state is not None:
+            trainer.load_state_dict(state)
+            del state
+            console.print(f"resuming {resume} after epoch {trainer.epoch} of {cfg['train']['epochs']}")
+        else:
+            def create_run_dir() -> Path:
+                path = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
+                atomic_write_text(path / RECIPE_FILE, dump_recipe(cfg))
+                return path
+            trainer.run_dir = distributed.on_main(ranks, create_run_dir)
+            if ranks.is_main:
+                lock = RunLock(trainer.run_dir).acquire()
+        return _fit(trainer, splits, console, ranks)
+    except MemoryError:
+        raise EnvironmentFailure("the machine ran out of memory; use a smaller model or batch, or a larger "
+                                 "machine.") from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> dict[str, Any]:
+    run_dir, cfg = trainer.run_dir, trainer.recipe
+    on = f"{ranks.world_size} processes x {hardware(trainer.device)}" if ranks.active else hardware(trainer.device)
     console.print(f"[bold]{cfg['name']}[/] on {splits.variant} ({len(splits.x_train)} train / "
                   f"{len(splits.x_valid)} valid / {len(splits.x_test)} test), {count_parameters(trainer.model):,} "
                   f"parameters, {on}; run directory {run_dir}", highlight=False)
@@ -427,13 +475,22 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
         result = trainer.fit(interactive=console.is_terminal)
     except KeyboardInterrupt:
         trainer.write_records("interrupted", checkpoint=False)
-        nproc = f" --nproc {ranks.world_size}" if ranks.active else ""
-        console.print(f"\ninterrupted after epoch {trainer.epoch}; continue with: "
-                      f"bnnctl train {recipe} --resume {run_dir}{nproc}", highlight=False)
-        raise SystemExit(130) from None
+        if trainer.checkpoint_epoch is None:
+            console.print(f"\ninterrupted in epoch {trainer.epoch + 1}, before the first checkpoint: there is nothing "
+                          f"to resume; start the run again ({run_dir} keeps its recipe).", highlight=False)
+        else:
+            nproc = f" --nproc {ranks.world_size}" if ranks.active else ""
+            console.print(f"\ninterrupted; the last checkpoint holds epoch {trainer.checkpoint_epoch}. Continue with: "
+                          f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}{nproc}", highlight=False)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except EnvironmentFailure as e:
+        with contextlib.suppress(EnvironmentFailure):  # the disk may still take the small record
+            trainer.write_records("failed", checkpoint=False)
+        kept = ("nothing to resume: start the run again" if trainer.checkpoint_epoch is None else
+                f"{run_dir} keeps the state after epoch {trainer.checkpoint_epoch}: bnnctl train "
+                f"{run_dir / RECIPE_FILE} --resume {run_dir}")
+        raise EnvironmentFailure(f"{e} The run stopped; {kept}.") from None
     best = result["best_epoch"]
     console.print(f"test error at the best-validation epoch ({best}): [bold]{result['test_error_pct']:.2f}%[/] "
-                  f"on {splits.variant}; recorded in {run_dir}/result.json", highlight=False)
+                  f"on {splits.variant}; recorded in {run_dir / RESULT_FILE}", highlight=False)
     return result
-
-
