@@ -74,11 +74,11 @@ STEP_TIMEOUT=150 step tc_bench_mlp python3 -m bnnctl bench --kernel xnor-tc,xnor
   --k 4096 --out "$OUT"
 # Every configuration of the mma.sync kernel (tile, stages, fragment double buffering, ...) at 8192^3 and
 # 10000 x 4096 x 4096, beside torch bf16 in the same process, taking turns: which one is fastest, and whether
-# it reaches issue 8's 4x bf16 (cuda/XNOR_TC.md says how to make the winner the default). JSON: $OUT/tc_configs-*.json.
+# it reaches 4x torch bf16 (cuda/XNOR_TC.md says how to make the winner the default). JSON: $OUT/tc_configs-*.json.
 STEP_TIMEOUT=150 step tc_configs python3 -c 'import sys; from bnnctl.bench import tensorcore as tc; \
   tc.bench_configs(sys.argv[1])' "$OUT"
 
-# The bit-packed engine (issue 5): its CUDA tests (every activation equal to the float model's), then the paper's
+# The bit-packed engine: its CUDA tests (every activation equal to the float model's), then the paper's
 # Figure 3 right half: the MNIST MLP on the 10,000 test images, (a) baseline kernel, (b) XNOR (target >= 7x (a)),
 # (c) bit-plane first layer (target: faster than (b)), (d) torch; JSON in $OUT (copy to results/bench/). Trained
 # weights when results/mnist*/<run>/model.bnnx (or best.pt) is carried, else random weights (timings hold, the
@@ -88,7 +88,7 @@ STEP_TIMEOUT=75 step bench_mlp python3 -m bnnctl bench --model mnist-mlp --devic
   --data-dir "$([ -d .data/MNIST/raw ] && echo .data || echo data)"
 
 
-# Fast training (issue 7): the CUDA checks of the fast path (no host sync inside a training step; TF32 exact on
+# Fast training: the CUDA checks of the fast path (no host sync inside a training step; TF32 exact on
 # +-1 products), then timed epochs of the MNIST recipe with `--fast`; it writes epoch times, per-epoch metrics and
 # the projected 1000-epoch time to $OUT/fast/*.json (copy to results/fast/). Needs MNIST at .data/MNIST/raw.
 STEP_TIMEOUT=60 step fast_tests python3 -m pytest -q -rs tests/test_fast_path.py -k "cuda and not compiled"
@@ -114,9 +114,9 @@ STEP_TIMEOUT=120 step cpu_bench python3 -m bnnctl bench --device cpu --kernel xn
 # which the script builds from .data/cifar10-reconstruction/; SVHN recipes on synthetic .mat files it writes).
 STEP_TIMEOUT=150 step table1_convnets env EPOCHS=2 PER_RUN=35 OUT=runs/gpu-check scripts/gpu_table1_convnets.sh
 
-# Compiled training (issue 7): at 13:46 on the H200 reduce-overhead (CUDA graphs) trained an MNIST model that did
-# not learn (88% test error), so bnnctl refuses that mode on CUDA; these tests compare compiled steps, default
-# and reduce-overhead, with eager ones, and the timing runs the default mode (its metrics say whether it learns).
+# Compiled training: bnnctl refuses the CUDA-graph compile modes on CUDA until they are shown to train the same
+# model as eager mode; these tests compare compiled steps, default and reduce-overhead, with eager ones, and the
+# timing runs the default mode (its metrics say whether it learns).
 STEP_TIMEOUT=180 step fast_compile_tests python3 -m pytest -q -rs tests/test_fast_path.py -k "cuda and compiled"
 STEP_TIMEOUT=150 step fast_mnist_compiled python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 4 --fast \
   --set fast.compile=true --data-dir .data --out "$OUT/fast/gpu_mnist_epochs_compiled.json"
