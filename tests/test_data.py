@@ -87,3 +87,46 @@ def test_nhwc_becomes_nchw():
     x = np.zeros((2, 32, 32, 3), np.uint8)
     assert to_nchw(x).shape == (2, 3, 32, 32)
     assert to_nchw(np.zeros((2, 28, 28), np.uint8)).shape == (2, 1, 28, 28)
+
+
+def test_idx_file_shorter_than_its_header(tmp_path):
+    import gzip
+    with gzip.open(tmp_path / "short.gz", "wb") as fh:
+        fh.write(b"\x00\x00\x08\x03\x00\x00")  # says 3 dimensions, ends inside the first
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "short.gz")
+    (tmp_path / "plain.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"plain\.gz cannot be read as an idx file"):
+        read_idx(tmp_path / "plain.gz")
+
+
+def test_check_arrays_names_the_array_and_says_what_is_allowed():
+    from bnnctl.data import check_arrays
+    rng = np.random.default_rng(0)
+    good = {"x_train": rng.integers(0, 256, (20, 4, 4)).astype(np.uint8), "y_train": np.arange(20) % 3,
+            "x_test": rng.integers(0, 256, (5, 4, 4, 1)).astype(np.uint8), "y_test": np.arange(5)[:, None] % 3}
+    where = lambda key: f"f.npz:{key}"  # noqa: E731
+    out = check_arrays(good, where, 10)
+    assert out["x_train"].shape == (20, 1, 4, 4) and out["x_test"].shape == (5, 1, 4, 4)
+    assert out["y_test"].shape == (5,) and out["y_test"].dtype == np.int64
+    for change, message in [
+        ({"y_train": np.arange(20) % 3 + 0.25}, "f.npz:y_train holds the label 0.25; class labels are whole numbers"),
+        ({"y_train": np.arange(20) - 1}, "f.npz:y_train holds the negative label -1"),
+        ({"y_test": np.full(5, 10)}, "f.npz:y_test holds the label 10, beyond the 10 classes"),
+        ({"y_test": np.full(5, 7)}, "f.npz:y_test holds the label 7, which no training image has"),
+        ({"y_train": np.ones(20, bool)}, "f.npz:y_train must hold integer class labels, got bool"),
+        ({"x_test": np.zeros((5, 4, 5), np.uint8)}, r"f.npz:x_test holds images of shape \(1, 4, 5\) but"),
+        ({"x_train": np.zeros((20, 16), np.uint8)}, r"f.npz:x_train has shape \(20, 16\); images must be"),
+        ({"x_test": np.zeros((5, 4, 4), np.uint16)}, "f.npz:x_test must hold uint8 images"),
+        ({"y_train": np.full(20, 2)}, "f.npz:y_train holds only the label 2; a classifier needs"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            check_arrays(good | change, where, 10)
+    with pytest.raises(DataError, match="expected 3-channel"):
+        check_arrays(good, where, 10, channels=3)
+
+
+def test_npz_relative_to_the_data_root_for_mnist_too(tiny_npz, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")
+    s = load_splits(mnist_data_cfg(source="npz", npz=tiny_npz.name, valid_size=100), tiny_npz.parent)
+    assert len(s.x_train) == 500

@@ -284,3 +284,86 @@ def test_load_splits_keeps_uint8_images_and_transforms_batches(svhn_root):
     expected = numpy_gcn_lcn(arrays["test"][0][:4])
     train_lcn = numpy_gcn_lcn(arrays["train"][0][:45])
     np.testing.assert_allclose(batch.numpy(), (expected - train_lcn.mean()) / train_lcn.std(ddof=1), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- damaged and unusable files
+
+def test_damaged_cifar_batches_are_data_errors(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_cifar_batches(root / "cifar-10-batches-py", np.random.default_rng(0))
+    cfg = data_cfg("cifar10", train_size=20, valid_size=10, variant="cifar10-edited")
+    folder = root / "cifar-10-batches-py"
+    (folder / "data_batch_3").write_bytes(b"\x80\x04 not a pickle")
+    with pytest.raises(DataError, match=r"data_batch_3 is not a readable CIFAR-10 batch"):
+        load_splits(cfg, root)
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": np.zeros((6, 100), np.uint8), "labels": [0] * 6}, fh)
+    with pytest.raises(DataError, match=r"data_batch_3: 'data' must be uint8 rows of 3072 pixels"):
+        load_splits(cfg, root)
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": np.zeros((6, 3072), np.uint8), "labels": [0, 1, 12, 3, 4, 5]}, fh)
+    with pytest.raises(DataError, match=r"the labels of the training batches in .* holds the label 12"):
+        load_splits(cfg, root)
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump([1, 2, 3], fh)
+    with pytest.raises(DataError, match="lacks the entries 'data' and 'labels'"):
+        load_splits(cfg, root)
+
+
+def test_svhn_mat_files_that_cannot_be_used(svhn_root):
+    root, _ = svhn_root
+    cfg = data_cfg("svhn_torch7", train_size=45, valid_size=15, variant="svhn-synthetic", preprocess="scale")
+    test_mat = root / "SVHN" / "test_32x32.mat"
+    test_mat.write_bytes(b"")
+    with pytest.raises(DataError, match=r"test_32x32\.mat is not a readable SVHN \.mat file"):
+        load_splits(cfg, root)
+    scipy.io.savemat(str(test_mat), {"X": np.zeros((32, 32, 3, 4), np.uint8), "y": np.array([[1.5], [2], [3], [4]])})
+    with pytest.raises(DataError, match=r"test_32x32\.mat: y must hold whole-number labels"):
+        load_splits(cfg, root)
+    scipy.io.savemat(str(test_mat), {"X": np.zeros((32, 32, 3, 0), np.uint8), "y": np.zeros((0, 1), np.uint8)})
+    with pytest.raises(DataError, match=r"test_32x32\.mat holds no images"):
+        load_splits(cfg, root)
+    scipy.io.savemat(str(test_mat), {"images": np.zeros(3)})
+    with pytest.raises(DataError, match="lacks the arrays 'X' and 'y'"):
+        load_splits(cfg, root)
+
+
+def test_svhn_npz_extra_arrays_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(dcs, "PYLEARN2_VALID_PER_CLASS", {"train": 1, "extra": 1})
+    x, y = numbered_images(30, 0).transpose(0, 2, 3, 1), np.arange(30) % 10
+    arrays = {"x_train": x, "y_train": y, "x_test": x[:5], "y_test": y[:5]}
+    np.savez(tmp_path / "s.npz", **arrays)
+    cfg = data_cfg("svhn", source="npz", npz=str(tmp_path / "s.npz"), valid_size=20)
+    with pytest.raises(DataError, match="lacks x_extra / y_extra"):
+        load_splits(cfg, tmp_path)
+    np.savez(tmp_path / "s.npz", **arrays, x_extra=x)
+    with pytest.raises(DataError, match="holds the array 'x_extra' but not 'y_extra'"):
+        load_splits(cfg, tmp_path)
+    np.savez(tmp_path / "s.npz", **arrays, x_extra=x.astype(np.float32), y_extra=y)
+    with pytest.raises(DataError, match="array 'x_extra' must hold uint8 images"):
+        load_splits(cfg, tmp_path)
+    np.savez(tmp_path / "s.npz", **arrays, x_extra=x, y_extra=y)
+    s = load_splits(cfg, tmp_path)
+    assert len(s.x_valid) == 20 and len(s.x_train) == 40
+
+
+def test_damaged_preprocessing_cache_is_fitted_again(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (30, 3, 4, 4)).astype(np.uint8)
+    *_, first = pre.preprocess_zca(x, x, x, tmp_path)
+    (cached,) = (tmp_path / "preprocessed").glob("zca-*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])
+    *_, second = pre.preprocess_zca(x, x, x, tmp_path)
+    assert torch.allclose(first(torch.from_numpy(x)), second(torch.from_numpy(x)))
+    with np.load(cached) as z:  # and written again whole
+        assert set(z.files) == {"mean", "matrix"}
+
+
+def test_preprocessing_that_cannot_work_is_refused(tmp_path, monkeypatch):
+    flat = np.full((10, 1, 4, 4), 77, np.uint8)
+    with pytest.raises(DataError, match="data.preprocess standardize divides by the std of the training pixels"):
+        pre.preprocess_standardize(flat, flat, flat, tmp_path)
+    monkeypatch.setattr(pre, "physical_memory", lambda: 1 << 20)
+    x = np.zeros((4, 3, 32, 32), np.uint8)
+    with pytest.raises(DataError, match=r"data.preprocess zca: whitening 3072-pixel images .* more than this "
+                                        r"machine's 0.0 GiB"):
+        pre.preprocess_zca(x, x, x, tmp_path)

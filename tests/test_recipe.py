@@ -6,7 +6,8 @@ import yaml
 from typer.testing import CliRunner
 
 from bnnctl.cli import app
-from bnnctl.recipe import RecipeError, load_recipe, parse_override
+from bnnctl.recipe import (NUM, RecipeError, check_fits_memory, estimate_parameters, f, load_recipe,
+                           parse_override)
 
 from .conftest import REPO
 
@@ -41,6 +42,21 @@ def test_shipped_recipe_resolves_every_field():
     (lambda r: r["model"].update(hidden=[10, "x"]), "every item of 'model.hidden'"),
     (lambda r: r["schedule"].pop("lr_final"), "'schedule.lr_final' is required"),
     (lambda r: r.update(data=[1, 2]), "'data' must be a mapping"),
+    (lambda r: r["optimizer"].update(lr=0), "'optimizer.lr' must be a finite number greater than 0, got 0"),
+    (lambda r: r["optimizer"].update(lr=float("inf")), "'optimizer.lr' must be a finite number greater than 0"),
+    (lambda r: r["schedule"].update(lr_final=float("nan")), "'schedule.lr_final' must be a finite number"),
+    (lambda r: r["model"].update(dropout_in=1.0), "'model.dropout_in' must be a finite number at least 0 and less "
+                                                  "than 1"),
+    (lambda r: r["model"].update(hidden=[4096, 0]), "every number in 'model.hidden' must be at least 1, got 0"),
+    (lambda r: r["optimizer"].update(betas=[0.9]), "'optimizer.betas' must list exactly 2 values"),
+    (lambda r: r["optimizer"].update(betas=[0.9, 1]), "every number in 'optimizer.betas' must be a finite number at "
+                                                      "least 0 and less than 1"),
+    (lambda r: r["train"].update(checkpoint_every=0), "'train.checkpoint_every' must be at least 1, got 0"),
+    (lambda r: r["model"].update(bn_momentum=1.5), "'model.bn_momentum' must be a finite number at least 0 and at "
+                                                   "most 1"),
+    (lambda r: r["data"].update(valid_size=0), "'data.valid_size' must be at least 1"),
+    (lambda r: r["model"].update(hidden=[4096, 4096, 4096, 10**9]), "exceed this machine's"),
+    (lambda r: r["model"].update({1: 2, "z": 3}), "unknown key 'model.1'"),
 ])
 def test_bad_recipes_name_file_and_key(tmp_path, edit, message):
     raw = yaml.safe_load(mnist_text())
@@ -49,6 +65,44 @@ def test_bad_recipes_name_file_and_key(tmp_path, edit, message):
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_field_ranges_and_what_they_say():
+    fraction = f(NUM, 0.0, ge=0, lt=1)
+    assert fraction.range_text() == "at least 0 and less than 1"
+    assert [fraction.in_range(v) for v in (0, 0.5, 1, -0.1, float("nan"), float("inf"))] == [True, True] + [False] * 4
+    positive = f(NUM, gt=0)
+    assert positive.range_text() == "greater than 0" and not positive.in_range(0) and positive.in_range(1e-30)
+    assert not positive.in_range(10**400)  # an integer too large for a float is not a finite number
+    count = f(int, 1, ge=1, le=5)
+    assert count.range_text() == "at least 1 and at most 5" and count.in_range(5) and not count.in_range(6)
+    assert f(str, "").range_text() == ""
+
+
+@pytest.mark.parametrize("name", ["mnist", "mnist_torch7", "cifar10", "cifar10_torch7", "svhn", "svhn_torch7"])
+def test_parameter_estimate_is_the_built_models_count(name):
+    import torch
+
+    from bnnctl.core.models import build_model, count_parameters
+    from bnnctl.data import DATASET_IMAGE_SHAPES
+    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
+    shape = DATASET_IMAGE_SHAPES[recipe["data"]["dataset"]]
+    with torch.device("meta"):
+        model = build_model(recipe["model"], shape, 10)
+    assert estimate_parameters(recipe["model"], shape, 10) == count_parameters(model)
+
+
+def test_model_that_does_not_fit_the_machine(monkeypatch):
+    recipe = load_recipe(REPO / "recipes" / "mnist.yaml")  # 36.8M parameters: 562 MiB to train
+    check_fits_memory(recipe, "r.yaml", memory=1 << 30)
+    with pytest.raises(RecipeError, match=r"r\.yaml: the model has about 36,843,550 parameters.*about 562 MiB\) "
+                                          r"exceed this machine's 512 MiB.*'model.hidden'"):
+        check_fits_memory(recipe, "r.yaml", memory=1 << 29)
+    monkeypatch.setattr("bnnctl.recipe.physical_memory", lambda: None)  # memory unknown: at most 2^31 parameters
+    check_fits_memory(recipe, "r.yaml")
+    recipe["model"]["hidden"] = [50_000, 50_000]
+    with pytest.raises(RecipeError, match="more than the 2,147,483,648"):
+        check_fits_memory(recipe, "r.yaml")
 
 
 def test_overrides_by_dotted_path():
@@ -82,6 +136,17 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_recipe(write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_files_that_are_not_recipes(tmp_path):
+    binary = tmp_path / "best.pt"
+    binary.write_bytes(b"PK\x03\x04\x80\xff\xfe" * 100)
+    with pytest.raises(RecipeError, match=r"best\.pt is not a text file"):
+        load_recipe(binary)
+    (tmp_path / "folder.yaml").mkdir()
+    for folder in (tmp_path / "folder.yaml", tmp_path):
+        with pytest.raises(RecipeError, match="is a folder"):
+            load_recipe(folder)
 
 
 def test_cli_reports_recipe_errors_in_one_sentence_with_exit_code_2(tmp_path):

@@ -143,3 +143,19 @@ def test_a_diverged_run_names_the_epoch_its_checkpoint_holds(tiny_recipe, tmp_pa
     result = train(tiny_recipe, tmp_path / "runs", "--set", "train.epochs=5", "--set", "train.checkpoint_every=2")
     assert result.exit_code == 3, result.output
     assert "epoch 4" in result.output and "after epoch 2" in result.output.replace("\n", " ")
+
+
+@pytest.mark.parametrize("args", [["--m", "0"], ["--k", "-3"], ["--repeat", "0"], ["--popc-peak", "-1"]])
+def test_bench_refuses_impossible_arguments_before_timing(args, tmp_path):
+    result = runner.invoke(app, ["bench", "--kernel", "xnor", "--device", "cpu", "--out", str(tmp_path), *args])
+    assert result.exit_code == EXIT_BAD_INPUT and one_sentence(result.output), result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_bench_out_onto_a_file_is_one_sentence(tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    result = runner.invoke(app, ["bench", "--kernel", "xnor", "--device", "cpu", "--m", "8", "--n", "8", "--k", "64",
+                                 "--out", str(target)])
+    assert result.exit_code == EXIT_BAD_INPUT and one_sentence(result.output), result.output
+    assert target.read_text() == "x"

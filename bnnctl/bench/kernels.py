@@ -24,7 +24,7 @@ from .. import kernels
 from ..errors import UserError
 from ..paper import KERNEL_RATIOS
 from ..runs import resolve_device
-from .timing import error_line, header, measuring, parse_names, record, sync, time_call
+from .timing import check_arguments, error_line, header, measuring, parse_names, record, sync, time_call
 
 DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds
 # The paper's ratios (cited, not measured here), recorded beside ours.
@@ -221,6 +221,7 @@ def print_table(result: dict, console: Console) -> None:
 def run_bench(kernel: str, m: int | None, n: int | None, k: int | None, repeat: int, device: str, out: Path,
               popc_peak_tbops: float | None, command: str, console: Console) -> Path:
     """The ``bnnctl bench --kernel ...`` command: bench, print the table, record the JSON."""
+    check_arguments(Path(out), repeat, {"m": m, "n": n, "k": k}, popc_peak_tbops)
     result = bench_kernels(parse_names(kernel, KERNELS, "kernel"), m, n, k, repeat=repeat, device=device,
                            popc_peak_tbops=popc_peak_tbops, command=command, console=console)
     print_table(result, console)

@@ -40,7 +40,8 @@ from ..infer.engine import FIRST_LAYERS, PackedEngine
 from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
 from ..recipe import load_recipe, recipes_dir
 from ..runs import load_model, resolve_device
-from .timing import error_line, header, measuring, no_tf32, parse_names, record, sync, time_round_robin
+from .timing import (check_arguments, error_line, header, measuring, no_tf32, parse_names, record, sync,
+                     time_round_robin)
 
 MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
 IMAGES = 10_000
@@ -327,6 +328,7 @@ def run_model_bench(model: str, run: Path | None, device: str, data_dir: Path | 
                     command: str, console: Console, variants: str = "all") -> Path:
     """The ``bnnctl bench --model ...`` command: bench, print, record; an error if the engine variants
     disagree."""
+    check_arguments(Path(out), repeat)
     result = bench_model(model, run, device, data_dir, repeat, command=command, console=console,
                          names=parse_names(variants, VARIANTS, "variant", " for --model"))
     print_model_table(result, console)

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .. import kernels
-from ..errors import UserError
+from ..errors import EnvironmentFailure, UserError
 from ..runs import atomic_write_text, environment
 
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
@@ -144,11 +144,30 @@ def header(kind: str, command: str, device: torch.device) -> dict:
             "device": device_info(device)}
 
 
+def check_arguments(out_dir: Path, repeat: int, shape: dict[str, int | None] | None = None,
+                    popc_peak_tbops: float | None = None) -> None:
+    """Refuse, before any timing, what a bench cannot use: one sentence each."""
+    for name, value in (shape or {}).items():
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}.")
+    if repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {repeat}.")
+    if popc_peak_tbops is not None and not (popc_peak_tbops > 0 and popc_peak_tbops < float("inf")):
+        raise UserError(f"--popc-peak must be a positive number of T binary-op/s, got {popc_peak_tbops}.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give the folder the bench record goes into.")
+
+
 def record(result: dict, out_dir: Path | str) -> Path:
     """Write a bench result as JSON into out_dir (atomically) and return its path:
     DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--out {out_dir} is a file; give the folder the bench record goes into.") from None
+    except OSError as e:
+        raise EnvironmentFailure(f"could not create {out_dir} ({e.strerror or type(e).__name__}).") from None
     stamp = re.sub(r"[^0-9T]", "", result.get("date", datetime.now(timezone.utc).isoformat()))[:15]
     device = result.get("device", {})
     slug = device.get("type", "device")

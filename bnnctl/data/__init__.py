@@ -7,7 +7,9 @@ Three tables keep datasets out of the training loop, each entry beside its code:
 * ``PREPROCESSORS[cfg.preprocess](x_train, x_valid, x_test, root) -> arrays``, fitted on the
   training split only.
 
-The recipe schema reads its choices from these tables.
+The recipe schema reads its choices from these tables, and its model-size check the classes and
+image shape of each dataset's originals (``DATASET_CLASSES``, ``DATASET_IMAGE_SHAPES``). Every
+loader checks its arrays (``check_arrays``) before anything is split or fitted.
 """
 from __future__ import annotations
 
@@ -18,11 +20,14 @@ import numpy as np
 import torch
 
 from . import cifar_svhn, preprocessing
-from .common import DataError, RawData, Splits, data_root, load_npz, preprocess_scale, scale_to_pm1, tail_split
+from .common import (DATASET_CLASSES, DATASET_IMAGE_SHAPES, DataError, RawData, Splits, check_arrays, data_root,
+                     load_npz, preprocess_scale, scale_to_pm1, tail_split, wants_npz)
 from .mnist import MNIST_FILES, load_mnist
+from .preprocessing import physical_memory
 
-__all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DataError", "RawData", "Splits", "data_root", "load_npz",
-           "load_splits", "scale_to_pm1", "MNIST_FILES", "load_mnist"]
+__all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET_IMAGE_SHAPES", "DataError",
+           "RawData", "Splits", "check_arrays", "data_root", "load_npz", "load_splits", "physical_memory",
+           "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
 
 DATASETS: dict[str, Callable[[dict[str, Any], Path], RawData]] = {
     "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,
@@ -34,6 +39,8 @@ PREPROCESSORS: dict[str, Callable] = {"scale": preprocess_scale, **preprocessing
 def load_splits(cfg: dict[str, Any], root: str | Path | None = None) -> Splits:
     """Load the recipe's dataset, cut the validation split and preprocess; tensors on the CPU."""
     root = data_root(root)
+    if root.exists() and not root.is_dir() and not wants_npz(cfg):
+        raise DataError(f"the data root {root} is a file; --data-dir (or BNNCTL_DATA) must name a folder.")
     raw = DATASETS[cfg["dataset"]](cfg, root)
     x_tr, y_tr, x_va, y_va = SPLITTERS[cfg["split"]](raw, cfg)
     x_te, y_te = raw.x_test, raw.y_test

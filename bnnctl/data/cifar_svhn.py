@@ -24,19 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .common import DataError, RawData, _verified, load_npz, to_nchw
-
-
-def wants_npz(cfg: dict[str, Any]) -> bool:
-    return cfg["source"] == "npz" or (cfg["source"] == "auto" and bool(cfg["npz"]))
-
-
-def npz_path(cfg: dict[str, Any], root: Path) -> Path:
-    """``data.npz`` as given if it exists (or is absolute), else the same name under the data root."""
-    given = Path(cfg["npz"]).expanduser()
-    if given.is_absolute() or given.exists() or not (root / given).exists():
-        return given
-    return root / given
+from .common import (DATASET_CLASSES, DataError, RawData, _verified, check_arrays, load_npz, npz_path,
+                     wants_npz)
 
 
 def recorded_variant(cfg: dict[str, Any], dataset: str) -> str:
@@ -56,12 +45,6 @@ def _check_file(path: Path, md5: str | None, variant: str, dataset: str) -> None
                         f"a modified copy with --set data.variant={dataset}-<what it is>.")
 
 
-def _check_color_images(x: np.ndarray, source: str) -> None:
-    """Colour images of any size (the originals are 32x32; the ConvNets adapt to smaller test images)."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise DataError(f"{source} holds images of shape {tuple(x.shape[1:])}, expected 3-channel (3, H, W) images.")
-
-
 # ---------------------------------------------------------------------------- CIFAR-10
 
 def _cifar10_files() -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]:
@@ -69,24 +52,46 @@ def _cifar10_files() -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]
     return CIFAR10.base_folder, [tuple(e) for e in CIFAR10.train_list], [tuple(e) for e in CIFAR10.test_list]
 
 
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 3, 32, 32) uint8, labels) of one pickled batch of cifar-10-batches-py."""
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unpickling a damaged file raises many kinds
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}); stage the original "
+                        f"file again.") from None
+    labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
+    if labels is None or "data" not in entry:
+        raise DataError(f"{path} is not a CIFAR-10 batch: it lacks the entries 'data' and 'labels'.")
+    data = np.asarray(entry["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_IMAGE_BYTES:
+        raise DataError(f"{path}: 'data' must be uint8 rows of {CIFAR_IMAGE_BYTES} pixels (3 x 32 x 32), got "
+                        f"{data.dtype} of shape {tuple(data.shape)}.")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels)
+
+
 def _read_cifar_batches(folder: Path, files: list[tuple[str, str]], variant: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name, md5 in files:
         path = folder / name
         _check_file(path, md5, variant, "cifar10")
-        with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64))
+        x, y = _read_cifar_batch(path)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{path} holds {len(x)} images but labels of shape {tuple(y.shape)}; there must be one "
+                            f"label per image.")
+        images.append(x)
+        labels.append(y)
     return np.concatenate(images), np.concatenate(labels)
 
 
 def load_cifar10(cfg: dict[str, Any], root: Path) -> RawData:
     if wants_npz(cfg):
-        path = npz_path(cfg, root)
-        raw = load_npz(path, "cifar10")
-        _check_color_images(raw.x_train, str(path))
-        return raw
+        return load_npz(npz_path(cfg, root), "cifar10", channels=3)
     variant = recorded_variant(cfg, "cifar10")
     base, train_files, test_files = _cifar10_files()
     folder = root / base
@@ -94,7 +99,11 @@ def load_cifar10(cfg: dict[str, Any], root: Path) -> RawData:
         _download_cifar10(root, folder)
     x_train, y_train = _read_cifar_batches(folder, train_files, variant)
     x_test, y_test = _read_cifar_batches(folder, test_files, variant)
-    return RawData(x_train, y_train, x_test, y_test, variant)
+    where = {"x_train": "the training batches", "x_test": "the test batch"}
+    where |= {"y_train": f"the labels of {where['x_train']}", "y_test": f"the labels of {where['x_test']}"}
+    checked = check_arrays({"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test},
+                           lambda key: f"{where[key]} in {folder}", DATASET_CLASSES["cifar10"])
+    return RawData(checked["x_train"], checked["y_train"], checked["x_test"], checked["y_test"], variant)
 
 
 def _download_cifar10(root: Path, folder: Path) -> None:
@@ -130,26 +139,25 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} is not a readable SVHN .mat file ({type(e).__name__}).") from None
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{path} lacks the arrays 'X' and 'y' of an SVHN .mat file.")
-    x, y = mat["X"], mat["y"].reshape(-1).astype(np.int64)
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
         raise DataError(f"{path}: X has shape {x.shape}, expected (32, 32, 3, N) with N = {len(y)} labels.")
     if x.dtype != np.uint8:
         raise DataError(f"{path}: X must hold uint8 pixels, got {x.dtype}.")
-    if len(y) and (y.min() < 1 or y.max() > 10):
+    if len(y) == 0:
+        raise DataError(f"{path} holds no images.")
+    if y.dtype.kind not in "iuf" or not np.isfinite(y).all() or (y != np.floor(y)).any():
+        raise DataError(f"{path}: y must hold whole-number labels 1..10 (10 for the digit 0), got {y.dtype}.")
+    if y.min() < 1 or y.max() > 10:
         raise DataError(f"{path}: labels must be 1..10 (10 for the digit 0), found {y.min()}..{y.max()}.")
-    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y.astype(np.int64) % 10
 
 
 def _svhn_from_npz(cfg: dict[str, Any], root: Path, need_extra: bool) -> RawData:
     path = npz_path(cfg, root)
-    raw = load_npz(path, "svhn")
-    _check_color_images(raw.x_train, str(path))
-    if need_extra:
-        with np.load(path, allow_pickle=False) as z:
-            if "x_extra" not in z.files or "y_extra" not in z.files:
-                raise DataError(f"{path} lacks x_extra / y_extra, which split '{cfg['split']}' draws on.")
-            raw.extra = {"x_extra": to_nchw(z["x_extra"]), "y_extra": z["y_extra"].astype(np.int64)}
-        _check_color_images(raw.extra["x_extra"], str(path))
+    raw = load_npz(path, "svhn", optional=("x_extra", "y_extra") if need_extra else (), channels=3)
+    if need_extra and "x_extra" not in raw.extra:
+        raise DataError(f"{path} lacks x_extra / y_extra, which split '{cfg['split']}' draws on.")
     return raw
 
 
@@ -168,11 +176,11 @@ def load_svhn(cfg: dict[str, Any], root: Path) -> RawData:
             _download_svhn(folder, split, path)
         _check_file(path, md5, variant, "svhn")
         arrays[split] = read_svhn_mat(path)
-    (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    extra = {}
-    if need_extra:
-        extra = {"x_extra": arrays["extra"][0], "y_extra": arrays["extra"][1]}
-    return RawData(x_train, y_train, x_test, y_test, variant, extra)
+    named = {f"{kind}_{split}": arrays[split][i] for split in arrays for i, kind in enumerate("xy")}
+    checked = check_arrays(named, lambda key: f"{folder / files[key[2:]][0]} ({'X' if key[0] == 'x' else 'y'})",
+                           DATASET_CLASSES["svhn"])
+    extra = {k: v for k, v in checked.items() if k.endswith("_extra")}
+    return RawData(checked["x_train"], checked["y_train"], checked["x_test"], checked["y_test"], variant, extra)
 
 
 def _download_svhn(folder: Path, split: str, path: Path) -> None:

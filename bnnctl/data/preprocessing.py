@@ -12,7 +12,8 @@ The authors' Torch7 ``Data.lua`` scales pixels to [0, 1] (dp's ``scale={0,1}``) 
   rather than use statistics of the test split.)
 
 Each preprocessor fits its statistics on the training split only, caches them under
-``<data root>/preprocessed/`` keyed by a hash of the training images and the parameters, and keeps
+``<data root>/preprocessed/`` keyed by a hash of the training images and the parameters (a cache
+file that cannot be read is fitted and written again), and keeps
 the images as uint8: the returned transform turns each uint8 batch into network inputs on
 whatever device the batch is on (a 3072x3072 matmul per batch for ZCA), which keeps the dataset
 4x smaller in memory than float inputs would.
@@ -29,6 +30,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .common import DataError
 
 ZCA_EPS = 1e-5            # unsup.zca_whiten's default
 GCN_SQRT_BIAS = 10.0      # dp.GCN{sqrt_bias=10}
@@ -144,8 +147,13 @@ def _cached(root: Path, kind: str, x_train: np.ndarray, params: dict,
     """Fitted arrays from ``<root>/preprocessed/<kind>-<hash>.npz``, fitting and saving them if absent."""
     path = root / "preprocessed" / f"{kind}-{cache_key(kind, x_train, params)}.npz"
     if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - a truncated or damaged cache file is only a lost cache: fit again
+            pass
     fitted = fit()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,12 +217,36 @@ def fit_gcn_lcn(x_train: np.ndarray) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------- registered preprocessors
 
+def _check_spread(std: float, kind: str, what: str) -> None:
+    if not std > 0:
+        raise DataError(f"data.preprocess {kind} divides by the std of {what}, which is {std}: the training "
+                        f"images carry no information; check them, or use data.preprocess scale.")
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def preprocess_standardize(x_train, x_valid, x_test, root: Path):
     fitted = _cached(root, "standardize", x_train, {}, lambda: fit_standardize(x_train))
+    _check_spread(float(fitted["std"]), "standardize", "the training pixels")
     return x_train, x_valid, x_test, Standardize(fitted["mean"], fitted["std"])
 
 
+ZCA_MATRICES = 4  # float64 D x D matrices alive at once while fitting: covariance, eigenvectors, product, result
+
+
 def preprocess_zca(x_train, x_valid, x_test, root: Path):
+    features = int(np.prod(x_train.shape[1:]))
+    need, have = ZCA_MATRICES * 8 * features ** 2, physical_memory()
+    if have is not None and need > have:
+        raise DataError(f"data.preprocess zca: whitening {features}-pixel images fits a {features} x {features} "
+                        f"matrix, about {need / 2**30:.1f} GiB, more than this machine's {have / 2**30:.1f} GiB of "
+                        f"memory; use data.preprocess scale or standardize, or smaller images.")
     fitted = _cached(root, "zca", x_train, {"eps": ZCA_EPS}, lambda: fit_zca(x_train))
     return x_train, x_valid, x_test, ZCAWhiten(fitted["mean"], fitted["matrix"])
 
@@ -223,6 +255,7 @@ def preprocess_gcn_lcn(x_train, x_valid, x_test, root: Path):
     params = {"sqrt_bias": GCN_SQRT_BIAS, "kernel_size": LCN_KERNEL_SIZE, "kernel_std": LCN_KERNEL_STD,
               "threshold": LCN_THRESHOLD}
     fitted = _cached(root, "gcn_lcn", x_train, params, lambda: fit_gcn_lcn(x_train))
+    _check_spread(float(fitted["std"]), "gcn_lcn", "the contrast-normalized training images")
     return x_train, x_valid, x_test, GCNLCN(fitted["mean"], fitted["std"])
 
 

@@ -413,6 +413,23 @@ def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: dict[str, Any], 
                 return
 
 
+@torch.no_grad()
+def _check_model_takes_the_data(trainer: Trainer) -> None:
+    """One eval-mode forward of two training images (no random numbers drawn, no statistics moved),
+    so that a model the data's image size cannot feed (too many poolings) fails before a run folder exists."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        model(trainer.inputs(trainer.splits.x_train[:2]))
+    except RuntimeError as e:
+        shape = "x".join(map(str, trainer.splits.input_shape))
+        raise UserError(f"the recipe's model cannot take the data's {shape} images "
+                        f"({str(e).splitlines()[0][:160]}); check model.conv's poolings against the image size.") from None
+    finally:
+        model.train(was_training)
+
+
 def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path | None, runs_dir: Path,
            resume: Path | None, seed: int | None, run_id: str | None, console: Console, fast: bool,
            ranks: Ranks) -> dict[str, Any]:
@@ -442,8 +459,13 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             splits = splits.to(dev)
         if cfg["fast"]["pretransform"]:
             splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
+        batch = cfg["train"]["batch_size"]
+        if len(splits.x_train) < batch:
+            raise UserError(f"train.batch_size {batch} is larger than the {len(splits.x_train)} training images "
+                            f"left after the validation split; use a smaller batch or data.valid_size.")
         # Model and optimizer exist before a new run folder does: a model too large fails with nothing written.
         trainer = Trainer(cfg, splits, dev, resume or Path("."), console, command_line(), ranks)
+        _check_model_takes_the_data(trainer)
         if state is not None:
             trainer.load_state_dict(state)
             del state
