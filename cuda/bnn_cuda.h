@@ -13,8 +13,17 @@
 extern "C" {
 #endif
 
-// Packs a contiguous row-major float matrix x (rows, k) into out (rows, ceil(k / 64)).
+// Packs a contiguous row-major float matrix x (rows, k) into out (rows, ceil(k / 64)). The sign test is
+// made on the bits of x (no flush-to-zero can turn a negative denormal into +1), in x's own precision.
 cudaError_t bnn_pack_rows_cuda(const float* x, int64_t rows, int64_t k, uint64_t* out, cudaStream_t stream);
+cudaError_t bnn_pack_rows_f64_cuda(const double* x, int64_t rows, int64_t k, uint64_t* out, cudaStream_t stream);
+
+// The threshold form: bit j of row r set when value[r * n + j] >= bound[j], value (rows, n) row-major, packed
+// as above into out (rows, ceil(n / 64)); compared exactly in the values' own type.
+cudaError_t bnn_pack_ge_i32_cuda(const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out,
+                                 cudaStream_t stream);
+cudaError_t bnn_pack_ge_f32_cuda(const float* value, const float* bound, int64_t rows, int64_t n, uint64_t* out,
+                                 cudaStream_t stream);
 
 // The tuned CUDA-core XNOR GEMM: c (m, n) int32 = k - 2 * popcount(a_i XOR b_j) over the k real bits,
 // for a (m, words) and b (n, words) packed as above, words = ceil(k / 64).

@@ -25,16 +25,50 @@ inline uint64_t last_word_mask(int64_t k) {
 
 inline int64_t words_for(int64_t k) { return (k + 63) / 64; }
 
-// One packed word from up to 64 floats; bit i set when x[i] >= 0 (true for 0 and -0.0, false for NaN).
-inline uint64_t pack_word_scalar(const float* x, int64_t n) {
+// x >= 0 decided on the bits of x, so that no floating-point mode changes it (denormals-are-zero would
+// make a negative denormal compare equal to 0): +0.0, -0.0 and every positive number up to +inf are
+// +1; negative numbers and NaNs of either sign are -1.
+constexpr uint32_t kF32PlusInf = 0x7f800000u, kF32MinusZero = 0x80000000u;
+constexpr uint64_t kF64PlusInf = 0x7ff0000000000000ull, kF64MinusZero = 0x8000000000000000ull;
+
+inline bool nonnegative(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u <= kF32PlusInf || u == kF32MinusZero;
+}
+
+inline bool nonnegative(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u <= kF64PlusInf || u == kF64MinusZero;
+}
+
+// One packed word from up to 64 values; bit i set when x[i] >= 0 (true for 0 and -0.0, false for NaN).
+template <typename T>
+inline uint64_t pack_word_scalar(const T* x, int64_t n) {
   uint64_t bits = 0;
-  for (int64_t i = 0; i < n; ++i) bits |= (uint64_t)(x[i] >= 0.0f) << i;
+  for (int64_t i = 0; i < n; ++i) bits |= (uint64_t)nonnegative(x[i]) << i;
   return bits;
 }
 
-void pack_row_scalar(const float* x, int64_t k, uint64_t* out) {
+template <typename T>
+void pack_row_scalar(const T* x, int64_t k, uint64_t* out) {
   const int64_t words = words_for(k);
   for (int64_t w = 0; w < words; ++w) out[w] = pack_word_scalar(x + w * 64, std::min<int64_t>(64, k - w * 64));
+}
+
+// Threshold form: bit i of each word set when value[i] >= bound[i].
+template <typename T>
+void pack_ge_row(const T* value, const T* bound, int64_t n, uint64_t* out) {
+  const int64_t words = words_for(n);
+  for (int64_t w = 0; w < words; ++w) {
+    const int64_t count = std::min<int64_t>(64, n - w * 64);
+    const T* v = value + w * 64;
+    const T* b = bound + w * 64;
+    uint64_t bits = 0;
+    for (int64_t i = 0; i < count; ++i) bits |= (uint64_t)(v[i] >= b[i]) << i;
+    out[w] = bits;
+  }
 }
 
 #define BNN_INLINE inline __attribute__((always_inline))
@@ -109,14 +143,19 @@ BNN_TARGET_AVX2 BNN_INLINE void popc_block_avx2(const uint64_t* const* a, const 
     for (int c = 0; c < C; ++c) popc[r * C + c] = total[r][c];
 }
 
+// The signs as integer tests on the bits (see nonnegative()): a lane is -1 when its sign bit is set or it
+// is a positive NaN (as int32, above +inf's pattern), unless it is -0.0.
 BNN_TARGET_AVX2 void pack_row_avx2(const float* x, int64_t k, uint64_t* out) {
-  const __m256 zero = _mm256_setzero_ps();
+  const __m256i plus_inf = _mm256_set1_epi32((int32_t)kF32PlusInf);
+  const __m256i minus_zero = _mm256_set1_epi32((int32_t)kF32MinusZero);
   const int64_t full_words = k / 64;
   for (int64_t w = 0; w < full_words; ++w) {
     uint64_t bits = 0;
     for (int j = 0; j < 8; ++j) {
-      const __m256 v = _mm256_loadu_ps(x + w * 64 + j * 8);
-      bits |= (uint64_t)(uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)) << (8 * j);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + w * 64 + j * 8));
+      const __m256i negative = _mm256_or_si256(v, _mm256_cmpgt_epi32(v, plus_inf));  // sign bit: -1
+      const __m256i minus = _mm256_andnot_si256(_mm256_cmpeq_epi32(v, minus_zero), negative);
+      bits |= (uint64_t)(uint8_t)~_mm256_movemask_ps(_mm256_castsi256_ps(minus)) << (8 * j);
     }
     out[w] = bits;
   }
@@ -155,14 +194,17 @@ BNN_TARGET_AVX512 BNN_INLINE void popc_block_avx512(const uint64_t* const* a, co
     }
 }
 
+// Unsigned integer tests on the bits (see nonnegative()): at most +inf's pattern, or exactly -0.0.
 BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out) {
-  const __m512 zero = _mm512_setzero_ps();
+  const __m512i plus_inf = _mm512_set1_epi32((int32_t)kF32PlusInf);
+  const __m512i minus_zero = _mm512_set1_epi32((int32_t)kF32MinusZero);
   const int64_t full_words = k / 64;
   for (int64_t w = 0; w < full_words; ++w) {
     uint64_t bits = 0;
     for (int j = 0; j < 4; ++j) {
-      const __m512 v = _mm512_loadu_ps(x + w * 64 + j * 16);
-      bits |= (uint64_t)_mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ) << (16 * j);
+      const __m512i v = _mm512_loadu_si512(x + w * 64 + j * 16);
+      const __mmask16 plus = _mm512_cmple_epu32_mask(v, plus_inf) | _mm512_cmpeq_epi32_mask(v, minus_zero);
+      bits |= (uint64_t)plus << (16 * j);
     }
     out[w] = bits;
   }
@@ -260,13 +302,28 @@ Isa best_isa() {
 }
 
 void pack_rows(Isa isa, const float* x, int64_t rows, int64_t k, uint64_t* out) {
-  auto pack_row = pack_row_scalar;
+  auto pack_row = pack_row_scalar<float>;
 #if BNN_X86
   if (isa == Isa::avx512) pack_row = pack_row_avx512;
   if (isa == Isa::avx2) pack_row = pack_row_avx2;
 #endif
   const int64_t words = words_for(k);
   for (int64_t r = 0; r < rows; ++r) pack_row(x + r * k, k, out + r * words);
+}
+
+void pack_rows_f64(const double* x, int64_t rows, int64_t k, uint64_t* out) {
+  const int64_t words = words_for(k);
+  for (int64_t r = 0; r < rows; ++r) pack_row_scalar(x + r * k, k, out + r * words);
+}
+
+void pack_ge_rows_i32(const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out) {
+  const int64_t words = words_for(n);
+  for (int64_t r = 0; r < rows; ++r) pack_ge_row(value + r * n, bound, n, out + r * words);
+}
+
+void pack_ge_rows_f32(const float* value, const float* bound, int64_t rows, int64_t n, uint64_t* out) {
+  const int64_t words = words_for(n);
+  for (int64_t r = 0; r < rows; ++r) pack_ge_row(value + r * n, bound, n, out + r * words);
 }
 
 void xnor_block(Isa isa, const uint64_t* a, const uint64_t* b, int64_t words, int64_t k, int64_t m0, int64_t m1,

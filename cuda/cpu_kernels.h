@@ -19,8 +19,17 @@ bool parse_isa(const char* name, Isa* out);
 bool isa_supported(Isa isa);
 Isa best_isa();
 
-// Packs rows [0, rows) of a row-major float matrix x (rows, k) into out (rows, ceil(k / 64)).
+// Packs rows [0, rows) of a row-major float matrix x (rows, k) into out (rows, ceil(k / 64)): bit set when
+// x >= 0. The test is made on the bits of x (sign and NaN), so it is exact whatever the floating-point
+// mode: a negative denormal stays -1 under flush-to-zero / denormals-are-zero, -0.0 is +1, NaN is -1.
 void pack_rows(Isa isa, const float* x, int64_t rows, int64_t k, uint64_t* out);
+// The same for float64 (no conversion to float32 first, which would turn -1e-300 into -0.0 = +1).
+void pack_rows_f64(const double* x, int64_t rows, int64_t k, uint64_t* out);
+
+// The threshold form: bit j of row r set when value[r * n + j] >= bound[j] (value (rows, n) row-major),
+// packed like pack_rows into out (rows, ceil(n / 64)). Exact comparisons in the values' own type.
+void pack_ge_rows_i32(const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out);
+void pack_ge_rows_f32(const float* value, const float* bound, int64_t rows, int64_t n, uint64_t* out);
 
 // c[i * ldc + j] = k - 2 * popcount((a_i XOR b_j) restricted to the k real bits) for i in [m0, m1),
 // j in [n0, n1); a and b hold rows of `words` = ceil(k / 64) words.

@@ -50,17 +50,49 @@ std::vector<std::string> supported_cpu_isas() {
   return names;
 }
 
+// Rows per task of the packing loops: about 64 K elements.
+int64_t pack_grain(int64_t k) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1)); }
+
+// float32 and float64 are packed from their own bits (a float64 is never rounded to float32 first).
 at::Tensor pack_cpu(const at::Tensor& x) {
   bnn_ops::check_pack_input(x);
   const int64_t rows = x.size(0), k = x.size(1), words = bnn_ops::words_for(k);
   at::Tensor out = at::empty({rows, words}, x.options().dtype(at::kLong));
-  const float* src = x.data_ptr<float>();
   uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  if (x.scalar_type() == at::kDouble) {
+    const double* src = x.data_ptr<double>();
+    at::parallel_for(0, rows, pack_grain(k), [&](int64_t r0, int64_t r1) {
+      bnn_cpu::pack_rows_f64(src + r0 * k, r1 - r0, k, dst + r0 * words);
+    });
+    return out;
+  }
+  const float* src = x.data_ptr<float>();
   const bnn_cpu::Isa isa = current_isa();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(k, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, rows, pack_grain(k), [&](int64_t r0, int64_t r1) {
     bnn_cpu::pack_rows(isa, src + r0 * k, r1 - r0, k, dst + r0 * words);
   });
+  return out;
+}
+
+// Packed bits of (value[r, j] >= bound[j]): int32 or float32, compared exactly in that type.
+at::Tensor pack_ge_cpu(const at::Tensor& value, const at::Tensor& bound) {
+  bnn_ops::check_pack_ge_input(value, bound);
+  const int64_t rows = value.size(0), n = value.size(1), words = bnn_ops::words_for(n);
+  at::Tensor out = at::empty({rows, words}, value.options().dtype(at::kLong));
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  if (value.scalar_type() == at::kInt) {
+    const int32_t* v = value.data_ptr<int32_t>();
+    const int32_t* b = bound.data_ptr<int32_t>();
+    at::parallel_for(0, rows, pack_grain(n), [&](int64_t r0, int64_t r1) {
+      bnn_cpu::pack_ge_rows_i32(v + r0 * n, b, r1 - r0, n, dst + r0 * words);
+    });
+  } else {
+    const float* v = value.data_ptr<float>();
+    const float* b = bound.data_ptr<float>();
+    at::parallel_for(0, rows, pack_grain(n), [&](int64_t r0, int64_t r1) {
+      bnn_cpu::pack_ge_rows_f32(v + r0 * n, b, r1 - r0, n, dst + r0 * words);
+    });
+  }
   return out;
 }
 
@@ -110,15 +142,16 @@ at::Tensor baseline_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
 }
 
 // xnor_tc_gemm runs on tensor cores (cuda/xnor_tc.cu); for CPU tensors the CPU XNOR kernel gives the same
-// products, and the threshold form packs bit = (dot - thresh >= 0), which IEEE arithmetic makes exactly
-// the kernel's (dot >= thresh).
+// products, and the threshold form packs bit = (dot >= bound) with the same integer boundaries as the
+// kernel's epilogue (bnn_ops::threshold_bounds), in integers: exact for every k and threshold.
 at::Tensor xnor_tc_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k,
                             const std::optional<at::Tensor>& thresh, bool /*wgmma*/, int64_t /*config*/) {
   // Which tensor-core instruction and kernel configuration have no meaning on the CPU.
-  if (thresh) bnn_ops::check_thresholds(*thresh, b);
+  bnn_ops::check_packed_pair(a, b, k);
+  const at::Tensor bounds = thresh ? bnn_ops::threshold_bounds(*thresh, b, k) : at::Tensor();
   at::Tensor c = xnor_gemm_cpu(a, b, k);
   if (!thresh) return c;
-  return pack_cpu(c.to(at::kFloat).sub(*thresh).contiguous());
+  return pack_ge_cpu(c, bounds);
 }
 
 // ---- the fused training step (cuda/train_kernels.h) -------------------------------------------------
@@ -211,6 +244,7 @@ at::Tensor ap2_cpu(const at::Tensor& x) {
 
 TORCH_LIBRARY(bnnctl, m) {
   m.def("pack(Tensor x) -> Tensor");
+  m.def("pack_ge(Tensor value, Tensor bound) -> Tensor");
   m.def("xnor_gemm(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_paper(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_csa(Tensor a, Tensor b, int k) -> Tensor");
@@ -229,6 +263,7 @@ TORCH_LIBRARY(bnnctl, m) {
 
 TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
   m.impl("pack", &pack_cpu);
+  m.impl("pack_ge", &pack_ge_cpu);
   m.impl("xnor_gemm", &xnor_gemm_cpu);
   m.impl("xnor_gemm_paper", &xnor_gemm_cpu);  // the CUDA-only variants run the one CPU kernel
   m.impl("xnor_gemm_csa", &xnor_gemm_cpu);

@@ -21,14 +21,37 @@ void check_launch(cudaError_t err, const char* kernel) {
   TORCH_CHECK(err == cudaSuccess, "bnnctl ", kernel, " kernel launch failed: ", cudaGetErrorString(err));
 }
 
+// float32 and float64 are packed from their own bits (a float64 is never rounded to float32 first).
 at::Tensor pack_cuda(const at::Tensor& x) {
   bnn_ops::check_pack_input(x);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = x.size(0), k = x.size(1);
   at::Tensor out = at::empty({rows, bnn_ops::words_for(k)}, x.options().dtype(at::kLong));
-  check_launch(bnn_pack_rows_cuda(x.data_ptr<float>(), rows, k, reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>()),
-                                  c10::cuda::getCurrentCUDAStream()),
-               "pack");
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (x.scalar_type() == at::kDouble) {
+    check_launch(bnn_pack_rows_f64_cuda(x.data_ptr<double>(), rows, k, dst, stream), "pack");
+  } else {
+    check_launch(bnn_pack_rows_cuda(x.data_ptr<float>(), rows, k, dst, stream), "pack");
+  }
+  return out;
+}
+
+// Packed bits of (value[r, j] >= bound[j]): int32 or float32, compared exactly in that type.
+at::Tensor pack_ge_cuda(const at::Tensor& value, const at::Tensor& bound) {
+  bnn_ops::check_pack_ge_input(value, bound);
+  const c10::cuda::CUDAGuard guard(value.device());
+  const int64_t rows = value.size(0), n = value.size(1);
+  at::Tensor out = at::empty({rows, bnn_ops::words_for(n)}, value.options().dtype(at::kLong));
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (value.scalar_type() == at::kInt) {
+    check_launch(bnn_pack_ge_i32_cuda(value.data_ptr<int32_t>(), bound.data_ptr<int32_t>(), rows, n, dst, stream),
+                 "pack_ge");
+  } else {
+    check_launch(bnn_pack_ge_f32_cuda(value.data_ptr<float>(), bound.data_ptr<float>(), rows, n, dst, stream),
+                 "pack_ge");
+  }
   return out;
 }
 
@@ -81,8 +104,9 @@ at::Tensor baseline_gemm_cuda(const at::Tensor& a, const at::Tensor& b) {
 at::Tensor xnor_tc_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k,
                              const std::optional<at::Tensor>& thresh, bool wgmma, int64_t config) {
   bnn_ops::check_packed_pair(a, b, k);
-  if (thresh) bnn_ops::check_thresholds(*thresh, b);
   const c10::cuda::CUDAGuard guard(a.device());
+  // int32 boundaries (bit = dot >= bound), from float thresholds converted exactly on the host.
+  const at::Tensor bounds = thresh ? bnn_ops::threshold_bounds(*thresh, b, k) : at::Tensor();
   TORCH_CHECK(!wgmma || bnn_xnor_tc_wgmma_available(),
               "bnnctl::xnor_tc_gemm: this build has no wgmma kernel for this GPU (it needs an sm_90 GPU and "
               "TORCH_CUDA_ARCH_LIST=9.0a when the extension is built)");
@@ -106,7 +130,7 @@ at::Tensor xnor_tc_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k
     return c;
   }
   at::Tensor bits = at::empty({m, bnn_ops::words_for(n)}, a.options().dtype(at::kLong));
-  check_launch(bnn_xnor_tc_gemm_threshold_cuda(pa, pb, a_popc, a_popc + m, thresh->data_ptr<float>(),
+  check_launch(bnn_xnor_tc_gemm_threshold_cuda(pa, pb, a_popc, a_popc + m, bounds.data_ptr<int32_t>(),
                                                reinterpret_cast<uint64_t*>(bits.data_ptr<int64_t>()), m, n, words32,
                                                k, instruction, static_cast<int>(config), stream),
                "xnor_tc_gemm");
@@ -117,6 +141,7 @@ at::Tensor xnor_tc_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k
 
 TORCH_LIBRARY_IMPL(bnnctl, CUDA, m) {
   m.impl("pack", &pack_cuda);
+  m.impl("pack_ge", &pack_ge_cuda);
   m.impl("xnor_gemm", &xnor_gemm_cuda);
   m.impl("xnor_gemm_paper", &xnor_gemm_paper_cuda);
   m.impl("xnor_gemm_csa", &xnor_gemm_csa_cuda);

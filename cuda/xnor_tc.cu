@@ -317,12 +317,12 @@ __device__ __forceinline__ void store_global(T* p, T value) {
 // Stores a warp's accumulators laid out as kTilesM x kTilesN tiles of m16n8 (c0, c1: row g, columns 2t,
 // 2t+1; c2, c3: row g + 8): tile (i, j) covers rows row_base + 16 i (+ 8) and columns col_base + 8 j
 // (+ 1), where row_base includes g and col_base includes 2t. Applies dot = 4 popc(a & b) + (k - 2 popc(a))
-// - 2 popc(b) and writes int32, or bit(dot >= thresh[col]) packed 64 columns to a word (col_base - 2t
+// - 2 popc(b) and writes int32, or bit(dot >= bound[col]) packed 64 columns to a word (col_base - 2t
 // must then be a multiple of 64 and kTilesN a multiple of 8). kStreaming: evict-first stores.
 template <int kTilesM, int kTilesN, Epilogue kEpilogue, bool kStreaming>
 __device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4], int row_base, int col_base, int t,
                                             int M, int N, int k_real, const int32_t* __restrict__ a_popc,
-                                            const int32_t* __restrict__ b_popc, const float* __restrict__ thresh,
+                                            const int32_t* __restrict__ b_popc, const int32_t* __restrict__ bound,
                                             void* __restrict__ out) {
   int row_term[kTilesM][2];
 #pragma unroll
@@ -374,13 +374,13 @@ __device__ __forceinline__ void store_tiles(const int (&acc)[kTilesM][kTilesN][4
           const int j = jw * 8 + jj;
           const int col = col_base + j * 8 + e;
           const int col_term = col < N ? -2 * b_popc[col] : 0;
-          const float thr = col < N ? thresh[col] : 0.0f;
+          const int bnd = col < N ? bound[col] : 0;  // integer boundary: exact for every dot product
 #pragma unroll
           for (int i = 0; i < kTilesM; ++i)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int v = 4 * acc[i][j][2 * h + e] + row_term[i][h] + col_term;
-              const bool bit = col < N && static_cast<float>(v) >= thr;
+              const bool bit = col < N && v >= bnd;
               mine[i][h] |= static_cast<uint64_t>(bit) << (jj * 8 + 2 * t + e);
             }
         }
@@ -431,7 +431,7 @@ template <typename Cfg, bool kAligned16, Epilogue kEpilogue>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlocksPerSm)
     xnor_tc_kernel(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b,
                    const int32_t* __restrict__ a_popc, const int32_t* __restrict__ b_popc,
-                   const float* __restrict__ thresh, void* __restrict__ out, int M, int N, int k_words,
+                   const int32_t* __restrict__ bound, void* __restrict__ out, int M, int N, int k_words,
                    int k_real) {
   constexpr int kStages = Cfg::kStages;
   constexpr int kSteps = Cfg::kSteps;
@@ -525,7 +525,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kBlocksPerSm)
   const int g = lane >> 2;
   const int t = lane & 3;
   store_tiles<Cfg::kMmaTilesM, Cfg::kMmaTilesN, kEpilogue, Cfg::kStreamingStores>(
-      acc, m0 + warp_m * Cfg::kWarpM + g, n0 + warp_n * Cfg::kWarpN + 2 * t, t, M, N, k_real, a_popc, b_popc, thresh,
+      acc, m0 + warp_m * Cfg::kWarpM + g, n0 + warp_n * Cfg::kWarpN + 2 * t, t, M, N, k_real, a_popc, b_popc, bound,
       out);
 }
 
@@ -590,7 +590,7 @@ template <bool kAligned16, Epilogue kEpilogue>
 __global__ void __launch_bounds__(WgmmaConfig::kThreads, 1)
     xnor_tc_wgmma_kernel(const uint32_t* __restrict__ a, const uint32_t* __restrict__ b,
                          const int32_t* __restrict__ a_popc, const int32_t* __restrict__ b_popc,
-                         const float* __restrict__ thresh, void* __restrict__ out, int M, int N, int k_words,
+                         const int32_t* __restrict__ bound, void* __restrict__ out, int M, int N, int k_words,
                          int k_real) {
 #if BNN_WGMMA
   using Cfg = WgmmaConfig;
@@ -653,7 +653,7 @@ __global__ void __launch_bounds__(WgmmaConfig::kThreads, 1)
   const int g = lane >> 2;
   const int t = lane & 3;
   store_tiles<1, kWgmmaTilesN, kEpilogue, false>(acc, m0 + warpgroup * 64 + (warp % 4) * 16 + g, n0 + 2 * t, t, M, N,
-                                          k_real, a_popc, b_popc, thresh, out);
+                                          k_real, a_popc, b_popc, bound, out);
 #endif
 }
 
@@ -705,7 +705,7 @@ struct Problem {
   const uint32_t* b;
   const int32_t* a_popc;
   const int32_t* b_popc;
-  const float* thresh;
+  const int32_t* bound;  // threshold form: per-column integer boundaries
   void* out;
   int64_t m, n, k_words, k;
 
@@ -715,7 +715,7 @@ struct Problem {
   }
 };
 
-using TileKernel = void (*)(const uint32_t*, const uint32_t*, const int32_t*, const int32_t*, const float*, void*,
+using TileKernel = void (*)(const uint32_t*, const uint32_t*, const int32_t*, const int32_t*, const int32_t*, void*,
                             int, int, int, int);
 
 cudaError_t launch_tiles(TileKernel kernel, int block_m, int block_n, int threads, int smem_bytes, int blocks_per_sm,
@@ -730,7 +730,7 @@ cudaError_t launch_tiles(TileKernel kernel, int block_m, int block_n, int thread
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (err != cudaSuccess) return err;
   }
-  kernel<<<grid, threads, smem_bytes, stream>>>(p.a, p.b, p.a_popc, p.b_popc, p.thresh, p.out, static_cast<int>(p.m),
+  kernel<<<grid, threads, smem_bytes, stream>>>(p.a, p.b, p.a_popc, p.b_popc, p.bound, p.out, static_cast<int>(p.m),
                                                 static_cast<int>(p.n), static_cast<int>(p.k_words),
                                                 static_cast<int>(p.k));
   return cudaGetLastError();
@@ -786,11 +786,11 @@ extern "C" cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* 
 }
 
 extern "C" cudaError_t bnn_xnor_tc_gemm_threshold_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
-                                                       const int32_t* b_popc, const float* thresh,
+                                                       const int32_t* b_popc, const int32_t* bound,
                                                        uint64_t* out_bits, int64_t m, int64_t n, int64_t words32,
                                                        int64_t k, int instruction, int config,
                                                        cudaStream_t stream) {
-  return launch<Epilogue::kThresholdBits>(Problem{a, b, a_popc, b_popc, thresh, out_bits, m, n, words32, k},
+  return launch<Epilogue::kThresholdBits>(Problem{a, b, a_popc, b_popc, bound, out_bits, m, n, words32, k},
                                           instruction, config, stream);
 }
 

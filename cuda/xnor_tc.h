@@ -43,12 +43,14 @@ cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* b, const in
                                   const int32_t* b_popc, int32_t* c, int64_t m, int64_t n, int64_t words32,
                                   int64_t k, int instruction, int config, cudaStream_t stream);
 
-// Same product, but each output is compared with a per-column threshold and written as one bit:
-// bit j of row i = (dot[i][j] >= thresh[j]), packed like pack(): uint64 words, ceil(n / 64) per row,
-// LSB first, padding bits zero -- i.e. directly the packed input of the next binary layer.
+// Same product, but each output is compared with a per-column integer boundary and written as one bit:
+// bit j of row i = (dot[i][j] >= bound[j]), packed like pack(): uint64 words, ceil(n / 64) per row,
+// LSB first, padding bits zero -- i.e. directly the packed input of the next binary layer. The dot product
+// is an integer, so a real threshold t is the boundary ceil(t) (ops_common.h threshold_bounds converts
+// them on the host in float64), and the comparison is exact for every k: no float32 rounding.
 // (A negative batch-norm scale is folded by negating that column's weights, which flips its bits.)
 cudaError_t bnn_xnor_tc_gemm_threshold_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,
-                                            const int32_t* b_popc, const float* thresh, uint64_t* out_bits,
+                                            const int32_t* b_popc, const int32_t* bound, uint64_t* out_bits,
                                             int64_t m, int64_t n, int64_t words32, int64_t k, int instruction,
                                             int config, cudaStream_t stream);
 

@@ -8,6 +8,7 @@ threshold (BN output exactly 0, where sign gives +1).
 from __future__ import annotations
 
 import json
+import shlex
 import struct
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from bnnctl.core.models import build_model
 from bnnctl.recipe import load_recipe
 from bnnctl.core.norms import ShiftBatchNorm
 from bnnctl.core.losses import squared_hinge
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT, atomic_torch_save
 
 REPO = Path(__file__).resolve().parent.parent
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm)
@@ -330,7 +331,7 @@ def test_bad_files_get_one_clear_error(tmp_path):
         load_export(not_export)
     other_version = tmp_path / "v2.bnnx"
     other_version.write_bytes(MAGIC + struct.pack("<I", EXPORT_VERSION + 1) + data[len(MAGIC) + 4:])
-    with pytest.raises(ExportError, match=f"version {EXPORT_VERSION + 1}.*reads version {EXPORT_VERSION}"):
+    with pytest.raises(ExportError, match=f"version {EXPORT_VERSION + 1}.*reads versions 1 and {EXPORT_VERSION}"):
         load_export(other_version)
     truncated = tmp_path / "cut.bnnx"
     truncated.write_bytes(data[: len(data) // 2])
@@ -359,7 +360,7 @@ def test_export_refuses_models_it_cannot_fold():
 def write_run(tmp_path: Path, record: dict, model: nn.Module) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({**record, "model": model.state_dict()}, run / "best.pt")
+    atomic_torch_save({**record, "model": model.state_dict()}, run / "best.pt")  # with its checksum
     (run / "recipe.yaml").write_text("")
     return run
 
@@ -485,7 +486,7 @@ def test_model_bench_command_runs_the_selected_variants(tmp_path):
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "bench").glob("*.json")
     recorded = json.loads(path.read_text())
-    assert recorded["command"].startswith("bnnctl bench --model mnist-mlp --kernel xnor-integer,torch")
+    assert recorded["command"] == shlex.join(["bnnctl", *args, "--kernel", "xnor-integer,torch"])  # as typed
     assert {n for n, e in recorded["variants"].items() if e["status"] == "ok"} == {"xnor-integer", "torch"}
     assert recorded["variants"]["baseline"]["status"] == "not run: not selected"
     bad = CliRunner().invoke(app, args + ["--kernel", "nope"])

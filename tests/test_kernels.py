@@ -224,3 +224,221 @@ def test_cuda_empty_shapes_and_device_mismatch():
     assert torch.equal(zero_k.cpu(), torch.zeros(2, 3, dtype=torch.int32))
     with pytest.raises(KernelError, match="same device"):
         kernels.xnor_gemm(kernels.pack(torch.randn(2, 5)), kernels.pack(torch.randn(2, 5, device="cuda")), 5)
+
+
+# ---- exact signs for every dtype ------------------------------------------------------------------------
+
+# Values whose sign float32 cannot keep: a float64 negative too small for float32 became -0.0, i.e. +1.
+F64_EDGES = [0.0, -0.0, float("nan"), -float("nan"), -1e-300, 1e-300, -5e-324, 5e-324, -1e-40, 1e-40,
+             float("inf"), -float("inf"), -1.0, 1.0]
+
+
+def test_pack_float64_takes_the_sign_in_float64(isa):
+    x = torch.tensor([F64_EDGES * 9], dtype=torch.float64)  # 126 columns: a full word and a ragged one
+    expected = [1.0 if v >= 0 else -1.0 for v in F64_EDGES] * 9  # Python's own float64 test; NaN >= 0 is False
+    assert kernels.unpack(kernels.pack(x), x.shape[1]).tolist() == [expected]
+    assert torch.equal(kernels.pack(x), reference_pack(x))
+    assert kernels.pack(torch.tensor([[-1e-300]], dtype=torch.float64)).item() == 0  # was +1 through float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_pack_is_exact_for_every_float_dtype(isa, dtype):
+    g = torch.Generator().manual_seed(21)
+    x = (torch.randn(5, 200, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-40, 5, (5, 200), generator=g))
+    x = x.to(dtype)
+    tiny = torch.finfo(dtype).smallest_normal
+    x[0, :8] = torch.tensor([0.0, -0.0, float("nan"), -tiny / 4, tiny / 4, -tiny, float("inf"), -float("inf")],
+                            dtype=torch.float64).to(dtype)
+    assert torch.equal(kernels.pack(x), reference_pack(x))  # the reference compares x >= 0 in x's dtype
+    assert torch.equal(kernels.pack(x.T, dim=0), reference_pack(x))
+
+
+def test_pack_signs_ignore_the_flush_denormal_mode(isa):
+    """Denormals-are-zero would make a negative denormal compare equal to 0 (+1); the sign comes from the bits."""
+    x = torch.tensor([[-1e-40, 1e-40, -1e-45, 0.0, -0.0, -1e-38] * 20], dtype=torch.float32)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-denormal mode")
+    try:
+        got = kernels.unpack(kernels.pack(x), x.shape[1])
+    finally:
+        torch.set_flush_denormal(False)
+    assert got.tolist() == [[-1.0, 1.0, -1.0, 1.0, 1.0, -1.0] * 20]
+
+
+def test_pack_takes_views_and_tensors_that_require_grad():
+    x = signed_inputs(4, 130, seed=22).double().requires_grad_()
+    assert torch.equal(kernels.pack(x), reference_pack(x.detach()))
+    wide = signed_inputs(4, 260, seed=23)
+    assert torch.equal(kernels.pack(wide[:, 1::2]), reference_pack(wide[:, 1::2]))
+    assert torch.equal(kernels.pack(wide.T[::2], dim=0), reference_pack(wide.T[::2].T))
+
+
+# ---- integer thresholds ------------------------------------------------------------------------------------
+
+def test_threshold_bounds_are_the_exact_ceilings_in_float64():
+    k = 2 ** 26
+    # float64 thresholds whose float32 rounding falls on the other side of an integer
+    t = torch.tensor([2 ** 24 + 0.5, 3.0000000001, -2.9999999999, 2 ** 25 + 2, 7.0, -7.0, 0.0, -0.0,
+                      1e30, -1e30, k + 0.5, -k - 0.5], dtype=torch.float64)
+    bounds = kernels.threshold_bounds(t, k)
+    assert bounds.dtype == torch.int32
+    assert bounds.tolist() == [2 ** 24 + 1, 4, -2, 2 ** 25 + 2, 7, -7, 0, 0, k + 1, -k, k + 1, -k]
+    assert kernels.threshold_bounds(t.float(), k)[:3].tolist() == [2 ** 24, 3, -3]  # what float32 makes of them
+    ints = torch.tensor([5, -5, 2 ** 40, -2 ** 40], dtype=torch.int64)
+    assert kernels.threshold_bounds(ints, 100).tolist() == [5, -5, 101, -100]
+    assert kernels.threshold_bounds(torch.tensor([2.5], dtype=torch.float16), 10).tolist() == [3]
+    assert kernels.threshold_bounds(torch.zeros(0), 3).shape == (0,)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_thresholds_are_one_kernel_error(bad):
+    with pytest.raises(KernelError, match="threshold 1 is .*finite") as info:
+        kernels.threshold_bounds(torch.tensor([0.0, bad], dtype=torch.float64), 10)
+    assert "\n" not in str(info.value)
+
+
+def test_pack_ge_compares_exactly():
+    g = torch.Generator().manual_seed(24)
+    big = 2 ** 30
+    value = torch.randint(-3, 4, (9, 130), generator=g, dtype=torch.int32) + big
+    bound = torch.randint(-3, 4, (130,), generator=g, dtype=torch.int32) + big
+    assert torch.equal(kernels.pack_ge(value, bound), reference_pack((value.long() - bound.long()).double()))
+    # past 2^24, float32 cannot tell 2^24 from 2^24 + 1: the int32 comparison can
+    assert kernels.pack_ge(torch.tensor([[2 ** 24, 2 ** 24 + 1]], dtype=torch.int32),
+                           torch.tensor([2 ** 24 + 1, 2 ** 24 + 1], dtype=torch.int32)).item() == 0b10
+    v = torch.tensor([[1.5, float("nan"), -0.0, 2.0, -1e-40]])
+    b = torch.tensor([1.5, 0.0, 0.0, float("inf"), 0.0])
+    assert kernels.unpack(kernels.pack_ge(v, b), 5).tolist() == [[1.0, -1.0, 1.0, -1.0, -1.0]]
+    assert kernels.pack_ge(torch.zeros(0, 70, dtype=torch.int32), torch.zeros(70, dtype=torch.int32)).shape == (0, 2)
+    assert kernels.pack_ge(torch.zeros(3, 0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32)).shape == (3, 0)
+    strided = value.T.contiguous().T  # a non-contiguous view
+    assert torch.equal(kernels.pack_ge(strided, bound), kernels.pack_ge(value, bound))
+
+
+def _all_plus(rows: int, k: int, minus: list[list[int]] | None = None) -> torch.Tensor:
+    """Packed rows of k entries, all +1 except the listed columns of each row; built as words directly, so
+    k can pass 2^24 without a float matrix."""
+    words = torch.full((rows, words_for(k)), -1, dtype=torch.int64)
+    if k % 64:
+        words[:, -1] = (1 << (k % 64)) - 1
+    for r, cols in enumerate(minus or []):
+        for c in cols:
+            words[r, c // 64] &= ~(1 << (c % 64))
+    return words
+
+
+def test_threshold_form_is_exact_past_two_to_the_24():
+    """dot products 2^25 + 3, 2^25 + 1 and 2^25 - 1 (no float32 holds the odd ones) against thresholds that
+    float32 would round onto them."""
+    k = 2 ** 25 + 3
+    a = _all_plus(1, k)
+    b = _all_plus(3, k, [[], [5], [7, 2 ** 25]])
+    dots = kernels.xnor_gemm(a, b, k)
+    assert dots.tolist() == [[k, k - 2, k - 4]]
+    thresh = torch.tensor([k, 2 ** 25 + 2, 2 ** 25 - 0.5], dtype=torch.float64)
+    assert (dots.float() >= thresh.float()).tolist() == [[True, True, True]]  # the old float32 answer
+    expected = [[1.0, -1.0, -1.0]]
+    for t in (thresh, kernels.threshold_bounds(thresh, k)):
+        bits = torch.ops.bnnctl.xnor_tc_gemm(a, b, k, t)
+        assert kernels.unpack(bits, 3).tolist() == expected
+    assert kernels.unpack(kernels.pack_ge(dots, kernels.threshold_bounds(thresh, k)), 3).tolist() == expected
+    with pytest.raises(RuntimeError, match="thresholds must be finite"):
+        torch.ops.bnnctl.xnor_tc_gemm(a, b, k, torch.tensor([0.0, float("nan"), 1.0], dtype=torch.float64))
+
+
+def test_threshold_form_on_small_products_matches_the_reference(isa):
+    m, n, k = 9, 70, 300
+    a, b = signed_inputs(m, k, seed=25), signed_inputs(n, k, seed=26)
+    dots = expected_product(a, b)
+    thresh = (torch.randn(n, generator=torch.Generator().manual_seed(27), dtype=torch.float64) * 20).round() / 2
+    thresh[:3] = torch.tensor([-1e9, 1e9, 0.0])
+    bits = torch.ops.bnnctl.xnor_tc_gemm(kernels.pack(a), kernels.pack(b), k, thresh)
+    assert torch.equal(bits, reference_pack((dots.double() - thresh).where(dots.double() < thresh, 0.0)))
+
+
+# ---- argument edge cases --------------------------------------------------------------------------------------
+
+def test_k_beyond_the_int32_products_is_refused_without_allocating():
+    k = 2 ** 31
+    empty = torch.zeros(0, words_for(k), dtype=torch.int64)
+    with pytest.raises(KernelError, match="more than 2147483646") as info:
+        kernels.xnor_gemm(empty, empty, k)
+    assert "\n" not in str(info.value)
+    with pytest.raises(KernelError, match="more than"):
+        kernels.threshold_bounds(torch.zeros(1), k)
+
+
+def test_k_may_be_any_integer_type_and_operands_any_layout():
+    np = pytest.importorskip("numpy")
+    a, b = signed_inputs(5, 100, seed=28), signed_inputs(6, 100, seed=29)
+    pa, pb = kernels.pack(a), kernels.pack(b)
+    expected = expected_product(a, b)
+    assert torch.equal(kernels.xnor_gemm(pa, pb, np.int64(100)), expected)
+    assert torch.equal(kernels.xnor_gemm(pa, pb, torch.tensor(100)), expected)
+    wide = torch.zeros(5, 4, dtype=torch.int64)
+    wide[:, ::2] = pa
+    assert not wide[:, ::2].is_contiguous()
+    assert torch.equal(kernels.xnor_gemm(wide[:, ::2], pb.T.contiguous().T, 100), expected)
+    assert torch.equal(kernels.unpack(wide[:, ::2], 100), pm1(a))
+    x = torch.randn(3, 4, requires_grad=True)
+    torch.testing.assert_close(kernels.baseline_gemm(x, x), (x @ x.T).detach())
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: kernels.pack(torch.randn(2, 3).to_sparse()), "2-D floating-point tensor"),
+    (lambda: kernels.pack(torch.randn(2, 3), dim=True), "not dim True"),
+    (lambda: kernels.pack(torch.randn(2, 3, dtype=torch.complex64)), "2-D floating-point tensor"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64), 3.0),
+     "as an int >= 0"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int64), torch.zeros(2, 1, dtype=torch.int64), True),
+     "as an int >= 0"),
+    (lambda: kernels.xnor_gemm(torch.zeros(2, 1, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int64), 3),
+     "int64 tensor from pack"),
+    (lambda: kernels.pack_ge(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(3)), "of one dtype"),
+    (lambda: kernels.pack_ge(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)),
+     "int32 or float32"),
+    (lambda: kernels.pack_ge(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(4, dtype=torch.int32)),
+     "one bound per column"),
+    (lambda: kernels.pack_ge(torch.zeros(3, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)), "2-D"),
+    (lambda: kernels.threshold_bounds(torch.zeros(2, 2), 4), "1-D tensor of thresholds"),
+    (lambda: kernels.threshold_bounds([1.0], 4), "got a list"),
+    (lambda: kernels.threshold_bounds(torch.zeros(2), -1), "int >= 0"),
+])
+def test_more_bad_arguments_raise_one_clear_user_error(call, message):
+    with pytest.raises(KernelError, match=message) as info:
+        call()
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+# ---- CUDA: the same exactness on the GPU --------------------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_pack_is_exact_for_every_float_dtype(dtype):
+    x = torch.tensor([F64_EDGES * 9], dtype=torch.float64).to(dtype)
+    x = torch.cat([x, signed_inputs(3, x.shape[1], seed=30).to(dtype)])
+    assert torch.equal(kernels.pack(x.cuda()).cpu(), kernels.pack(x))
+    assert torch.equal(kernels.pack(x.cuda()).cpu(), reference_pack(x))
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_pack_ge_equals_cpu():
+    g = torch.Generator().manual_seed(31)
+    value = torch.randint(-5, 6, (70, 130), generator=g, dtype=torch.int32) + 2 ** 30
+    bound = torch.randint(-5, 6, (130,), generator=g, dtype=torch.int32) + 2 ** 30
+    assert torch.equal(kernels.pack_ge(value.cuda(), bound.cuda()).cpu(), kernels.pack_ge(value, bound))
+    fv, fb = value.float() - 2 ** 30, bound.float() - 2 ** 30
+    assert torch.equal(kernels.pack_ge(fv.cuda(), fb.cuda()).cpu(), kernels.pack_ge(fv, fb))
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_threshold_form_is_exact_past_two_to_the_24():
+    k = 2 ** 25 + 3
+    a, b = _all_plus(1, k).cuda(), _all_plus(3, k, [[], [5], [7, 2 ** 25]]).cuda()
+    thresh = torch.tensor([k, 2 ** 25 + 2, 2 ** 25 - 0.5], dtype=torch.float64)
+    for t in (thresh.cuda(), kernels.threshold_bounds(thresh, k).cuda()):
+        bits = torch.ops.bnnctl.xnor_tc_gemm(a, b, k, t)
+        assert kernels.unpack(bits.cpu(), 3).tolist() == [[1.0, -1.0, -1.0]]

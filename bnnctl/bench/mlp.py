@@ -37,7 +37,7 @@ from ..core.models import build_model
 from ..data import MNIST_FILES, data_root, scale_to_pm1
 from ..errors import UserError
 from ..infer.engine import FIRST_LAYERS, PackedEngine
-from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, load_export
+from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, float_model_from_export, load_export
 from ..recipe import load_recipe, recipes_dir
 from ..runs import load_model, resolve_device
 from .timing import (check_arguments, error_line, header, measuring, no_tf32, parse_names, record, sync,
@@ -100,45 +100,6 @@ def find_model(results: Path, model_name: str) -> Path | None:
         if same:
             found.append((status == "finished", present[0].stat().st_mtime, present[0]))
     return max(found)[2] if found else None
-
-
-class _ThresholdSign(nn.Module):
-    """+1 where direction * y >= direction * threshold: the folded BN + sign, in float."""
-
-    def __init__(self, direction: torch.Tensor, threshold: torch.Tensor):
-        super().__init__()
-        self.register_buffer("direction", direction.float())
-        self.register_buffer("threshold", direction.float() * threshold.float())
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.where(y * self.direction >= self.threshold, 1.0, -1.0)
-
-
-class _Affine(nn.Module):
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
-        super().__init__()
-        self.register_buffer("scale", scale.float())
-        self.register_buffer("shift", shift.float())
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.scale + self.shift
-
-
-def float_model_from_export(exported: ExportedModel) -> nn.Sequential:
-    """A float torch MLP with the export's +/-1 weights and folded thresholds: the same fp32 products
-    as the trained float model, for timing (d) when only the export is at hand."""
-    if any(layer.kind != "dense" for layer in exported.layers):
-        raise UserError("a float model can be rebuilt from the export of an MLP only.")
-    layers: list[nn.Module] = [nn.Flatten()]
-    for layer in exported.layers:
-        linear = nn.Linear(layer.fan_in, layer.out_features, bias=False)
-        linear.weight.data = kernels.unpack(layer.weight_bits, layer.fan_in)
-        t = layer.tensors
-        if layer.role == "output":
-            layers += [linear, _Affine(t["scale"], t["shift"])]
-        else:
-            layers += [linear, _ThresholdSign(t["direction"], t.get("float_threshold", t.get("threshold")))]
-    return nn.Sequential(*layers).eval()
 
 
 def _model_path(run: Path | None, results: Path, model_name: str) -> Path | None:

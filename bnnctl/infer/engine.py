@@ -59,23 +59,47 @@ def _words(channels: int) -> int:
     return kernels.words_for(channels)
 
 
-def _pack_ge(value: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+def _exactly_as(threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """threshold in dtype when every value is exactly representable there, else None."""
+    if threshold.dtype == dtype:
+        return threshold
+    converted = threshold.to(dtype)
+    return converted if torch.equal(converted.to(threshold.dtype), threshold) else None
+
+
+_UNSET = object()
+
+
+def _ge(value: torch.Tensor, threshold: torch.Tensor, same=_UNSET) -> torch.Tensor:
+    """value >= threshold as real numbers, whatever the two dtypes: in value's dtype when the thresholds
+    are exact there (``same``: them in that dtype, or None; found here when not given), else in float64,
+    where int32 and float32 are both exact. Never a float32 rounding of an integer threshold, which past
+    2^24 would move it across values."""
+    same = _exactly_as(threshold, value.dtype) if same is _UNSET else same
+    if same is not None:
+        return value >= same
+    return value.to(torch.float64) >= threshold.to(torch.float64)
+
+
+def _pack_ge(value: torch.Tensor, threshold: torch.Tensor, same=_UNSET) -> torch.Tensor:
     """Pack (value >= threshold) along the last dimension into words: (..., C) -> (..., ceil(C/64)).
 
-    pack() sets bit = (x >= 0) on float32, so it is handed value - threshold: exact for integers, and
-    for floats a - b keeps the sign of the comparison (it is 0 only when a == b). An int32 difference
-    is handed over as its own bits viewed as float32, which saves a conversion pass: the sign bit is
-    the same, and no difference below 2^31 - 2^23 in size has the bit pattern of a NaN.
+    int32 pre-activations (the XNOR products, the bit-plane sums) against int32 thresholds go to
+    ``kernels.pack_ge``, an exact integer comparison, and so do float32 ones against thresholds exactly
+    representable in float32; anything else is compared in float64 and packed as +/-1. ``same`` as in _ge.
     """
     lead, channels = value.shape[:-1], value.shape[-1]
-    diff = (value - threshold).reshape(-1, channels)
-    diff = diff.view(torch.float32) if diff.dtype == torch.int32 else diff.to(torch.float32)
-    return kernels.pack(diff).reshape(*lead, _words(channels))
+    flat = value.reshape(-1, channels)
+    same = _exactly_as(threshold, value.dtype) if same is _UNSET else same
+    if value.dtype in (torch.int32, torch.float32) and same is not None:
+        return kernels.pack_ge(flat, same).reshape(*lead, _words(channels))
+    signs = torch.where(_ge(flat, threshold, same), 1.0, -1.0)
+    return kernels.pack(signs).reshape(*lead, _words(channels))
 
 
-def _pm1_ge(value: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """+1.0 where value >= threshold else -1.0 (the float-kernel path's activations)."""
-    return torch.where(value >= threshold, 1.0, -1.0)
+def _pm1_ge(value: torch.Tensor, threshold: torch.Tensor, same=_UNSET) -> torch.Tensor:
+    """+1.0 where value >= threshold else -1.0 (the float-kernel path's activations), compared exactly."""
+    return torch.where(_ge(value, threshold, same), 1.0, -1.0)
 
 
 def _max_pool(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -135,6 +159,7 @@ class _Layer:
 
     def __init__(self, layer: ExportedLayer, device: torch.device, packed_out: bool, xnor_impl: str):
         self.spec, self.device, self.xnor_impl, self.packed_out = layer, device, xnor_impl, packed_out
+        self._in_dtype: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.weight = kernels.unpack(layer.weight_bits, layer.fan_in).to(device)  # (out, fan_in) +/-1
         t = {name: v.to(device) for name, v in layer.tensors.items()}
         self.output = layer.role == "output"
@@ -150,6 +175,13 @@ class _Layer:
         self.rhs = None if "threshold" not in t else self.direction * t["threshold"]
         self.float_rhs = None if "float_threshold" not in t else self.direction * t["float_threshold"]
 
+    def _threshold_in(self, rhs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """rhs in dtype when exact there, else None; worked out once per threshold tensor and dtype."""
+        key = (id(rhs), dtype)
+        if key not in self._in_dtype:
+            self._in_dtype[key] = (rhs, _exactly_as(rhs, dtype))  # holding rhs keeps its id unique
+        return self._in_dtype[key][1]
+
     def xnor(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
         return kernels.xnor_gemm(a, b, k, impl=self.xnor_impl)
 
@@ -159,10 +191,10 @@ class _Layer:
             return pre.double() * (self.scale / acc_scale) + self.shift
         if not self.flipped:
             pre = pre * self.direction.to(pre.dtype)
-        rhs = rhs.to(pre.dtype)
+        same = self._threshold_in(rhs, pre.dtype)
         if self.packed_out:
-            return _pack_ge(pre, rhs)
-        out = _pm1_ge(pre, rhs)
+            return _pack_ge(pre, rhs, same)
+        out = _pm1_ge(pre, rhs, same)
         return out.permute(0, 3, 1, 2).contiguous() if out.dim() == 4 else out
 
 
@@ -218,8 +250,19 @@ def _border_correction(weight: torch.Tensor, h: int, w: int, pad: int, pad_agree
     return correction.permute(1, 2, 0).reshape(h * w, -1).round().to(torch.int32).contiguous()
 
 
+def _check_float_fan_in(layer: ExportedLayer) -> None:
+    """The baseline float kernel sums +/-1 products in float32: exact integers below 2^24 only."""
+    if layer.fan_in >= 2 ** 24:
+        raise EngineError(f"the float kernel sums {layer.fan_in} +/-1 products per unit, past the 2^24 that float32 "
+                          "sums exactly; run the hidden layers on XNOR (hidden='xnor').")
+
+
 class _FloatDense(_Layer):
     """Dense layer on the float baseline kernel with +/-1 float inputs (the speed-up's reference)."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl):
+        _check_float_fan_in(layer)
+        super().__init__(layer, device, packed_out, xnor_impl)
 
     def __call__(self, a: torch.Tensor):
         return self.finish(kernels.baseline_gemm(a.reshape(a.shape[0], -1), self.weight), self.rhs)
@@ -227,6 +270,10 @@ class _FloatDense(_Layer):
 
 class _FloatConv(_Layer):
     """Convolution as float im2col + the baseline kernel, +/-1 float inputs, the model's zero padding."""
+
+    def __init__(self, layer, device, packed_out, xnor_impl):
+        _check_float_fan_in(layer)
+        super().__init__(layer, device, packed_out, xnor_impl)
 
     def __call__(self, a: torch.Tensor):
         return self.finish(_float_conv(self.spec, self.weight, a), self.rhs)
@@ -354,11 +401,6 @@ class PackedEngine:
                  ("float", "dense"): _FloatDense, ("float", "conv"): _FloatConv}
         self.rest = [kinds[hidden, layer.kind](layer, self.device, packed, xnor_impl) for layer in rest]
 
-    @property
-    def description(self) -> str:
-        hidden = "XNOR on packed bits" if self.hidden == "xnor" else "float baseline kernel on +/-1 floats"
-        return f"first layer: {FIRST_LAYERS[self.first_layer]}; other layers: {hidden}"
-
     def _outputs(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None):
         """Each layer's output in the engine's own form (packed words or +/-1 floats), then the logits."""
         x = x.to(self.device)
@@ -402,13 +444,23 @@ def default_batch_size(exported: ExportedModel) -> int:
     return 100 if any(layer.kind == "conv" for layer in exported.layers) else 1000
 
 
+def export_error(exported: ExportedModel, x: torch.Tensor, y: torch.Tensor,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None, device: torch.device) -> float:
+    """Test error in % of an exported model run by the packed engine."""
+    if device.type == "cuda" and not kernels.available()["cuda"]:
+        raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
+    if tuple(x.shape[1:]) != tuple(exported.input_shape):
+        raise EngineError(f"the model takes inputs of shape {list(exported.input_shape)}, but the data has "
+                          f"{list(x.shape[1:])}.")
+    engine = PackedEngine(exported, device)
+    predicted = engine.predict(x, transform, default_batch_size(exported))
+    return 100.0 * (predicted.cpu() != y.cpu()).sum().item() / max(len(y), 1)
+
+
 def engine_error(record: dict, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
     """Test error in % of the model run by the packed engine (``bnnctl eval --engine xnor``)."""
     from .export import export_model
     if device.type == "cuda" and not kernels.available()["cuda"]:
         raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
-    exported = export_model(record, model)
-    engine = PackedEngine(exported, device)
-    predicted = engine.predict(x, transform, default_batch_size(exported))
-    return 100.0 * (predicted.cpu() != y.cpu()).sum().item() / max(len(y), 1)
+    return export_error(export_model(record, model), x, y, transform, device)

@@ -1,23 +1,113 @@
-"""``bnnctl eval``: a recorded run's error on a split, with the float model or the packed engine."""
+"""``bnnctl eval``: a recorded run's error on a split, with the float model or the packed engine.
+
+What is evaluated is a run folder, its ``best.pt``, or an export file (``.bnnx``, from ``bnnctl export``).
+An export runs on the packed engine (``--engine xnor``, its default); ``--engine float`` on an export
+rebuilds the float model from it (MLPs only: +/-1 weights and the folded thresholds, the trained float
+model's own products). The data comes from the export's recipe data section, or for version 1 exports,
+which lack it, from the recipe.yaml beside the file.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
+import torch
 from rich.console import Console
 
 from ..core.losses import LOSSES
 from ..data import load_splits
 from ..errors import UserError
-from ..runs import load_model, resolve_device
+from ..runs import RECIPE_FILE, load_model, resolve_device
 from ..train.evaluate import evaluate
+from .export import EXPORT_SUFFIX, MAGIC, ExportedModel, float_model_from_export, load_export
+
+ENGINES = ("float", "xnor")
 
 
-def run_eval(run: Path, split: str, engine: str, device: str, data_dir: Path | None, console: Console) -> float:
+def is_export_file(path: Path) -> bool:
+    """Whether path names an export: a .bnnx file, or any file that starts with the export signature."""
+    if path.suffix == EXPORT_SUFFIX:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _export_data(exported: ExportedModel, path: Path) -> dict[str, Any]:
+    """The recipe data section to evaluate an export on: its own, else the recipe.yaml beside it."""
+    if exported.data is not None:
+        return exported.data
+    beside = path.parent / RECIPE_FILE
+    if beside.is_file():
+        from ..recipe import load_recipe
+        return load_recipe(beside)["data"]
+    raise UserError(f"{path} does not say which data it was trained on (a version 1 export) and no {RECIPE_FILE} "
+                    "lies beside it; export the run again, or evaluate its run folder.")
+
+
+def _predictions_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                       batch_size: int = 1000) -> float:
+    model = model.to(device)
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(transform(x[i:i + batch_size].to(device)).float())
+            wrong += (logits.argmax(1).cpu() != y[i:i + batch_size].cpu()).sum().item()
+    return 100.0 * wrong / max(len(y), 1)
+
+
+def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, data_dir: Path | None,
+                 console: Console) -> float:
+    exported = load_export(path, console)
+    engine = engine or "xnor"
+    if engine == "float" and any(layer.kind != "dense" for layer in exported.layers):
+        raise UserError(f"--engine float on an export rebuilds the float model from it, which bnnctl can do for "
+                        f"MLPs only and {path} holds convolutions; use --engine xnor (the packed engine).")
+    data = _export_data(exported, path)
+    splits = load_splits(data, data_dir)
+    if data.get("variant") and splits.variant != data["variant"]:
+        console.print(f"[yellow]note:[/] trained on {data['variant']}, evaluating on {splits.variant}")
+    if splits.num_classes > exported.num_classes:
+        raise UserError(f"{path} has {exported.num_classes} classes but its data set {splits.variant} has "
+                        f"{splits.num_classes}.")
+    x, y = splits.split(split)
+    if tuple(x.shape[1:]) != tuple(exported.input_shape):
+        raise UserError(f"{path} takes inputs of shape {list(exported.input_shape)}, but {splits.variant} gives "
+                        f"{list(x.shape[1:])}.")
+    if engine == "xnor":
+        from .engine import export_error
+        error = export_error(exported, x, y, splits.transform, dev)
+        how = "xnor (the packed engine on the export)"
+    else:
+        error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev)
+        how = "float (the float model rebuilt from the export)"
+    info = exported.info
+    console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {how}, "
+                  f"epoch {info.get('epoch')})", highlight=False)
+    recorded = info.get("test_error_pct") if split == "test" else None
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        same = abs(recorded - error) < 1e-9
+        console.print(f"recorded at training: {recorded:.2f}% ({'agrees' if same else 'differs'})",
+                      highlight=False)
+    return error
+
+
+def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: Path | None,
+             console: Console) -> float:
+    """Evaluate a run folder, a best.pt or an export file. engine: "float", "xnor" or None (the default:
+    float for a run, the packed engine for an export)."""
     if split not in ("test", "valid"):
         raise UserError(f"--split must be test or valid, got {split!r}.")
-    if engine not in ("float", "xnor"):
+    if engine is not None and engine not in ENGINES:
         raise UserError(f"--engine must be float or xnor, got {engine!r}.")
+    run = Path(run)
     dev = resolve_device(device)
+    if (run.is_file() and is_export_file(run)) or (run.suffix == EXPORT_SUFFIX and not run.is_dir()):
+        return _eval_export(run, split, engine, dev, data_dir, console)
+    engine = engine or "float"
     record, model, recorded = load_model(run)
     recipe = record["recipe"]
     splits = load_splits(recipe["data"], data_dir)

@@ -23,19 +23,31 @@ the correctly rounded ``fl32(y + bias)`` used here by an ulp or two. A unit whos
 within those ulps of zero can then differ; on the MNIST test set with the trained MLP none did
 (0 of 10,000 x 12,288 hidden activations).
 
-File format (version 1), little-endian:
+Past 2^24 inputs per unit the float model's float32 sums round, and the export's integers do not: there
+the engine computes the exact +/-1 product and compares it with the integer threshold exactly.
+
+File format (version 2), little-endian:
     8 bytes   MAGIC
     4 bytes   uint32 format version
     4 bytes   uint32 length of the JSON header
-    header    UTF-8 JSON: model description, layers, and for every tensor its dtype, shape and
-              byte offset in the data section
+    32 bytes  SHA-256 of every other byte of the file: the 16 above, the header and the data
+    header    UTF-8 JSON: model description, layers, the recipe's data section (what ``bnnctl eval``
+              evaluates an export on), and for every tensor its dtype, shape, byte offset in the data
+              section and size
     data      the tensors, each aligned to 64 bytes from the start of the data section
+
+Reading a file checks the checksum, then every header field against the data (roles, shapes, the
+layer chain, sizes, offsets, dtypes, the values a threshold or direction can take): a damaged file is
+one sentence (``DamagedExport``), never a crash or a wrong answer. Version 1 files (no checksum field,
+no data section) are still read, with a note that they cannot be verified.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,24 +58,30 @@ from torch import nn
 
 from .. import __version__
 from ..core.binarize import ap2, sign_pm1
-from ..errors import UserError
+from ..errors import DamagedFile, EnvironmentFailure, UserError
 from ..core.layers import BinaryConv2d, BinaryLinear
 from ..core.norms import ShiftBatchNorm
 
 MAGIC = b"BNNCTLX\x00"
-EXPORT_VERSION = 1
+EXPORT_FORMAT = "bnnctl-export"
+EXPORT_VERSION = 2
+READABLE_EXPORT_VERSIONS = (1, 2)
 EXPORT_SUFFIX = ".bnnx"
 ALIGN = 64
+_FIXED = len(MAGIC) + 8  # magic, version, header length
+_DIGEST = 32  # SHA-256, from version 2
 # 8-bit inputs scaled to [-1, 1] by 2x/255 - 1 (the "scale" preprocessing): the engine may run the
 # first layer on their bit planes. Any other preprocessing gives float inputs.
 UINT8_SCALE, FLOAT_INPUT = "uint8_scale", "float"
 INPUT_LEVELS = 255  # 2x/255 - 1 = (2x - 255) / 255
-_DTYPES = {"int64": torch.int64, "int32": torch.int32, "int8": torch.int8, "float32": torch.float32,
-           "float64": torch.float64}
 
 
 class ExportError(UserError):
     """A model or file that export cannot handle."""
+
+
+class DamagedExport(ExportError, DamagedFile):
+    """An export file that fails its checksum or whose header disagrees with its data."""
 
 
 @dataclass
@@ -112,6 +130,9 @@ class ExportedModel:
     input_encoding: str
     num_classes: int
     info: dict[str, Any] = field(default_factory=dict)  # provenance: recipe, dataset, epoch, test error...
+    # The recipe's data section (dataset, split, preprocessing): what ``bnnctl eval`` evaluates it on.
+    # None when unknown (version 1 files, records without a recipe).
+    data: dict[str, Any] | None = None
 
     @property
     def binary_weights(self) -> int:
@@ -293,8 +314,14 @@ def fold_thresholds(norm: nn.Module, bias: torch.Tensor | None, norm_shape: tupl
 def integer_thresholds(direction: torch.Tensor, threshold: torch.Tensor, scale: int, bound: int) -> torch.Tensor:
     """Threshold on an integer accumulator acc = scale * y: direction * acc >= direction * result
     exactly when direction * y >= direction * threshold. Clamped to [-bound - 1, bound + 1], which
-    keeps "always" and "never" for |acc| <= bound."""
-    scaled = threshold.double() * scale  # exact: a float32 times an integer below 2^29
+    keeps "always" and "never" for |acc| <= bound.
+
+    In float64, so exact for any float32 or float64 threshold (a float32 threshold times an integer
+    below 2^29 is exact in float64); ``acc >= ceil(t)`` and ``acc <= floor(t)`` are then comparisons of
+    integers, with no float32 rounding of either side however large acc is."""
+    if bool(torch.isnan(threshold).any()):
+        raise ExportError("a folded threshold is NaN; the model's norm has values export cannot fold.")
+    scaled = threshold.double() * scale
     rounded = torch.where(direction > 0, torch.ceil(scaled), torch.floor(scaled))
     return rounded.clamp(-bound - 1, bound + 1).to(torch.int64)
 
@@ -359,11 +386,13 @@ def export_model(record: dict[str, Any], model: nn.Sequential) -> ExportedModel:
     recipe = record.get("recipe", {})
     info = {"recipe": recipe.get("name"), "dataset": record.get("dataset"), "variant": record.get("variant"),
             "epoch": record.get("epoch"), "test_error_pct": record.get("test_error_pct")}
-    return ExportedModel(layers, input_shape, encoding, int(record["num_classes"]), info)
+    data = recipe.get("data")
+    data = json.loads(json.dumps(data, default=str)) if isinstance(data, dict) else None
+    return ExportedModel(layers, input_shape, encoding, int(record["num_classes"]), info, data)
 
 
 def _int32(t: torch.Tensor) -> torch.Tensor:
-    if t.abs().max() >= 2 ** 31 - 1:
+    if t.numel() and t.abs().max() >= 2 ** 31 - 1:
         raise ExportError("a threshold does not fit in 32 bits; the layer is too wide to export.")
     return t.to(torch.int32)
 
@@ -375,8 +404,15 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
+def _digest(fixed: bytes, rest: bytes | memoryview) -> bytes:
+    h = hashlib.sha256(fixed)
+    h.update(rest)
+    return h.digest()
+
+
 def save_export(exported: ExportedModel, path: Path | str) -> int:
-    """Write the export file atomically; returns its size in bytes."""
+    """Write the export file (format version EXPORT_VERSION, with its checksum) atomically; returns its
+    size in bytes."""
     from ..runs import atomic_write_bytes
     blobs: list[bytes] = []
     offset = 0
@@ -397,53 +433,274 @@ def save_export(exported: ExportedModel, path: Path | str) -> int:
         entry["tensors"] = {"weight_bits": add(layer.weight_bits),
                             **{name: add(t) for name, t in layer.tensors.items()}}
         layers.append(entry)
-    header = {"format": "bnnctl-export", "version": EXPORT_VERSION, "bnnctl": __version__,
+    header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "bnnctl": __version__,
               "input_shape": list(exported.input_shape), "input_encoding": exported.input_encoding,
-              "num_classes": exported.num_classes, "info": exported.info, "layers": layers}
-    text = json.dumps(header, indent=1).encode()
-    text += b" " * (-(len(MAGIC) + 8 + len(text)) % ALIGN)
-    data = MAGIC + struct.pack("<II", EXPORT_VERSION, len(text)) + text + b"".join(blobs)
+              "num_classes": exported.num_classes, "info": exported.info, "data": exported.data, "layers": layers}
+    text = json.dumps(header, indent=1, default=str).encode()
+    text += b" " * (-(_FIXED + _DIGEST + len(text)) % ALIGN)
+    fixed = MAGIC + struct.pack("<II", EXPORT_VERSION, len(text))
+    rest = text + b"".join(blobs)
+    data = fixed + _digest(fixed, rest) + rest
     atomic_write_bytes(Path(path), data)
     return len(data)
 
 
-def load_export(path: Path | str) -> ExportedModel:
-    """Read an export file; a file that is not one, or of another version, raises ExportError."""
+def _damaged(path: Path, what: str) -> DamagedExport:
+    return DamagedExport(f"{path} is a damaged bnnctl export file: {what}; export the run again or restore it "
+                         "from a copy.")
+
+
+# Header fields, per format version; the tensors each role carries and their dtypes.
+_HEADER_FIELDS = {1: {"format", "version", "bnnctl", "input_shape", "input_encoding", "num_classes", "info", "layers"}}
+_HEADER_FIELDS[2] = _HEADER_FIELDS[1] | {"data"}
+_LAYER_FIELDS = {"kind", "role", "in_shape", "out_features", "kernel_size", "padding", "pool", "tensors"}
+_ENTRY_FIELDS = {"dtype", "shape", "offset", "nbytes"}
+_TENSOR_DTYPES = {"weight_bits": "int64", "direction": "int8", "threshold": "int32", "float_threshold": "float32",
+                  "scale": "float64", "shift": "float64"}
+_DTYPES = {name: getattr(torch, name) for name in set(_TENSOR_DTYPES.values())}
+_INPUT_ENCODINGS = (UINT8_SCALE, FLOAT_INPUT)
+
+
+def layer_tensor_names(role: str, encoding: str) -> set[str]:
+    """The tensors an exported layer of this role carries (besides nothing else)."""
+    if role == "output":
+        return {"weight_bits", "scale", "shift"}
+    if role == "hidden":
+        return {"weight_bits", "direction", "threshold"}
+    return {"weight_bits", "direction", "float_threshold"} | ({"threshold"} if encoding == UINT8_SCALE else set())
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _HeaderReader:
+    """Checks a parsed header against the data section and builds the ExportedModel; any disagreement is a
+    DamagedExport naming the file and the field."""
+
+    def __init__(self, path: Path, header: Any, body: memoryview, version: int):
+        self.path, self.header, self.body, self.version = path, header, body, version
+        self.offset = 0  # where the next tensor must start: the writer lays them out in header order
+
+    def fail(self, what: str) -> DamagedExport:
+        return _damaged(self.path, what)
+
+    def int_field(self, value: Any, what: str, minimum: int) -> int:
+        if not _is_int(value) or value < minimum:
+            raise self.fail(f"{what} is {value!r}, not an integer >= {minimum}")
+        return value
+
+    def shape_field(self, value: Any, what: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value or not all(_is_int(d) and d > 0 for d in value):
+            raise self.fail(f"{what} is {value!r}, not a list of positive integers")
+        return tuple(value)
+
+    def read(self) -> ExportedModel:
+        h = self.header
+        if not isinstance(h, dict):
+            raise self.fail("its header is not a JSON object")
+        expected = _HEADER_FIELDS[self.version]
+        if set(h) != expected:
+            missing, unknown = sorted(expected - set(h)), sorted(set(h) - expected)
+            raise self.fail(f"its header lacks {', '.join(missing)}" if missing
+                            else f"its header has unknown fields {', '.join(unknown)}")
+        if h["format"] != EXPORT_FORMAT:
+            raise self.fail(f"its header names the format {h['format']!r}, not {EXPORT_FORMAT!r}")
+        if h["version"] != self.version:
+            raise self.fail(f"its header says format version {h['version']!r} where the file's preamble says "
+                            f"{self.version}")
+        input_shape = self.shape_field(h["input_shape"], "the input shape")
+        if h["input_encoding"] not in _INPUT_ENCODINGS:
+            raise self.fail(f"the input encoding {h['input_encoding']!r} is not one of {', '.join(_INPUT_ENCODINGS)}")
+        num_classes = self.int_field(h["num_classes"], "the number of classes", 1)
+        if not isinstance(h["info"], dict):
+            raise self.fail("its info field is not a JSON object")
+        data = h.get("data")
+        if data is not None and not isinstance(data, dict):
+            raise self.fail("its data field is not a JSON object")
+        if not isinstance(h["layers"], list) or not h["layers"]:
+            raise self.fail("its header lists no layers")
+        layers: list[ExportedLayer] = []
+        previous_out: tuple[int, ...] | None = None
+        count = len(h["layers"])
+        for i, entry in enumerate(h["layers"]):
+            layer = self.layer(entry, i, count, input_shape, h["input_encoding"], previous_out)
+            layers.append(layer)
+            previous_out = _out_shape(layer)
+        if layers[-1].out_features != num_classes:
+            raise self.fail(f"its last layer has {layers[-1].out_features} outputs but the header says "
+                            f"{num_classes} classes")
+        if self.offset != len(self.body):
+            raise self.fail(f"its data section holds {len(self.body)} bytes where its header describes "
+                            f"{self.offset}")
+        return ExportedModel(layers, input_shape, h["input_encoding"], num_classes, h["info"], data)
+
+    def layer(self, e: Any, i: int, count: int, input_shape: tuple[int, ...], encoding: str,
+              previous_out: tuple[int, ...] | None) -> ExportedLayer:
+        where = f"layer {i + 1} of {count}"
+        if not isinstance(e, dict) or set(e) != _LAYER_FIELDS:
+            raise self.fail(f"{where} in its header does not have the fields {', '.join(sorted(_LAYER_FIELDS))}")
+        kind, role = e["kind"], e["role"]
+        if kind not in ("dense", "conv"):
+            raise self.fail(f"{where} is of unknown kind {kind!r}")
+        expected_role = "output" if i == count - 1 else ("first" if i == 0 else "hidden")
+        if role != expected_role:
+            raise self.fail(f"{where} has the role {role!r} where its place makes it {expected_role!r}")
+        in_shape = self.shape_field(e["in_shape"], f"the input shape of {where}")
+        out = self.int_field(e["out_features"], f"the output count of {where}", 1)
+        kernel_size = self.int_field(e["kernel_size"], f"the kernel size of {where}", 0)
+        padding = self.int_field(e["padding"], f"the padding of {where}", 0)
+        pool = self.int_field(e["pool"], f"the pooling of {where}", 0)
+        if kind == "conv":
+            if role == "output":
+                raise self.fail(f"{where} is a convolution, but the output layer is dense")
+            if len(in_shape) != 3 or kernel_size % 2 == 0 or padding != kernel_size // 2:
+                raise self.fail(f"{where} is a convolution with input shape {list(in_shape)}, kernel size "
+                                f"{kernel_size} and padding {padding}, which do not go together")
+            if pool > 1 and pool > min(in_shape[1:]):
+                raise self.fail(f"{where} pools by {pool} an image of {in_shape[1]}x{in_shape[2]}")
+        elif kernel_size or padding or pool or len(in_shape) not in (1, 3):
+            raise self.fail(f"{where} is dense but has kernel size {kernel_size}, padding {padding}, pooling {pool} "
+                            f"and input shape {list(in_shape)}")
+        if previous_out is None:
+            fits = in_shape == input_shape if kind == "conv" else (
+                len(in_shape) == 1 and in_shape[0] == math.prod(input_shape))
+            if not fits:
+                raise self.fail(f"the first layer takes inputs of shape {list(in_shape)}, but the model's input "
+                                f"shape is {list(input_shape)}")
+        elif in_shape != previous_out:
+            raise self.fail(f"{where} takes inputs of shape {list(in_shape)}, but the layer before it gives "
+                            f"{list(previous_out)}")
+        layer = ExportedLayer(kind=kind, role=role, in_shape=in_shape, out_features=out, weight_bits=torch.empty(0),
+                              kernel_size=kernel_size, padding=padding, pool=pool)
+        tensors = e["tensors"]
+        names = layer_tensor_names(role, encoding)
+        if not isinstance(tensors, dict) or set(tensors) != names:
+            found = sorted(tensors) if isinstance(tensors, dict) else tensors
+            raise self.fail(f"{where} ({role}) carries the tensors {found!r}, not {', '.join(sorted(names))}")
+        for name, entry in tensors.items():
+            t = self.tensor(entry, name, layer, where)
+            if name == "weight_bits":
+                layer.weight_bits = t
+            else:
+                layer.tensors[name] = t
+        self.values(layer, where)
+        return layer
+
+    def tensor(self, entry: Any, name: str, layer: ExportedLayer, where: str) -> torch.Tensor:
+        what = f"the {name} of {where}"
+        if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
+            raise self.fail(f"{what} is not described by {', '.join(sorted(_ENTRY_FIELDS))}")
+        dtype = _TENSOR_DTYPES[name]
+        if entry["dtype"] != dtype:
+            raise self.fail(f"{what} is stored as {entry['dtype']!r}, not {dtype}")
+        from .. import kernels
+        shape = [layer.out_features, kernels.words_for(layer.fan_in)] if name == "weight_bits" else [layer.out_features]
+        if entry["shape"] != shape:
+            raise self.fail(f"{what} has the shape {entry['shape']!r} where the layer needs {shape}")
+        itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
+        nbytes = math.prod(shape) * itemsize
+        if entry["nbytes"] != nbytes:
+            raise self.fail(f"{what} says it takes {entry['nbytes']!r} bytes where its shape takes {nbytes}")
+        if entry["offset"] != self.offset:
+            raise self.fail(f"{what} says it starts at byte {entry['offset']!r} of the data section, where it "
+                            f"lies at byte {self.offset}")
+        end = self.offset + nbytes
+        padded = end + (-nbytes % ALIGN)
+        if padded > len(self.body):
+            raise self.fail(f"its data section ends at byte {len(self.body)}, before {what} (bytes {self.offset} "
+                            f"to {end})")
+        if any(self.body[end:padded]):
+            raise self.fail(f"the padding after {what} is not zero")
+        raw = bytearray(self.body[self.offset:end])
+        self.offset = padded
+        t = torch.frombuffer(raw, dtype=_DTYPES[dtype]) if raw else torch.empty(0, dtype=_DTYPES[dtype])
+        return t.reshape(shape)
+
+    def values(self, layer: ExportedLayer, where: str) -> None:
+        """What the values themselves can be: padding bits zero, directions +/-1, thresholds in range."""
+        rem = layer.fan_in % 64
+        if rem and bool((layer.weight_bits[:, -1] & ~((1 << rem) - 1)).any()):
+            raise self.fail(f"the weight bits of {where} have bits set past its {layer.fan_in} inputs")
+        t = layer.tensors
+        if "direction" in t and not bool(((t["direction"] == 1) | (t["direction"] == -1)).all()):
+            raise self.fail(f"the directions of {where} are not all +1 or -1")
+        if "threshold" in t:
+            bound = layer.fan_in * (INPUT_LEVELS if layer.role == "first" else 1) + 1
+            if bool((t["threshold"].long().abs() > bound).any()):
+                raise self.fail(f"the integer thresholds of {where} lie outside [-{bound}, {bound}]")
+        if "float_threshold" in t and bool(torch.isnan(t["float_threshold"]).any()):
+            raise self.fail(f"the float thresholds of {where} hold NaN")
+        for name in ("scale", "shift"):
+            if name in t and not bool(torch.isfinite(t[name]).all()):
+                raise self.fail(f"the output {name} of {where} holds NaN or infinite values")
+
+
+def _out_shape(layer: ExportedLayer) -> tuple[int, ...]:
+    """Per-image shape of a layer's output: (C, H', W') for a conv (after its pooling), (out,) for a dense one."""
+    if layer.kind == "conv":
+        pool = max(layer.pool, 1)
+        return layer.out_features, layer.in_shape[1] // pool, layer.in_shape[2] // pool
+    return (layer.out_features,)
+
+
+def _note(console, text: str) -> None:
+    if console is not None:
+        console.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)
+    else:
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+def load_export(path: Path | str, console=None) -> ExportedModel:
+    """Read an export file, its checksum and every header field verified against its data.
+
+    A file that is not an export, of a version this bnnctl does not read, or damaged raises ExportError
+    (DamagedExport for damage), one sentence. A version 1 file, which has no checksum, is read with a note
+    (on ``console``, else on stderr) that it cannot be verified.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder, not a bnnctl export file.")
     if not path.is_file():
         raise ExportError(f"{path} does not exist.")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read ({e.strerror or type(e).__name__}).") from None
+    return read_export(data, path, console)
+
+
+def read_export(data: bytes, path: Path | str, console=None) -> ExportedModel:
+    """The model in an export file's bytes (``load_export`` without the reading); ``path`` names the file in
+    messages. Checked as load_export checks it."""
+    path = Path(path)
     if data[:len(MAGIC)] != MAGIC:
         raise ExportError(f"{path} is not a bnnctl export file (it does not start with the bnnctl export signature).")
-    if len(data) < len(MAGIC) + 8:
-        raise ExportError(f"{path} is a truncated bnnctl export file.")
+    if len(data) < _FIXED:
+        raise _damaged(path, "it is cut short")
     version, header_len = struct.unpack_from("<II", data, len(MAGIC))
-    if version != EXPORT_VERSION:
-        raise ExportError(f"{path} is a bnnctl export of format version {version}; this bnnctl reads version "
-                          f"{EXPORT_VERSION}, so export the run again with it.")
-    start = len(MAGIC) + 8
+    if version not in READABLE_EXPORT_VERSIONS:
+        raise ExportError(f"{path} is a bnnctl export of format version {version}; this bnnctl reads versions "
+                          f"{' and '.join(map(str, READABLE_EXPORT_VERSIONS))}, so export the run again with it "
+                          "(or restore the file, if it is damaged).")
+    start = _FIXED
+    if version >= 2:
+        start += _DIGEST
+        if len(data) < start:
+            raise _damaged(path, "it is cut short")
+        if _digest(data[:_FIXED], memoryview(data)[start:]) != data[_FIXED:start]:
+            raise _damaged(path, "its content does not match its checksum")
+    if start + header_len > len(data):
+        raise _damaged(path, "it is cut short")
     try:
         header = json.loads(data[start:start + header_len])
-        body = memoryview(data)[start + header_len:]
-
-        def tensor(entry: dict[str, Any]) -> torch.Tensor:
-            end = entry["offset"] + entry["nbytes"]
-            if end > len(body):
-                raise ValueError("data section too short")
-            t = torch.frombuffer(bytearray(body[entry["offset"]:end]), dtype=_DTYPES[entry["dtype"]])
-            return t.reshape(entry["shape"])
-
-        layers = []
-        for e in header["layers"]:
-            tensors = {name: tensor(t) for name, t in e["tensors"].items()}
-            layers.append(ExportedLayer(kind=e["kind"], role=e["role"], in_shape=tuple(e["in_shape"]),
-                                        out_features=e["out_features"], weight_bits=tensors.pop("weight_bits"),
-                                        kernel_size=e["kernel_size"], padding=e["padding"], pool=e["pool"],
-                                        tensors=tensors))
-        return ExportedModel(layers, tuple(header["input_shape"]), header["input_encoding"],
-                             header["num_classes"], header.get("info", {}))
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise ExportError(f"{path} is a damaged bnnctl export file ({type(e).__name__}: {e}).") from None
+    except (ValueError, RecursionError):
+        raise _damaged(path, "its header is not valid JSON") from None
+    exported = _HeaderReader(path, header, memoryview(data)[start + header_len:], version).read()
+    if version < 2:
+        _note(console, f"{path} is a version {version} bnnctl export, which carries no checksum, so bnnctl cannot "
+                       "verify it; export the run again for a verified file.")
+    return exported
 
 
 # ---------------------------------------------------------------------------- the command
@@ -452,12 +709,31 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _output_path(out: Path) -> Path:
+    """The file to write: ``out``, or ``out/model.bnnx`` when out is a folder; missing folders are created."""
+    if out.is_dir():
+        out = out / f"model{EXPORT_SUFFIX}"
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ExportError(f"cannot write {out}: a file stands where its folder {folder} (or one above it) "
+                          "should be.") from None
+    except OSError as e:
+        raise EnvironmentFailure(f"could not create the folder {folder} for {out.name}: "
+                                 f"{e.strerror or type(e).__name__}.") from None
+    return out
+
+
 def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
-    """``bnnctl export RUN [-o FILE]``: export, write, print and record the size against best.pt."""
+    """``bnnctl export RUN [-o FILE]``: export, write, print and record the size against best.pt.
+
+    ``-o`` may name a file in a folder that does not exist yet (it is created) or a folder (the export
+    goes there as model.bnnx)."""
     from ..runs import atomic_write_text, git_commit, load_model
     record, model, _ = load_model(run)
     checkpoint = run / "best.pt" if run.is_dir() else run
-    out = out or checkpoint.parent / f"model{EXPORT_SUFFIX}"
+    out = _output_path(Path(out)) if out is not None else checkpoint.parent / f"model{EXPORT_SUFFIX}"
     exported = export_model(record, model)
     size = save_export(exported, out)
     load_export(out)  # what was written reads back
@@ -483,3 +759,60 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
                   f"{_megabytes(summary['binary_weights_bytes_packed'])} packed vs "
                   f"{_megabytes(binary_layer_float_bytes)} as float32; recorded in {record_path}", highlight=False)
     return summary
+
+
+# ---------------------------------------------------------------------------- the float reconstruction
+
+class ThresholdSign(nn.Module):
+    """+1 where direction * y >= direction * threshold, else -1: a folded BN + sign, in float.
+
+    Compared in float64, where the float32 pre-activation, the float32 first-layer threshold and the
+    integer thresholds are all exact: no float32 rounding of an integer threshold past 2^24."""
+
+    def __init__(self, direction: torch.Tensor, threshold: torch.Tensor):
+        super().__init__()
+        self.register_buffer("direction", direction.to(torch.float64))
+        self.register_buffer("threshold", direction.to(torch.float64) * threshold.to(torch.float64))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(y.to(torch.float64) * self.direction >= self.threshold, 1.0, -1.0)
+
+
+class OutputAffine(nn.Module):
+    """logits = scale * y + shift, the output layer's folded BN (float64, like the engine's logits)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.to(torch.float64))
+        self.register_buffer("shift", shift.to(torch.float64))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y.to(torch.float64) * self.scale + self.shift
+
+
+# A float32 sum of +/-1 products is exact while it stays below 2^24 in size.
+FLOAT_EXACT_FAN_IN = 2 ** 24
+
+
+def float_model_from_export(exported: ExportedModel) -> nn.Sequential:
+    """A float torch MLP with the export's +/-1 weights and folded thresholds: the same fp32 products
+    as the trained float model (exact integers on the hidden layers), for ``bnnctl eval --engine float``
+    and for timing when only the export is at hand."""
+    from .. import kernels
+    if any(layer.kind != "dense" for layer in exported.layers):
+        raise UserError("a float model can be rebuilt from the export of an MLP only.")
+    wide = [layer.fan_in for layer in exported.layers[1:] if layer.fan_in >= FLOAT_EXACT_FAN_IN]
+    if wide:
+        raise UserError(f"the float model rebuilt from the export sums {wide[0]} +/-1 products per unit, past the "
+                        f"{FLOAT_EXACT_FAN_IN} float32 sums exactly; use the packed engine.")
+    layers: list[nn.Module] = [nn.Flatten()]
+    for layer in exported.layers:
+        linear = nn.Linear(layer.fan_in, layer.out_features, bias=False)
+        linear.weight.data = kernels.unpack(layer.weight_bits, layer.fan_in)
+        t = layer.tensors
+        if layer.role == "output":
+            layers += [linear, OutputAffine(t["scale"], t["shift"])]
+        else:
+            threshold = t["float_threshold"] if "float_threshold" in t else t["threshold"]
+            layers += [linear, ThresholdSign(t["direction"], threshold)]
+    return nn.Sequential(*layers).eval()

@@ -7,23 +7,40 @@
 Packed layout: row r of a (rows, k) float matrix becomes ceil(k / 64) int64 words; element j is bit
 j % 64 (LSB first) of word j // 64, set when x >= 0, so 0 and -0.0 count as +1 as in
 ``bnnctl.binarize.sign_pm1`` (and NaN as -1); bits past k are zero. Viewed as int32 (``t.view(torch.int32)``) the
-same buffer is the 32-bit-word layout, which the paper-style kernel reads.
+same buffer is the 32-bit-word layout, which the paper-style kernel reads. The sign is exact for every
+floating dtype: float32 and float64 are packed from their own bits (a float64 is never rounded to float32,
+which would turn -1e-300 into -0.0, i.e. +1), and float16 / bfloat16 widen to float32 exactly.
+
+Thresholds: the products are integers in [-k, k], so ``dot >= t`` for a real t is ``dot >= ceil(t)``;
+``threshold_bounds`` converts thresholds once to those int32 boundaries (in float64), and ``pack_ge``
+packs ``value >= bound`` exactly -- no float32 comparison, which goes wrong past 2^24 or for a float64
+threshold that float32 rounds across an integer.
 
 The native code lives in ``cuda/`` and is compiled on first use (see ``build.py``); a wrong dtype,
 device or shape raises ``KernelError``, a one-sentence ``UserError``.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..errors import UserError
 from .build import KernelBuildError, LoadedExtension, load_extension
 
-__all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "xnor_gemm", "baseline_gemm", "available",
-           "words_for", "cpu_isa", "supported_cpu_isas", "use_cpu_isa", "XNOR_IMPLS"]
+__all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "pack_ge", "threshold_bounds", "xnor_gemm",
+           "baseline_gemm", "available", "words_for", "cpu_isa", "supported_cpu_isas", "use_cpu_isa", "XNOR_IMPLS",
+           "MAX_K"]
 
 # xnor_gemm(impl=...) -> the torch.ops.bnnctl op that implements it.
 XNOR_IMPLS = {"tuned": "xnor_gemm", "csa": "xnor_gemm_csa", "paper": "xnor_gemm_paper", "tc": "xnor_tc_gemm"}
+# The products are int32, and a threshold boundary may be k + 1 (cuda/ops_common.h kMaxK).
+MAX_K = 2 ** 31 - 2
+# The CUDA kernels' limits (their launchers refuse larger problems): rows of a per launch (65535 blocks of
+# this many rows), and for the tensor-core kernel k (4 * popcount must fit in int32) and its GPU.
+CUDA_MAX_ROWS = {"tuned": 65535 * 128, "csa": 65535 * 128, "paper": 65535 * 16, "tc": 65535 * 128,
+                 "baseline": 65535 * 16}
+CUDA_TC_MAX_K = 2 ** 29
 
 
 class KernelError(UserError):
@@ -69,42 +86,122 @@ def _check_device(t: torch.Tensor, what: str) -> None:
 def _describe(t) -> str:
     if not isinstance(t, torch.Tensor):
         return f"a {type(t).__name__}"
-    return f"a {t.dim()}-D {str(t.dtype).replace('torch.', '')} tensor"
+    layout = "" if t.layout == torch.strided else f"{str(t.layout).replace('torch.', '')} "
+    return f"a {t.dim()}-D {layout}{str(t.dtype).replace('torch.', '')} tensor"
+
+
+def _is_dense(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.layout == torch.strided
+
+
+def _check_cuda_rows(t: torch.Tensor, impl: str, what: str) -> None:
+    """The CUDA launchers cover at most CUDA_MAX_ROWS[impl] rows of the left operand per call."""
+    if t.device.type == "cuda" and t.shape[0] > CUDA_MAX_ROWS[impl]:
+        raise KernelError(f"{what} on CUDA takes at most {CUDA_MAX_ROWS[impl]} rows of a per call, got "
+                          f"{t.shape[0]}; split a into batches")
+
+
+# Floating dtypes the native pack reads directly; every other floating dtype (float16, bfloat16, the float8
+# types) widens to float32 exactly, sign, zero and NaN included.
+_NATIVE_PACK_DTYPES = (torch.float32, torch.float64)
 
 
 def pack(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Pack the signs of a 2-D float tensor: (rows, k) -> int64 (rows, ceil(k / 64)), same device.
 
     ``dim=0`` packs columns instead: (k, cols) -> (cols, ceil(k / 64)), the right-hand operand of a
-    matmul ``x @ w`` written as ``xnor_gemm(pack(x), pack(w, dim=0), k)``.
+    matmul ``x @ w`` written as ``xnor_gemm(pack(x), pack(w, dim=0), k)``. The sign is taken in x's own
+    dtype (bit = x >= 0: 0 and -0.0 are +1, NaN is -1), whatever the dtype and the floating-point mode.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+    if not _is_dense(x) or x.dim() != 2 or not x.is_floating_point():
         raise KernelError(f"pack() takes a 2-D floating-point tensor (rows, k), got {_describe(x)}")
-    if dim not in (0, 1, -1, -2):
-        raise KernelError(f"pack() packs along dim 1 (rows) or 0 (columns) of a 2-D tensor, not dim {dim}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (0, 1, -1, -2):
+        raise KernelError(f"pack() packs along dim 1 (rows) or 0 (columns) of a 2-D tensor, not dim {dim!r}")
     _check_device(x, "pack()")
+    x = x.detach()
     if dim in (0, -2):
         x = x.t()
-    return _ops().pack(x.to(torch.float32).contiguous())
+    if x.dtype not in _NATIVE_PACK_DTYPES:
+        x = x.to(torch.float32)
+    return _ops().pack(x.contiguous())
 
 
 def unpack(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of pack(): int64 (rows, ceil(k / 64)) -> float32 (rows, k) of +1/-1."""
-    _check_packed(packed, k, "unpack()")
+    k = _check_packed(packed, k, "unpack()")
     shifts = torch.arange(64, device=packed.device, dtype=torch.int64)
     bits = (packed.unsqueeze(-1) >> shifts) & 1  # arithmetic shift; & 1 keeps just the bit
     bits = bits.reshape(packed.shape[0], -1)[:, :k]
     return bits.to(torch.float32) * 2 - 1
 
 
-def _check_packed(t, k: int, what: str, name: str = "the packed tensor") -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype != torch.int64:
-        raise KernelError(f"{what} takes {name} as a 2-D int64 tensor from pack(), got {_describe(t)}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+def _check_k(k, what: str) -> int:
+    """k as a Python int in [0, MAX_K] (numpy and torch integers too), else a KernelError."""
+    if isinstance(k, torch.Tensor) and k.dim() == 0 and not k.is_floating_point() and k.dtype != torch.bool:
+        k = k.item()
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
         raise KernelError(f"{what} needs k, the number of real entries per row, as an int >= 0, got {k!r}")
+    if k > MAX_K:
+        raise KernelError(f"{what}: k = {k} is more than {MAX_K}, beyond what the int32 products can hold")
+    return int(k)
+
+
+def _check_packed(t, k, what: str, name: str = "the packed tensor") -> int:
+    """Checks a packed operand and its k; returns k as an int."""
+    if not _is_dense(t) or t.dim() != 2 or t.dtype != torch.int64:
+        raise KernelError(f"{what} takes {name} as a 2-D int64 tensor from pack(), got {_describe(t)}")
+    k = _check_k(k, what)
     if t.shape[1] != words_for(k):
         raise KernelError(f"{what}: k = {k} needs {words_for(k)} words per packed row, but {name} has "
                           f"{t.shape[1]}")
+    return k
+
+
+def threshold_bounds(thresh, k: int) -> torch.Tensor:
+    """int32 boundaries of per-unit thresholds on an integer product in [-k, k]: dot >= t exactly when
+    dot >= bound, where bound = ceil(t) clamped to [-k, k + 1] (-k: always true; k + 1: never).
+
+    Computed once, in float64 on the CPU (float32, float16 and bfloat16 widen to it exactly; integer
+    thresholds are used as they are), and returned on thresh's device. A NaN or infinite threshold is a
+    KernelError: it has no boundary (a unit that always or never fires has -k or k + 1).
+    """
+    k = _check_k(k, "threshold_bounds()")
+    if not _is_dense(thresh) or thresh.dim() != 1 or thresh.dtype == torch.bool or thresh.is_complex():
+        raise KernelError(f"threshold_bounds() takes a 1-D tensor of thresholds, got {_describe(thresh)}")
+    host = thresh.detach().cpu()
+    if host.is_floating_point():
+        host = host.double()
+        bad = ~torch.isfinite(host)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise KernelError(f"threshold {i} is {host[i].item()}, but thresholds must be finite numbers (a unit "
+                              f"that always fires has threshold {-k}, one that never fires {k + 1})")
+        host = torch.ceil(host).clamp(-k, k + 1)
+    else:
+        host = host.to(torch.int64).clamp(-k, k + 1)
+    return host.to(torch.int32).to(thresh.device)
+
+
+def pack_ge(value: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Packed bits of ``value[r, j] >= bound[j]``: (rows, n) -> int64 (rows, ceil(n / 64)), like pack().
+
+    value and bound are both int32 (exact integer comparison: the threshold form of an XNOR layer, with
+    bounds from ``threshold_bounds``) or both float32 (an exact float comparison; NaN gives 0).
+    """
+    for name, t, dims in (("value", value, 2), ("bound", bound, 1)):
+        if not _is_dense(t) or t.dim() != dims or t.dtype not in (torch.int32, torch.float32):
+            raise KernelError(f"pack_ge() takes {name} as a {dims}-D int32 or float32 tensor, got {_describe(t)}")
+    if value.dtype != bound.dtype:
+        raise KernelError(f"pack_ge() compares values and bounds of one dtype, got "
+                          f"{str(value.dtype).replace('torch.', '')} and {str(bound.dtype).replace('torch.', '')}")
+    if bound.shape[0] != value.shape[1]:
+        raise KernelError(f"pack_ge() needs one bound per column: {value.shape[1]} columns but {bound.shape[0]} "
+                          "bounds")
+    if value.device != bound.device:
+        raise KernelError(f"pack_ge() needs value and bound on the same device, got {value.device} and "
+                          f"{bound.device}")
+    _check_device(value, "pack_ge()")
+    return _ops().pack_ge(value.detach().contiguous(), bound.detach().contiguous())
 
 
 def xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int, impl: str = "tuned") -> torch.Tensor:
@@ -115,13 +212,22 @@ def xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int, impl: str = "tuned") -> 
     popcounts, half the POPC instructions), "paper" (the paper's 16x16 tiled kernel) or "tc" (tensor
     cores, sm_80+, see ``tensorcore``); on CPU all run the same vectorised kernel.
     """
-    if impl not in XNOR_IMPLS:
+    if not isinstance(impl, str) or impl not in XNOR_IMPLS:
         raise KernelError(f"unknown xnor_gemm impl {impl!r}; choose one of {', '.join(XNOR_IMPLS)}")
-    _check_packed(a, k, "xnor_gemm()", "a")
+    k = _check_packed(a, k, "xnor_gemm()", "a")
     _check_packed(b, k, "xnor_gemm()", "b")
     if a.device != b.device:
         raise KernelError(f"xnor_gemm() needs a and b on the same device, got {a.device} and {b.device}")
     _check_device(a, "xnor_gemm()")
+    _check_cuda_rows(a, impl, f"xnor_gemm(impl={impl!r})")
+    if impl == "tc" and a.device.type == "cuda":
+        if k > CUDA_TC_MAX_K:
+            raise KernelError(f"xnor_gemm(impl='tc') on CUDA takes k up to {CUDA_TC_MAX_K}, got {k}; use "
+                              "impl='tuned'")
+        if torch.cuda.get_device_capability(a.device) < (8, 0):
+            raise KernelError(f"xnor_gemm(impl='tc') needs a GPU of compute capability 8.0 or later, and "
+                              f"{torch.cuda.get_device_name(a.device)} is "
+                              f"{'.'.join(map(str, torch.cuda.get_device_capability(a.device)))}; use impl='tuned'")
     return getattr(_ops(), XNOR_IMPLS[impl])(a.contiguous(), b.contiguous(), k)
 
 
@@ -129,7 +235,7 @@ def baseline_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """float32 (m, n) = a (m, k) @ b (n, k).T with the paper's unoptimised kernel (CUDA: 16x16 tiles;
     CPU: a plain register-blocked loop). The reference point of the paper's speed-up figure."""
     for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point():
+        if not _is_dense(t) or t.dim() != 2 or not t.is_floating_point():
             raise KernelError(f"baseline_gemm() takes {name} as a 2-D floating-point tensor, got {_describe(t)}")
     if a.shape[1] != b.shape[1]:
         raise KernelError(f"baseline_gemm() multiplies a (m, k) by b (n, k).T, but a has k = {a.shape[1]} "
@@ -137,7 +243,8 @@ def baseline_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.device != b.device:
         raise KernelError(f"baseline_gemm() needs a and b on the same device, got {a.device} and {b.device}")
     _check_device(a, "baseline_gemm()")
-    return _ops().baseline_gemm(a.to(torch.float32).contiguous(), b.to(torch.float32).contiguous())
+    _check_cuda_rows(a, "baseline", "baseline_gemm()")
+    return _ops().baseline_gemm(a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous())
 
 
 def cpu_isa() -> str:
