@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +86,30 @@ def time_steps(recipe: Path, overrides: list[str], splits, device: torch.device,
     return elapsed / steps, elapsed_cpu / steps
 
 
+def time_in_subprocess(args: argparse.Namespace, overrides: list[str]) -> tuple[float, float]:
+    command = [sys.executable, str(Path(__file__).resolve()), "steps-one", str(args.recipe), "--device", args.device,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", "-"]
+    command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += [arg for item in overrides for arg in ("--set", item)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    timing = json.loads(done.stdout.strip().splitlines()[-1])
+    return timing["step_s"], timing["step_cpu_s"]
+
+
+def steps_one_command(args: argparse.Namespace) -> dict[str, Any]:
+    """One variant's steps in this process (what steps runs once per variant and repeat)."""
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_recipe(args.recipe, args.set)
+    splits = load_splits(cfg["data"], args.data_dir)
+    if cfg["fast"]["data_on_device"]:
+        splits = splits.to(device)
+    step_wall, step_cpu = time_steps(args.recipe, args.set, splits, device, args.steps, args.warmup)
+    return {"step_s": step_wall, "step_cpu_s": step_cpu}
+
+
 def steps_command(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     if args.threads:
@@ -96,13 +121,13 @@ def steps_command(args: argparse.Namespace) -> dict[str, Any]:
         variants["fast+compile"] = preset + ["fast.compile=true"]
     cfg = load_recipe(args.recipe)
     splits = load_splits(cfg["data"], args.data_dir)
-    if cfg["fast"]["data_on_device"]:
-        splits = splits.to(device)
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, overrides in variants.items():
-            step_wall, step_cpu = time_steps(args.recipe, overrides, splits, device, args.steps, args.warmup)
+            # Each variant in a process of its own: some switches (fast.reuse_memory) change the whole
+            # process, and would otherwise speed up the plain variant timed after them.
+            step_wall, step_cpu = time_in_subprocess(args, overrides)
             wall[name].append(step_wall)
             cpu[name].append(step_cpu)
             print(f"{name:>14}: {step_wall * 1e3:8.1f} ms per step, {step_cpu * 1e3:8.1f} ms CPU", flush=True)
@@ -119,8 +144,8 @@ def steps_command(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_plain": {name: round(min(wall["plain"]) / min(wall[name]), 3) for name in variants},
         "cpu_time_speedup_vs_plain": {name: round(min(cpu["plain"]) / min(cpu[name]), 3) for name in variants},
         "load_average_after": os.getloadavg(),
-        "note": "training steps only (no evaluation, no records); best of the interleaved repeats; CPU time is "
-                "this process's (all its threads)",
+        "note": "training steps only (no evaluation, no records); best of the interleaved repeats, each variant "
+                "in a fresh process; CPU time is that process's (all its threads)",
     })
     return record
 
@@ -206,23 +231,29 @@ def epochs_command(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
-    for name in ("steps", "epochs"):
+    for name in ("steps", "steps-one", "epochs"):
         p = sub.add_parser(name)
         p.add_argument("recipe", type=Path)
         p.add_argument("--out", type=Path, required=True, help="JSON file to write")
         p.add_argument("--device", default="auto")
         p.add_argument("--data-dir", type=Path, default=None)
+    for name in ("steps", "steps-one"):
+        steps = sub.choices[name]
+        steps.add_argument("--steps", type=int, default=50)
+        steps.add_argument("--warmup", type=int, default=3)
+        steps.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     steps = sub.choices["steps"]
-    steps.add_argument("--steps", type=int, default=50)
-    steps.add_argument("--warmup", type=int, default=3)
     steps.add_argument("--repeats", type=int, default=2)
     steps.add_argument("--compile", action="store_true", help="also time the fast switches with fast.compile")
-    steps.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    sub.choices["steps-one"].add_argument("--set", action="append", default=[], help="recipe override")
     epochs = sub.choices["epochs"]
     epochs.add_argument("--epochs", type=int, default=3)
     epochs.add_argument("--fast", action="store_true", help="as bnnctl train --fast")
     epochs.add_argument("--set", action="append", default=[], help="recipe override, as bnnctl train --set")
     args = parser.parse_args()
+    if args.mode == "steps-one":
+        print(json.dumps(steps_one_command(args)))
+        return
     record = steps_command(args) if args.mode == "steps" else epochs_command(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -17,6 +17,7 @@ from bnnctl.errors import UserError
 from bnnctl.infer.export import export_model
 from bnnctl.kernels import tensorcore as tc
 from bnnctl.recipe import load_recipe, recipes_dir
+from bnnctl.runs import hardware
 
 
 def run_cli(*args: str):
@@ -74,6 +75,106 @@ def test_an_inexact_kernel_is_recorded_and_fails_the_command(tmp_path, monkeypat
     assert json.loads(next(tmp_path.glob("*.json")).read_text())["kernels"]["cublas"]["exact"] is False
 
 
+def test_on_cpu_the_exact_stock_products_int8_and_bf16_are_timed_with_the_best_of_them(tmp_path):
+    res = run_cli("--device", "cpu", "--m", "24", "--n", "16", "--k", "200", "--repeat", "3", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    rec = json.loads(next(tmp_path.glob("*.json")).read_text())
+    int8, bf16 = rec["kernels"]["int8"], rec["kernels"]["bf16"]
+    assert int8["status"] == "ok" and int8["exact"] is True and "_int_mm" in int8["label"]
+    assert bf16["status"] == "ok" and bf16["output"]  # how its float32 result is made, recorded
+    xnor = rec["kernels"]["xnor"]
+    assert xnor["x_torch_int8"] == pytest.approx(int8["median_ms"] / xnor["median_ms"])
+    best = rec["best_exact_stock"]
+    stock = {name: rec["kernels"][name]["median_ms"] for name in bench.STOCK_EXACT}
+    assert best["kernel"] == min(stock, key=stock.get) and best["median_ms"] == min(stock.values())
+    for e in rec["kernels"].values():
+        if e["status"] == "ok":
+            assert e["x_best_exact_stock"] == pytest.approx(best["median_ms"] / e["median_ms"])
+    assert "x torch int8" in res.output and "best exact stock product:" in res.output
+
+
+def test_bf16_is_exact_on_cpu_only_with_a_float32_output():
+    """Sums of 513 +/-1 products: odd values past 256 do not fit bf16's significand. The bf16 row returns
+    float32 and is checked in float32, so rounding shows as inexact instead of hiding in a bf16 compare."""
+    a, b = torch.ones(2, 513), torch.ones(3, 513)
+    ops = bench.Operands(a, b, a, b, bench.kernels.pack(a), bench.kernels.pack(b), 513,
+                         (a.double() @ b.double().T).float())
+    out = bench.KERNELS["bf16"].run(ops)
+    assert out.dtype == torch.float32
+    exact = bench.bf16_fp32_output("cpu")
+    assert bench._matches(out, ops.exact) is exact
+    assert ("exact" if exact else "rounded") in bench.KERNELS["bf16"].note("cpu")
+    assert bench.KERNELS["bf16"].note("cuda") is None  # the GPU row is unchanged
+
+
+def test_a_rounding_stock_product_is_recorded_as_inexact_without_failing_the_command(tmp_path, monkeypatch):
+    rounding = bench.BenchKernel("a stock product that rounds", lambda o: (o.a_pm1 @ o.b_pm1.T) + 0.5, stock=True)
+    monkeypatch.setitem(bench.KERNELS, "bf16", rounding)
+    res = run_cli("--device", "cpu", "--kernel", "xnor,bf16,int8", "--m", "8", "--n", "8", "--k", "64", "--repeat", "3",
+                  "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    rec = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert rec["kernels"]["bf16"]["exact"] is False and rec["best_exact_stock"]["kernel"] == "int8"
+    assert "no (rounded)" in res.output
+
+
+def write_cpu_peaks(folder, name, threads, rows, **fields):
+    rec = {"kind": "cpu-peaks", "hardware": hardware(torch.device("cpu")), **fields,
+           "threads": {str(threads): {"rows": rows, "best_popcount_over_fp32_fma": 5.0}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(rec))
+
+
+def test_a_cpu_peaks_record_of_this_cpu_gives_the_ceiling_without_popc_peak(tmp_path):
+    threads = torch.get_num_threads()
+    rows = {"fp32 FMA avx2 (registers)": {"one_thread": 50.0, "all_threads": 100.0},
+            "xor+popcount avx2 lookup": {"one_thread": 200.0, "all_threads": 400.0},
+            "xor+popcount avx2 harley-seal": {"one_thread": 300.0, "all_threads": 600.0}}
+    write_cpu_peaks(tmp_path, "20260101T000000-cpu-peaks.json", threads, rows)  # the older layout: rows only
+    other = dict(timing.cpu_identity(), model=-5)
+    write_cpu_peaks(tmp_path, "20990101T000000-cpu-peaks.json", threads, rows, machine=other)  # another CPU model
+    res = run_cli("--device", "cpu", "--kernel", "xnor,cublas", "--m", "8", "--n", "8", "--k", "64", "--repeat", "3",
+                  "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    (path,) = tmp_path.glob("*-cpu-8x8x64.json")
+    rec = json.loads(path.read_text())
+    assert rec["popc_ceiling_tbops"] == pytest.approx(0.6)  # the best xor+popcount row, all threads, in T
+    assert rec["popc_ceiling_source"].endswith("20260101T000000-cpu-peaks.json")
+    assert rec["kernels"]["xnor"]["share_of_popc_ceiling"] == pytest.approx(rec["kernels"]["xnor"]["tbops"] / 0.6)
+    assert "% popc ceiling" in res.output and "recorded for this CPU" in res.output
+    # the newest record of this very CPU (same hardware string and machine) wins; its own ceiling field first
+    write_cpu_peaks(tmp_path, "20300101T000000-cpu-peaks.json", threads, rows, machine=timing.cpu_identity())
+    data = json.loads((tmp_path / "20300101T000000-cpu-peaks.json").read_text())
+    data["threads"][str(threads)]["popc_ceiling_tbops"] = 0.75
+    (tmp_path / "20300101T000000-cpu-peaks.json").write_text(json.dumps(data))
+    newest = tmp_path / "20300101T000000-cpu-peaks.json"
+    assert timing.recorded_cpu_peak(tmp_path, torch.device("cpu")) == (0.75, newest)
+    assert timing.recorded_cpu_peak(tmp_path / "none", torch.device("cpu")) is None
+
+
+def test_cpu_peaks_records_of_other_machines_or_thread_counts_are_not_used(tmp_path):
+    rows = {"xor+popcount avx2 lookup": {"one_thread": 200.0, "all_threads": 400.0}}
+    threads = torch.get_num_threads()
+    write_cpu_peaks(tmp_path, "a-cpu-peaks.json", threads + 1, rows)
+    write_cpu_peaks(tmp_path, "b-cpu-peaks.json", threads, rows, machine={"model_name": "other", "cpu_family": 1,
+                                                                          "model": 2})
+    (tmp_path / "c-cpu-peaks.json").write_text("{not json")
+    rec = json.loads((tmp_path / "a-cpu-peaks.json").read_text())
+    rec["hardware"] = "Some Other CPU (2 threads)"
+    rec["threads"] = {str(threads): rec["threads"].pop(str(threads + 1))}
+    (tmp_path / "d-cpu-peaks.json").write_text(json.dumps(rec))
+    assert timing.recorded_cpu_peak(tmp_path, torch.device("cpu")) is None
+
+
+def test_cpu_identity_reads_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\ncpu family\t: 6\nmodel\t\t: 143\n"
+                    "model name\t: Intel(R) Xeon(R) Platinum 8480+\n\nprocessor\t: 1\nmodel\t\t: 1\n")
+    assert timing.cpu_identity(info) == {"model_name": "Intel(R) Xeon(R) Platinum 8480+", "cpu_family": 6,
+                                         "model": 143}
+    assert timing.cpu_identity(tmp_path / "absent") == {}
+
+
 @pytest.mark.parametrize("spec,message", [("xnr", "unknown kernel xnr"), ("", "unknown kernel ''")])
 def test_unknown_kernel_names_are_a_user_error(spec, message):
     with pytest.raises(UserError, match=message):
@@ -97,10 +198,12 @@ def test_timed_calls_run_in_inference_mode_and_tf32_is_restored():
     timing.time_call(record_mode, torch.device("cpu"), repeat=3, budget_s=0.0)
     timing.time_round_robin({"a": record_mode, "b": record_mode}, torch.device("cpu"), repeat=2, budget_s=60.0)
     assert len(modes) == 4 + 4 and set(modes) == {(False, True)}
-    before = torch.backends.cuda.matmul.allow_tf32
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     with timing.measuring():
         assert not torch.backends.cuda.matmul.allow_tf32 and torch.is_inference_mode_enabled()
-    assert torch.backends.cuda.matmul.allow_tf32 == before and torch.is_grad_enabled()
+        assert not torch.backends.cudnn.allow_tf32  # the ConvNet bench's float convolutions too
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    assert torch.is_grad_enabled()
 
 
 def _small_mnist_mlp(path, model_name):

@@ -1,6 +1,6 @@
 """What every ``bnnctl bench`` measurement shares: how it times, under which settings, and how it records.
 
-* ``measuring()``: TF32 off (cuBLAS fp32 is compared at full fp32 precision, as in the paper) and
+* ``measuring()``: TF32 off (cuBLAS fp32 is compared at full fp32 precision, as in the paper; cuDNN too) and
   inference mode on (no autograd bookkeeping in any timed call); ``time_call`` and ``time_round_robin``
   enter inference mode themselves, so nothing they time can run with autograd on.
 * ``time_call``: the median of repeated calls of one function; ``time_round_robin``: several functions
@@ -8,6 +8,8 @@
 * ``parse_names``: the ``--kernel`` list of names against a table of contenders.
 * ``header`` and ``record``: the fields every record starts with (kind, command, date, device with its
   hardware and commit) and the JSON file under ``results/bench/`` it is written to.
+* ``recorded_cpu_peak``: the XOR+popcount ceiling that ``tools/cpu_peaks/popc_peak.cpp --json`` recorded
+  for this very CPU (same hardware string and, where recorded, the same CPU family and model).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 
 from .. import kernels
 from ..errors import EnvironmentFailure, UserError
-from ..runs import atomic_write_text, environment
+from ..runs import atomic_write_text, environment, hardware
 
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
 
@@ -38,13 +40,16 @@ def sync(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    """cuBLAS fp32 matmuls at full fp32 precision (TF32 off) inside; the previous setting after."""
-    old = torch.backends.cuda.matmul.allow_tf32
+    """cuBLAS fp32 matmuls and cuDNN fp32 convolutions at full fp32 precision (TF32 off) inside; the previous
+    settings after. (cuDNN's switch matters to the ConvNet bench only: TF32 would round its float model's
+    first-layer inputs, whose predictions the packed engine must reproduce.)"""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @contextlib.contextmanager
@@ -158,6 +163,68 @@ def check_arguments(out_dir: Path, repeat: int, shape: dict[str, int | None] | N
         raise UserError(f"--out {out_dir} is a file; give the folder the bench record goes into.")
 
 
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The first processor's model name, CPU family and model from /proc/cpuinfo, as popc_peak records them
+    in its ``machine`` field ({} where there is no /proc/cpuinfo)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    out: dict = {"model_name": fields.get("model name", "")}
+    for key, name in (("cpu family", "cpu_family"), ("model", "model")):
+        try:
+            out[name] = int(fields.get(key, ""))
+        except ValueError:
+            out[name] = -1
+    return out
+
+
+def _popc_ceiling_of(rec: dict, threads: int) -> float | None:
+    """T binary-op/s of a cpu-peaks record for a thread count: its ``popc_ceiling_tbops`` there, else its best
+    xor+popcount row, all threads (G ops/s); None when it has no row for that count."""
+    block = rec.get("threads", {}).get(str(threads)) if isinstance(rec.get("threads"), dict) else None
+    if not isinstance(block, dict):
+        return None
+    value = block.get("popc_ceiling_tbops")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"):
+        return float(value)
+    rows = block.get("rows")
+    rates = [r.get("all_threads") for name, r in rows.items() if name.startswith("xor+popc") and isinstance(r, dict)] \
+        if isinstance(rows, dict) else []
+    rates = [float(r) for r in rates if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0]
+    return max(rates) / 1e3 if rates else None
+
+
+def recorded_cpu_peak(directory: Path | str, device: torch.device) -> tuple[float, Path] | None:
+    """(XOR+popcount ceiling in T binary-op/s, record path) from the newest ``*cpu-peaks*.json`` in directory
+    measured on this CPU: kind 'cpu-peaks', ``hardware`` equal to this machine's hardware string (model name
+    and torch's thread count), ``machine`` (where the record has one) equal to ``cpu_identity()``, and a row
+    for torch's thread count. None on a GPU or when no record matches."""
+    directory = Path(directory)
+    if device.type != "cpu" or not directory.is_dir():
+        return None
+    want_hardware, want_machine, threads = hardware(device), cpu_identity(), torch.get_num_threads()
+    found = None
+    for path in sorted(directory.glob("*cpu-peaks*.json")):  # date-stamped names: the newest last
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or rec.get("kind") != "cpu-peaks" or rec.get("hardware") != want_hardware:
+            continue
+        if "machine" in rec and rec["machine"] != want_machine:
+            continue
+        peak = _popc_ceiling_of(rec, threads)
+        if peak is not None:
+            found = (peak, path)
+    return found
+
+
 def record(result: dict, out_dir: Path | str) -> Path:
     """Write a bench result as JSON into out_dir (atomically) and return its path:
     DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind."""
@@ -180,4 +247,4 @@ def record(result: dict, out_dir: Path | str) -> Path:
 
 
 __all__ = ["MIN_RUNS", "sync", "no_tf32", "measuring", "parse_names", "time_call", "time_round_robin", "error_line",
-           "device_info", "header", "record"]
+           "device_info", "header", "check_arguments", "cpu_identity", "recorded_cpu_peak", "record"]
