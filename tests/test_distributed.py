@@ -180,12 +180,12 @@ def test_resume_with_two_processes_through_the_cli(two_rank_runs, tmp_path):
 
     # One process can take over a run of two: the data order goes on, dropout restarts its stream.
     alone = shutil.copytree(run, tmp_path / "alone")
-    resumed = CliRunner().invoke(app, ["train", "unused.yaml", "--resume", str(alone), "--device", "cpu"])
+    resumed = CliRunner().invoke(app, ["train", str(alone / "recipe.yaml"), "--resume", str(alone), "--device", "cpu"])
     assert resumed.exit_code == 0, resumed.output
     record = json.loads((alone / "result.json").read_text())
     assert record["status"] == "finished" and record["world_size"] == 1 and len(metrics(alone)) == 3
     assert metrics(alone)[0] == metrics(run)[0]
-    resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", "unused.yaml", "--resume", str(run),
+    resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", str(run / "recipe.yaml"), "--resume", str(run),
                               "--nproc", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert metrics(run) == metrics(two_rank_runs / "runs" / "tiny" / "straight")

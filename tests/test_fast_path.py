@@ -200,7 +200,7 @@ def test_cuda_graph_compile_modes_are_refused_on_cuda(tiny_recipe, tmp_path):
     from bnnctl.recipe import load_recipe
 
     cfg = load_recipe(tiny_recipe, ["fast.compile=true", "fast.compile_mode=reduce-overhead"])
-    with pytest.raises(UserError, match="did not learn on the H200"):
+    with pytest.raises(UserError, match="not yet shown to train the same model"):
         Trainer(cfg, load_splits(cfg["data"]), torch.device("cuda"), tmp_path, Console(quiet=True), "test")
 
 
