@@ -51,8 +51,7 @@ from ..infer.engine import FIRST_LAYERS, PackedEngine, default_batch_size
 from ..infer.export import EXPORT_SUFFIX, UINT8_SCALE, ExportedModel, export_model, input_encoding
 from ..recipe import load_recipe, recipes_dir
 from ..runs import BEST_FILE, load_model, resolve_device
-from .timing import (check_arguments, error_line, header, measuring, no_tf32, parse_names, record, sync,
-                     time_round_robin)
+from .timing import check_arguments, header, measuring, parse_names, record, time_model_passes
 
 MODELS = {"cifar10-convnet": "cifar10.yaml", "svhn-convnet": "svhn.yaml"}  # --model -> the recipe it is
 INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
@@ -287,7 +286,6 @@ def bench_convnet(model_name: str, run: Path | None = None, device: str = "auto"
     say(f"bench {model_name}: {len(x):,} images ({data_info['source']}), model "
         f"{model_info['source'] or 'random weights'}, {dev.type}, batches of {batch}")
     variants: dict[str, dict] = {}
-    passes: dict[str, Callable[[], torch.Tensor]] = {}
     for name, v in VARIANTS.items():
         entry = {"label": v.label, "engine": v.engine, "first_layer": v.first_layer,
                  "xnor_impl": v.xnor_impl if v.engine else None}
@@ -296,23 +294,8 @@ def bench_convnet(model_name: str, run: Path | None = None, device: str = "auto"
             entry["status"] = "not run: not selected"
         elif dev.type not in v.devices:
             entry["status"] = "not run: CUDA-only kernel"
-        else:
-            say(f"  {name}: {v.label}")
-            try:  # build and warm up on one batch; a variant that fails must not hide the others
-                step = _runner(name, exported, torch_model, dev)
-                with measuring():
-                    step(x[:batch])
-                    sync(dev)
-            except (RuntimeError, UserError) as e:
-                entry["status"] = f"failed: {error_line(e)}"
-                continue
-            passes[name] = (lambda s: lambda: torch.cat([s(b) for b in _batches(x, batch)]))(step)
-    with no_tf32():  # time_round_robin runs every pass in inference mode
-        timed = time_round_robin(passes, dev, repeat, budget_s)
-    predictions = {}
-    for name, (ms, runs, pred) in timed.items():
-        predictions[name] = pred.cpu()
-        variants[name].update(status="ok", median_ms=ms, runs=runs, images_per_s=len(x) / (ms / 1e3))
+    predictions = time_model_passes(variants, lambda name: _runner(name, exported, torch_model, dev), x, batch,
+                                    dev, repeat, budget_s, say)
     if REFERENCE in predictions:
         reference, reference_note = predictions[REFERENCE], f"the {REFERENCE} variant's predictions"
     else:  # not selected (or failed): the float model once, untimed

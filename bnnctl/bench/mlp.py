@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.console import Console
@@ -40,8 +39,7 @@ from ..infer.engine import FIRST_LAYERS, PackedEngine
 from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, float_model_from_export, load_export
 from ..recipe import load_recipe, recipes_dir
 from ..runs import load_model, resolve_device
-from .timing import (check_arguments, error_line, header, measuring, no_tf32, parse_names, record, sync,
-                     time_round_robin)
+from .timing import check_arguments, header, parse_names, record, time_model_passes
 
 MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
 IMAGES = 10_000
@@ -150,10 +148,6 @@ def load_test_images(data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor 
 
 # ---------------------------------------------------------------------------- the timed variants
 
-def _batches(x: torch.Tensor, batch: int):
-    return [x[i:i + batch] for i in range(0, len(x), batch)]
-
-
 def _runner(name: str, exported: ExportedModel, float_model: nn.Module, device: torch.device):
     """A function from one batch of 8-bit images (on the device) to predicted classes."""
     v = VARIANTS[name]
@@ -185,7 +179,6 @@ def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path |
     say(f"bench {model_name}: {len(x)} images ({data_note}), model {model_info['source'] or 'random weights'}, "
         f"{dev.type}, batches of {batch}")
     variants: dict[str, dict] = {}
-    passes: dict[str, Callable[[], torch.Tensor]] = {}
     for name, v in VARIANTS.items():
         entry = {"paper_row": v.paper_row, "label": v.label, "xnor_impl": v.xnor_impl if v.first_layer else None}
         variants[name] = entry
@@ -193,23 +186,8 @@ def bench_model(model_name: str, run: Path | None, device: str, data_dir: Path |
             entry["status"] = "not run: not selected"
         elif dev.type not in v.devices:
             entry["status"] = "not run: CUDA-only kernel"
-        else:
-            say(f"  {v.paper_row} {name}: {v.label}")
-            try:  # build and warm up on one batch; a kernel that fails must not hide the others
-                step = _runner(name, exported, float_model, dev)
-                with measuring():
-                    step(x[:batch])
-                    sync(dev)
-            except (RuntimeError, UserError) as e:
-                entry["status"] = f"failed: {error_line(e)}"
-                continue
-            passes[name] = (lambda s: lambda: torch.cat([s(b) for b in _batches(x, batch)]))(step)
-    with no_tf32():  # time_round_robin runs every pass in inference mode
-        timed = time_round_robin(passes, dev, repeat, BUDGET_S)
-    predictions = {}
-    for name, (ms, runs, pred) in timed.items():
-        predictions[name] = pred.cpu()
-        variants[name].update(status="ok", median_ms=ms, runs=runs, images_per_s=len(x) / (ms / 1e3))
+    predictions = time_model_passes(variants, lambda name: _runner(name, exported, float_model, dev), x, batch,
+                                    dev, repeat, BUDGET_S, say)
     same = _add_comparisons(variants, predictions, y)
     return {
         **header("mnist-mlp", command, dev),

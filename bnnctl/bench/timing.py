@@ -125,6 +125,38 @@ def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torc
     return {name: (statistics.median(t), len(t), outputs[name]) for name, t in times.items()}
 
 
+def time_model_passes(entries: dict[str, dict], make_step: Callable[[str], Callable[[torch.Tensor], torch.Tensor]],
+                      x: torch.Tensor, batch: int, device: torch.device, repeat: int, budget_s: float,
+                      say: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Time whole passes over x (in batches) of the variants whose entry has no status yet.
+
+    Each variant's step is built and warmed up on one batch first; one that fails gets its error
+    in its entry and the others go on. Fills status, median_ms, runs and images_per_s; returns each
+    timed variant's predictions (on the CPU).
+    """
+    passes: dict[str, Callable[[], torch.Tensor]] = {}
+    for name, entry in entries.items():
+        if "status" in entry:
+            continue
+        say(f"  {name}: {entry['label']}")
+        try:
+            step = make_step(name)
+            with measuring():
+                step(x[:batch])
+                sync(device)
+        except (RuntimeError, UserError) as e:
+            entry["status"] = f"failed: {error_line(e)}"
+            continue
+        passes[name] = (lambda s: lambda: torch.cat([s(b) for b in x.split(batch)]))(step)
+    with no_tf32():  # time_round_robin runs every pass in inference mode
+        timed = time_round_robin(passes, device, repeat, budget_s)
+    predictions = {}
+    for name, (ms, runs, pred) in timed.items():
+        predictions[name] = pred.cpu()
+        entries[name].update(status="ok", median_ms=ms, runs=runs, images_per_s=len(x) / (ms / 1e3))
+    return predictions
+
+
 def error_line(e: Exception) -> str:
     """The first line of an exception's message (its type when it has none), for a table's status cell."""
     text = str(e).strip()
