@@ -18,7 +18,7 @@ from ..core.losses import LOSSES
 from ..data import load_splits
 from ..errors import UserError
 from ..runs import RECIPE_FILE, load_model, resolve_device
-from ..train.evaluate import evaluate
+from ..core.evaluation import evaluate
 from .export import EXPORT_SUFFIX, MAGIC, ExportedModel, float_model_from_export, load_export
 
 ENGINES = ("float", "xnor")

@@ -39,7 +39,7 @@ from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSIO
                     write_result)
 from . import distributed, fused_step
 from .distributed import SINGLE, Ranks
-from .evaluate import eval_sums
+from ..core.evaluation import eval_sums
 from .fast import CUDA_GRAPH_COMPILE_MODES, FAST_PRESETS, fused_adam, pretransformed
 
 
