@@ -95,10 +95,8 @@ def choose_int8_layers(model: nn.Sequential, batch_size: int) -> list[int]:
         x = torch.ones(batch_size, in_features)
         w = torch.ones(out_features, in_features)
         w8 = w.to(torch.int8)
-        x8 = x.to(torch.int8)
         int8_ms = _time_ms(lambda: torch._int_mm(x.to(torch.int8), w8.t()).to(torch.float32))
         float_ms = _time_ms(lambda: x @ w.t())
-        del x8
         if int8_ms < float_ms:
             chosen.append(i)
     return chosen
@@ -245,10 +243,3 @@ def reuse_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
     except (OSError, AttributeError):
         return False
-
-
-def describe(int8_layers: list[int], model: nn.Sequential) -> str:
-    names = [f"{i}:{model[i].in_features}->{model[i].out_features}" for i in int8_layers]
-    return ", ".join(names) if names else "none"
-
-
