@@ -71,76 +71,56 @@ void pack_ge_row(const T* value, const T* bound, int64_t n, uint64_t* out) {
   }
 }
 
+// ---- The XNOR GEMM on packed panels ------------------------------------------------------------------
+// The caller copies a's rows into panels of MR rows and b's rows into panels of NR rows (pack_panels), word
+// by word: panel[w * width + i] is word w of the panel's row i. Bits past k are cleared and missing rows
+// are zero, so the micro-kernels below never mask: a zero bit XOR a zero bit counts nothing. A micro-kernel
+// computes one MR x NR block of c from one a panel and one b panel, keeping every accumulator in a
+// register for the whole of k (no partial sums in memory, no horizontal reductions): in the vector
+// kernels one vector lane is one column of c, so the b panel's words load straight into the lanes and
+// each word of a is broadcast.
 #define BNN_INLINE inline __attribute__((always_inline))
 
-// The block kernels below fill popc[r * C + c] = popcount(a[r] XOR b[c]) over the real bits of `words`
-// words, for an R x C block of output entries (a, b: R and C row pointers). They are inlined into the
-// row kernels (BNN_ROW_KERNEL) of their instruction set.
-template <int R, int C>
-BNN_INLINE void popc_block_scalar(const uint64_t* const* a, const uint64_t* const* b, int64_t words, uint64_t last_mask,
-                       int64_t* popc) {
-  int64_t total[R][C] = {};
+// c[r * ldc + j] = k - 2 * popcount for the rows < rows and columns < cols of the block that lie in c.
+template <int MR, int NR>
+BNN_INLINE void store_block(const int64_t (&popc)[MR][NR], int64_t k, int rows, int cols, int32_t* c, int64_t ldc) {
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < cols; ++j) c[r * ldc + j] = (int32_t)(k - 2 * popc[r][j]);
+}
+
+// Scalar: MR x NR 64-bit counters in general registers, one POPCNT per word and output.
+template <int MR, int NR, typename Popcount>
+BNN_INLINE void micro_scalar(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows, int cols,
+                             int32_t* c, int64_t ldc, Popcount popcount) {
+  int64_t popc[MR][NR] = {};
   for (int64_t w = 0; w < words; ++w) {
-    const uint64_t mask = (w == words - 1) ? last_mask : ~0ull;
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) total[r][c] += __builtin_popcountll((a[r][w] ^ b[c][w]) & mask);
+    uint64_t bw[NR];
+    for (int j = 0; j < NR; ++j) bw[j] = bp[w * NR + j];
+    for (int r = 0; r < MR; ++r) {
+      const uint64_t aw = ap[w * MR + r];
+      for (int j = 0; j < NR; ++j) popc[r][j] += popcount(aw ^ bw[j]);
+    }
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) popc[r * C + c] = total[r][c];
+  store_block<MR, NR>(popc, k, rows, cols, c, ldc);
+}
+
+constexpr int kScalarMR = 2, kScalarNR = 4;  // 8 counters + 4 b words + 2 a words in 16 registers
+
+void micro_scalar_portable(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows, int cols,
+                           int32_t* c, int64_t ldc) {
+  micro_scalar<kScalarMR, kScalarNR>(ap, bp, words, k, rows, cols, c, ldc,
+                                     [](uint64_t x) { return (int64_t)__builtin_popcountll(x); });
 }
 
 #if BNN_X86
 // ---- AVX2: vpshufb nibble-lookup popcount -------------------------------------------------------
-// Per 256-bit vector and output: xor, 2 and, shift, 2 vpshufb, 2 byte adds. Byte counters hold at most
-// 8 per step, so they are summed into 64-bit totals (vpsadbw) every kMaxByteSteps vectors.
+// Per 256-bit vector and output: xor, 2 and, shift, 2 vpshufb, 2 byte adds.
 constexpr int64_t kMaxByteSteps = 31;  // 31 * 8 = 248 <= 255
 
 BNN_TARGET_AVX2 inline __m256i nibble_popcount(__m256i x, __m256i lut, __m256i low4) {
   const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low4));
   const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
   return _mm256_add_epi8(lo, hi);
-}
-
-BNN_TARGET_AVX2 inline int64_t sum_bytes(__m256i counts) {
-  const __m256i sums = _mm256_sad_epu8(counts, _mm256_setzero_si256());
-  const __m128i half = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
-  return _mm_cvtsi128_si64(half) + _mm_extract_epi64(half, 1);
-}
-
-template <int R, int C>
-BNN_TARGET_AVX2 BNN_INLINE void popc_block_avx2(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
-                                     uint64_t last_mask, int64_t* popc) {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  int64_t total[R][C] = {};
-  const int64_t vec_end = words & ~int64_t(3);
-  for (int64_t w0 = 0; w0 < vec_end; w0 += 4 * kMaxByteSteps) {
-    const int64_t w1 = std::min(vec_end, w0 + 4 * kMaxByteSteps);
-    __m256i acc[R][C];
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_si256();
-    for (int64_t w = w0; w < w1; w += 4) {
-      __m256i av[R];
-      for (int r = 0; r < R; ++r) av[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[r] + w));
-      for (int c = 0; c < C; ++c) {
-        const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[c] + w));
-        for (int r = 0; r < R; ++r)
-          acc[r][c] = _mm256_add_epi8(acc[r][c], nibble_popcount(_mm256_xor_si256(av[r], bv), lut, low4));
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) total[r][c] += sum_bytes(acc[r][c]);
-  }
-  for (int64_t w = vec_end; w < words; ++w)
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) total[r][c] += _mm_popcnt_u64(a[r][w] ^ b[c][w]);
-  // Bits past k were counted above; take them out again (one scalar popcount per output).
-  if (last_mask != ~0ull && words > 0)
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) total[r][c] -= _mm_popcnt_u64((a[r][words - 1] ^ b[c][words - 1]) & ~last_mask);
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) popc[r * C + c] = total[r][c];
 }
 
 // The signs as integer tests on the bits (see nonnegative()): a lane is -1 when its sign bit is set or it
@@ -163,37 +143,6 @@ BNN_TARGET_AVX2 void pack_row_avx2(const float* x, int64_t k, uint64_t* out) {
 }
 
 // ---- AVX-512 VPOPCNTDQ ----------------------------------------------------------------------------
-template <int R, int C>
-BNN_TARGET_AVX512 BNN_INLINE void popc_block_avx512(const uint64_t* const* a, const uint64_t* const* b, int64_t words,
-                                         uint64_t last_mask, int64_t* popc) {
-  __m512i acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
-  for (int64_t w = 0; w < words; w += 8) {
-    // The ragged end is read with a masked load: lanes past `words` are zero and never touch memory.
-    const __mmask8 lanes = words - w >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (words - w)) - 1u);
-    __m512i av[R];
-    for (int r = 0; r < R; ++r) av[r] = _mm512_maskz_loadu_epi64(lanes, a[r] + w);
-    for (int c = 0; c < C; ++c) {
-      const __m512i bv = _mm512_maskz_loadu_epi64(lanes, b[c] + w);
-      for (int r = 0; r < R; ++r)
-        acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_xor_si512(av[r], bv)));
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) {
-      // A plain store and sum rather than _mm512_reduce_add_epi64, whose GCC 12 header trips
-      // -Wuninitialized; this runs once per output, outside the hot loop.
-      int64_t lanes[8];
-      _mm512_storeu_si512(lanes, acc[r][c]);
-      int64_t total = 0;
-      for (int64_t lane : lanes) total += lane;
-      if (last_mask != ~0ull && words > 0)
-        total -= _mm_popcnt_u64((a[r][words - 1] ^ b[c][words - 1]) & ~last_mask);
-      popc[r * C + c] = total;
-    }
-}
-
 // Unsigned integer tests on the bits (see nonnegative()): at most +inf's pattern, or exactly -0.0.
 BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out) {
   const __m512i plus_inf = _mm512_set1_epi32((int32_t)kF32PlusInf);
@@ -210,54 +159,113 @@ BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out)
   }
   if (k % 64) out[full_words] = pack_word_scalar(x + full_words * 64, k % 64);
 }
+// Scalar with the POPCNT instruction (every x86-64 CPU of the last fifteen years; the portable version's
+// __builtin_popcountll is a bit-twiddling sequence when the build targets plain x86-64).
+__attribute__((target("popcnt"))) void micro_scalar_popcnt(const uint64_t* ap, const uint64_t* bp, int64_t words,
+                                                           int64_t k, int rows, int cols, int32_t* c, int64_t ldc) {
+  micro_scalar<kScalarMR, kScalarNR>(ap, bp, words, k, rows, cols, c, ldc,
+                                     [](uint64_t x) __attribute__((target("popcnt"))) {
+                                       return (int64_t)_mm_popcnt_u64(x);
+                                     });
+}
+
+// AVX2: four columns per vector, popcount by nibble lookup (vpshufb) into byte counters, which hold at
+// most 8 per word; every kMaxByteSteps words vpsadbw adds each 64-bit lane's eight bytes, which is one
+// column's count, into 64-bit totals.
+constexpr int kAvx2MR = 4, kAvx2NV = 2, kAvx2NR = 4 * kAvx2NV;  // 8 byte counters, 2 b vectors, 6 spare
+
+template <int MR, int NV>
+BNN_TARGET_AVX2 BNN_INLINE void micro_avx2(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows,
+                                           int cols, int32_t* c, int64_t ldc) {
+  constexpr int NR = 4 * NV;
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  __m256i total[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) total[r][v] = _mm256_setzero_si256();
+  for (int64_t w0 = 0; w0 < words; w0 += kMaxByteSteps) {
+    const int64_t w1 = std::min(words, w0 + kMaxByteSteps);
+    __m256i bytes[MR][NV];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
+    for (int64_t w = w0; w < w1; ++w) {
+      __m256i bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + w * NR + 4 * v));
+      for (int r = 0; r < MR; ++r) {
+        const __m256i av = _mm256_set1_epi64x((int64_t)ap[w * MR + r]);
+        for (int v = 0; v < NV; ++v)
+          bytes[r][v] = _mm256_add_epi8(bytes[r][v], nibble_popcount(_mm256_xor_si256(av, bv[v]), lut, low4));
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v)
+        total[r][v] = _mm256_add_epi64(total[r][v], _mm256_sad_epu8(bytes[r][v], _mm256_setzero_si256()));
+  }
+  int64_t popc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(&popc[r][4 * v]), total[r][v]);
+  store_block<MR, NR>(popc, k, rows, cols, c, ldc);
+}
+
+BNN_TARGET_AVX2 void micro_avx2_full(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows,
+                                     int cols, int32_t* c, int64_t ldc) {
+  micro_avx2<kAvx2MR, kAvx2NV>(ap, bp, words, k, rows, cols, c, ldc);
+}
+
+// AVX-512 VPOPCNTDQ: eight columns per vector, xor + vpopcntq + add per word, 64-bit counters.
+// MR x NV = 24 accumulators, NV b vectors and a broadcast word of a in the 32 zmm registers.
+constexpr int kAvx512MR = 8, kAvx512NV = 3, kAvx512NR = 8 * kAvx512NV;
+
+template <int MR, int NV>
+BNN_TARGET_AVX512 BNN_INLINE void micro_avx512(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k,
+                                               int rows, int cols, int32_t* c, int64_t ldc) {
+  constexpr int NR = 8 * NV;
+  __m512i acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+  for (int64_t w = 0; w < words; ++w) {
+    __m512i bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + w * NR + 8 * v);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi64((int64_t)ap[w * MR + r]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[v])));
+    }
+  }
+  // k - 2 * popcount in 64-bit lanes, narrowed to int32 on the store; lanes past cols are not written.
+  const __m512i kv = _mm512_set1_epi64(k);
+  for (int r = 0; r < rows; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int left = cols - 8 * v;
+      if (left <= 0) break;
+      const __mmask8 lanes = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1u);
+      _mm512_mask_cvtepi64_storeu_epi32(c + r * ldc + 8 * v, lanes, _mm512_sub_epi64(kv, _mm512_slli_epi64(acc[r][v], 1)));
+    }
+}
+
+BNN_TARGET_AVX512 void micro_avx512_full(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows,
+                                         int cols, int32_t* c, int64_t ldc) {
+  micro_avx512<kAvx512MR, kAvx512NV>(ap, bp, words, k, rows, cols, c, ldc);
+}
 #endif  // BNN_X86
 
-// A row kernel computes R rows of a against `cols` consecutive rows of b (cols a multiple of C) and
-// writes the products to c (row stride ldc). The column loop sits inside the instruction-set-specific
-// code so that the block kernel is inlined, not called once per R x C block (that cost a third).
-using RowKernel = void (*)(const uint64_t* const* a, const uint64_t* b, int64_t cols, int64_t words, int64_t k,
-                           int32_t* c, int64_t ldc);
+using MicroKernel = void (*)(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows, int cols,
+                             int32_t* c, int64_t ldc);
 
-#define BNN_ROW_KERNEL(NAME, TARGET, BLOCK)                                                              \
-  template <int R, int C>                                                                               \
-  TARGET void NAME(const uint64_t* const* a, const uint64_t* b, int64_t cols, int64_t words, int64_t k,  \
-                   int32_t* c, int64_t ldc) {                                                           \
-    const uint64_t last_mask = last_word_mask(k);                                                       \
-    for (int64_t q = 0; q < cols; q += C) {                                                             \
-      const uint64_t* b_rows[C];                                                                        \
-      for (int j = 0; j < C; ++j) b_rows[j] = b + (q + j) * words;                                      \
-      int64_t popc[R * C];                                                                              \
-      BLOCK<R, C>(a, b_rows, words, last_mask, popc);                                                   \
-      for (int r = 0; r < R; ++r)                                                                       \
-        for (int j = 0; j < C; ++j) c[r * ldc + q + j] = (int32_t)(k - 2 * popc[r * C + j]);            \
-    }                                                                                                   \
-  }
-
-BNN_ROW_KERNEL(xnor_rows_scalar, , popc_block_scalar)
-#if BNN_X86
-BNN_ROW_KERNEL(xnor_rows_avx2, BNN_TARGET_AVX2, popc_block_avx2)
-BNN_ROW_KERNEL(xnor_rows_avx512, BNN_TARGET_AVX512, popc_block_avx512)
-#endif
-
-// Register-block shape per instruction set, and its row kernels for the full block and the edges.
-struct RowKernels {
-  int rows, cols;
-  RowKernel full, one_row, one_col, single;  // R x C, 1 x C, R x 1, 1 x 1
+struct PanelKernel {
+  PanelShape shape;
+  MicroKernel micro;
 };
 
-const RowKernels& row_kernels(Isa isa) {
-  static const RowKernels scalar{2, 2, xnor_rows_scalar<2, 2>, xnor_rows_scalar<1, 2>, xnor_rows_scalar<2, 1>,
-                                 xnor_rows_scalar<1, 1>};
+PanelKernel panel_kernel(Isa isa) {
 #if BNN_X86
-  static const RowKernels avx2{2, 2, xnor_rows_avx2<2, 2>, xnor_rows_avx2<1, 2>, xnor_rows_avx2<2, 1>,
-                               xnor_rows_avx2<1, 1>};
-  static const RowKernels avx512{4, 4, xnor_rows_avx512<4, 4>, xnor_rows_avx512<1, 4>, xnor_rows_avx512<4, 1>,
-                                 xnor_rows_avx512<1, 1>};
-  if (isa == Isa::avx512) return avx512;
-  if (isa == Isa::avx2) return avx2;
+  if (isa == Isa::avx512) return {{kAvx512MR, kAvx512NR}, micro_avx512_full};
+  if (isa == Isa::avx2) return {{kAvx2MR, kAvx2NR}, micro_avx2_full};
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("popcnt")) return {{kScalarMR, kScalarNR}, micro_scalar_popcnt};
 #endif
   (void)isa;
-  return scalar;
+  return {{kScalarMR, kScalarNR}, micro_scalar_portable};
 }
 
 }  // namespace
@@ -326,23 +334,37 @@ void pack_ge_rows_f32(const float* value, const float* bound, int64_t rows, int6
   for (int64_t r = 0; r < rows; ++r) pack_ge_row(value + r * n, bound, n, out + r * words);
 }
 
-void xnor_block(Isa isa, const uint64_t* a, const uint64_t* b, int64_t words, int64_t k, int64_t m0, int64_t m1,
-                int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
-  const RowKernels& rk = row_kernels(isa);
-  const int64_t full_cols = (n1 - n0) / rk.cols * rk.cols, n_edge = n0 + full_cols, edge_cols = n1 - n_edge;
-  const uint64_t* a_rows[4];
-  for (int64_t i = m0; i < m1; i += rk.rows) {
-    const int rows = (int)std::min<int64_t>(rk.rows, m1 - i);
-    for (int r = 0; r < rows; ++r) a_rows[r] = a + (i + r) * words;
-    if (rows == rk.rows) {
-      rk.full(a_rows, b + n0 * words, full_cols, words, k, c + i * ldc + n0, ldc);
-      rk.one_col(a_rows, b + n_edge * words, edge_cols, words, k, c + i * ldc + n_edge, ldc);
-    } else {  // the last rows of a ragged m, one at a time
-      for (int r = 0; r < rows; ++r) {
-        rk.one_row(a_rows + r, b + n0 * words, full_cols, words, k, c + (i + r) * ldc + n0, ldc);
-        rk.single(a_rows + r, b + n_edge * words, edge_cols, words, k, c + (i + r) * ldc + n_edge, ldc);
+PanelShape panel_shape(Isa isa) { return panel_kernel(isa).shape; }
+
+void pack_panels(const uint64_t* src, int64_t rows, int64_t words, int64_t k, int width, int64_t p0, int64_t p1,
+                 uint64_t* out) {
+  const uint64_t last_mask = last_word_mask(k);
+  for (int64_t p = p0; p < p1; ++p) {
+    uint64_t* panel = out + p * words * width;
+    for (int i = 0; i < width; ++i) {
+      const int64_t row = p * width + i;
+      if (row >= rows) {
+        for (int64_t w = 0; w < words; ++w) panel[w * width + i] = 0;
+        continue;
       }
+      const uint64_t* s = src + row * words;
+      for (int64_t w = 0; w < words; ++w) panel[w * width + i] = s[w];
+      if (words > 0) panel[(words - 1) * width + i] &= last_mask;
     }
+  }
+}
+
+void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,
+                 int64_t m1, int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
+  const PanelKernel kernel = panel_kernel(isa);
+  const int mr = kernel.shape.rows, nr = kernel.shape.cols;
+  // The b panel stays in the L1 cache while the tile's a panels stream past it from the L2 cache.
+  for (int64_t j = n0; j < n1; j += nr) {
+    const uint64_t* bp = b_panels + (j / nr) * words * nr;
+    const int cols = (int)std::min<int64_t>(nr, n1 - j);
+    for (int64_t i = m0; i < m1; i += mr)
+      kernel.micro(a_panels + (i / mr) * words * mr, bp, words, k, (int)std::min<int64_t>(mr, m1 - i), cols,
+                   c + i * ldc + j, ldc);
   }
 }
 

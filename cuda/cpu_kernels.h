@@ -31,10 +31,23 @@ void pack_rows_f64(const double* x, int64_t rows, int64_t k, uint64_t* out);
 void pack_ge_rows_i32(const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out);
 void pack_ge_rows_f32(const float* value, const float* bound, int64_t rows, int64_t n, uint64_t* out);
 
-// c[i * ldc + j] = k - 2 * popcount((a_i XOR b_j) restricted to the k real bits) for i in [m0, m1),
-// j in [n0, n1); a and b hold rows of `words` = ceil(k / 64) words.
-void xnor_block(Isa isa, const uint64_t* a, const uint64_t* b, int64_t words, int64_t k, int64_t m0, int64_t m1,
-                int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+// The XNOR GEMM on panels. Each instruction set has a block shape: a micro-kernel computes `rows` x `cols`
+// outputs from one panel of a's rows and one panel of b's rows.
+struct PanelShape {
+  int rows, cols;
+};
+PanelShape panel_shape(Isa isa);
+
+// Copies panels [p0, p1) of `width` rows of src (rows, words) into out, word-interleaved: panel p starts at
+// out + p * words * width and holds word w of its row i at [w * width + i]. Bits past k are cleared and rows
+// past `rows` are zero, so the GEMM ignores whatever lies in the padding bits of src.
+void pack_panels(const uint64_t* src, int64_t rows, int64_t words, int64_t k, int width, int64_t p0, int64_t p1,
+                 uint64_t* out);
+
+// c[i * ldc + j] = k - 2 * popcount(a_i XOR b_j) for i in [m0, m1), j in [n0, n1), from a's rows packed in
+// panels of panel_shape(isa).rows and b's in panels of .cols (pack_panels); m0 and n0 are multiples of them.
+void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,
+                 int64_t m1, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 
 // The CPU stand-in for the paper's unoptimised float kernel: c[i * ldc + j] = dot(a_i, b_j) over k for
 // i in [m0, m1), j in [n0, n1), a (m, k) and b (n, k) row-major; a plain register-blocked loop.

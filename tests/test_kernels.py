@@ -60,9 +60,9 @@ def isa(request):
 
 
 # (m, n, k): single rows and columns, k around the 32/64-bit word edges, the AVX2 vector (256 bits),
-# several tiles of the CPU blocking, and k long enough for the AVX2 byte counters to be flushed.
+# several tiles of the CPU blocking in both dimensions, and k long enough for the AVX2 byte counters to be flushed.
 CPU_SHAPES = [(1, 1, 1), (1, 9, 31), (7, 1, 32), (3, 5, 33), (9, 3, 63), (2, 8, 64), (5, 6, 65), (4, 4, 100),
-              (6, 10, 128), (11, 13, 129), (17, 5, 255), (3, 4, 257), (70, 300, 300), (3, 5, 20000)]
+              (6, 10, 128), (11, 13, 129), (17, 5, 255), (3, 4, 257), (70, 300, 300), (530, 420, 200), (25, 50, 4097), (3, 5, 20000)]
 
 
 @pytest.mark.parametrize("m,n,k", CPU_SHAPES)

@@ -94,21 +94,29 @@ __attribute__((target("avx512f"))) Rate fma_avx512_rate(int64_t iters) {
   return {2.0 * 16 * kAvx512Chains * iters / s, sum};
 }
 
-// The popcount loops below XOR four operand registers a0..a3 with a b that changes every four
-// vectors (b + 1), as a register-blocked GEMM reuses its loads: one cheap op per four vectors of
-// bookkeeping and no loads, so what they measure is the ALU ceiling of each popcount method.
+// The popcount loops below XOR four operand registers a0..a3 with a b loaded from the L1 cache every four
+// vectors (one of kBVectors, in turn), as a register-blocked GEMM reuses its loads: loads, not ALU work,
+// bring the new operand, so what they measure is the ALU ceiling of each popcount method (an earlier
+// version made b with an add per four vectors, an ALU op a GEMM does not pay; a GEMM then ran above it).
+
+// The b operands: kBVectors 512-bit vectors after the four a vectors, taken in turn (all in the L1 cache).
+constexpr int64_t kBVectors = 16;
+
+inline const uint64_t* b_vector(const uint64_t* seed, int64_t index) { return seed + 32 + (index % kBVectors) * 8; }
+
+inline uint64_t b_word(const uint64_t* seed, int64_t index) { return *b_vector(seed, index); }
 
 // ---- scalar POPCNT
 __attribute__((target("popcnt"))) Rate scalar_rate(const uint64_t* seed, int64_t iters) {
   const uint64_t a0 = seed[0], a1 = seed[1], a2 = seed[2], a3 = seed[3];
-  uint64_t b = seed[4], acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+  uint64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t it = 0; it < iters; ++it) {
+    uint64_t b = b_word(seed, it);
     acc0 += _mm_popcnt_u64(a0 ^ b);
     acc1 += _mm_popcnt_u64(a1 ^ b);
     acc2 += _mm_popcnt_u64(a2 ^ b);
     acc3 += _mm_popcnt_u64(a3 ^ b);
-    b += 1;
     // b stays in a general register: without this the compiler vectorizes the loop (with -march=native on an
     // AVX-512 VPOPCNTDQ CPU, into vpopcntq), and this row would measure the vector unit, not POPCNT
     asm volatile("" : "+r"(b));
@@ -138,20 +146,20 @@ __attribute__((target("avx2"))) inline __m256i lookup_count(__m256i v) {
 __attribute__((target("avx2"))) Rate lookup_rate(const uint64_t* seed, int64_t iters) {
   const __m256i* v = reinterpret_cast<const __m256i*>(seed);
   const __m256i a0 = _mm256_loadu_si256(v), a1 = _mm256_loadu_si256(v + 1), a2 = _mm256_loadu_si256(v + 2),
-                a3 = _mm256_loadu_si256(v + 3), one = _mm256_set1_epi64x(1);
-  __m256i b = _mm256_loadu_si256(v + 4), total0 = _mm256_setzero_si256(), total1 = total0;
+                a3 = _mm256_loadu_si256(v + 3);
+  __m256i total0 = _mm256_setzero_si256(), total1 = total0;
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t it = 0; it < iters; ++it) {  // 8 vectors per iteration
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_vector(seed, 2 * it)));
     __m256i bytes0 = lookup_count(_mm256_xor_si256(a0, b));
     __m256i bytes1 = lookup_count(_mm256_xor_si256(a1, b));
     bytes0 = _mm256_add_epi8(bytes0, lookup_count(_mm256_xor_si256(a2, b)));
     bytes1 = _mm256_add_epi8(bytes1, lookup_count(_mm256_xor_si256(a3, b)));
-    b = _mm256_add_epi64(b, one);
+    b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_vector(seed, 2 * it + 1)));
     bytes0 = _mm256_add_epi8(bytes0, lookup_count(_mm256_xor_si256(a0, b)));
     bytes1 = _mm256_add_epi8(bytes1, lookup_count(_mm256_xor_si256(a1, b)));
     bytes0 = _mm256_add_epi8(bytes0, lookup_count(_mm256_xor_si256(a2, b)));
     bytes1 = _mm256_add_epi8(bytes1, lookup_count(_mm256_xor_si256(a3, b)));
-    b = _mm256_add_epi64(b, one);
     total0 = _mm256_add_epi64(total0, _mm256_sad_epu8(bytes0, _mm256_setzero_si256()));
     total1 = _mm256_add_epi64(total1, _mm256_sad_epu8(bytes1, _mm256_setzero_si256()));
   }
@@ -168,14 +176,14 @@ __attribute__((target("avx2"))) inline void csa(__m256i& high, __m256i& low, __m
 
 // Eight vectors a_i ^ b into the tree: four CSAs into ones, two into twos, one into fours; out: their eights.
 __attribute__((target("avx2"))) inline void add_eight(__m256i& eights_out, __m256i& ones, __m256i& twos,
-                                                      __m256i& fours, const __m256i (&a)[4], __m256i& b,
-                                                      __m256i one) {
+                                                      __m256i& fours, const __m256i (&a)[4], const uint64_t* seed,
+                                                      int64_t& b_index) {
   __m256i fours_half[2];
   for (__m256i& fours_out : fours_half) {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_vector(seed, b_index++)));
     __m256i twos_a, twos_b;
     csa(twos_a, ones, ones, _mm256_xor_si256(a[0], b), _mm256_xor_si256(a[1], b));
     csa(twos_b, ones, ones, _mm256_xor_si256(a[2], b), _mm256_xor_si256(a[3], b));
-    b = _mm256_add_epi64(b, one);
     csa(fours_out, twos, twos, twos_a, twos_b);
   }
   csa(eights_out, fours, fours, fours_half[0], fours_half[1]);
@@ -189,14 +197,14 @@ __attribute__((target("avx2"))) Rate harley_seal_rate(const uint64_t* seed, int6
   const __m256i* v = reinterpret_cast<const __m256i*>(seed);
   const __m256i a[4] = {_mm256_loadu_si256(v), _mm256_loadu_si256(v + 1), _mm256_loadu_si256(v + 2),
                         _mm256_loadu_si256(v + 3)};
-  const __m256i one = _mm256_set1_epi64x(1);
-  __m256i b = _mm256_loadu_si256(v + 4), total = _mm256_setzero_si256();
+  int64_t b_index = 0;
+  __m256i total = _mm256_setzero_si256();
   __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones;
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t it = 0; it < iters; ++it) {  // 16 vectors per iteration
     __m256i eights_a, eights_b, sixteens;
-    add_eight(eights_a, ones, twos, fours, a, b, one);
-    add_eight(eights_b, ones, twos, fours, a, b, one);
+    add_eight(eights_a, ones, twos, fours, a, seed, b_index);
+    add_eight(eights_b, ones, twos, fours, a, seed, b_index);
     csa(sixteens, eights, eights, eights_a, eights_b);
     total = _mm256_add_epi64(total, _mm256_sad_epu8(lookup_count(sixteens), _mm256_setzero_si256()));
   }
@@ -211,22 +219,22 @@ __attribute__((target("avx2"))) Rate harley_seal_rate(const uint64_t* seed, int6
 __attribute__((target("avx512f,avx512vpopcntdq"))) Rate vpopcnt_rate(const uint64_t* seed, int64_t iters) {
   const __m512i* v = reinterpret_cast<const __m512i*>(seed);
   const __m512i a0 = _mm512_loadu_si512(v), a1 = _mm512_loadu_si512(v + 1), a2 = _mm512_loadu_si512(v + 2),
-                a3 = _mm512_loadu_si512(v + 3), one = _mm512_set1_epi64(1);
-  __m512i b = _mm512_loadu_si512(v + 4), acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+                a3 = _mm512_loadu_si512(v + 3);
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t it = 0; it < iters; ++it) {  // 4 vectors per iteration
+    const __m512i b = _mm512_loadu_si512(b_vector(seed, it));
     acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(a0, b)));
     acc1 = _mm512_add_epi64(acc1, _mm512_popcnt_epi64(_mm512_xor_si512(a1, b)));
     acc2 = _mm512_add_epi64(acc2, _mm512_popcnt_epi64(_mm512_xor_si512(a2, b)));
     acc3 = _mm512_add_epi64(acc3, _mm512_popcnt_epi64(_mm512_xor_si512(a3, b)));
-    b = _mm512_add_epi64(b, one);
   }
   double s = seconds_since(t0);
   return {2.0 * 512 * 4 * iters / s, lane_sum_u64(acc0) + lane_sum_u64(acc1) + lane_sum_u64(acc2) + lane_sum_u64(acc3)};
 }
 
 struct Operands {
-  alignas(64) uint64_t a[5 * 8];  // five 512-bit registers' worth of random bits
+  alignas(64) uint64_t a[(4 + kBVectors) * 8];  // the a registers' bits, then the b vectors (512 bits each)
 };
 
 double g_checksum = 0;  // every accumulator of every run, printed at the end
