@@ -123,6 +123,23 @@ BNN_TARGET_AVX2 inline __m256i nibble_popcount(__m256i x, __m256i lut, __m256i l
   return _mm256_add_epi8(lo, hi);
 }
 
+// Threshold form, 8 comparisons per instruction (v >= b as not b > v).
+BNN_TARGET_AVX2 void pack_ge_row_i32_avx2(const int32_t* value, const int32_t* bound, int64_t n, uint64_t* out) {
+  const int64_t full_words = n / 64;
+  for (int64_t w = 0; w < full_words; ++w) {
+    uint64_t bits = 0;
+    for (int j = 0; j < 8; ++j) {
+      const int64_t i = w * 64 + j * 8;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(value + i));
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bound + i));
+      const int below = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(b, v)));
+      bits |= (uint64_t)(uint8_t)~below << (8 * j);
+    }
+    out[w] = bits;
+  }
+  if (n % 64) pack_ge_row(value + full_words * 64, bound + full_words * 64, n % 64, out + full_words);
+}
+
 // The signs as integer tests on the bits (see nonnegative()): a lane is -1 when its sign bit is set or it
 // is a positive NaN (as int32, above +inf's pattern), unless it is -0.0.
 BNN_TARGET_AVX2 void pack_row_avx2(const float* x, int64_t k, uint64_t* out) {
@@ -143,6 +160,21 @@ BNN_TARGET_AVX2 void pack_row_avx2(const float* x, int64_t k, uint64_t* out) {
 }
 
 // ---- AVX-512 VPOPCNTDQ ----------------------------------------------------------------------------
+// Threshold form, 16 comparisons per instruction; the ragged end goes through the scalar loop.
+BNN_TARGET_AVX512 void pack_ge_row_i32_avx512(const int32_t* value, const int32_t* bound, int64_t n, uint64_t* out) {
+  const int64_t full_words = n / 64;
+  for (int64_t w = 0; w < full_words; ++w) {
+    uint64_t bits = 0;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t i = w * 64 + j * 16;
+      const __m512i v = _mm512_loadu_si512(value + i), b = _mm512_loadu_si512(bound + i);
+      bits |= (uint64_t)_mm512_cmpge_epi32_mask(v, b) << (16 * j);
+    }
+    out[w] = bits;
+  }
+  if (n % 64) pack_ge_row(value + full_words * 64, bound + full_words * 64, n % 64, out + full_words);
+}
+
 // Unsigned integer tests on the bits (see nonnegative()): at most +inf's pattern, or exactly -0.0.
 BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out) {
   const __m512i plus_inf = _mm512_set1_epi32((int32_t)kF32PlusInf);
@@ -324,9 +356,15 @@ void pack_rows_f64(const double* x, int64_t rows, int64_t k, uint64_t* out) {
   for (int64_t r = 0; r < rows; ++r) pack_row_scalar(x + r * k, k, out + r * words);
 }
 
-void pack_ge_rows_i32(const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out) {
+void pack_ge_rows_i32(Isa isa, const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out) {
+  auto pack_row = pack_ge_row<int32_t>;
+#if BNN_X86
+  if (isa == Isa::avx512) pack_row = pack_ge_row_i32_avx512;
+  if (isa == Isa::avx2) pack_row = pack_ge_row_i32_avx2;
+#endif
+  (void)isa;
   const int64_t words = words_for(n);
-  for (int64_t r = 0; r < rows; ++r) pack_ge_row(value + r * n, bound, n, out + r * words);
+  for (int64_t r = 0; r < rows; ++r) pack_row(value + r * n, bound, n, out + r * words);
 }
 
 void pack_ge_rows_f32(const float* value, const float* bound, int64_t rows, int64_t n, uint64_t* out) {

@@ -28,7 +28,7 @@ void pack_rows_f64(const double* x, int64_t rows, int64_t k, uint64_t* out);
 
 // The threshold form: bit j of row r set when value[r * n + j] >= bound[j] (value (rows, n) row-major),
 // packed like pack_rows into out (rows, ceil(n / 64)). Exact comparisons in the values' own type.
-void pack_ge_rows_i32(const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out);
+void pack_ge_rows_i32(Isa isa, const int32_t* value, const int32_t* bound, int64_t rows, int64_t n, uint64_t* out);
 void pack_ge_rows_f32(const float* value, const float* bound, int64_t rows, int64_t n, uint64_t* out);
 
 // The XNOR GEMM on panels. Each instruction set has a block shape: a micro-kernel computes `rows` x `cols`

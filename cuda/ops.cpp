@@ -83,8 +83,9 @@ at::Tensor pack_ge_cpu(const at::Tensor& value, const at::Tensor& bound) {
   if (value.scalar_type() == at::kInt) {
     const int32_t* v = value.data_ptr<int32_t>();
     const int32_t* b = bound.data_ptr<int32_t>();
+    const bnn_cpu::Isa isa = current_isa();
     at::parallel_for(0, rows, pack_grain(n), [&](int64_t r0, int64_t r1) {
-      bnn_cpu::pack_ge_rows_i32(v + r0 * n, b, r1 - r0, n, dst + r0 * words);
+      bnn_cpu::pack_ge_rows_i32(isa, v + r0 * n, b, r1 - r0, n, dst + r0 * words);
     });
   } else {
     const float* v = value.data_ptr<float>();

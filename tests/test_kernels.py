@@ -297,6 +297,16 @@ def test_non_finite_thresholds_are_one_kernel_error(bad):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("n", [1, 8, 63, 64, 65, 130, 200])
+def test_pack_ge_int32_matches_the_reference_on_every_isa(isa, n):
+    """Values equal to, one above and one below their bounds, near both ends of the int32 range."""
+    g = torch.Generator().manual_seed(n)
+    for base in (0, 2 ** 31 - 8, -2 ** 31 + 8):
+        bound = torch.randint(-3, 4, (n,), generator=g, dtype=torch.int32) + base
+        value = bound + torch.randint(-1, 2, (5, n), generator=g, dtype=torch.int32)
+        assert torch.equal(kernels.pack_ge(value, bound), reference_pack((value.long() - bound.long()).double()))
+
+
 def test_pack_ge_compares_exactly():
     g = torch.Generator().manual_seed(24)
     big = 2 ** 30
