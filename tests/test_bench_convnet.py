@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from bnnctl.bench import convnet
+from bnnctl.bench.models import calibrate_norms, frozen_float_model
 from bnnctl.cli import app
 from bnnctl.core.models import build_model
 from bnnctl.data import scale_to_pm1
@@ -85,10 +86,10 @@ def test_svhn_convnet_runs_the_selected_variants(tmp_path, small):
 def test_the_frozen_torch_model_computes_exactly_what_the_float_model_does(small):
     torch.manual_seed(3)
     model = build_model(small_recipe("cifar10-convnet")["model"], (3, 32, 32), 10)
-    convnet.calibrate_norms(model)
+    calibrate_norms(model, convnet.INPUT_SHAPE)
     x = scale_to_pm1(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8))
     with torch.no_grad():
-        assert torch.equal(convnet.frozen_float_model(model)(x), model(x))
+        assert torch.equal(frozen_float_model(model)(x), model(x))
 
 
 def test_random_weights_are_seeded_and_their_thresholds_sit_among_the_pre_activations(small):
@@ -155,7 +156,7 @@ def test_more_images_than_the_test_set_is_one_sentence(tmp_path, small):
 def write_run(tmp_path, recipe: dict, seed: int = 1):
     torch.manual_seed(seed)
     model = build_model(recipe["model"], (3, 32, 32), 10)
-    convnet.calibrate_norms(model, seed=seed)
+    calibrate_norms(model, convnet.INPUT_SHAPE, seed=seed)
     run = tmp_path / "run"
     run.mkdir()
     record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe, "input_shape": [3, 32, 32],

@@ -41,8 +41,6 @@ from rich.table import Table
 from torch import nn
 
 from .. import kernels
-from ..core.binarize import sign_pm1
-from ..core.layers import BinaryConv2d, BinaryLinear
 from ..core.models import build_model
 from ..data import DATASETS, data_root, load_npz, scale_to_pm1, wants_npz
 from ..data.common import npz_path
@@ -51,6 +49,7 @@ from ..infer.engine import FIRST_LAYERS, PackedEngine, default_batch_size
 from ..infer.export import EXPORT_SUFFIX, UINT8_SCALE, ExportedModel, export_model, input_encoding
 from ..recipe import load_recipe, recipes_dir
 from ..runs import BEST_FILE, load_model, resolve_device
+from .models import CALIBRATION_IMAGES, SEED, calibrate_norms, frozen_float_model
 from .timing import check_arguments, header, measuring, parse_names, record, time_model_passes
 
 MODELS = {"cifar10-convnet": "cifar10.yaml", "svhn-convnet": "svhn.yaml"}  # --model -> the recipe it is
@@ -58,8 +57,6 @@ INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
 IMAGES = 10_000
 BATCH = {"cuda": 1000}  # on a CPU: the engine's own batch for conv nets (infer.engine.default_batch_size)
 BUDGET_S = 20.0  # seconds per variant for all timing rounds together; a full test set gets one round
-SEED = 0
-CALIBRATION_IMAGES = 32
 STAND_IN = "cifar10-jpeg.npz"  # the CIFAR-10 stand-in (../shared/data/cifar10-reconstruction/build.py)
 
 
@@ -112,26 +109,6 @@ def architecture_text(model_cfg: dict, classes: int = NUM_CLASSES) -> str:
     return "-".join(parts + [f"{w}FC" for w in model_cfg["fc"]] + [str(classes)])
 
 
-@torch.no_grad()
-def calibrate_norms(model: nn.Module, seed: int = SEED, images: int = CALIBRATION_IMAGES) -> None:
-    """Set every BatchNorm's running statistics to those of one batch of random 8-bit images, as training
-    would leave them: each unit's threshold then lies among its pre-activations instead of at exactly 0."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (images, *INPUT_SHAPE), generator=g, dtype=torch.uint8)
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average: after one batch, that batch's statistics
-    model.train()
-    try:
-        model(scale_to_pm1(x))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
-
-
 def _check_run_recipe(recipe: dict, wanted: dict, model_name: str, path: Path) -> None:
     if _architecture(recipe.get("model", {})) != _architecture(wanted["model"]):
         raise UserError(f"{path} holds a {recipe.get('name', 'model')} model whose architecture is not the "
@@ -148,7 +125,7 @@ def load_convnet(model_name: str, run: Path | None) -> tuple[dict, nn.Module, di
     if run is None:
         torch.manual_seed(SEED)
         model = build_model(wanted["model"], INPUT_SHAPE, NUM_CLASSES)
-        calibrate_norms(model)
+        calibrate_norms(model, INPUT_SHAPE)
         record = {"recipe": wanted, "input_shape": list(INPUT_SHAPE), "num_classes": NUM_CLASSES}
         return record, model.eval(), {
             "source": None, "recipe": wanted.get("name"),
@@ -172,28 +149,6 @@ def load_convnet(model_name: str, run: Path | None) -> tuple[dict, nn.Module, di
         "run_status": recorded.get("status"), "epoch": record.get("epoch"),
         "recorded_test_error_pct": record.get("test_error_pct"), "trained_on": record.get("variant"),
         "data_cfg": recipe.get("data", {})}
-
-
-def frozen_float_model(model: nn.Sequential) -> nn.Sequential:
-    """The float model with its binary layers as plain nn.Conv2d / nn.Linear holding sign(W): the same
-    torch calls on the same tensors (so the same outputs) without binarizing the weights on every forward."""
-    layers: list[nn.Module] = []
-    for m in model:
-        if isinstance(m, BinaryConv2d):
-            plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                              dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
-                              padding_mode=m.padding_mode)
-        elif isinstance(m, BinaryLinear):
-            plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        else:
-            layers.append(copy.deepcopy(m))
-            continue
-        with torch.no_grad():
-            plain.weight.copy_(sign_pm1(m.weight.detach()))
-            if m.bias is not None:
-                plain.bias.copy_(m.bias.detach())
-        layers.append(plain)
-    return nn.Sequential(*layers).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------- data
@@ -391,5 +346,5 @@ def run_convnet_bench(model: str, run: Path | None, device: str, data_dir: Path 
     return path
 
 
-__all__ = ["MODELS", "VARIANTS", "IMAGES", "bench_convnet", "calibrate_norms", "frozen_float_model", "load_convnet",
+__all__ = ["MODELS", "VARIANTS", "IMAGES", "bench_convnet", "load_convnet",
            "load_test_images", "model_recipe", "print_convnet_table", "run_convnet_bench"]

@@ -10,18 +10,28 @@ classes:
   (b) xnor            XNOR kernels on packed bits, first layer on the baseline kernel (the paper's setup);
   (c) xnor-bitplane   XNOR kernels, first layer on the 8 bit planes of the inputs (Algorithm 5);
   (c2) xnor-integer   XNOR kernels, first layer as exact integers on torch's fp32 matmul;
-  (d) torch           the float model in torch (cuBLAS with TF32 off / oneDNN).
+  (c3) xnor-int8      XNOR kernels, first layer as exact integers on torch's int8 matmul (inputs less 128);
+  (d) torch           the float model in torch (cuBLAS with TF32 off / oneDNN), fp32;
+      torch-bf16      the same model in bfloat16 (oneDNN with AVX512-BF16 or AMX on a CPU);
+      torch-int8      the same model with the binary hidden layers on torch's int8 matmul
+                      (``torch._int_mm`` on +-1 bytes, exact; VNNI or AMX int8 on a CPU).
 
-(a)-(c) compute the same integers, so their predictions, and test errors, must be equal. On CUDA the
-other XNOR kernels of ``kernels.xnor_gemm`` are timed too, as extra rows.
+(a)-(c) compute the same integers, so their predictions, and test errors, must be equal, and equal to
+(d)'s: the command fails otherwise. The bf16 model rounds its sums, so its differences from (d) are
+recorded, not checked; int8 is exact. The record names the fastest torch variant ("best stock path") and
+each engine variant's speed-up over it. On CUDA the other XNOR kernels of ``kernels.xnor_gemm`` are timed
+too, as extra rows.
 
 The model is the newest finished MNIST run under ``results/mnist*/`` with the paper's architecture
 (its ``best.pt``, else its ``model.bnnx`` export: checkpoints are git-ignored and may be absent);
-without one, random weights, and the error column says nothing about accuracy. Without the MNIST
-files, 10,000 random 8-bit images stand in and the error column is not a test error either.
+without one, random weights (seed 0) with BatchNorm statistics from one batch of random images (see
+``bench.models``), and the error column says nothing about accuracy. Only models trained on 8-bit images
+scaled to [-1, 1] (preprocess: scale) are benched: the variants all start from those images. Without the
+MNIST files, 10,000 random 8-bit images stand in and the error column is not a test error either.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +46,11 @@ from ..core.models import build_model
 from ..data import MNIST_FILES, data_root, scale_to_pm1
 from ..errors import UserError
 from ..infer.engine import FIRST_LAYERS, PackedEngine
-from ..infer.export import EXPORT_SUFFIX, ExportedModel, export_model, float_model_from_export, load_export
+from ..infer.export import (EXPORT_SUFFIX, UINT8_SCALE, ExportedModel, export_model, float_model_from_export,
+                            input_encoding, load_export)
 from ..recipe import load_recipe, recipes_dir
 from ..runs import load_model, resolve_device
+from .models import CALIBRATION_IMAGES, SEED, calibrate_norms, frozen_float_model, int8_binary_layers
 from .timing import check_arguments, header, parse_names, record, time_model_passes
 
 MODELS = {"mnist-mlp": "mnist.yaml"}  # --model name -> the recipe whose architecture it is
@@ -55,6 +67,7 @@ class Variant:
     hidden: str = "xnor"
     xnor_impl: str = "tuned"
     devices: tuple[str, ...] = ("cpu", "cuda")
+    torch_kind: str = "fp32"  # torch variants: fp32 | bf16 | int8
 
 
 VARIANTS: dict[str, Variant] = {
@@ -62,7 +75,11 @@ VARIANTS: dict[str, Variant] = {
     "xnor": Variant("(b)", "XNOR kernels, first layer on the float baseline kernel (the paper's setup)", "float"),
     "xnor-bitplane": Variant("(c)", "XNOR kernels, first layer on the 8 bit planes (Algorithm 5)", "bitplane"),
     "xnor-integer": Variant("(c2)", f"XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer"),
+    "xnor-int8": Variant("(c3)", f"XNOR kernels, first layer: {FIRST_LAYERS['int8']}", "int8"),
     "torch": Variant("(d)", "the float model in torch (cuBLAS fp32 with TF32 off / oneDNN)"),
+    "torch-bf16": Variant("(d)", "the float model in torch, bfloat16", torch_kind="bf16"),
+    "torch-int8": Variant("(d)", "the float model in torch, binary hidden layers on torch._int_mm (int8 +-1, exact)",
+                          torch_kind="int8"),
     "xnor-paper": Variant("(b)", "as (b), XNOR on the paper-style 16x16 tiled kernel", "float", xnor_impl="paper",
                           devices=("cuda",)),
     "xnor-bitplane-csa": Variant("(c)", "as (c), XNOR on the carry-save popcount kernel", "bitplane",
@@ -70,7 +87,10 @@ VARIANTS: dict[str, Variant] = {
     "xnor-bitplane-tc": Variant("(c)", "as (c), XNOR on the tensor-core kernel", "bitplane", xnor_impl="tc",
                                 devices=("cuda",)),
 }
-SAME_INTEGERS = ("baseline", "xnor", "xnor-bitplane", "xnor-integer")  # (a)-(c): equal predictions
+SAME_INTEGERS = ("baseline", "xnor", "xnor-bitplane", "xnor-integer", "xnor-int8")  # (a)-(c): equal predictions
+TORCH_VARIANTS = ("torch", "torch-bf16", "torch-int8")
+EXACT_TORCH = ("torch", "torch-int8")  # compute what (a)-(c) compute: predictions must agree
+INPUT_SHAPE = (1, 28, 28)
 
 
 # ---------------------------------------------------------------------------- model and data
@@ -111,25 +131,35 @@ def _model_path(run: Path | None, results: Path, model_name: str) -> Path | None
     raise UserError(f"{run} holds neither best.pt nor model{EXPORT_SUFFIX}.")
 
 
+def _check_scaled_inputs(encoding: str, path: Path) -> None:
+    if encoding != UINT8_SCALE:
+        raise UserError(f"{path} was trained on standardized or other float inputs; the mnist-mlp bench runs models "
+                        "trained on 8-bit images scaled to [-1, 1] (preprocess: scale), as the Theano recipe is.")
+
+
 def load_bench_model(path: Path | None, model_name: str) -> tuple[ExportedModel, nn.Module, dict]:
     """(export, float model, description) from best.pt, an export file, or random weights."""
     if path is not None and path.suffix == EXPORT_SUFFIX:
         exported = load_export(path)
+        _check_scaled_inputs(exported.input_encoding, path)
         return exported, float_model_from_export(exported), {
             "source": str(path), "weights": "trained", "epoch": exported.info.get("epoch"),
             "recorded_test_error_pct": exported.info.get("test_error_pct"),
             "torch_model": "rebuilt from the export: +/-1 fp32 weights, thresholds in place of BN + sign"}
     if path is not None:
         record, model, recorded = load_model(path)
+        _check_scaled_inputs(input_encoding(record.get("recipe", {})), path)
         return export_model(record, model), model, {
             "source": str(path), "weights": "trained", "run_status": recorded.get("status"), "epoch": record.get("epoch"),
             "recorded_test_error_pct": record.get("test_error_pct"), "torch_model": "the trained float model"}
     recipe = load_recipe(recipes_dir() / MODELS[model_name])
-    torch.manual_seed(0)
-    model = build_model(recipe["model"], (1, 28, 28), 10).eval()
-    record = {"recipe": recipe, "input_shape": [1, 28, 28], "num_classes": 10}
+    torch.manual_seed(SEED)
+    model = build_model(recipe["model"], INPUT_SHAPE, 10)
+    calibrate_norms(model, INPUT_SHAPE)
+    record = {"recipe": recipe, "input_shape": list(INPUT_SHAPE), "num_classes": 10}
     return export_model(record, model), model, {
-        "source": None, "weights": "random (no trained run recorded): the error column says nothing about accuracy",
+        "source": None, "weights": f"random (seed {SEED}; BN statistics from {CALIBRATION_IMAGES} random images; no "
+                                   "trained run recorded): the error column says nothing about accuracy",
         "epoch": None, "recorded_test_error_pct": None, "torch_model": "the float model, random weights"}
 
 
@@ -152,8 +182,12 @@ def _runner(name: str, exported: ExportedModel, float_model: nn.Module, device: 
     """A function from one batch of 8-bit images (on the device) to predicted classes."""
     v = VARIANTS[name]
     if v.first_layer is None:
-        model = float_model.to(device)
-        return lambda xb: model(scale_to_pm1(xb)).argmax(1)
+        model = frozen_float_model(float_model) if isinstance(float_model, nn.Sequential) else float_model
+        dtype = torch.bfloat16 if v.torch_kind == "bf16" else torch.float32
+        if v.torch_kind == "int8":
+            model = int8_binary_layers(model)
+        model = copy.deepcopy(model).to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
+        return lambda xb: model(scale_to_pm1(xb).to(dtype)).argmax(1)
     engine = PackedEngine(exported, device, first_layer=v.first_layer, hidden=v.hidden, xnor_impl=v.xnor_impl)
     return lambda xb: engine.logits(xb).argmax(1)
 
@@ -216,25 +250,36 @@ def _add_comparisons(variants: dict, predictions: dict, labels: torch.Tensor | N
         e["predictions_differing_from_torch"] = None if reference is None else int((pred != reference).sum())
         e["x_baseline"] = ms["baseline"] / e["median_ms"] if "baseline" in ms else None
         e["x_torch"] = ms["torch"] / e["median_ms"] if "torch" in ms else None
-    engines = [p for name, p in predictions.items() if name != "torch"]
-    return all(torch.equal(p, engines[0]) for p in engines)
+        best = best_torch(variants)
+        e["x_best_torch"] = ms[best] / e["median_ms"] if best else None
+    exact = [p for name, p in predictions.items() if name not in TORCH_VARIANTS or name in EXACT_TORCH]
+    return all(torch.equal(p, exact[0]) for p in exact)
+
+
+def best_torch(variants: dict) -> str | None:
+    """The fastest torch variant that ran: the best stock path on this device."""
+    ran = [n for n in TORCH_VARIANTS if variants.get(n, {}).get("status") == "ok"]
+    return min(ran, key=lambda n: variants[n]["median_ms"]) if ran else None
 
 
 def _targets(variants: dict, engines_agree: bool, device: str) -> dict:
     ok = {n: e for n, e in variants.items() if e["status"] == "ok"}
-    out: dict = {"engine_variants_same_predictions": engines_agree,
+    out: dict = {"exact_variants_same_predictions": engines_agree,
                  "all_of_a_to_c_ran": all(n in ok for n in SAME_INTEGERS)}
     if device == "cuda" and "xnor" in ok and "baseline" in ok:
         out["b_x_a"] = ok["xnor"]["x_baseline"]
         out["b_x_a_at_least_7"] = out["b_x_a"] >= paper.kernel_ratio("mlp_xnor_vs_baseline")
         fastest_c = min((ok[n]["median_ms"] for n in ok if n.startswith("xnor-bitplane")), default=None)
         out["c_faster_than_b"] = fastest_c is not None and fastest_c < ok["xnor"]["median_ms"]
-    packed = [n for n in ok if n not in ("baseline", "torch")]
-    if "torch" in ok and packed:
+    packed = [n for n in ok if n != "baseline" and n not in TORCH_VARIANTS]
+    stock = best_torch(variants)
+    if stock and packed:
         best = min(packed, key=lambda n: ok[n]["median_ms"])
-        out["fastest_packed"], out["fastest_packed_x_torch"] = best, ok[best]["x_torch"]
+        out["fastest_packed"], out["best_torch"] = best, stock
+        out["fastest_packed_x_torch"] = ok[best]["x_torch"]
+        out["fastest_packed_x_best_torch"] = ok[best]["x_best_torch"]
         if device == "cpu":
-            out["fastest_packed_x_torch_at_least_5"] = ok[best]["x_torch"] >= 5.0
+            out["fastest_packed_x_best_torch_at_least_4"] = ok[best]["x_best_torch"] >= 4.0
     return out
 
 
@@ -273,6 +318,7 @@ def run_model_bench(model: str, run: Path | None, device: str, data_dir: Path | 
     print_model_table(result, console)
     path = record(result, out)
     console.print(f"recorded {path}")
-    if not result["targets"]["engine_variants_same_predictions"]:
-        raise UserError(f"the engine variants predicted different classes, so one kernel is wrong (recorded in {path}).")
+    if not result["targets"]["exact_variants_same_predictions"]:
+        raise UserError(f"the engine variants and the exact torch variants predicted different classes, so one kernel "
+                        f"is wrong (recorded in {path}).")
     return path

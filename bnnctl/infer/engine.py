@@ -319,6 +319,14 @@ class _FirstLayer(_Layer):
                 weight_sum = INPUT_LEVELS * self.weight.sum(1)
                 self.integer_rhs = None if self.output else (self.rhs + weight_sum) / 2
                 self.weight_sum = weight_sum
+        elif mode == "int8":
+            if conv:
+                raise EngineError("the int8 first layer runs dense first layers; a convolution's runs as 'integer' or "
+                                  "'bitplane'.")
+            # x - 128 as int8 times the +/-1 weights on torch's int8 matmul, exact int32 sums d; then
+            # P = sum (2x - 255) w = 2 (d + 128 sum(w)) - 255 sum(w) = 2 d + sum(w).
+            self.weight_t_i8 = self.weight.to(torch.int8).t().contiguous()
+            self.weight_sum_i32 = self.weight.sum(1).to(torch.int32)
 
     def __call__(self, x: torch.Tensor, x_float: Callable[[], torch.Tensor]):
         spec = self.spec
@@ -334,6 +342,10 @@ class _FirstLayer(_Layer):
                               f"{str(x.dtype).replace('torch.', '')}.")
         if self.mode == "integer" and spec.kind == "dense" and not self.output:
             return self.finish(x.reshape(x.shape[0], -1).to(torch.float32) @ self.weight.T, self.integer_rhs)
+        if self.mode == "int8":
+            signed = (x.reshape(x.shape[0], -1) ^ 128).view(torch.int8)  # x - 128, in two's complement
+            p = 2 * torch._int_mm(signed, self.weight_t_i8) + self.weight_sum_i32
+            return self.finish(p, self.rhs, acc_scale=INPUT_LEVELS)
         p = self._bitplane(x) if self.mode == "bitplane" else self._integer(x)
         return self.finish(p, self.rhs, acc_scale=INPUT_LEVELS)
 
@@ -368,6 +380,7 @@ FIRST_LAYERS = {
     "float": "float baseline kernel on the scaled inputs",
     "bitplane": "XNOR on the 8 bit planes of the 8-bit inputs",
     "integer": "8-bit inputs times +/-1 weights on torch's fp32 matmul (exact integers)",
+    "int8": "8-bit inputs less 128 times +/-1 weights on torch's int8 matmul (exact integers; dense layers)",
 }
 
 
