@@ -3,6 +3,7 @@
 #include "cpu_kernels.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -281,6 +282,56 @@ BNN_TARGET_AVX512 void micro_avx512_full(const uint64_t* ap, const uint64_t* bp,
 }
 #endif  // BNN_X86
 
+// ---- Convolution epilogue: border correction, max-pool, direction and threshold in one pass ----------
+// For one output pixel: v[ch] = max over the pool window of (d - correction), times direction[ch], into
+// `scratch` (c entries); then bit ch = v[ch] >= bound[ch]. Inlined into one function per instruction set,
+// so that the channel loops are compiled (and vectorized) for it.
+template <typename PackGe>
+BNN_INLINE void conv_threshold_pixel(const ConvThreshold& t, int64_t image, int64_t i2, int64_t j2, int32_t* scratch,
+                                     uint64_t* out, PackGe pack_ge) {
+  const int64_t c = t.channels;
+  for (int64_t ch = 0; ch < c; ++ch) scratch[ch] = INT32_MIN;
+  for (int di = 0; di < t.pool; ++di)
+    for (int dj = 0; dj < t.pool; ++dj) {
+      const int64_t pixel = (i2 * t.pool + di) * t.width + j2 * t.pool + dj;
+      const int32_t* d = t.products + (image * t.height * t.width + pixel) * c;
+      if (t.correction) {
+        const int32_t* corr = t.correction + pixel * c;
+        for (int64_t ch = 0; ch < c; ++ch) scratch[ch] = std::max(scratch[ch], d[ch] - corr[ch]);
+      } else {
+        for (int64_t ch = 0; ch < c; ++ch) scratch[ch] = std::max(scratch[ch], d[ch]);
+      }
+    }
+  if (t.direction)
+    for (int64_t ch = 0; ch < c; ++ch) scratch[ch] *= t.direction[ch];
+  pack_ge(scratch, t.bound, c, out);
+}
+
+template <typename PackGe>
+BNN_INLINE void conv_threshold_rows_impl(const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch,
+                                         uint64_t* out, PackGe pack_ge) {
+  const int64_t h2 = t.height / t.pool, w2 = t.width / t.pool, words = words_for(t.channels);
+  for (int64_t r = r0; r < r1; ++r)  // r: an output row, image * h2 + i2
+    for (int64_t j2 = 0; j2 < w2; ++j2)
+      conv_threshold_pixel(t, r / h2, r % h2, j2, scratch, out + (r * w2 + j2) * words, pack_ge);
+}
+
+void conv_threshold_rows_portable(const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out) {
+  conv_threshold_rows_impl(t, r0, r1, scratch, out, pack_ge_row<int32_t>);
+}
+
+#if BNN_X86
+BNN_TARGET_AVX2 void conv_threshold_rows_avx2(const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch,
+                                              uint64_t* out) {
+  conv_threshold_rows_impl(t, r0, r1, scratch, out, pack_ge_row_i32_avx2);
+}
+
+BNN_TARGET_AVX512 void conv_threshold_rows_avx512(const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch,
+                                                  uint64_t* out) {
+  conv_threshold_rows_impl(t, r0, r1, scratch, out, pack_ge_row_i32_avx512);
+}
+#endif
+
 using MicroKernel = void (*)(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows, int cols,
                              int32_t* c, int64_t ldc);
 
@@ -404,6 +455,15 @@ void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, in
       kernel.micro(a_panels + (i / mr) * words * mr, bp, words, k, (int)std::min<int64_t>(mr, m1 - i), cols,
                    c + i * ldc + j, ldc);
   }
+}
+
+void conv_threshold_rows(Isa isa, const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out) {
+#if BNN_X86
+  if (isa == Isa::avx512) return conv_threshold_rows_avx512(t, r0, r1, scratch, out);
+  if (isa == Isa::avx2) return conv_threshold_rows_avx2(t, r0, r1, scratch, out);
+#endif
+  (void)isa;
+  conv_threshold_rows_portable(t, r0, r1, scratch, out);
 }
 
 void float_gemm_block(const float* a, const float* b, int64_t k, int64_t m0, int64_t m1, int64_t n0, int64_t n1,

@@ -49,6 +49,22 @@ void pack_panels(const uint64_t* src, int64_t rows, int64_t words, int64_t k, in
 void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,
                  int64_t m1, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 
+// A binary convolution's epilogue on its XNOR products d (images, height, width, channels), channels-last
+// int32: out bit (image, i2, j2, ch) = direction[ch] * max over the pool x pool window at (i2, j2) of
+// (d - correction[pixel, ch]) >= bound[ch], packed along the channels like pack_ge. correction (height * width,
+// channels) and direction (channels) may be null (none, +1); a ragged edge past a whole window is dropped.
+struct ConvThreshold {
+  const int32_t* products;
+  const int32_t* correction;
+  const int32_t* direction;
+  const int32_t* bound;
+  int64_t height, width, channels;
+  int pool;
+};
+// Output rows [r0, r1) (a row: image * (height / pool) + i2) into out (images, height / pool, width / pool,
+// ceil(channels / 64)); scratch holds `channels` int32.
+void conv_threshold_rows(Isa isa, const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out);
+
 // The CPU stand-in for the paper's unoptimised float kernel: c[i * ldc + j] = dot(a_i, b_j) over k for
 // i in [m0, m1), j in [n0, n1), a (m, k) and b (n, k) row-major; a plain register-blocked loop.
 void float_gemm_block(const float* a, const float* b, int64_t k, int64_t m0, int64_t m1, int64_t n0, int64_t n1,

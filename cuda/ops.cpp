@@ -110,6 +110,35 @@ void for_each_tile(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n, const B
   });
 }
 
+// The binary convolution's epilogue (bnn_cpu::conv_threshold_rows), in parallel over output rows.
+at::Tensor conv_threshold_cpu(const at::Tensor& products, const std::optional<at::Tensor>& correction, int64_t pool,
+                              const std::optional<at::Tensor>& direction, const at::Tensor& bound) {
+  TORCH_CHECK(products.dim() == 4 && products.scalar_type() == at::kInt && products.is_contiguous(),
+              "bnnctl::conv_threshold expects contiguous int32 products (images, height, width, channels)");
+  const int64_t n = products.size(0), h = products.size(1), w = products.size(2), c = products.size(3);
+  TORCH_CHECK(pool >= 1 && pool <= std::max<int64_t>(1, std::min(h, w)), "bnnctl::conv_threshold: pool ", pool,
+              " does not fit a ", h, " x ", w, " map");
+  auto check_vector = [&](const at::Tensor& t, int64_t size, const char* what) {
+    TORCH_CHECK(t.scalar_type() == at::kInt && t.is_contiguous() && t.numel() == size && t.device().is_cpu(),
+                "bnnctl::conv_threshold: ", what, " must be a contiguous int32 CPU tensor of ", size, " values");
+  };
+  check_vector(bound, c, "bound");
+  if (correction) check_vector(*correction, h * w * c, "correction");
+  if (direction) check_vector(*direction, c, "direction");
+  const int64_t h2 = h / pool, w2 = w / pool, words = bnn_ops::words_for(c);
+  at::Tensor out = at::empty({n, h2, w2, words}, products.options().dtype(at::kLong));
+  const bnn_cpu::ConvThreshold t{products.data_ptr<int32_t>(), correction ? correction->data_ptr<int32_t>() : nullptr,
+                                 direction ? direction->data_ptr<int32_t>() : nullptr, bound.data_ptr<int32_t>(),
+                                 h, w, c, (int)pool};
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const bnn_cpu::Isa isa = current_isa();
+  at::parallel_for(0, n * h2, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<int32_t> scratch(c);
+    bnn_cpu::conv_threshold_rows(isa, t, r0, r1, scratch.data(), dst);
+  });
+  return out;
+}
+
 // Copies the rows of packed (rows, words) into panels of `width` rows (bnn_cpu::pack_panels), in parallel.
 at::Tensor pack_panels_cpu(const at::Tensor& packed, int64_t k, int width) {
   const int64_t rows = packed.size(0), words = packed.size(1), panels = (rows + width - 1) / width;
@@ -265,6 +294,7 @@ at::Tensor ap2_cpu(const at::Tensor& x) {
 TORCH_LIBRARY(bnnctl, m) {
   m.def("pack(Tensor x) -> Tensor");
   m.def("pack_ge(Tensor value, Tensor bound) -> Tensor");
+  m.def("conv_threshold(Tensor products, Tensor? correction, int pool, Tensor? direction, Tensor bound) -> Tensor");
   m.def("xnor_gemm(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_paper(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_csa(Tensor a, Tensor b, int k) -> Tensor");
@@ -284,6 +314,7 @@ TORCH_LIBRARY(bnnctl, m) {
 TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
   m.impl("pack", &pack_cpu);
   m.impl("pack_ge", &pack_ge_cpu);
+  m.impl("conv_threshold", &conv_threshold_cpu);
   m.impl("xnor_gemm", &xnor_gemm_cpu);
   m.impl("xnor_gemm_paper", &xnor_gemm_cpu);  // the CUDA-only variants run the one CPU kernel
   m.impl("xnor_gemm_csa", &xnor_gemm_cpu);

@@ -452,3 +452,34 @@ def test_cuda_threshold_form_is_exact_past_two_to_the_24():
     for t in (thresh.cuda(), kernels.threshold_bounds(thresh, k).cuda()):
         bits = torch.ops.bnnctl.xnor_tc_gemm(a, b, k, t)
         assert kernels.unpack(bits.cpu(), 3).tolist() == [[1.0, -1.0, -1.0]]
+
+
+@pytest.mark.parametrize("channels", [5, 64, 70, 130])
+@pytest.mark.parametrize("pool", [1, 2, 3])
+def test_conv_threshold_is_the_separate_steps_in_one_pass(isa, channels, pool):
+    """Subtract the border correction, max-pool (dropping a ragged edge), multiply by the direction,
+    compare with the bound and pack: against the same steps in torch, with values on their bounds."""
+    g = torch.Generator().manual_seed(channels * 10 + pool)
+    n, h, w = 3, 7, 8
+    products = torch.randint(-6, 7, (n, h, w, channels), generator=g, dtype=torch.int32)
+    bound = torch.randint(-3, 4, (channels,), generator=g, dtype=torch.int32)
+    for correction in (None, torch.randint(-2, 3, (h * w, channels), generator=g, dtype=torch.int32)):
+        for direction in (None, torch.randint(0, 2, (channels,), generator=g, dtype=torch.int32) * 2 - 1):
+            d = products if correction is None else products - correction.view(h, w, channels)
+            h2, w2 = h // pool, w // pool
+            pooled = d[:, :h2 * pool, :w2 * pool].reshape(n, h2, pool, w2, pool, channels).amax(dim=(2, 4))
+            pre = pooled if direction is None else pooled * direction
+            expected = reference_pack((pre.long() - bound.long()).double().reshape(-1, channels))
+            got = kernels.conv_threshold(products, bound, pool, correction, direction)
+            assert got.shape == (n, h2, w2, kernels.words_for(channels))
+            assert torch.equal(got.reshape(-1, got.shape[-1]), expected)
+
+
+def test_conv_threshold_refuses_what_it_cannot_use():
+    products = torch.zeros(1, 4, 4, 3, dtype=torch.int32)
+    with pytest.raises(kernels.KernelError, match="int32 CPU tensor"):
+        kernels.conv_threshold(products.float(), torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="3 values"):
+        kernels.conv_threshold(products, torch.zeros(4, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="does not fit"):
+        kernels.conv_threshold(products, torch.zeros(3, dtype=torch.int32), pool=5)

@@ -234,6 +234,10 @@ class _XnorConv(_Layer):
         n, h, w, _ = a.shape
         spec = self.spec
         d = self.xnor(_im2col_words(a, spec.kernel_size, spec.padding), self.bits, self.k)
+        bound = self._threshold_in(self.rhs, torch.int32) if self.packed_out and self.device.type == "cpu" else None
+        if bound is not None:  # correction, pool, direction and threshold in one pass over the products
+            return kernels.conv_threshold(d.view(n, h, w, -1), bound, max(1, spec.pool), self.correction,
+                                          None if self.flipped else self.direction)
         d = (d.view(n, h * w, -1) - self.correction).view(n, h, w, -1)
         return self.finish(_max_pool(d, spec.pool), self.rhs)
 

@@ -29,8 +29,8 @@ from ..errors import UserError
 from .build import KernelBuildError, LoadedExtension, load_extension
 
 __all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "pack_ge", "threshold_bounds", "xnor_gemm",
-           "baseline_gemm", "available", "words_for", "cpu_isa", "supported_cpu_isas", "use_cpu_isa", "XNOR_IMPLS",
-           "MAX_K"]
+           "baseline_gemm", "conv_threshold", "available", "words_for", "cpu_isa", "supported_cpu_isas",
+           "use_cpu_isa", "XNOR_IMPLS", "MAX_K"]
 
 # xnor_gemm(impl=...) -> the torch.ops.bnnctl op that implements it.
 XNOR_IMPLS = {"tuned": "xnor_gemm", "csa": "xnor_gemm_csa", "paper": "xnor_gemm_paper", "tc": "xnor_tc_gemm"}
@@ -202,6 +202,22 @@ def pack_ge(value: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
                           f"{bound.device}")
     _check_device(value, "pack_ge()")
     return _ops().pack_ge(value.detach().contiguous(), bound.detach().contiguous())
+
+
+def conv_threshold(products: torch.Tensor, bound: torch.Tensor, pool: int = 1,
+                   correction: torch.Tensor | None = None, direction: torch.Tensor | None = None) -> torch.Tensor:
+    """A binary convolution's epilogue in one pass, on a CPU: int32 products (N, H, W, C) channels-last ->
+    packed bits (N, H // pool, W // pool, ceil(C / 64)) of ``direction * maxpool(products - correction)
+    >= bound``; correction int32 (H * W, C) or None, direction int32 (C,) or None (+1), bound int32 (C,).
+    The same bits as the separate steps (subtract, max-pool, multiply, pack_ge), without their passes
+    over the products."""
+    for name, t in (("products", products), ("bound", bound), ("correction", correction), ("direction", direction)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.device.type != "cpu"):
+            raise KernelError(f"conv_threshold() takes {name} as an int32 CPU tensor, got {_describe(t)}")
+    if products.dim() != 4:
+        raise KernelError(f"conv_threshold() takes products (N, H, W, C), got {_describe(products)}")
+    return _ops().conv_threshold(products.contiguous(), None if correction is None else correction.contiguous(),
+                                 int(pool), None if direction is None else direction.contiguous(), bound.contiguous())
 
 
 def xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int, impl: str = "tuned") -> torch.Tensor:
