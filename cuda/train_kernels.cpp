@@ -57,9 +57,24 @@ inline float clip_to(float x, float clip) {
 
 inline float max_of(float a, float b) { return a < b ? b : a; }
 
+// AP2 with the sign of x (+-0 stays +-0); a NaN stays NaN, where the bit arithmetic would give inf or 0.
+inline float ap2_inline(float x) {
+  const float signed_power = std::copysign(ap2_nonneg_inline(std::fabs(x)), x);
+  return x != x ? x : signed_power;
+}
+
+// core/binarize.hard_sigmoid: clamp((x + 1) / 2, 0, 1), a NaN staying NaN as with torch's clamp.
+inline float hard_sigmoid(float x) {
+  const float p = (x + 1.0f) / 2.0f;
+  const float low = p < 0.0f ? 0.0f : p;
+  return low > 1.0f ? 1.0f : low;
+}
+
 }  // namespace
 
 float ap2_nonnegative(float x) { return ap2_nonneg_inline(x); }
+
+float ap2(float x) { return ap2_inline(x); }
 
 BNN_CLONES
 void shift_adamax(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
@@ -109,6 +124,78 @@ void clip_binarize(float* __restrict p, int64_t n, float clip, float* __restrict
     for (int64_t i = 0; i < n; ++i) binary[i] = sign_pm1(p[i]);
   if (binary_i8)
     for (int64_t i = 0; i < n; ++i) binary_i8[i] = p[i] >= 0.0f ? 1 : -1;
+}
+
+// ---- shift-based BN and binarized activations ------------------------------------------------------------
+// Loops over one row at a time with the per-column vectors alongside, so that the inner loop vectorizes.
+
+BNN_CLONES
+void shift_bn_center(const float* __restrict x, const float* __restrict mean, int64_t rows, int64_t cols,
+                     float* __restrict centered_ap2, float* __restrict variance_terms) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float centered = x[row + c] - mean[c];
+      const float power = ap2_inline(centered);
+      centered_ap2[row + c] = power;
+      variance_terms[row + c] = power * centered;
+    }
+  }
+}
+
+BNN_CLONES
+void shift_bn_normalize(const float* __restrict x, const float* __restrict mean, const float* __restrict inv_std_ap2,
+                        const float* __restrict weight_ap2, const float* __restrict bias, int64_t rows, int64_t cols,
+                        float* __restrict out, float* __restrict normalized_ap2) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      // x - mean again rather than a stored copy: the same bits, one array less to write and read
+      const float normalized = (x[row + c] - mean[c]) * inv_std_ap2[c];
+      out[row + c] = normalized * weight_ap2[c] + bias[c];
+      normalized_ap2[row + c] = ap2_inline(normalized);
+    }
+  }
+}
+
+BNN_CLONES
+void shift_bn_backward_terms(const float* __restrict g, const float* __restrict centered_ap2,
+                             const float* __restrict normalized_ap2, int64_t rows, int64_t cols,
+                             float* __restrict projection_terms, float* __restrict weight_terms) {
+  const int64_t n = rows * cols;
+  for (int64_t i = 0; i < n; ++i) {
+    projection_terms[i] = centered_ap2[i] * g[i];
+    weight_terms[i] = normalized_ap2[i] * g[i];
+  }
+}
+
+BNN_CLONES
+void shift_bn_grad_input(const float* __restrict g, const float* __restrict centered_ap2,
+                         const float* __restrict g_mean, const float* __restrict projection,
+                         const float* __restrict scale, int64_t rows, int64_t cols, float* __restrict grad_x) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row = r * cols;
+    for (int64_t c = 0; c < cols; ++c)
+      grad_x[row + c] = ((g[row + c] - g_mean[c]) - centered_ap2[row + c] * projection[c]) * scale[c];
+  }
+}
+
+BNN_CLONES
+void sign_activation(const float* __restrict x, const float* __restrict u, int64_t n, float* __restrict out,
+                     uint8_t* __restrict pass_gradient) {
+  if (u) {
+    for (int64_t i = 0; i < n; ++i) out[i] = u[i] < hard_sigmoid(x[i]) ? 1.0f : -1.0f;
+  } else {
+    // core/binarize.sign_pm1: x + 0 turns -0.0 into +0.0, so that both zeros give +1
+    for (int64_t i = 0; i < n; ++i) out[i] = std::copysign(1.0f, x[i] + 0.0f);
+  }
+  for (int64_t i = 0; i < n; ++i) pass_gradient[i] = std::fabs(x[i]) <= 1.0f ? 1 : 0;
+}
+
+BNN_CLONES
+void masked_gradient(const float* __restrict grad, const uint8_t* __restrict pass_gradient, int64_t n,
+                     float* __restrict grad_x) {
+  for (int64_t i = 0; i < n; ++i) grad_x[i] = grad[i] * static_cast<float>(pass_gradient[i]);  // 0 or 1: no branch
 }
 
 }  // namespace bnn_train

@@ -12,9 +12,10 @@ from torch import nn
 
 from bnnctl import kernels
 from bnnctl.train import fused_step
-from bnnctl.core.binarize import ap2, sign_pm1
+from bnnctl.core.binarize import ap2, binarize_ste, sign_pm1
 from bnnctl.core.layers import BinaryLinear, SignActivation
 from bnnctl.core.models import build_model
+from bnnctl.core.norms import ShiftBatchNorm, _ShiftBatchNormFunction
 from bnnctl.optim.shift_adamax import ShiftAdaMax
 from tests.test_fast_path import sets, train
 
@@ -182,6 +183,129 @@ def test_a_cache_follows_every_change_of_its_weight():
     other = BinaryLinear(8, 4)
     layer.load_state_dict(other.state_dict())
     assert torch.equal(layer(x), other(x))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to the bit: -0.0 is not 0.0, and a NaN equals a NaN of the same bits."""
+    integers = {torch.float32: torch.int32, torch.float64: torch.int64}[a.dtype]
+    return a.dtype == b.dtype and torch.equal(a.view(integers), b.view(integers))
+
+
+def bn_inputs(rows: int, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x, gamma, beta with the awkward cases of shift-based BN where the columns allow them: a column of
+    zeros and a constant column (variance 0: 1/sqrt(eps)), tied values, +-0, values a thousand times
+    apart, gammas of 0, -0, powers of two and the AP2 rounding boundaries 2^k * sqrt(2)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g) * torch.exp2(torch.randint(-8, 8, (1, cols), generator=g).float())
+    sqrt2 = torch.tensor(math.sqrt(2.0))
+    specials = [torch.zeros(rows), torch.full((rows,), 3.25), torch.tensor([1.0, -1.0]).repeat(rows)[:rows],
+                torch.tensor([0.0, -0.0]).repeat(rows)[:rows], torch.randn(rows, generator=g) * 1e3]
+    for j, column in enumerate(specials[:cols]):
+        x[:, j] = column
+    gamma = torch.randn(cols, generator=g)
+    gamma_specials = torch.stack([torch.tensor(0.0), torch.tensor(-0.0), torch.tensor(0.5), sqrt2,
+                                  torch.nextafter(sqrt2, torch.tensor(0.0)), -2.0 * sqrt2])
+    gamma[:min(cols, len(gamma_specials))] = gamma_specials[:cols]
+    return x, gamma, torch.randn(cols, generator=g)
+
+
+def run_shift_bn(function, x, gamma, beta, grad, eps=1e-5):
+    """(out, mean, inv_std, grad_x, grad_gamma, grad_beta) of one training-mode shift BN."""
+    leaves = [t.clone().requires_grad_() for t in (x, gamma, beta)]
+    out, mean, inv_std = function(*leaves, eps)
+    out.backward(grad)
+    return (out.detach(), mean, inv_std, *(t.grad for t in leaves))
+
+
+@pytest.mark.parametrize("rows,cols", [(100, 2048), (7, 33), (1, 5), (64, 19), (3, 1)])
+def test_fused_shift_bn_equals_python_shift_bn_bit_for_bit(rows, cols):
+    """Forward and backward give the Python layer's bits: the C++ passes round every product and
+    difference as the torch ops do, and the column sums are torch's own (at::mean / at::sum)."""
+    x, gamma, beta = bn_inputs(rows, cols, seed=rows + cols)
+    grad = torch.randn(rows, cols, generator=torch.Generator().manual_seed(cols))
+    grad[:, -1] = 0.0
+    python = run_shift_bn(_ShiftBatchNormFunction.apply, x, gamma, beta, grad)
+    fused = run_shift_bn(fused_step.fused_shift_batch_norm, x, gamma, beta, grad)
+    assert fused[0].grad_fn is None and python[0].grad_fn is None  # compared detached
+    for name, a, b in zip(["out", "mean", "inv_std", "grad_x", "grad_gamma", "grad_beta"], python, fused):
+        assert same_bits(a, b), name
+
+
+def test_fused_shift_bn_module_keeps_the_same_running_statistics():
+    x, gamma, beta = bn_inputs(32, 12, seed=4)
+    python, fused = ShiftBatchNorm(12), ShiftBatchNorm(12)
+    for module in (python, fused):
+        with torch.no_grad():
+            module.weight.copy_(gamma)
+            module.bias.copy_(beta)
+    fused_step.use_fused_layers(nn.Sequential(fused))
+    assert fused.training_function is fused_step.fused_shift_batch_norm
+    assert python.training_function is not fused_step.fused_shift_batch_norm  # set on the instance only
+    for step in range(3):
+        assert torch.equal(python(x * (step + 1)), fused(x * (step + 1)))
+    assert torch.equal(python.running_mean, fused.running_mean)
+    assert torch.equal(python.running_inv_std, fused.running_inv_std)
+    python.eval(), fused.eval()
+    assert torch.equal(python(x), fused(x))
+
+
+def test_fused_shift_bn_leaves_other_inputs_to_the_python_layer():
+    """4-D and float64 inputs are not what the C++ passes take; they go through _ShiftBatchNormFunction."""
+    for x in (torch.randn(4, 3, 5, 5), torch.randn(6, 3, dtype=torch.float64)):
+        gamma, beta = torch.randn(3), torch.randn(3)
+        grad = torch.randn_like(x)
+        python = run_shift_bn(_ShiftBatchNormFunction.apply, x, gamma, beta, grad)
+        fused = run_shift_bn(fused_step.fused_shift_batch_norm, x, gamma, beta, grad)
+        for a, b in zip(python, fused):
+            assert same_bits(a, b)
+
+
+def activation_inputs(seed: int) -> torch.Tensor:
+    """Pre-activations around the STE's edges (+-1, the next floats past them), zeros of both signs,
+    infinities, NaN, and x whose hard_sigmoid is a small dyadic number that a uniform draw can equal."""
+    g = torch.Generator().manual_seed(seed)
+    one = torch.tensor(1.0)
+    edges = torch.stack([one, -one, torch.nextafter(one, torch.tensor(2.0)), torch.nextafter(-one, torch.tensor(-2.0)),
+                         torch.tensor(0.0), torch.tensor(-0.0), torch.tensor(math.inf), torch.tensor(-math.inf),
+                         torch.tensor(math.nan), torch.tensor(-0.5), torch.tensor(2.0 ** -24 - 1)])
+    return torch.cat([torch.randn(3000, generator=g) * 1.5, edges, torch.arange(-64, 65) / 64.0]).view(-1, 4)
+
+
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_fused_sign_activation_equals_binarize_ste_bit_for_bit(stochastic):
+    """The same +1/-1 from the same generator state (and the generator left in the same state), and the
+    same masked gradient."""
+    x = activation_inputs(0)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    grad[0, :2] = torch.tensor([math.inf, -3.0])
+    results = []
+    for function in (binarize_ste, fused_step.fused_binarize_ste):
+        torch.manual_seed(11)
+        leaf = x.clone().requires_grad_()
+        out = function(leaf, stochastic)
+        out.backward(grad)
+        results.append((out.detach(), leaf.grad, torch.rand(3)))
+    (out_a, grad_a, next_a), (out_b, grad_b, next_b) = results
+    assert same_bits(out_a, out_b)
+    assert same_bits(grad_a, grad_b)  # inf * 0 is NaN in both, -g * 0 is -0.0
+    assert torch.equal(next_a, next_b)  # both drew exactly x.numel() uniforms
+    if stochastic:
+        assert 0 < int((out_a[:750] > 0).sum()) < 3000  # it did draw
+
+
+def test_fused_layers_are_switched_on_by_the_fused_step_only():
+    cfg = {"arch": "mlp", "hidden": [16], "dropout_in": 0.0, "dropout_hidden": 0.0, "bias": True,
+           "norm": "shift_bn", "output_norm": "torch7_bn", "bn_eps": 1e-5, "bn_momentum": 0.125,
+           "stochastic_weights": False, "stochastic_activations": True}
+    plain, fused = build_model(cfg, (1, 4, 4), 10), build_model(cfg, (1, 4, 4), 10)
+    fused_step.setup_fused_step(fused, ShiftAdaMax(fused.parameters(), lr=2.0 ** -6), False, 8)
+    for module in plain.modules():
+        if isinstance(module, SignActivation):
+            assert module.binarize is binarize_ste
+    (activation,) = [m for m in fused.modules() if isinstance(m, SignActivation)]
+    (norm,) = [m for m in fused.modules() if isinstance(m, ShiftBatchNorm)]
+    assert activation.binarize is fused_step.fused_binarize_ste
+    assert norm.training_function is fused_step.fused_shift_batch_norm
 
 
 def tiny_torch7(tmp_path: Path, tiny_npz: Path) -> Path:

@@ -157,12 +157,16 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
 class SignActivation(nn.Module):
     """Binarized activation: sign with the 1_{|x|<=1} STE; stochastic only while training."""
 
+    # (x, stochastic) -> +1/-1 with the STE. The fused CPU step (train/fused_step.py) sets a C++ form with
+    # the same numbers on the instance.
+    binarize = staticmethod(binarize_ste)
+
     def __init__(self, stochastic: bool = False):
         super().__init__()
         self.stochastic = stochastic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return binarize_ste(x, self.stochastic and self.training)
+        return self.binarize(x, self.stochastic and self.training)
 
     def extra_repr(self) -> str:
         return f"stochastic={self.stochastic}"

@@ -96,6 +96,10 @@ class _ShiftBatchNormFunction(torch.autograd.Function):
 class ShiftBatchNorm(nn.Module):
     """Shift-based BN over (N, C) or (N, C, H, W) inputs; see the module docstring."""
 
+    # Training mode: (x, weight, bias, eps) -> (out, batch mean, batch 1/sqrt(var + eps)). The fused CPU
+    # step (train/fused_step.py) sets a C++ form with the same numbers on the instance.
+    training_function = staticmethod(_ShiftBatchNormFunction.apply)
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.125):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -111,7 +115,7 @@ class ShiftBatchNorm(nn.Module):
         if x.dim() not in (2, 4):
             raise ValueError(f"ShiftBatchNorm expects (N, C) or (N, C, H, W) inputs, got shape {tuple(x.shape)}")
         if self.training:
-            out, mean, inv_std = _ShiftBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+            out, mean, inv_std = self.training_function(x, self.weight, self.bias, self.eps)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
                 self.running_inv_std.lerp_(inv_std.to(self.running_inv_std.dtype), self.momentum)

@@ -15,6 +15,11 @@ binarizes them into a freshly allocated tensor in the next forward. Here:
   gradients are real numbers); so do the first layer (real pixels) and every layer whose input
   is not known to be integral. Where int8 is not faster on this CPU, float32 is kept
   (``choose_int8_layers`` times both at the training batch size);
+* shift-based BN over (N, C) and the binarized activations run as C++ passes (``use_fused_layers``)
+  instead of a dozen torch ops each, most of them the float64 log2 and exp2 of AP2: BN forward is
+  two elementwise passes around torch's own column sums (so the sums add in torch's order and every
+  number equals the Python layer's), its backward two more; an activation is one pass producing the
+  +1/-1 output and its STE mask from torch's uniform draws, and its backward one multiply;
 * glibc is told to keep freed memory (``reuse_memory``): every step allocates and frees
   gradient and activation tensors of tens of MB, which glibc otherwise returns to the kernel and
   faults back in page by page.
@@ -34,7 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.binarize import binarize_ste
 from ..core.layers import BinaryLayer, BinaryWeightCache, SignActivation
+from ..core.norms import ShiftBatchNorm, _ShiftBatchNormFunction
 from ..optim.shift_adamax import ShiftAdaMax
 
 # a latent weight's id -> (its binary cache, or None; its clip value, or None)
@@ -100,6 +107,71 @@ def choose_int8_layers(model: nn.Sequential, batch_size: int) -> list[int]:
         if int8_ms < float_ms:
             chosen.append(i)
     return chosen
+
+
+# ---------------------------------------------------------------------------- fused layers
+
+
+def _fusable(x: torch.Tensor, dims: int | None = None) -> bool:
+    """The C++ layers take contiguous float32 CPU tensors (of ``dims`` dimensions, where given)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and (dims is None or x.dim() == dims))
+
+
+class _FusedShiftBatchNormFunction(torch.autograd.Function):
+    """``_ShiftBatchNormFunction`` (core/norms.py) on (N, C) float32 inputs, in C++: the same numbers."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float):
+        out, mean, inv_std, centered_ap2, inv_std_ap2, weight_ap2, normalized_ap2 = \
+            ops().shift_batch_norm_forward(x, weight, bias, eps)
+        ctx.save_for_backward(centered_ap2, normalized_ap2, inv_std_ap2, weight_ap2)
+        ctx.mark_non_differentiable(mean, inv_std)
+        return out, mean, inv_std
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_inv_std):
+        grad_x, grad_weight, grad_bias = ops().shift_batch_norm_backward(grad_out.contiguous(), *ctx.saved_tensors)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def fused_shift_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+    """ShiftBatchNorm's training function: C++ for (N, C) float32 inputs, the Python one otherwise."""
+    if _fusable(x, 2) and _fusable(weight, 1) and _fusable(bias, 1):
+        return _FusedShiftBatchNormFunction.apply(x, weight, bias, eps)
+    return _ShiftBatchNormFunction.apply(x, weight, bias, eps)
+
+
+class _FusedSignSTE(torch.autograd.Function):
+    """``binarize_ste`` (core/binarize.py) in one C++ pass; the uniform draws are torch's, as in stochastic_sign."""
+
+    @staticmethod
+    def forward(ctx, x, stochastic: bool):
+        u = torch.rand(x.shape, device=x.device, dtype=torch.float32) if stochastic else None
+        out, pass_gradient = ops().sign_activation(x, u)
+        ctx.save_for_backward(pass_gradient)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (pass_gradient,) = ctx.saved_tensors
+        return ops().masked_gradient(grad_out.contiguous(), pass_gradient), None
+
+
+def fused_binarize_ste(x: torch.Tensor, stochastic: bool = False) -> torch.Tensor:
+    """SignActivation's binarizer: C++ for float32 CPU inputs, the Python one otherwise."""
+    if _fusable(x):
+        return _FusedSignSTE.apply(x, stochastic)
+    return binarize_ste(x, stochastic)
+
+
+def use_fused_layers(model: nn.Module) -> None:
+    """Run the model's shift-based BNs (training mode) and binarized activations with the C++ kernels."""
+    for module in model.modules():
+        if isinstance(module, ShiftBatchNorm):
+            module.training_function = fused_shift_batch_norm
+        elif isinstance(module, SignActivation):
+            module.binarize = fused_binarize_ste
 
 
 # ---------------------------------------------------------------------------- fused optimizers
@@ -207,7 +279,7 @@ def fuse_optimizer(optimizer: torch.optim.Optimizer, layer_of: LayerMap
 
 def setup_fused_step(model: nn.Sequential, optimizer: torch.optim.Optimizer, int8_forward: bool,
                      batch_size: int) -> tuple[torch.optim.Optimizer, set[int], list[int]]:
-    """Caches on the model's deterministic binary layers and the fused optimizer.
+    """Caches on the model's deterministic binary layers, the C++ BN and activations, and the fused optimizer.
 
     Returns (optimizer, ids of the latent weights it clips, indices of the layers that multiply in int8).
     """
@@ -219,6 +291,7 @@ def setup_fused_step(model: nn.Sequential, optimizer: torch.optim.Optimizer, int
             if not module.stochastic:
                 cache = module.attach_weight_cache(int8=i in int8_layers)
             layer_of[id(module.weight)] = (cache, module.clip_value)
+    use_fused_layers(model)
     return fuse_optimizer(optimizer, layer_of), set(layer_of), int8_layers
 
 
