@@ -443,6 +443,26 @@ void pack_panels(const uint64_t* src, int64_t rows, int64_t words, int64_t k, in
   }
 }
 
+void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uint64_t* out) {
+  const int64_t rows = x.images * x.height * x.width, taps = (int64_t)x.kernel * x.kernel;
+  const int64_t words = taps * x.channel_words;
+  for (int64_t p = p0; p < p1; ++p) {
+    uint64_t* panel = out + p * words * width;
+    for (int i = 0; i < width; ++i) {
+      const int64_t row = p * width + i;
+      const int64_t image = row / (x.height * x.width), pixel = row % (x.height * x.width);
+      const int64_t y = pixel / x.width, xx = pixel % x.width;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t yy = y + t / x.kernel - x.padding, xt = xx + t % x.kernel - x.padding;
+        const bool inside = row < rows && yy >= 0 && yy < x.height && xt >= 0 && xt < x.width;
+        const uint64_t* src = inside ? x.words + ((image * x.height + yy) * x.width + xt) * x.channel_words : nullptr;
+        uint64_t* dst = panel + t * x.channel_words * width + i;
+        for (int64_t j = 0; j < x.channel_words; ++j) dst[j * width] = inside ? src[j] : 0;
+      }
+    }
+  }
+}
+
 void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,
                  int64_t m1, int64_t n0, int64_t n1, int32_t* c, int64_t ldc) {
   const PanelKernel kernel = panel_kernel(isa);

@@ -44,6 +44,17 @@ PanelShape panel_shape(Isa isa);
 void pack_panels(const uint64_t* src, int64_t rows, int64_t words, int64_t k, int width, int64_t p0, int64_t p1,
                  uint64_t* out);
 
+// A binary convolution's input: channels-last packed words (images, height, width, channel_words), read as the
+// rows of its im2col matrix: row (image, y, x) holds the kernel x kernel taps around (y, x) in (kh, kw) order,
+// each tap's channel words, and all-zero words for taps outside the image (stride 1).
+struct ConvInput {
+  const uint64_t* words;
+  int64_t images, height, width, channel_words;
+  int kernel, padding;
+};
+// pack_panels for that im2col matrix, gathered straight from the image: no im2col copy in memory.
+void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uint64_t* out);
+
 // c[i * ldc + j] = k - 2 * popcount(a_i XOR b_j) for i in [m0, m1), j in [n0, n1), from a's rows packed in
 // panels of panel_shape(isa).rows and b's in panels of .cols (pack_panels); m0 and n0 are multiples of them.
 void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,

@@ -156,14 +156,12 @@ at::Tensor pack_panels_cpu(const at::Tensor& packed, int64_t k, int width) {
   return out;
 }
 
-at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k) {
-  bnn_ops::check_packed_pair(a, b, k);
-  const int64_t m = a.size(0), n = b.size(0), words = a.size(1);
-  at::Tensor c = at::empty({m, n}, a.options().dtype(at::kInt));
+// c (m, n) from a's rows in panels (pack_panels or pack_conv_panels) and b (n, words), packed here.
+at::Tensor xnor_gemm_panels(const at::Tensor& a_panels, int64_t m, const at::Tensor& b, int64_t k, bnn_cpu::Isa isa) {
+  const int64_t n = b.size(0), words = b.size(1);
+  at::Tensor c = at::empty({m, n}, b.options().dtype(at::kInt));
   if (m == 0 || n == 0) return c;
-  const bnn_cpu::Isa isa = current_isa();
   const bnn_cpu::PanelShape shape = bnn_cpu::panel_shape(isa);
-  const at::Tensor a_panels = pack_panels_cpu(a, k, shape.rows);
   const at::Tensor b_panels = pack_panels_cpu(b, k, shape.cols);
   const uint64_t* pa = reinterpret_cast<const uint64_t*>(a_panels.data_ptr<int64_t>());
   const uint64_t* pb = reinterpret_cast<const uint64_t*>(b_panels.data_ptr<int64_t>());
@@ -179,6 +177,35 @@ at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k) {
     bnn_cpu::xnor_panels(isa, pa, pb, words, k, m0, m1, n0, n1, pc, n);
   });
   return c;
+}
+
+at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k) {
+  bnn_ops::check_packed_pair(a, b, k);
+  const bnn_cpu::Isa isa = current_isa();
+  return xnor_gemm_panels(pack_panels_cpu(a, k, bnn_cpu::panel_shape(isa).rows), a.size(0), b, k, isa);
+}
+
+// The stride-1 binary convolution of channels-last packed words x (N, H, W, C words) with b (out, kernel *
+// kernel * C words, taps in (kh, kw) order): int32 (N * H * W, out), the XNOR GEMM of x's im2col matrix, whose
+// rows are gathered into the GEMM's panels straight from x.
+at::Tensor xnor_conv_cpu(const at::Tensor& x, const at::Tensor& b, int64_t kernel, int64_t padding) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kLong && x.is_contiguous() && x.device().is_cpu(),
+              "bnnctl::xnor_conv expects contiguous int64 packed words (images, height, width, channel words)");
+  TORCH_CHECK(kernel >= 1 && 2 * padding == kernel - 1, "bnnctl::xnor_conv: kernel ", kernel, " and padding ", padding,
+              " do not keep the image's size (2 * padding = kernel - 1)");
+  const int64_t channel_words = x.size(3), k = kernel * kernel * channel_words * 64;
+  TORCH_CHECK(b.dim() == 2 && b.scalar_type() == at::kLong && b.is_contiguous() && b.device().is_cpu() &&
+                  b.size(1) == kernel * kernel * channel_words,
+              "bnnctl::xnor_conv expects contiguous int64 weight words (out, ", kernel * kernel * channel_words, ")");
+  const bnn_cpu::Isa isa = current_isa();
+  const int width = bnn_cpu::panel_shape(isa).rows;
+  const bnn_cpu::ConvInput in{reinterpret_cast<const uint64_t*>(x.data_ptr<int64_t>()), x.size(0), x.size(1),
+                              x.size(2), channel_words, (int)kernel, (int)padding};
+  const int64_t m = in.images * in.height * in.width, panels = (m + width - 1) / width;
+  at::Tensor a_panels = at::empty({panels * b.size(1) * width}, x.options());
+  uint64_t* dst = reinterpret_cast<uint64_t*>(a_panels.data_ptr<int64_t>());
+  at::parallel_for(0, panels, 16, [&](int64_t p0, int64_t p1) { bnn_cpu::pack_conv_panels(in, width, p0, p1, dst); });
+  return xnor_gemm_panels(a_panels, m, b, k, isa);
 }
 
 at::Tensor baseline_gemm_cpu(const at::Tensor& a, const at::Tensor& b) {
@@ -434,6 +461,7 @@ TORCH_LIBRARY(bnnctl, m) {
   m.def("pack_ge(Tensor value, Tensor bound) -> Tensor");
   m.def("conv_threshold(Tensor products, Tensor? correction, int pool, Tensor? direction, Tensor bound) -> Tensor");
   m.def("xnor_gemm(Tensor a, Tensor b, int k) -> Tensor");
+  m.def("xnor_conv(Tensor x, Tensor b, int kernel, int padding) -> Tensor");
   m.def("xnor_gemm_paper(Tensor a, Tensor b, int k) -> Tensor");
   m.def("xnor_gemm_csa(Tensor a, Tensor b, int k) -> Tensor");
   m.def("baseline_gemm(Tensor a, Tensor b) -> Tensor");
@@ -460,6 +488,7 @@ TORCH_LIBRARY_IMPL(bnnctl, CPU, m) {
   m.impl("pack_ge", &pack_ge_cpu);
   m.impl("conv_threshold", &conv_threshold_cpu);
   m.impl("xnor_gemm", &xnor_gemm_cpu);
+  m.impl("xnor_conv", &xnor_conv_cpu);
   m.impl("xnor_gemm_paper", &xnor_gemm_cpu);  // the CUDA-only variants run the one CPU kernel
   m.impl("xnor_gemm_csa", &xnor_gemm_cpu);
   m.impl("baseline_gemm", &baseline_gemm_cpu);

@@ -483,3 +483,23 @@ def test_conv_threshold_refuses_what_it_cannot_use():
         kernels.conv_threshold(products, torch.zeros(4, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="does not fit"):
         kernels.conv_threshold(products, torch.zeros(3, dtype=torch.int32), pool=5)
+
+
+@pytest.mark.parametrize("channels,kernel,padding", [(5, 3, 1), (64, 3, 1), (70, 3, 0), (130, 1, 0), (3, 5, 2)])
+def test_xnor_conv_is_the_gemm_of_the_im2col_words(isa, channels, kernel, padding):
+    """The gathered panels give what im2col on words then xnor_gemm gives (ragged rows, borders, taps)."""
+    g = torch.Generator().manual_seed(channels + kernel)
+    n, h, w, out = 3, 5, 7, 11
+    words = kernels.words_for(channels)
+    x = kernels.pack(torch.randn(n * h * w, channels, generator=g)).view(n, h, w, words)
+    b = kernels.pack(torch.randn(out, kernel * kernel * words * 64, generator=g))
+    padded = torch.nn.functional.pad(x, (0, 0, padding, padding, padding, padding))
+    h_out, w_out = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+    if (h_out, w_out) != (h, w):
+        with pytest.raises(RuntimeError):
+            kernels.xnor_conv(x, b, kernel, padding)  # stride 1, same size only
+        return
+    taps = [padded[:, i:i + h, j:j + w] for i in range(kernel) for j in range(kernel)]
+    im2col = torch.stack(taps, dim=3).reshape(n * h * w, -1)
+    expected = kernels.xnor_gemm(im2col, b, kernel * kernel * words * 64)
+    assert torch.equal(kernels.xnor_conv(x, b, kernel, padding), expected)

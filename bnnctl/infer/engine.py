@@ -185,6 +185,13 @@ class _Layer:
     def xnor(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
         return kernels.xnor_gemm(a, b, k, impl=self.xnor_impl)
 
+    def xnor_conv(self, words: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+        """The XNOR products of a stride-1 convolution of channels-last words (N, H, W, C words): on a CPU
+        with the im2col gathered inside the GEMM, on a GPU as im2col on words, then the GEMM."""
+        if words.device.type == "cpu" and 2 * self.spec.padding == self.spec.kernel_size - 1:
+            return kernels.xnor_conv(words, b, self.spec.kernel_size, self.spec.padding)
+        return self.xnor(_im2col_words(words, self.spec.kernel_size, self.spec.padding), b, k)
+
     def finish(self, pre: torch.Tensor, rhs: torch.Tensor | None, acc_scale: float = 1.0):
         """Threshold (and pack) a channels-last pre-activation, or turn it into logits."""
         if self.output:
@@ -233,7 +240,7 @@ class _XnorConv(_Layer):
     def __call__(self, a: torch.Tensor):
         n, h, w, _ = a.shape
         spec = self.spec
-        d = self.xnor(_im2col_words(a, spec.kernel_size, spec.padding), self.bits, self.k)
+        d = self.xnor_conv(a, self.bits, self.k)
         bound = self._threshold_in(self.rhs, torch.int32) if self.packed_out and self.device.type == "cpu" else None
         if bound is not None:  # correction, pool, direction and threshold in one pass over the products
             return kernels.conv_threshold(d.view(n, h, w, -1), bound, max(1, spec.pool), self.correction,
@@ -361,7 +368,7 @@ class _FirstLayer(_Layer):
             return _sum_planes(d.view(PLANES, n, -1))
         c, h, w = spec.in_shape
         pixels = kernels.pack(planes.permute(0, 1, 3, 4, 2).reshape(-1, c)).view(PLANES * n, h, w, -1)
-        d = self.xnor(_im2col_words(pixels, spec.kernel_size, spec.padding), self.bits, self.k)
+        d = self.xnor_conv(pixels, self.bits, self.k)
         p = (_sum_planes(d.view(PLANES, n, h * w, -1)) - self.correction).view(n, h, w, -1)
         return _max_pool(p, spec.pool)
 

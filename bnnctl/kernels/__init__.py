@@ -29,7 +29,7 @@ from ..errors import UserError
 from .build import KernelBuildError, LoadedExtension, load_extension
 
 __all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "pack_ge", "threshold_bounds", "xnor_gemm",
-           "baseline_gemm", "conv_threshold", "available", "words_for", "cpu_isa", "supported_cpu_isas",
+           "baseline_gemm", "conv_threshold", "xnor_conv", "available", "words_for", "cpu_isa", "supported_cpu_isas",
            "use_cpu_isa", "XNOR_IMPLS", "MAX_K"]
 
 # xnor_gemm(impl=...) -> the torch.ops.bnnctl op that implements it.
@@ -245,6 +245,20 @@ def xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int, impl: str = "tuned") -> 
                               f"{torch.cuda.get_device_name(a.device)} is "
                               f"{'.'.join(map(str, torch.cuda.get_device_capability(a.device)))}; use impl='tuned'")
     return getattr(_ops(), XNOR_IMPLS[impl])(a.contiguous(), b.contiguous(), k)
+
+
+def xnor_conv(x: torch.Tensor, b: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
+    """A stride-1 binary convolution on a CPU: int32 (N * H * W, out) = xnor_gemm(im2col(x), b), exactly, with
+    x channels-last packed words (N, H, W, C words) (taps outside the image all-zero words) and b (out,
+    kernel * kernel * C words), taps in (kh, kw) order. The im2col rows are gathered into the GEMM's panels
+    straight from x, never written out whole."""
+    for name, t in (("x", x), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.device.type != "cpu":
+            raise KernelError(f"xnor_conv() takes {name} as int64 packed words on the CPU, got {_describe(t)}")
+    if x.dim() != 4 or b.dim() != 2:
+        raise KernelError(f"xnor_conv() takes x (N, H, W, words) and b (out, words), got {_describe(x)} and "
+                          f"{_describe(b)}")
+    return _ops().xnor_conv(x.contiguous(), b.contiguous(), int(kernel), int(padding))
 
 
 def baseline_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
