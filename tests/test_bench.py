@@ -152,6 +152,32 @@ def test_a_cpu_peaks_record_of_this_cpu_gives_the_ceiling_without_popc_peak(tmp_
     assert timing.recorded_cpu_peak(tmp_path / "none", torch.device("cpu")) is None
 
 
+def test_every_cpu_instruction_set_path_is_timed_against_its_own_ceiling(tmp_path):
+    """xnor (the dispatched path), xnor-avx2 and xnor-scalar: exact, and each row's share is of its own
+    instruction set's best cpu_peaks row (AVX2: the better of lookup and Harley-Seal)."""
+    from bnnctl import kernels
+    threads = torch.get_num_threads()
+    rows = {"xor+popcnt scalar": {"one_thread": 100.0, "all_threads": 200.0},
+            "xor+popcount avx2 lookup": {"one_thread": 200.0, "all_threads": 400.0},
+            "xor+popcount avx2 harley-seal": {"one_thread": 300.0, "all_threads": 600.0},
+            "xor+popcount avx512 vpopcntdq": {"one_thread": 500.0, "all_threads": 1000.0}}
+    write_cpu_peaks(tmp_path, "20260101T000000-cpu-peaks.json", threads, rows)
+    res = run_cli("--device", "cpu", "--kernel", "xnor,xnor-avx2,xnor-scalar", "--m", "9", "--n", "30", "--k", "200",
+                  "--repeat", "2", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    (path,) = tmp_path.glob("*-cpu-9x30x200.json")
+    got = json.loads(path.read_text())["kernels"]
+    ceiling = {"scalar": 0.2, "avx2": 0.6, "avx512vpopcntdq": 1.0}
+    for name, isa in (("xnor", kernels.cpu_isa()), ("xnor-avx2", "avx2"), ("xnor-scalar", "scalar")):
+        e = got[name]
+        if isa not in kernels.supported_cpu_isas():
+            assert e["status"].startswith("failed") and "cannot run" in e["status"]
+            continue
+        assert e["status"] == "ok" and e["exact"] and e["isa"] == isa
+        assert e["share_of_isa_ceiling"] == pytest.approx(e["tbops"] / ceiling[isa])
+        assert e["share_of_popc_ceiling"] == pytest.approx(e["tbops"] / 1.0)
+
+
 def test_cpu_peaks_records_of_other_machines_or_thread_counts_are_not_used(tmp_path):
     rows = {"xor+popcount avx2 lookup": {"one_thread": 200.0, "all_threads": 400.0}}
     threads = torch.get_num_threads()
@@ -221,13 +247,16 @@ def test_model_bench_times_the_torch_reference_and_the_variants_with_autograd_of
     reference's layers see grad mode off (a forward hook on the float model records it)."""
     monkeypatch.setattr(mlp, "load_bench_model", _small_mnist_mlp)
     calls: dict[str, list] = {}
-    real_runner = mlp._runner
+    real_runner, real_frozen = mlp._runner, mlp.frozen_float_model
+
+    def hooked_frozen(float_model):  # the torch variants run a frozen copy of the float model
+        frozen = real_frozen(float_model)
+        frozen.register_forward_hook(lambda *_: calls.setdefault("torch model", []).append(
+            (torch.is_grad_enabled(), torch.is_inference_mode_enabled())))
+        return frozen
 
     def recording_runner(name, exported, float_model, device):
         step = real_runner(name, exported, float_model, device)
-        if name == "torch":
-            float_model.register_forward_hook(lambda *_: calls.setdefault("torch model", []).append(
-                (torch.is_grad_enabled(), torch.is_inference_mode_enabled())))
 
         def recorded(xb):
             calls.setdefault(name, []).append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
@@ -235,6 +264,7 @@ def test_model_bench_times_the_torch_reference_and_the_variants_with_autograd_of
         return recorded
 
     monkeypatch.setattr(mlp, "_runner", recording_runner)
+    monkeypatch.setattr(mlp, "frozen_float_model", hooked_frozen)
     result = mlp.bench_model("mnist-mlp", None, "cpu", tmp_path / "no-data", repeat=2, limit=300,
                              names=["xnor-integer", "torch"])
     assert {n for n, e in result["variants"].items() if e["status"] == "ok"} == {"xnor-integer", "torch"}

@@ -36,8 +36,8 @@ from .. import kernels
 from ..errors import UserError
 from ..paper import KERNEL_RATIOS
 from ..runs import resolve_device
-from .timing import (check_arguments, error_line, header, measuring, parse_names, record, recorded_cpu_peak, sync,
-                     time_call)
+from .timing import (check_arguments, cpu_peak_rows, error_line, header, measuring, parse_names, record,
+                     recorded_cpu_peak, sync, time_call)
 
 DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds
 # The paper's ratios (cited, not measured here), recorded beside ours.
@@ -71,6 +71,7 @@ class BenchKernel:
     unavailable: str = ""  # why it does not run on the devices it lacks
     stock: bool = False  # torch's own product, not ours: may be rounded (recorded, not a failure of the command)
     note: Callable[[str], str | None] | None = None  # device type -> what the row's output is, for the record
+    isa: str | None = None  # a CPU XNOR row forced onto this instruction set (None: the one the CPU dispatches to)
 
     def label_on(self, device: str) -> str:
         return self.cpu_label if device == "cpu" and self.cpu_label else self.label
@@ -121,6 +122,19 @@ def _int8_matmul(o: Operands) -> torch.Tensor:
     return torch._int_mm(o.int8[0], o.int8[1].T)
 
 
+def _cpu_xnor_on(isa: str) -> Callable[[Operands], torch.Tensor]:
+    def run(o: Operands) -> torch.Tensor:
+        with kernels.use_cpu_isa(isa):
+            return kernels.xnor_gemm(o.a_bits, o.b_bits, o.k)
+    return run
+
+
+def _cpu_xnor(isa: str, method: str) -> BenchKernel:
+    """The CPU XNOR kernel forced onto one instruction set (where this CPU has it)."""
+    return BenchKernel(f"XNOR, CPU, {isa} path ({method})", _cpu_xnor_on(isa), packed=True, devices=("cpu",),
+                       unavailable="CPU-only (one instruction-set path of the CPU kernel)", isa=isa)
+
+
 def _cuda_xnor(name: str, label: str, impl: str) -> BenchKernel:
     """A CUDA-only XNOR kernel behind kernels.xnor_gemm(impl=...)."""
     return BenchKernel(label, lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k, impl=impl), packed=True,
@@ -131,6 +145,8 @@ KERNELS: dict[str, BenchKernel] = {
     "xnor": BenchKernel("XNOR, tuned CUDA cores (64-bit, 8x8 per thread)",
                         lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k), packed=True,
                         cpu_label="XNOR, CPU (vectorised popcount)"),
+    "xnor-avx2": _cpu_xnor("avx2", "vpshufb nibble-lookup popcount"),
+    "xnor-scalar": _cpu_xnor("scalar", "64-bit POPCNT"),
     "xnor-csa": _cuda_xnor("xnor-csa", "XNOR, CUDA cores, carry-save popcounts", "csa"),
     "xnor-paper": _cuda_xnor("xnor-paper", "XNOR, paper-style 16x16 tiles", "paper"),
     "xnor-tc": _cuda_xnor("xnor-tc", "XNOR, tensor cores (mma.sync b1 AND+POPC)", "tc"),
@@ -149,6 +165,10 @@ RATIO_REFERENCES = {"x_baseline": "baseline", "x_cublas_fp32": "cublas", "x_torc
                     "x_torch_int8": "int8"}
 # torch's own exact products on a CPU: the best of them is the stock path an XNOR kernel has to beat.
 STOCK_EXACT = ("cublas", "bf16", "int8")
+# Each CPU instruction set's own XOR+popcount ceiling: the best of these tools/cpu_peaks rows.
+ISA_CEILING_ROWS = {"avx512vpopcntdq": ("xor+popcount avx512 vpopcntdq",),
+                    "avx2": ("xor+popcount avx2 harley-seal", "xor+popcount avx2 lookup"),
+                    "scalar": ("xor+popcnt scalar",)}
 
 
 def make_operands(m: int, n: int, k: int, device: torch.device, seed: int = 0) -> Operands:
@@ -182,10 +202,12 @@ def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, 
     say = console.print if console else (lambda *a, **kw: None)
     say(f"bench: {m} x {n} x {k} on {dev.type}, kernels {', '.join(names)}")
     popc_source = "--popc-peak" if popc_peak_tbops else None
+    ceiling_rows: dict[str, float] = {}
     if not popc_peak_tbops and peaks_dir is not None:
         found = recorded_cpu_peak(peaks_dir, dev)
         if found:
             popc_peak_tbops, popc_source = found[0], str(found[1])
+            ceiling_rows = cpu_peak_rows(found[1])
             say(f"  XOR+popcount ceiling {popc_peak_tbops:.3f} T binary-op/s, recorded for this CPU in {found[1]}")
     with measuring():
         ops = make_operands(m, n, k, dev)
@@ -196,6 +218,8 @@ def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, 
             ms, runs = time_call(lambda: (kernels.pack(ops.a), kernels.pack(ops.b)), dev, repeat, budget_s)
             packing = {"median_ms": ms, "runs": runs, "what": "pack(A) and pack(B), float32 -> bits"}
     _add_rates(results, 2 * m * n * k, popc_peak_tbops, dev.type)
+    if dev.type == "cpu":
+        _add_isa_shares(results, ceiling_rows)
     extra = {}
     if dev.type == "cpu":
         extra["best_exact_stock"] = _add_best_stock(results)
@@ -256,6 +280,21 @@ def _add_rates(results: dict, binary_ops: int, popc_peak_tbops: float | None, de
                     entry[key + "_including_packing"] = ref_entry["median_ms"] / entry["including_packing_ms"]
             else:
                 entry[key] = None  # the reference was not timed: the table says "not run"
+
+
+def _add_isa_shares(results: dict, ceiling_rows: dict[str, float]) -> None:
+    """Each CPU XNOR row's instruction set and its share of that instruction set's own ceiling (the best of
+    its tools/cpu_peaks rows, named in ``isa_ceiling_row``), beside its share of the CPU's best ceiling."""
+    for name, entry in results.items():
+        spec = KERNELS[name]
+        if entry["status"] != "ok" or not spec.packed or "cpu" not in spec.devices:
+            continue
+        isa = spec.isa or kernels.cpu_isa()
+        entry["isa"] = isa
+        rows = {row: ceiling_rows[row] for row in ISA_CEILING_ROWS.get(isa, ()) if row in ceiling_rows}
+        if rows:
+            row = max(rows, key=rows.get)
+            entry.update(isa_ceiling_row=row, isa_ceiling_tbops=rows[row], share_of_isa_ceiling=entry["tbops"] / rows[row])
 
 
 def _add_best_stock(results: dict) -> dict | None:
@@ -334,6 +373,11 @@ def print_table(result: dict, console: Console) -> None:
                 where = "CUDA-core XOR+POPC" if result["device"]["type"] == "cuda" else "CPU XOR+popcount"
                 console.print(f"{name}: {100 * e['share_of_popc_ceiling']:.0f}% of the measured {where} "
                               f"ceiling ({result['popc_ceiling_tbops']:.2f} T binary-op/s)")
+        for name, e in result["kernels"].items():
+            if "share_of_isa_ceiling" in e:
+                console.print(f"{name} ({e['isa']}): {100 * e['share_of_isa_ceiling']:.0f}% of its own instruction "
+                              f"set's ceiling ({e['isa_ceiling_row']}: {e['isa_ceiling_tbops']:.2f} T binary-op/s)",
+                              highlight=False)
         if result.get("popc_ceiling_source") not in (None, "--popc-peak"):
             console.print(f"(ceiling recorded for this CPU in {result['popc_ceiling_source']})", highlight=False)
     console.print(f"paper values ({PAPER['gpu']}, 8192^3): XNOR {PAPER['xnor_vs_baseline']}x the baseline, "

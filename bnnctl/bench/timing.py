@@ -274,6 +274,23 @@ def recorded_cpu_peak(directory: Path | str, device: torch.device) -> tuple[floa
     return found
 
 
+def cpu_peak_rows(path: Path | str, threads: int | None = None) -> dict[str, float]:
+    """A cpu-peaks record's xor+popcount rows for torch's (or the given) thread count: row name -> T binary-op/s
+    on all threads ({} where it has none)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    try:
+        rec = json.loads(Path(path).read_text())
+        rows = rec["threads"][str(threads)]["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out = {}
+    for name, row in rows.items() if isinstance(rows, dict) else ():
+        rate = row.get("all_threads") if isinstance(row, dict) else None
+        if name.startswith("xor+popc") and isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+            out[name] = float(rate) / 1e3
+    return out
+
+
 def record(result: dict, out_dir: Path | str) -> Path:
     """Write a bench result as JSON into out_dir (atomically) and return its path:
     DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind."""
@@ -296,4 +313,4 @@ def record(result: dict, out_dir: Path | str) -> Path:
 
 
 __all__ = ["MIN_RUNS", "sync", "no_tf32", "measuring", "parse_names", "time_call", "time_round_robin", "error_line",
-           "device_info", "header", "check_arguments", "cpu_identity", "recorded_cpu_peak", "record"]
+           "device_info", "header", "check_arguments", "cpu_identity", "recorded_cpu_peak", "cpu_peak_rows", "record"]
