@@ -7,7 +7,7 @@ from torch import nn
 from bnnctl.core.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_, glorot_lr_scale
 from bnnctl.core.models import build_model, count_parameters
 from bnnctl.optim import build_optimizer, lr_at, param_groups, set_lr
-from bnnctl.recipe import load_recipe, resolve
+from bnnctl.recipe import load_recipe
 
 from .conftest import REPO
 

@@ -90,6 +90,21 @@ MLP_RECORD = {  # as bnnctl/bench/mlp.py records it
 }
 
 
+CONVNET_RECORD = {  # as bnnctl/bench/convnet.py records it
+    "kind": "cifar10-convnet", "date": "2026-11-30T12:00:00+00:00", "device": {"type": "cpu", "hardware": "Test CPU"},
+    "data": {"images": 100, "dataset": None},
+    "variants": {
+        "xnor-integer": {"label": "packed engine", "status": "ok", "median_ms": 50.0, "images_per_s": 2000.0,
+                         "predictions_differing_from_float": 0},
+        "xnor-bitplane-tc": {"label": "tensor cores", "status": "not run: CUDA-only kernel"},
+        "torch": {"label": "fp32", "status": "ok", "median_ms": 400.0, "images_per_s": 250.0,
+                  "predictions_differing_from_float": 0},
+        "torch-bf16": {"label": "bf16", "status": "ok", "median_ms": 200.0, "images_per_s": 500.0,
+                       "predictions_differing_from_float": 3},
+    },
+}
+
+
 CPU_PEAKS_RECORD = {
     "kind": "cpu-peaks", "date": "2026-11-27T12:00:00+00:00", "hardware": "Test CPU",
     "threads": {"2": {"rows": {"fp32 FMA (registers)": {"one_thread": 90.0, "all_threads": 180.0},
@@ -183,6 +198,8 @@ def results(tmp_path_factory) -> Path:
     (bench / "mlp.json").write_text(json.dumps(MLP_RECORD))
     (bench / "mlp-gpu.json").write_text(json.dumps({**MLP_RECORD, "device": {"type": "cuda", "hardware": "Test GPU"}}))
     (bench / "cpu-peaks.json").write_text(json.dumps(CPU_PEAKS_RECORD))
+    (bench / "convnet.json").write_text(json.dumps(CONVNET_RECORD))
+    (bench / "convnet-no-variants.json").write_text(json.dumps({**CONVNET_RECORD, "variants": {}}))
     (bench / "cpu-peaks-other-layout.json").write_text(json.dumps({"kind": "cpu-peaks", "threads": {"2": [1, 2]}}))
     (bench / "truncated.json").write_text('{"kind": "kernels", ')
     (bench / "future.json").write_text(json.dumps({"kind": "energy-meter", "joules": 3}))
@@ -316,23 +333,35 @@ def test_kernel_tables_match_the_bench_records(results, out):
     md = (out / "REPORT.md").read_text()
     table = md.split("## Kernel figure")[1].split("### MNIST MLP")[0]
     assert "not run" not in table and "xnor-paper" not in table
-    assert "| Test CPU (2 threads) (cpu) | 64x32x128 | xnor: XNOR, CPU | 0.400 | 0.600 |  |  | 5.00 |  | yes |" \
+    assert "| Test CPU (2 threads) (cpu) | 64x32x128 | xnor: XNOR, CPU | 0.400 | 0.600 |  |  | 5.00 |  |  |  | yes |" \
         in table
     assert "| Test CPU (2 threads) (cpu) | 64x32x128 | baseline: float baseline | 10.000 |  | 1.00 |  | 0.20 |  " \
-           "| yes |" in table
-    assert "| Test GPU (cuda) | 8192x8192x8192 | xnor: XNOR, CPU | 0.500 | 0.800 | 20.00 | 23x | 4.00 | 3.4x | yes |" \
+           "|  |  | yes |" in table
+    assert "| Test GPU (cuda) | 8192x8192x8192 | xnor: XNOR, CPU | 0.500 | 0.800 | 20.00 | 23x | 4.00 | 3.4x |  |  " \
+        "| yes |" \
         in table
 
     mlp = read_csv(out / "mnist_mlp.csv")
-    assert [r["device"] for r in mlp] == ["Test CPU (cpu)"] * 4 + ["Test GPU (cuda)"] * 4
-    cpu = [(r["variant"], r["median_ms"], r["x_baseline"], r["x_torch"], r["test_error_pct"], r["status"],
-            r["paper_x_baseline"]) for r in mlp[:4]]
-    # Speed-ups from the recorded times: (a) 700 ms, (b) 100 ms, (d) 200 ms.
-    assert cpu == [("baseline", "700", "1", "0.2857", "1.25", "ok", ""), ("xnor", "100", "7", "2", "1.25", "ok", ""),
-                   ("xnor-bitplane", "", "", "", "", "not run: CUDA-only kernel", ""),
-                   ("torch", "200", "3.5", "1", "1.25", "ok", "")]
-    assert [r["paper_x_baseline"] for r in mlp[4:]] == ["", "7.0", "", ""]  # the paper's 7x: (b), on a GPU
+    # rows that were not run (not selected, or a kernel of another device) say nothing and are left out
+    assert [r["device"] for r in mlp] == ["Test CPU (cpu)"] * 3 + ["Test GPU (cuda)"] * 3
+    cpu = [(r["variant"], r["median_ms"], r["x_baseline"], r["x_torch"], r["x_best_torch"], r["test_error_pct"],
+            r["status"], r["paper_x_baseline"]) for r in mlp[:3]]
+    # Speed-ups from the recorded times: (a) 700 ms, (b) 100 ms, (d) 200 ms, the only (so the best) torch variant.
+    assert cpu == [("baseline", "700", "1", "0.2857", "0.2857", "1.25", "ok", ""),
+                   ("xnor", "100", "7", "2", "2", "1.25", "ok", ""),
+                   ("torch", "200", "3.5", "1", "1", "1.25", "ok", "")]
+    assert [r["paper_x_baseline"] for r in mlp[3:]] == ["", "7.0", ""]  # the paper's 7x: (b), on a GPU
     assert all(r["model"] == "trained weights from `results/mnist/x/best.pt`, epoch 2" for r in mlp)
+
+
+def test_convnet_bench_records_get_their_own_table(out):
+    rows = read_csv(out / "convnets.csv")
+    assert [(r["variant"], r["images_per_s"], r["x_torch_fp32"], r["x_best_torch"],
+             r["predictions_differing_from_float"]) for r in rows] == [
+        ("xnor-integer", "2000", "8", "4", "0"), ("torch", "250", "1", "0.5", "0"), ("torch-bf16", "500", "2", "1", "3")]
+    md = (out / "REPORT.md").read_text()
+    assert "### The ConvNets on packed bits" in md and "| xnor-integer: packed engine | 2,000 | 8.00 | 4.00 | 0 |" in md
+    assert "convnet-no-variants.json" in md.split("## Skipped or questioned files")[1]
 
 
 def test_memory_and_energy_from_the_model_definitions(results, out):
@@ -482,3 +511,10 @@ def test_schedule_is_the_share_of_the_recipes_epochs():
     assert schedule_words(run(1200), recipes) == "1200 epochs, more than the recipe's 1000"
     assert schedule_words(run(3, "interrupted"), recipes) == "3 of 1000 epochs (0.3%), interrupted"
     assert schedule(run(5, recipe="tiny"), recipes) == "5 epochs (recipe not shipped)"
+
+
+def test_a_cpu_xnor_row_shows_its_share_of_its_own_and_the_best_ceiling():
+    from bnnctl.report.kernels import _ceiling_cell
+    assert _ceiling_cell({"isa": "avx2", "share_of_isa_ceiling": 0.874, "share_of_popc_ceiling": 0.31}) == \
+        "87% (avx2); 31% (best)"
+    assert _ceiling_cell({"share_of_popc_ceiling": 0.5}) == "50% (best)" and _ceiling_cell({}) == ""

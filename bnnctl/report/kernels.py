@@ -51,6 +51,11 @@ class MlpRecord:
         ref = self.ms(reference)
         return ref / row["median_ms"] if ref and row["status"] == "ok" else None
 
+    def best_torch(self) -> str | None:
+        """The fastest torch variant that ran (fp32, bf16, int8: the best stock path), or None."""
+        ran = [r for r in self.rows if r["name"].startswith("torch") and r["status"] == "ok"]
+        return min(ran, key=lambda r: r["median_ms"])["name"] if ran else None
+
 
 def _check_kernels_record(data: dict[str, Any]) -> str | None:
     device, shape, kernel_map = data.get("device"), data.get("shape"), data.get("kernels")
@@ -102,9 +107,11 @@ def _mlp_model(data: dict[str, Any]) -> str:
 
 
 def find_benches(results: Path, notes: Notes
-                 ) -> tuple[list[KernelRecord], list[MlpRecord], list[tuple[str, dict[str, Any]]]]:
-    """(kernel records, MNIST MLP records, (path, data) of the CPU ceiling records) under results/bench."""
-    kernel_records, mlp_records, cpu_peaks = [], [], []
+                 ) -> tuple[list[KernelRecord], list[MlpRecord], list[tuple[str, dict[str, Any]]],
+                            list[tuple[str, dict[str, Any]]]]:
+    """(kernel records, MNIST MLP records, (path, data) of the CPU ceiling records, (path, data) of the
+    ConvNet bench records) under results/bench."""
+    kernel_records, mlp_records, cpu_peaks, convnets = [], [], [], []
     bench_dir = results / "bench"
     for path in sorted(bench_dir.rglob("*.json")) if bench_dir.is_dir() else []:
         rel = path.relative_to(results).as_posix()
@@ -128,9 +135,64 @@ def find_benches(results: Path, notes: Notes
                                              rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
         elif kind == "cpu-peaks":
             cpu_peaks.append((rel, data))
+        elif isinstance(kind, str) and kind.endswith("-convnet"):
+            problem = _check_convnet_record(data)
+            if problem:
+                notes.add(rel, f"ConvNet bench record with {problem}: skipped")
+            else:
+                convnets.append((rel, data))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
-    return kernel_records, mlp_records, cpu_peaks
+    return kernel_records, mlp_records, cpu_peaks, convnets
+
+
+def _check_convnet_record(data: dict[str, Any]) -> str | None:
+    device, variants = data.get("device"), data.get("variants")
+    if not isinstance(device, dict) or not isinstance(device.get("type"), str):
+        return "no device type"
+    if not isinstance(variants, dict) or not variants:
+        return "no variants"
+    for name, e in variants.items():
+        if not isinstance(e, dict) or not isinstance(e.get("status"), str):
+            return f"variant {name!r} has no status"
+        if e["status"] == "ok" and not (is_number(e.get("median_ms")) and is_number(e.get("images_per_s"))):
+            return f"variant {name!r} ran but has no median_ms or images_per_s"
+    return None
+
+
+def convnet_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str:
+    """The ConvNets on the packed engine (``bnnctl bench --model cifar10-convnet|svhn-convnet``): every variant
+    that ran, its images/s and its speed-up over torch fp32 and over the fastest torch variant; '' when none."""
+    if not records:
+        return ""
+    header = ["record", "model", "device", "data", "variant", "median_ms", "images_per_s", "x_torch_fp32",
+              "x_best_torch", "predictions_differing_from_float"]
+    rows, md_rows = [], []
+    for rel, data in records:
+        d = data["device"]
+        device = f"{d.get('hardware', d['type'])} ({d['type']})"
+        source = data.get("data", {}).get("dataset") or "random images" if isinstance(data.get("data"), dict) else ""
+        ok = {n: e for n, e in data["variants"].items() if e["status"] == "ok"}
+        torch_ok = {n: e for n, e in ok.items() if n.startswith("torch")}
+        best = min(torch_ok, key=lambda n: torch_ok[n]["median_ms"]) if torch_ok else None
+        for name, e in ok.items():
+            x_fp32 = ok["torch"]["median_ms"] / e["median_ms"] if "torch" in ok else None
+            x_best = torch_ok[best]["median_ms"] / e["median_ms"] if best else None
+            differ = e.get("predictions_differing_from_float")
+            rows.append([rel, data.get("kind"), device, source, name, fmt(e["median_ms"], ".6g"),
+                         fmt(e["images_per_s"], ".6g"), fmt(x_fp32, ".4g"), fmt(x_best, ".4g"),
+                         differ if is_count(differ) else None])
+            md_rows.append([data.get("kind", ""), device, source, f"{name}: {e.get('label', '')}",
+                            fmt(e["images_per_s"], ",.0f"), fmt(x_fp32, ".2f"), fmt(x_best, ".2f"),
+                            fmt(differ if is_count(differ) else None, "d")])
+    write_csv(out / "convnets.csv", header, rows)
+    return "\n\n".join([
+        "### The ConvNets on packed bits (`bnnctl bench --model cifar10-convnet|svhn-convnet`)",
+        md_table(["model", "device", "data", "variant", "images/s", "x torch fp32", "x best torch",
+                  "predictions differing from the float model"], md_rows),
+        "Every variant that ran; 'best torch' is the fastest of torch fp32, channels-last and bf16 in the same "
+        "record. The engine variants must predict the float model's class on every image (the command fails "
+        "otherwise); bf16 rounds, so its differences are recorded only. CSV: `convnets.csv`."])
 
 
 def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:
@@ -163,7 +225,10 @@ KERNEL_COLUMNS = (("median_ms", "median_ms"), ("including_packing_ms", "includin
                   ("x_baseline_including_packing", "x_baseline_including_packing"),
                   ("x_cublas_fp32", "x_fp32_matmul"), ("x_cublas_fp32_including_packing",
                                                        "x_fp32_matmul_including_packing"),
-                  ("x_torch_bf16", "x_torch_bf16"))
+                  ("x_torch_bf16", "x_torch_bf16"), ("x_torch_int8", "x_torch_int8"),
+                  ("x_best_exact_stock", "x_best_exact_stock"), ("share_of_popc_ceiling", "share_of_popc_ceiling"),
+                  ("isa", "isa"), ("share_of_isa_ceiling", "share_of_isa_ceiling"),
+                  ("isa_ceiling_row", "isa_ceiling_row"))
 PAPER_RATIO_FOR = {("xnor", "x_baseline"): "xnor_vs_baseline", ("xnor", "x_cublas_fp32"): "xnor_vs_cublas",
                    ("xnor-paper", "x_baseline"): "xnor_vs_baseline", ("xnor-paper", "x_cublas_fp32"): "xnor_vs_cublas"}
 
@@ -202,30 +267,37 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
         values = [e.get(key) for key, _ in KERNEL_COLUMNS]
         paper_base, paper_cublas = (_paper_ratio(rec, name, key) for key in ("x_baseline", "x_cublas_fp32"))
         rows.append([rec.rel, rec.date, rec.device, rec.shape, name, e.get("label", ""), e.get("exact")]
-                    + [fmt(v, ".6g") if is_number(v) else None for v in values] + [paper_base, paper_cublas])
+                    + [fmt(v, ".6g") if is_number(v) else v for v in values] + [paper_base, paper_cublas])
         md_rows.append([rec.device, rec.shape, f"{name}: {e.get('label', '')}", fmt(e.get("median_ms"), ".3f"),
                         fmt(e.get("including_packing_ms"), ".3f"), fmt(e.get("x_baseline"), ".2f"),
                         fmt(paper_base, ".0f", "") + ("x" if paper_base else ""),
                         fmt(e.get("x_cublas_fp32"), ".2f"),
                         fmt(paper_cublas, ".1f", "") + ("x" if paper_cublas else ""),
+                        fmt(e.get("x_best_exact_stock"), ".2f", ""), _ceiling_cell(e),
                         {True: "yes", False: "NO"}.get(e.get("exact"), "?")])
     write_csv(out / "kernels.csv", header, rows)
 
     mlp_header = ["record", "device", "variant", "paper_row", "label", "status", "median_ms", "x_baseline",
-                  "x_torch", "paper_x_baseline", "test_error_pct", "predictions_differing_from_torch", "model"]
+                  "x_torch", "x_best_torch", "paper_x_baseline", "test_error_pct", "predictions_differing_from_torch",
+                  "model"]
     mlp_rows, mlp_md = [], []
     for rec in sorted(mlp, key=lambda r: (r.device, r.rel)):
+        best = rec.best_torch()
         for r in rec.rows:
+            if r["status"].startswith("not run"):
+                continue  # not selected, or a kernel of another device: says nothing about this one
             x_base, x_torch = rec.speedup(r, "baseline"), rec.speedup(r, "torch")
+            x_best = rec.speedup(r, best) if best else None
             # The paper's 7x is (b), the XNOR kernels with the first layer on the baseline kernel, over (a), on a GPU.
             paper_x = paper.kernel_ratio("mlp_xnor_vs_baseline") \
                 if r["paper_row"] == "(b)" and rec.device_type == "cuda" else None
             mlp_rows.append([rec.rel, rec.device, r["name"], r["paper_row"], r["label"], r["status"],
-                             fmt(r["median_ms"], ".6g"), fmt(x_base, ".4g"), fmt(x_torch, ".4g"), paper_x,
+                             fmt(r["median_ms"], ".6g"), fmt(x_base, ".4g"), fmt(x_torch, ".4g"), fmt(x_best, ".4g"),
+                             paper_x,
                              fmt(r["test_error_pct"]), r["differing"], rec.model])
             mlp_md.append([rec.device, f"{r['paper_row']} {r['name']}: {r['label']}".strip(),
                            fmt(r["median_ms"], ".1f") if r["status"] == "ok" else r["status"], fmt(x_base, ".2f"),
-                           fmt(paper_x, "g") + ("x" if paper_x else ""), fmt(x_torch, ".2f"),
+                           fmt(paper_x, "g") + ("x" if paper_x else ""), fmt(x_torch, ".2f"), fmt(x_best, ".2f"),
                            fmt(r["test_error_pct"]), fmt(r["differing"], "d")])
     if mlp:
         write_csv(out / "mnist_mlp.csv", mlp_header, mlp_rows)
@@ -238,11 +310,14 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
              "cuBLAS: the kernel column says which."]
     if ran:
         parts.append(md_table(["device", "m x n x k", "kernel", "ms", "ms incl. packing", "x baseline", "paper",
-                               "x fp32 matmul", "paper", "exact"], md_rows))
+                               "x fp32 matmul", "paper", "x best exact stock", "% of ceiling", "exact"], md_rows))
         parts.append("One row per kernel, device and shape, from the latest record in which that kernel ran; a "
                      "kernel no record ran there has no row. A ratio compares times within that one record, so "
-                     "it is blank where the record did not time the reference. CSV (with each row's record): "
-                     "`kernels.csv`.")
+                     "it is blank where the record did not time the reference. On a CPU, 'x best exact stock' "
+                     "divides by the fastest of torch's exact products (fp32, bf16, int8) in that record, and '% "
+                     "of ceiling' is an XNOR row's rate over its own instruction set's XOR+popcount ceiling "
+                     "(then over the CPU's best), from the `tools/cpu_peaks` record of that CPU. CSV (with each "
+                     "row's record): `kernels.csv`.")
     elif records:
         parts.append("No kernel ran in the recorded benchmarks: not run.")
     else:
@@ -250,15 +325,27 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
     parts.append("### MNIST MLP (the figure's right half)")
     if mlp:
         parts.append(md_table(["device", "variant", "ms (all test images)", "x baseline (a)", "paper",
-                               "x torch (d)", "test error %", "predictions differing from torch"], mlp_md))
+                               "x torch fp32 (d)", "x best torch", "test error %", "predictions differing from torch"],
+                              mlp_md))
         parts.append("Accuracies are for: " + "; ".join(f"`{rec.rel}`: {rec.model}" for rec in mlp) + ". "
                      f"Paper: {paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x for (b) over (a), at the same accuracy. "
-                     "CSV: `mnist_mlp.csv`.")
+                     "'x best torch' divides by the fastest torch variant of the record (fp32, bf16 or int8: the "
+                     "best stock path). CSV: `mnist_mlp.csv`.")
     else:
         parts.append("No MNIST MLP benchmark is recorded (`bnnctl bench --model mnist-mlp` writes one): not run.")
     if records or mlp:
         parts.append(_bench_chart(records, mlp, out))
     return "\n\n".join(parts)
+
+
+def _ceiling_cell(e: dict[str, Any]) -> str:
+    """'87% (avx2 ceiling); 31% (best)' for a CPU XNOR row with recorded ceilings, else ''."""
+    parts = []
+    if is_number(e.get("share_of_isa_ceiling")):
+        parts.append(f"{100 * e['share_of_isa_ceiling']:.0f}% ({e.get('isa', '?')})")
+    if is_number(e.get("share_of_popc_ceiling")):
+        parts.append(f"{100 * e['share_of_popc_ceiling']:.0f}% (best)")
+    return "; ".join(parts)
 
 
 def _most_complete(records: list, key: Callable[[Any], Any], ran: Callable[[Any], int]) -> list:
@@ -306,8 +393,18 @@ def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -
         ratio, reference = ("x_baseline", "baseline") if any(n == "baseline" for n, _ in ran) else \
             ("x_cublas_fp32", "fp32 matmul")
         _bars(ax, [name for name, _ in ran], [e["median_ms"] for _, e in ran],
-              [f"{e[ratio]:.1f}x" if is_number(e.get(ratio)) else "" for _, e in ran],
-              f"{rec.device}\nmatmul {rec.shape} (label: x {reference})", colors)
+              [(f"{e[ratio]:.1f}x" if is_number(e.get(ratio)) else "")
+               + (f"\n{100 * e['share_of_isa_ceiling']:.0f}%" if is_number(e.get("share_of_isa_ceiling")) else "")
+               for _, e in ran],
+              f"{rec.device}\nmatmul {rec.shape} (label: x {reference}; XNOR: % of its ISA's ceiling)", colors)
+        ceiling = rec.data.get("popc_ceiling_tbops")
+        if is_number(ceiling) and ceiling > 0 and is_number(rec.data.get("binary_ops")):
+            # the time of a kernel at the CPU's XOR+popcount ceiling: no XNOR bar can sit below this line
+            ceiling_ms = rec.data["binary_ops"] / (ceiling * 1e12) * 1e3
+            ax.axhline(ceiling_ms, color="k", linestyle="--", linewidth=0.8)
+            ax.annotate(f"popcount ceiling {ceiling:.2f} T/s", (0, ceiling_ms), xytext=(2, -9),
+                        textcoords="offset points", fontsize=6)
+            ax.set_ylim(bottom=min(ax.get_ylim()[0], ceiling_ms / 2))
     for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
         ran = [r for r in rec.rows if r["status"] == "ok"]
         reference = "baseline" if rec.ms("baseline") else "torch"
