@@ -225,8 +225,6 @@ def test_first_layer_float_threshold_is_the_exact_float32_boundary(arch_model):
                                                 ("int8", "xnor"), ("float", "float")])
 def test_engine_reproduces_every_activation_of_the_float_model(arch_model, first_layer, hidden):
     arch, record, model = arch_model
-    if first_layer == "int8" and export_model(record, model).layers[0].kind == "conv":
-        pytest.skip("the int8 first layer is for dense first layers")
     x = torch.cat([tie_images(arch), images(200, ARCHS[arch][2], 4)])
     expected = model_trace(model, x)
     engine = PackedEngine(export_model(record, model), "cpu", first_layer=first_layer, hidden=hidden)
@@ -259,7 +257,7 @@ def test_first_layer_ties_on_binary_images(arch):
     record, model = prepared(arch, tie_first_layer=True)
     x = tie_images(arch)
     expected = model_trace(model, x)
-    for first_layer in ("float", "bitplane", "integer") + (("int8",) if arch == "mlp" else ()):
+    for first_layer in ("float", "bitplane", "integer", "int8"):
         got = PackedEngine(export_model(record, model), "cpu", first_layer=first_layer).trace(x)
         for i, (e, g) in enumerate(zip(expected[:-1], got[:-1])):
             assert torch.equal(g, e), f"{first_layer} first layer, layer {i + 1}"
@@ -280,12 +278,6 @@ def test_batching_does_not_change_predictions(arch_model):
     x = images(70, ARCHS[arch][2], 11)
     engine = PackedEngine(export_model(record, model))
     assert torch.equal(engine.predict(x, batch_size=16), engine.predict(x, batch_size=70))
-
-
-def test_int8_first_layer_refuses_a_convolution():
-    record, model = prepared("convnet")
-    with pytest.raises(EngineError, match="int8 first layer runs dense"):
-        PackedEngine(export_model(record, model), first_layer="int8")
 
 
 def test_bitplane_first_layer_needs_eight_bit_images():

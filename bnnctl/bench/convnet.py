@@ -5,6 +5,7 @@ The paper's Table 1 ConvNets (``recipes/cifar10.yaml``: (2x128C3)-MP2-(2x256C3)-
 on the device to predicted classes, batch by batch, over the test images:
 
   xnor-integer      packed engine: XNOR kernels, first layer as exact integers on torch's fp32 matmul;
+  xnor-int8         packed engine: XNOR kernels, first layer as exact integers on torch's int8 matmul;
   xnor-bitplane     packed engine: XNOR kernels, first layer on the 8 bit planes (the paper's Algorithm 5);
   xnor              packed engine: XNOR kernels, first layer on the float baseline kernel (the paper's setup);
   torch             the float model in torch, fp32, NCHW (cuDNN with TF32 off / oneDNN): the reference;
@@ -76,6 +77,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "xnor-integer": Variant(f"packed engine: XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer"),
+    "xnor-int8": Variant(f"packed engine: XNOR kernels, first layer: {FIRST_LAYERS['int8']}", "int8"),
     "xnor-bitplane": Variant("packed engine: XNOR kernels, first layer on the 8 bit planes (Algorithm 5)", "bitplane"),
     "xnor": Variant("packed engine: XNOR kernels, first layer on the float baseline kernel (the paper's setup)",
                     "float"),

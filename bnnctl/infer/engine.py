@@ -331,13 +331,23 @@ class _FirstLayer(_Layer):
                 self.integer_rhs = None if self.output else (self.rhs + weight_sum) / 2
                 self.weight_sum = weight_sum
         elif mode == "int8":
-            if conv:
-                raise EngineError("the int8 first layer runs dense first layers; a convolution's runs as 'integer' or "
-                                  "'bitplane'.")
             # x - 128 as int8 times the +/-1 weights on torch's int8 matmul, exact int32 sums d; then
-            # P = sum (2x - 255) w = 2 (d + 128 sum(w)) - 255 sum(w) = 2 d + sum(w).
-            self.weight_t_i8 = self.weight.to(torch.int8).t().contiguous()
-            self.weight_sum_i32 = self.weight.sum(1).to(torch.int32)
+            # P = sum (2x - 255) w = 2 (d + 128 sum(w)) - 255 sum(w) = 2 d + sum(w), the sums over the pixels
+            # inside the image (a padded tap reads x - 128 = 0, as the float model reads 0 there).
+            if conv:
+                c, h, w = spec.in_shape
+                if 2 * spec.padding != spec.kernel_size - 1:
+                    raise EngineError("the int8 first layer runs convolutions that keep the image's size "
+                                      f"(padding (kernel - 1) / 2); this one has kernel {spec.kernel_size}, padding "
+                                      f"{spec.padding}.")
+                rows = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # taps (kh, kw), channels fastest
+                self.weight_t_i8 = rows.to(torch.int8).t().contiguous()
+                inside = F.conv2d(torch.ones(1, c, h, w, device=device, dtype=torch.float64), weight.double(),
+                                  padding=spec.padding)[0]
+                self.weight_sum_i32 = inside.permute(1, 2, 0).round().to(torch.int32).contiguous()  # (H, W, out)
+            else:
+                self.weight_t_i8 = self.weight.to(torch.int8).t().contiguous()
+                self.weight_sum_i32 = self.weight.sum(1).to(torch.int32)
 
     def __call__(self, x: torch.Tensor, x_float: Callable[[], torch.Tensor]):
         spec = self.spec
@@ -353,10 +363,18 @@ class _FirstLayer(_Layer):
                               f"{str(x.dtype).replace('torch.', '')}.")
         if self.mode == "integer" and spec.kind == "dense" and not self.output:
             return self.finish(x.reshape(x.shape[0], -1).to(torch.float32) @ self.weight.T, self.integer_rhs)
-        if self.mode == "int8":
+        if self.mode == "int8" and spec.kind == "dense":
             signed = (x.reshape(x.shape[0], -1) ^ 128).view(torch.int8)  # x - 128, in two's complement
             p = 2 * torch._int_mm(signed, self.weight_t_i8) + self.weight_sum_i32
             return self.finish(p, self.rhs, acc_scale=INPUT_LEVELS)
+        if self.mode == "int8":
+            p = self._int8_conv(x)
+            bound = self._threshold_in(self.rhs, torch.int32) if self.packed_out and self.device.type == "cpu" \
+                else None
+            if bound is not None:  # pool, direction and threshold in one pass
+                return kernels.conv_threshold(p, bound, max(1, spec.pool), None,
+                                              None if self.flipped else self.direction)
+            return self.finish(_max_pool(p, spec.pool), self.rhs, acc_scale=INPUT_LEVELS)
         p = self._bitplane(x) if self.mode == "bitplane" else self._integer(x)
         return self.finish(p, self.rhs, acc_scale=INPUT_LEVELS)
 
@@ -371,6 +389,17 @@ class _FirstLayer(_Layer):
         d = self.xnor_conv(pixels, self.bits, self.k)
         p = (_sum_planes(d.view(PLANES, n, h * w, -1)) - self.correction).view(n, h, w, -1)
         return _max_pool(p, spec.pool)
+
+    def _int8_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """P (N, H, W, out) int32, channels-last: im2col of x - 128 on int8 (taps outside the image 0), one
+        torch int8 matmul, then 2 d + the weights summed over the taps inside the image at each pixel."""
+        spec, n = self.spec, x.shape[0]
+        _, h, w = spec.in_shape
+        k, pad = spec.kernel_size, spec.padding
+        signed = F.pad((x ^ 128).view(torch.int8).permute(0, 2, 3, 1), (0, 0, pad, pad, pad, pad))
+        cols = torch.stack([signed[:, i:i + h, j:j + w] for i in range(k) for j in range(k)], dim=3)
+        d = torch._int_mm(cols.reshape(n * h * w, -1), self.weight_t_i8).view(n, h, w, -1)
+        return d.mul_(2).add_(self.weight_sum_i32)
 
     def _integer(self, x: torch.Tensor) -> torch.Tensor:
         """P from torch's float32 matmul on the pixel values: every partial sum is an integer below
@@ -391,7 +420,7 @@ FIRST_LAYERS = {
     "float": "float baseline kernel on the scaled inputs",
     "bitplane": "XNOR on the 8 bit planes of the 8-bit inputs",
     "integer": "8-bit inputs times +/-1 weights on torch's fp32 matmul (exact integers)",
-    "int8": "8-bit inputs less 128 times +/-1 weights on torch's int8 matmul (exact integers; dense layers)",
+    "int8": "8-bit inputs less 128 times +/-1 weights on torch's int8 matmul (exact integers)",
 }
 
 
