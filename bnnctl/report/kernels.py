@@ -396,7 +396,8 @@ def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -
               [(f"{e[ratio]:.1f}x" if is_number(e.get(ratio)) else "")
                + (f"\n{100 * e['share_of_isa_ceiling']:.0f}%" if is_number(e.get("share_of_isa_ceiling")) else "")
                for _, e in ran],
-              f"{rec.device}\nmatmul {rec.shape} (label: x {reference}; XNOR: % of its ISA's ceiling)", colors)
+              f"{rec.device}\nmatmul {rec.shape} (label: x {reference}"
+              + ("; XNOR: % of its ISA's ceiling)" if rec.data["device"]["type"] == "cpu" else ")"), colors)
         ceiling = rec.data.get("popc_ceiling_tbops")
         if is_number(ceiling) and ceiling > 0 and is_number(rec.data.get("binary_ops")):
             # the time of a kernel at the CPU's XOR+popcount ceiling: no XNOR bar can sit below this line
