@@ -27,8 +27,8 @@ import torch
 
 from .. import kernels
 from ..errors import EnvironmentFailure, UserError
+from ..memory import reuse_freed_memory
 from ..runs import atomic_write_text, environment, hardware
-from ..train.fused_step import reuse_freed_memory
 
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
 

@@ -29,10 +29,7 @@ resume, a ``load_state_dict`` or any other in-place change makes the next forwar
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
-import sys
 import time
 from typing import Any
 
@@ -293,26 +290,3 @@ def setup_fused_step(model: nn.Sequential, optimizer: torch.optim.Optimizer, int
             layer_of[id(module.weight)] = (cache, module.clip_value)
     use_fused_layers(model)
     return fuse_optimizer(optimizer, layer_of), set(layer_of), int8_layers
-
-
-# ---------------------------------------------------------------------------- memory
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def reuse_freed_memory() -> bool:
-    """Ask glibc to keep freed memory in the process (no mmap for large blocks, no trimming).
-
-    Returns whether it took effect (glibc on Linux only). Process-wide and permanent: the training
-    process then holds its peak memory until it exits.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
-    except (OSError, AttributeError):
-        return False

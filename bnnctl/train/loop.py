@@ -31,6 +31,7 @@ from ..core.losses import LOSSES
 from ..core.models import build_model, count_parameters
 from ..data import Splits, load_splits
 from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError
+from ..memory import reuse_freed_memory
 from ..optim import build_optimizer, lr_at, set_lr
 from ..recipe import dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
@@ -79,7 +80,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")
         self.optimizer = build_optimizer(self.model, recipe["optimizer"], device)
         if fast["reuse_memory"] and device.type == "cpu":
-            fused_step.reuse_freed_memory()
+            reuse_freed_memory()
         # latent weights the fused optimizer clips itself, and the layers that multiply in int8
         self.clipped_by_optimizer: set[int] = set()
         self.int8_layers: list[int] = []
