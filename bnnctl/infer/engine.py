@@ -182,6 +182,13 @@ class _Layer:
             self._in_dtype[key] = (rhs, _exactly_as(rhs, dtype))  # holding rhs keeps its id unique
         return self._in_dtype[key][1]
 
+    def _one_pass_bound(self) -> torch.Tensor | None:
+        """The int32 thresholds ``kernels.conv_threshold`` compares with, where it can run (packed output on
+        a CPU, thresholds exact in int32); else None, and the separate steps run."""
+        if not self.packed_out or self.device.type != "cpu" or self.rhs is None:
+            return None
+        return self._threshold_in(self.rhs, torch.int32)
+
     def xnor(self, a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
         return kernels.xnor_gemm(a, b, k, impl=self.xnor_impl)
 
@@ -241,7 +248,7 @@ class _XnorConv(_Layer):
         n, h, w, _ = a.shape
         spec = self.spec
         d = self.xnor_conv(a, self.bits, self.k)
-        bound = self._threshold_in(self.rhs, torch.int32) if self.packed_out and self.device.type == "cpu" else None
+        bound = self._one_pass_bound()
         if bound is not None:  # correction, pool, direction and threshold in one pass over the products
             return kernels.conv_threshold(d.view(n, h, w, -1), bound, max(1, spec.pool), self.correction,
                                           None if self.flipped else self.direction)
@@ -369,8 +376,7 @@ class _FirstLayer(_Layer):
             return self.finish(p, self.rhs, acc_scale=INPUT_LEVELS)
         if self.mode == "int8":
             p = self._int8_conv(x)
-            bound = self._threshold_in(self.rhs, torch.int32) if self.packed_out and self.device.type == "cpu" \
-                else None
+            bound = self._one_pass_bound()
             if bound is not None:  # pool, direction and threshold in one pass
                 return kernels.conv_threshold(p, bound, max(1, spec.pool), None,
                                               None if self.flipped else self.direction)
