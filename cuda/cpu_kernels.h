@@ -3,7 +3,7 @@
 // each function here handles one block on one thread.
 //
 // Instruction sets are chosen at run time (the build targets a generic x86-64, or any other CPU through
-// the scalar path): AVX-512 with VPOPCNTDQ, else AVX2 with a nibble-lookup popcount, else scalar.
+// the scalar path): AVX-512 with VPOPCNTDQ, else AVX2 with a Harley-Seal popcount, else scalar.
 // Packed layout: see cuda/bnn_cuda.h (the same on CPU and GPU).
 #pragma once
 #include <cstdint>
@@ -55,8 +55,15 @@ struct ConvInput {
 // pack_panels for that im2col matrix, gathered straight from the image: no im2col copy in memory.
 void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uint64_t* out);
 
+// Panels [p0, p1) of b's rows for isa's micro-kernel: panel_shape(isa).cols rows each, in pack_panels' layout or,
+// for AVX2, 32-bit half-words interleaved (half h of word w of the panel's row i at uint32 [(w * 2 + h) * cols + i]).
+// Either way a panel takes words * cols uint64, its padding bits and missing rows zero.
+void pack_b_panels(Isa isa, const uint64_t* src, int64_t rows, int64_t words, int64_t k, int64_t p0, int64_t p1,
+                   uint64_t* out);
+
 // c[i * ldc + j] = k - 2 * popcount(a_i XOR b_j) for i in [m0, m1), j in [n0, n1), from a's rows packed in
-// panels of panel_shape(isa).rows and b's in panels of .cols (pack_panels); m0 and n0 are multiples of them.
+// panels of panel_shape(isa).rows (pack_panels, pack_conv_panels) and b's by pack_b_panels; m0 and n0 are
+// multiples of the panel shape.
 void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,
                  int64_t m1, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
 

@@ -144,16 +144,30 @@ at::Tensor conv_threshold_cpu(const at::Tensor& products, const std::optional<at
   return out;
 }
 
-// Copies the rows of packed (rows, words) into panels of `width` rows (bnn_cpu::pack_panels), in parallel.
-at::Tensor pack_panels_cpu(const at::Tensor& packed, int64_t k, int width) {
+// The panels of packed (rows, words), `width` rows each, from pack(src, rows, words, p0, p1, out), in parallel.
+template <typename Pack>
+at::Tensor panels_cpu(const at::Tensor& packed, int width, Pack pack) {
   const int64_t rows = packed.size(0), words = packed.size(1), panels = (rows + width - 1) / width;
   at::Tensor out = at::empty({panels * words * width}, packed.options());
   const uint64_t* src = reinterpret_cast<const uint64_t*>(packed.data_ptr<int64_t>());
   uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
-  at::parallel_for(0, panels, std::max<int64_t>(1, pack_grain(words * 64) / width), [&](int64_t p0, int64_t p1) {
-    bnn_cpu::pack_panels(src, rows, words, k, width, p0, p1, dst);
-  });
+  at::parallel_for(0, panels, std::max<int64_t>(1, pack_grain(words * 64) / width),
+                   [&](int64_t p0, int64_t p1) { pack(src, rows, words, p0, p1, dst); });
   return out;
+}
+
+// a's rows in panels of `width` rows (bnn_cpu::pack_panels).
+at::Tensor pack_panels_cpu(const at::Tensor& packed, int64_t k, int width) {
+  return panels_cpu(packed, width, [&](const uint64_t* src, int64_t rows, int64_t words, int64_t p0, int64_t p1,
+                                       uint64_t* dst) { bnn_cpu::pack_panels(src, rows, words, k, width, p0, p1, dst); });
+}
+
+// b's rows in panels for isa's micro-kernel (bnn_cpu::pack_b_panels).
+at::Tensor pack_b_panels_cpu(const at::Tensor& packed, int64_t k, bnn_cpu::Isa isa) {
+  return panels_cpu(packed, bnn_cpu::panel_shape(isa).cols,
+                    [&](const uint64_t* src, int64_t rows, int64_t words, int64_t p0, int64_t p1, uint64_t* dst) {
+                      bnn_cpu::pack_b_panels(isa, src, rows, words, k, p0, p1, dst);
+                    });
 }
 
 // c (m, n) from a's rows in panels (pack_panels or pack_conv_panels) and b (n, words), packed here.
@@ -162,12 +176,12 @@ at::Tensor xnor_gemm_panels(const at::Tensor& a_panels, int64_t m, const at::Ten
   at::Tensor c = at::empty({m, n}, b.options().dtype(at::kInt));
   if (m == 0 || n == 0) return c;
   const bnn_cpu::PanelShape shape = bnn_cpu::panel_shape(isa);
-  const at::Tensor b_panels = pack_panels_cpu(b, k, shape.cols);
+  const at::Tensor b_panels = pack_b_panels_cpu(b, k, isa);
   const uint64_t* pa = reinterpret_cast<const uint64_t*>(a_panels.data_ptr<int64_t>());
   const uint64_t* pb = reinterpret_cast<const uint64_t*>(b_panels.data_ptr<int64_t>());
   int32_t* pc = c.data_ptr<int32_t>();
-  // A tile's a panels (about 256 KB: a quarter of a current L2 cache) are re-read from the L2 cache for
-  // every b panel, which stays in the L1 cache while they stream past it.
+  // A tile: a's panels (about 256 KB, a quarter of a current L2 cache) and four of b's; one of them stays in
+  // the L1 cache while the others pass it (bnn_cpu::xnor_panels).
   const int64_t row_bytes = std::max<int64_t>(words * 8, 1);
   const int64_t tile_m = std::clamp<int64_t>((256 * 1024 / row_bytes) / shape.rows, 1, 64) * shape.rows;
   // Narrow tiles of b (four panels): many more tiles than threads, so that a ragged last one unbalances

@@ -337,6 +337,26 @@ def _all_plus(rows: int, k: int, minus: list[list[int]] | None = None) -> torch.
     return words
 
 
+@pytest.mark.parametrize("k", [1, 64, 576, 1023, 1024, 1088, 4096, 15872, 15873, 20000])
+def test_counters_hold_the_largest_counts(isa, k):
+    """Rows that differ in every bit (each byte of every XOR word has all its bits set, the most a byte
+    counter takes per step) and rows that agree, at k around the AVX2 kernel's edges: below and at 32
+    half-words (lookup only / Harley-Seal), and past 31 blocks of 16 half-words (15872 bits), where its byte
+    counters are summed before they overflow."""
+    words = words_for(k)
+    plus = _all_plus(1, k)
+    minus = torch.zeros(1, words, dtype=torch.int64)  # every bit clear: all -1
+    half = plus.clone()
+    half[:, :] &= 0x5555555555555555  # every other column -1
+    b = torch.cat([minus, plus, half, minus])
+    out = kernels.xnor_gemm(torch.cat([plus, minus, plus]), b, k)
+    evens = (k + 1) // 2
+    expected = torch.tensor([[-k, k, 2 * evens - k, -k],
+                             [k, -k, k - 2 * evens, k],
+                             [-k, k, 2 * evens - k, -k]], dtype=torch.int32)
+    assert torch.equal(out, expected)
+
+
 def test_threshold_form_is_exact_past_two_to_the_24():
     """dot products 2^25 + 3, 2^25 + 1 and 2^25 - 1 (no float32 holds the odd ones) against thresholds that
     float32 would round onto them."""

@@ -145,7 +145,7 @@ KERNELS: dict[str, BenchKernel] = {
     "xnor": BenchKernel("XNOR, tuned CUDA cores (64-bit, 8x8 per thread)",
                         lambda o: kernels.xnor_gemm(o.a_bits, o.b_bits, o.k), packed=True,
                         cpu_label="XNOR, CPU (vectorised popcount)"),
-    "xnor-avx2": _cpu_xnor("avx2", "vpshufb nibble-lookup popcount"),
+    "xnor-avx2": _cpu_xnor("avx2", "Harley-Seal carry-save popcount"),
     "xnor-scalar": _cpu_xnor("scalar", "64-bit POPCNT"),
     "xnor-csa": _cuda_xnor("xnor-csa", "XNOR, CUDA cores, carry-save popcounts", "csa"),
     "xnor-paper": _cuda_xnor("xnor-paper", "XNOR, paper-style 16x16 tiles", "paper"),
