@@ -5,7 +5,7 @@ Exit codes (the README lists them with what each failure leaves behind):
   3  the training loss became NaN or infinite (the run is kept as it was after its last good epoch);
   4  the environment failed: a full disk, a read-only or vanished folder, no memory;
   5  another bnnctl process is training in that run folder;
-  130  interrupted (Ctrl-C).
+  130  interrupted (Ctrl-C or SIGTERM; the run is recorded as interrupted and resumes from its last checkpoint).
 """
 
 EXIT_BAD_INPUT = 2

@@ -274,9 +274,12 @@ def relaunch(nproc: int, args: list[str], command: str) -> int:
            "-m", "bnnctl", *args]
     proc = subprocess.Popen(cmd, env={**os.environ, COMMAND_ENV: command})
     # Ctrl-C reaches the workers directly (same process group); they record the interrupted run
-    # and exit, and this process only waits for them.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # and exit, and this process only waits for them. A SIGTERM sent to this process alone goes on to
+    # torchrun, which passes it to the workers (they record the run as interrupted too).
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
     try:
         return proc.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)

@@ -17,6 +17,8 @@ import csv
 import functools
 import io
 import math
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -488,6 +490,24 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             lock.release()
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (kill, a batch scheduler's stop, the end of a time limit) ends the run as Ctrl-C does: recorded as
+    interrupted, resumable from its last checkpoint. Python's default would end the process without a record."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> dict[str, Any]:
     run_dir, cfg = trainer.run_dir, trainer.recipe
     on = f"{ranks.world_size} processes x {hardware(trainer.device)}" if ranks.active else hardware(trainer.device)
@@ -495,7 +515,8 @@ def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> di
                   f"{len(splits.x_valid)} valid / {len(splits.x_test)} test), {count_parameters(trainer.model):,} "
                   f"parameters, {on}; run directory {run_dir}", highlight=False)
     try:
-        result = trainer.fit(interactive=console.is_terminal)
+        with _terminate_as_interrupt():
+            result = trainer.fit(interactive=console.is_terminal)
     except KeyboardInterrupt:
         trainer.write_records("interrupted", checkpoint=False)
         if trainer.checkpoint_epoch is None:
