@@ -554,6 +554,15 @@ void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uin
   }
 }
 
+PanelShape xnor_tile(Isa isa, int64_t words) {
+  const PanelShape panel = panel_shape(isa);
+  // a's panels: about 256 KB (a quarter of a current L2 cache); b's: four panels, narrow so that there are many
+  // more tiles than threads and a ragged last one unbalances little (wider ones gained nothing measurable at
+  // 10000 x 4096 x 4096). One panel stays in the L1 cache while the others pass it (xnor_panels).
+  const int64_t row_bytes = std::max<int64_t>(words * 8, 1);
+  return {(int)(std::clamp<int64_t>((256 * 1024 / row_bytes) / panel.rows, 1, 64) * panel.rows), 4 * panel.cols};
+}
+
 void pack_b_panels(Isa isa, const uint64_t* src, int64_t rows, int64_t words, int64_t k, int64_t p0, int64_t p1,
                    uint64_t* out) {
   panel_kernel(isa).pack_b(src, rows, words, k, p0, p1, out);

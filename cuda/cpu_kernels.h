@@ -61,6 +61,9 @@ void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uin
 void pack_b_panels(Isa isa, const uint64_t* src, int64_t rows, int64_t words, int64_t k, int64_t p0, int64_t p1,
                    uint64_t* out);
 
+// The GEMM's tile for rows of `words` words: the caller's threads take tiles, and xnor_panels computes one.
+PanelShape xnor_tile(Isa isa, int64_t words);
+
 // c[i * ldc + j] = k - 2 * popcount(a_i XOR b_j) for i in [m0, m1), j in [n0, n1), from a's rows packed in
 // panels of panel_shape(isa).rows (pack_panels, pack_conv_panels) and b's by pack_b_panels; m0 and n0 are
 // multiples of the panel shape.

@@ -175,19 +175,12 @@ at::Tensor xnor_gemm_panels(const at::Tensor& a_panels, int64_t m, const at::Ten
   const int64_t n = b.size(0), words = b.size(1);
   at::Tensor c = at::empty({m, n}, b.options().dtype(at::kInt));
   if (m == 0 || n == 0) return c;
-  const bnn_cpu::PanelShape shape = bnn_cpu::panel_shape(isa);
   const at::Tensor b_panels = pack_b_panels_cpu(b, k, isa);
   const uint64_t* pa = reinterpret_cast<const uint64_t*>(a_panels.data_ptr<int64_t>());
   const uint64_t* pb = reinterpret_cast<const uint64_t*>(b_panels.data_ptr<int64_t>());
   int32_t* pc = c.data_ptr<int32_t>();
-  // A tile: a's panels (about 256 KB, a quarter of a current L2 cache) and four of b's; one of them stays in
-  // the L1 cache while the others pass it (bnn_cpu::xnor_panels).
-  const int64_t row_bytes = std::max<int64_t>(words * 8, 1);
-  const int64_t tile_m = std::clamp<int64_t>((256 * 1024 / row_bytes) / shape.rows, 1, 64) * shape.rows;
-  // Narrow tiles of b (four panels): many more tiles than threads, so that a ragged last one unbalances
-  // little; wider ones gained nothing measurable at 10000 x 4096 x 4096.
-  const int64_t tile_n = 4 * shape.cols;
-  for_each_tile(m, n, tile_m, tile_n, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const bnn_cpu::PanelShape tile = bnn_cpu::xnor_tile(isa, words);
+  for_each_tile(m, n, tile.rows, tile.cols, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     bnn_cpu::xnor_panels(isa, pa, pb, words, k, m0, m1, n0, n1, pc, n);
   });
   return c;

@@ -113,6 +113,14 @@ CPU_PEAKS_RECORD = {
 }
 
 
+XNOR_SHARE_RECORD = {
+    "kind": "cpu-xnor-share", "date": "2026-11-30T12:00:00+00:00", "hardware": "Test CPU (2 threads)",
+    "commit": "0123456789abcdef0123456789abcdef01234567+dirty", "shape": [1024, 1024, 4096], "threads": 2,
+    "isas": {"avx2": {"ceiling_row": "best of xor+popcount avx2 lookup / harley-seal", "ceiling_tbops": 2.0,
+                      "gemm_ms": 4.8, "gemm_tbops": 1.79, "share": 0.894, "share_min": 0.81, "share_max": 0.93}},
+}
+
+
 def small_convnet_recipe(tmp_path: Path) -> dict:
     recipe = yaml.safe_load((REPO / "recipes" / "cifar10_torch7.yaml").read_text())
     recipe["model"].update(conv=[4, "M", 6], fc=[8])
@@ -201,6 +209,8 @@ def results(tmp_path_factory) -> Path:
     (bench / "convnet.json").write_text(json.dumps(CONVNET_RECORD))
     (bench / "convnet-no-variants.json").write_text(json.dumps({**CONVNET_RECORD, "variants": {}}))
     (bench / "cpu-peaks-other-layout.json").write_text(json.dumps({"kind": "cpu-peaks", "threads": {"2": [1, 2]}}))
+    (bench / "xnor-share.json").write_text(json.dumps(XNOR_SHARE_RECORD))
+    (bench / "xnor-share-no-isas.json").write_text(json.dumps({**XNOR_SHARE_RECORD, "isas": [1]}))
     (bench / "truncated.json").write_text('{"kind": "kernels", ')
     (bench / "future.json").write_text(json.dumps({"kind": "energy-meter", "joules": 3}))
     (bench / "mlp-other-layout.json").write_text(json.dumps({"kind": "mnist-mlp", "device": {"type": "cpu"},
@@ -301,6 +311,12 @@ def test_runs_figures_and_skipped_files(results, out):
         assert line in ceilings, line
     assert "`bench/cpu-peaks-other-layout.json`: cpu-peaks record in a layout this report does not know" in skipped
     assert "bench/cpu-peaks.json" not in skipped
+
+    # The paired GEMM shares: one row per instruction set, the commit kept with its +dirty mark.
+    shares = md.split("### CPU XNOR GEMM against its instruction ceiling")[1].split("\n## ")[0]
+    assert ("| `bench/xnor-share.json` | Test CPU (2 threads) | 0123456789ab+dirty | 1024 x 1024 x 4096 | avx2 | "
+            "best of xor+popcount avx2 lookup / harley-seal | 2.00 | 4.80 | 1.79 | 89% (81-93%) |") in shares
+    assert "`bench/xnor-share-no-isas.json`: cpu-xnor-share record in a layout this report does not know" in skipped
 
 
 def test_kernel_tables_match_the_bench_records(results, out):

@@ -28,7 +28,7 @@ from pathlib import Path
 from .. import paper
 from .curves import figure1_section
 from .filters import filter_section, random_unique_share, unique_filters
-from .kernels import convnet_section, cpu_peaks_section, find_benches, kernels_section
+from .kernels import convnet_section, cpu_peaks_section, find_benches, kernels_section, xnor_share_section
 from .memory import memory_energy_section
 from .records import Notes, ReportError, Run, find_runs, load_recipes
 from .table1 import _short_of, overview_section, runs_section, table1_cells, table1_section
@@ -58,7 +58,7 @@ def build_report(results: Path, out: Path, recipes_dir: Path | None = None) -> t
     notes = Notes()
     recipes, recipe_paths = load_recipes(recipes_dir, notes)
     runs = find_runs(results, notes, exclude=[out, results / "bench"])
-    kernel_records, mlp_records, cpu_peak_records, convnet_records = find_benches(results, notes)
+    benches = find_benches(results, notes)
     cells, others = table1_cells(runs)
 
     sections = [
@@ -69,9 +69,10 @@ def build_report(results: Path, out: Path, recipes_dir: Path | None = None) -> t
         f"place in the paper, and are the only numbers not computed here.",
         table1_section(cells, recipes, out),
         figure1_section(runs, out),
-        kernels_section(kernel_records, mlp_records, out),
-        convnet_section(convnet_records, out),
-        cpu_peaks_section(cpu_peak_records, notes),
+        kernels_section(benches.kernels, benches.mlp, out),
+        convnet_section(benches.convnets, out),
+        cpu_peaks_section(benches.cpu_peaks, notes),
+        xnor_share_section(benches.xnor_shares, notes),
         memory_energy_section(recipes, out, notes, recipe_paths),
         filter_section(runs, out, notes),
         runs_section(runs, others, out),

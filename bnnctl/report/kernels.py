@@ -106,12 +106,19 @@ def _mlp_model(data: dict[str, Any]) -> str:
     return f"{weights} weights{where}{epoch}"
 
 
-def find_benches(results: Path, notes: Notes
-                 ) -> tuple[list[KernelRecord], list[MlpRecord], list[tuple[str, dict[str, Any]]],
-                            list[tuple[str, dict[str, Any]]]]:
-    """(kernel records, MNIST MLP records, (path, data) of the CPU ceiling records, (path, data) of the
-    ConvNet bench records) under results/bench."""
-    kernel_records, mlp_records, cpu_peaks, convnets = [], [], [], []
+@dataclass
+class Benches:
+    """The bench records under results/bench, by kind; the last three as (path, data)."""
+    kernels: list[KernelRecord]
+    mlp: list[MlpRecord]
+    cpu_peaks: list[tuple[str, dict[str, Any]]]
+    convnets: list[tuple[str, dict[str, Any]]]
+    xnor_shares: list[tuple[str, dict[str, Any]]]
+
+
+def find_benches(results: Path, notes: Notes) -> Benches:
+    """The bench records under results/bench."""
+    kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares = [], [], [], [], []
     bench_dir = results / "bench"
     for path in sorted(bench_dir.rglob("*.json")) if bench_dir.is_dir() else []:
         rel = path.relative_to(results).as_posix()
@@ -135,6 +142,8 @@ def find_benches(results: Path, notes: Notes
                                              rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
         elif kind == "cpu-peaks":
             cpu_peaks.append((rel, data))
+        elif kind == "cpu-xnor-share":
+            xnor_shares.append((rel, data))
         elif isinstance(kind, str) and kind.endswith("-convnet"):
             problem = _check_convnet_record(data)
             if problem:
@@ -143,7 +152,7 @@ def find_benches(results: Path, notes: Notes
                 convnets.append((rel, data))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
-    return kernel_records, mlp_records, cpu_peaks, convnets
+    return Benches(kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares)
 
 
 def _check_convnet_record(data: dict[str, Any]) -> str | None:
@@ -217,6 +226,34 @@ def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -
         "Rates from registers, all threads together, in G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s: "
         "the best popcount over the FMA rate is the largest XNOR-over-fp32 GEMM speed-up the CPU allows.",
         md_table(["hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)])
+
+
+def xnor_share_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:
+    """The CPU XNOR GEMM's share of its ISA's ceiling, each repeat paired with a ceiling measured a moment before
+    it (records of kind 'cpu-xnor-share' from tools/cpu_peaks/xnor_share.cpp), or ''."""
+    md_rows = []
+    for rel, data in records:
+        try:
+            shape = " x ".join(str(int(d)) for d in data["shape"])
+            commit = data["commit"][:12] + ("+dirty" if data["commit"].endswith("+dirty") else "")
+            rows = [[f"`{rel}`", data["hardware"], commit, shape, isa, e["ceiling_row"],
+                     fmt(e["ceiling_tbops"], ".2f"), fmt(e["gemm_ms"], ".2f"), fmt(e["gemm_tbops"], ".2f"),
+                     f"{fmt(100 * e['share'], '.0f')}% ({fmt(100 * e['share_min'], '.0f')}-"
+                     f"{fmt(100 * e['share_max'], '.0f')}%)"]
+                    for isa, e in data["isas"].items()]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            notes.add(rel, "cpu-xnor-share record in a layout this report does not know: skipped")
+            continue
+        md_rows += rows
+    if not md_rows:
+        return ""
+    return "\n\n".join([
+        "### CPU XNOR GEMM against its instruction ceiling, side by side (`tools/cpu_peaks/xnor_share.cpp`)",
+        "Each repeat times the instruction set's ceiling loop and then the GEMM forced onto that set, in one "
+        "process; the share is the median over the repeats of GEMM / ceiling (range in brackets), in T "
+        "binary-op/s. The kernel table divides by a ceiling recorded at another time instead.",
+        md_table(["record", "hardware", "commit", "shape", "isa", "ceiling", "ceiling T", "GEMM ms", "GEMM T",
+                  "share"], md_rows)])
 
 
 # The columns of a kernels record entry -> our CSV column; the ratio columns are reference time / time.

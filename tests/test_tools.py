@@ -1,0 +1,44 @@
+"""The measuring tools under tools/cpu_peaks build with the machine's compiler and give well-formed records."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bnnctl import kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools" / "cpu_peaks"
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+def build(tmp_path: Path, name: str, *sources: str, flags=()) -> Path:
+    out = tmp_path / name
+    subprocess.run(["g++", "-O2", "-fopenmp", *flags, *sources, "-o", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+@needs_gxx
+def test_popc_peak_quick_json_record(tmp_path):
+    exe = build(tmp_path, "popc_peak", str(TOOLS / "popc_peak.cpp"), flags=["-march=native"])
+    record = json.loads(subprocess.run([str(exe), "1", "--quick", "--json"], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert record["kind"] == "cpu-peaks"
+    (rows,) = [t["rows"] for t in record["threads"].values()]
+    assert "xor+popcnt scalar" in rows and all(r["all_threads"] > 0 for r in rows.values())
+
+
+@needs_gxx
+def test_xnor_share_checks_every_isa_and_records_a_share(tmp_path):
+    exe = build(tmp_path, "xnor_share", str(TOOLS / "xnor_share.cpp"), "cuda/cpu_kernels.cpp", flags=["-Icuda"])
+    result = subprocess.run([str(exe), "37", "70", "1000", "--repeats", "1", "--json"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr  # it refuses to report when an ISA's product is wrong
+    record = json.loads(result.stdout)
+    assert record["kind"] == "cpu-xnor-share" and record["shape"] == [37, 70, 1000]
+    assert set(record["isas"]) == set(kernels.supported_cpu_isas())
+    for row in record["isas"].values():
+        assert 0 < row["share_min"] <= row["share"] <= row["share_max"] and row["gemm_ms"] > 0
+    bad = subprocess.run([str(exe), "10", "0", "5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
