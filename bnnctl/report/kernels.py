@@ -212,8 +212,8 @@ def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -
         try:
             for threads, block in sorted(data["threads"].items()):
                 for name, rate in block["rows"].items():
-                    rows.append([data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
-                rows.append([data["hardware"], threads, "best popcount / fp32 FMA", "",
+                    rows.append([f"`{rel}`", data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
+                rows.append([f"`{rel}`", data["hardware"], threads, "best popcount / fp32 FMA", "",
                              fmt(block["best_popcount_over_fp32_fma"], ".1f") + "x"])
         except (KeyError, TypeError, AttributeError):
             notes.add(rel, "cpu-peaks record in a layout this report does not know: skipped")
@@ -225,7 +225,7 @@ def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -
         "### CPU instruction ceilings (`tools/cpu_peaks/popc_peak.cpp`)",
         "Rates from registers, all threads together, in G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s: "
         "the best popcount over the FMA rate is the largest XNOR-over-fp32 GEMM speed-up the CPU allows.",
-        md_table(["hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)])
+        md_table(["record", "hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)])
 
 
 def xnor_share_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:
