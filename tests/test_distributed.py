@@ -185,8 +185,11 @@ def test_resume_with_two_processes_through_the_cli(two_rank_runs, tmp_path):
     record = json.loads((alone / "result.json").read_text())
     assert record["status"] == "finished" and record["world_size"] == 1 and len(metrics(alone)) == 3
     assert metrics(alone)[0] == metrics(run)[0]
+    # The straight run's ranks had one thread each, as torchrun gives its workers when OMP_NUM_THREADS is unset; a
+    # caller's OMP_NUM_THREADS=2 would reach these workers and round the sums otherwise.
     resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", str(run / "recipe.yaml"), "--resume", str(run),
-                              "--nproc", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                              "--nproc", "2", "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert metrics(run) == metrics(two_rank_runs / "runs" / "tiny" / "straight")
     assert json.loads((run / "result.json").read_text())["status"] == "finished"
