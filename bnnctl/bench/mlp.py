@@ -242,6 +242,7 @@ def _add_comparisons(variants: dict, predictions: dict, labels: torch.Tensor | N
     predicted exactly the same classes (they compute the same integers)."""
     reference = predictions.get("torch")
     ms = {name: e["median_ms"] for name, e in variants.items() if e["status"] == "ok"}
+    best = best_torch(variants)
     for name, e in variants.items():
         if e["status"] != "ok":
             continue
@@ -250,7 +251,6 @@ def _add_comparisons(variants: dict, predictions: dict, labels: torch.Tensor | N
         e["predictions_differing_from_torch"] = None if reference is None else int((pred != reference).sum())
         e["x_baseline"] = ms["baseline"] / e["median_ms"] if "baseline" in ms else None
         e["x_torch"] = ms["torch"] / e["median_ms"] if "torch" in ms else None
-        best = best_torch(variants)
         e["x_best_torch"] = ms[best] / e["median_ms"] if best else None
     exact = [p for name, p in predictions.items() if name not in TORCH_VARIANTS or name in EXACT_TORCH]
     return all(torch.equal(p, exact[0]) for p in exact)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -33,18 +34,13 @@ from ..runs import atomic_write_text, environment, hardware
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
 
 
-_steady_memory: bool | None = None
-
-
+@functools.cache
 def steady_memory() -> bool:
     """Keep freed memory in the process (glibc: no mmap for large blocks, no trimming), once per process,
     before anything is timed: every call then reuses its outputs' pages as a serving process does, instead
-    of faulting fresh ones in (on a VM that cost up to 10x on some calls and made timings jump). It holds
-    for torch's ops and bnnctl's alike. Returns whether it took effect."""
-    global _steady_memory
-    if _steady_memory is None:
-        _steady_memory = reuse_freed_memory()
-    return _steady_memory
+    of faulting fresh ones in (on a VM the page faults made single calls many times slower and timings
+    jump). It holds for torch's ops and bnnctl's alike. Returns whether it took effect."""
+    return reuse_freed_memory()
 
 
 def sync(device: torch.device) -> None:
@@ -89,10 +85,10 @@ def parse_names(spec: str, known: Iterable[str], what: str, where: str = "") -> 
 
 
 def time_call(fn: Callable[[], object], device: torch.device, repeat: int, budget_s: float) -> tuple[float, int]:
-    steady_memory()
     """Median milliseconds of fn() over up to `repeat` runs (at least MIN_RUNS, more while the budget
     lasts), after one warm-up run, in inference mode; CUDA events on a GPU, perf_counter around a
     synchronised call on CPU. Returns (median ms, runs timed)."""
+    steady_memory()
     with torch.inference_mode():
         fn()
         sync(device)

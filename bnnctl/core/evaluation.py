@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+
 @torch.no_grad()
 def eval_sums(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, transform, loss_fn,
               batch_size: int, device: torch.device, autocast: Callable[[], Any] = contextlib.nullcontext

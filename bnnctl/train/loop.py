@@ -28,6 +28,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..core.evaluation import eval_sums
 from ..core.layers import binary_layers
 from ..core.losses import LOSSES
 from ..core.models import build_model, count_parameters
@@ -42,7 +43,6 @@ from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSIO
                     write_result)
 from . import distributed, fused_step
 from .distributed import SINGLE, Ranks
-from ..core.evaluation import eval_sums
 from .fast import CUDA_GRAPH_COMPILE_MODES, FAST_PRESETS, fused_adam, pretransformed
 
 

@@ -7,7 +7,8 @@
 // its panels and tiles; threads over tiles as the extension splits them). The share of a repeat is the GEMM's
 // rate over the ceiling measured a moment before, and the tool reports the median share over the repeats.
 // `bnnctl bench --kernel` divides by a ceiling recorded at another time: on a VM whose neighbours come and go,
-// its shares move by tens of percent between runs, while these paired ones hold within a few.
+// its shares move by tens of percent between runs; pairing each GEMM with a ceiling of the same moment and
+// taking the median over repeats is steadier (single repeats still scatter: the record keeps their range).
 // The GEMM is timed on its second run, after the packing (which `bnnctl bench` reports apart). Operands are random; every product is
 // checked against the scalar path once, so a wrong kernel cannot report a speed.
 #include <omp.h>
@@ -37,7 +38,7 @@ struct Problem {
 };
 
 // 64-byte aligned, as torch's CPU allocator aligns tensors: a vector's 16-byte alignment splits a third of the
-// AVX2 and every AVX-512 panel load across two cache lines (the AVX-512 GEMM ran 14% slower at 10000 x 4096 x 4096).
+// AVX2 and every AVX-512 panel load across two cache lines (the AVX-512 GEMM ran measurably slower so).
 template <typename T>
 struct CacheLineAllocator {
   using value_type = T;
