@@ -24,15 +24,42 @@ ROWS = {"tiny": "", "mnist": "BNN (Theano)", "mnist_torch7": "BNN (Torch7)", "ci
         "svhn": "BNN (Theano)", "cifar10": "BNN (Theano)"}
 
 
+# Shipped recipes, with schedules short enough to finish here: a run of these is faithful.
+SHORT_EPOCHS = {"mnist": 5, "mnist_torch7": 2}
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory) -> Path:
+    return short_recipes(tmp_path_factory.mktemp("recipes"))
+
+
+def short_recipes(folder: Path, epochs: dict[str, int] = SHORT_EPOCHS) -> Path:
+    for path in (REPO / "recipes").glob("*.yaml"):
+        text = path.read_text()
+        if path.stem in epochs:
+            shipped = load_recipe(path)["train"]["epochs"]
+            assert f"  epochs: {shipped}\n" in text
+            text = text.replace(f"  epochs: {shipped}\n", f"  epochs: {epochs[path.stem]}\n", 1)
+        (folder / path.name).write_text(text)
+    return folder
+
+
 def write_run(results: Path, recipe: str, run_id: str, dataset: str, variant: str, curve: list[tuple],
-              planned: int | None = None, status: str | None = None) -> dict:
-    """A run directory as training writes it; curve rows are (train_loss, valid_error_pct, test_error_pct)."""
+              planned: int | None = None, status: str | None = None, recipes: Path | None = None,
+              sets: list[str] = (), seed: int = 0) -> dict:
+    """A run directory as training writes it; curve rows are (train_loss, valid_error_pct, test_error_pct).
+
+    With ``recipes``, recipe.yaml is that folder's recipe resolved with ``sets`` (and train.epochs =
+    planned), as training records it."""
     run = results / recipe / run_id
     run.mkdir(parents=True)
     planned = planned or len(curve)
     lines = ["epoch,lr,train_loss,valid_loss,valid_error_pct,test_error_pct,epoch_time_s"]
     lines += [f"{i},0.001,{loss},0.5,{valid},{test},1.5" for i, (loss, valid, test) in enumerate(curve, 1)]
     (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if recipes is not None:
+        resolved = load_recipe(recipes / f"{recipe}.yaml", [f"train.epochs={planned}", f"seed={seed}", *sets])
+        (run / "recipe.yaml").write_text(dump_recipe({**resolved, "data": {**resolved["data"], "variant": variant}}))
     best = max(range(len(curve)), key=lambda i: (-curve[i][1], i))  # '<=': the last of equal bests
     result = {
         "recipe": recipe, "reproduces": f"Table 1, {ROWS[recipe]}, {dataset}",
@@ -41,7 +68,7 @@ def write_run(results: Path, recipe: str, run_id: str, dataset: str, variant: st
         "status": status or ("finished" if len(curve) == planned else "running"),
         "epochs_run": len(curve), "epochs_planned": planned, "best_epoch": best + 1,
         "best_valid_error_pct": curve[best][1], "test_error_pct": curve[best][2],
-        "last_test_error_pct": curve[-1][2], "seed": 0, "wall_time_s": 1.5 * len(curve), "epoch_time_s": 1.5,
+        "last_test_error_pct": curve[-1][2], "seed": seed, "wall_time_s": 1.5 * len(curve), "epoch_time_s": 1.5,
         "torch": "2.11.0", "hardware": "test CPU", "commit": "abc123",
     }
     (run / "result.json").write_text(json.dumps(result, indent=2))
@@ -159,16 +186,23 @@ def designed_conv_weights() -> list[torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> Path:
+def results(tmp_path_factory, recipes) -> Path:
     tmp_path = tmp_path_factory.mktemp("tree")
     root = tmp_path / "results"
-    # Three Theano MNIST runs: 'full' has the most epochs; 'short' has a lower valid and test error but
-    # fewer epochs; 'tie' as many epochs but a higher best-valid error (and the lowest test error).
+    # Theano MNIST (5 epochs in these recipes): two seeds of the shipped recipe, a second run of seed 0, a
+    # shortened run with the lowest errors, and the issue's 784-16-10 network on 1,000 images, all epochs.
     write_run(root, "mnist", "full", "mnist", "mnist",
-              [(0.5, 5.0, 5.5), (0.3, 3.0, 3.25), (0.2, 2.0, 2.5), (0.15, 2.5, 2.0), (0.1, 2.0, 2.125)])
-    write_run(root, "mnist", "short", "mnist", "mnist", [(0.4, 4.0, 4.0), (0.2, 1.0, 1.5), (0.1, 1.5, 1.0)])
-    write_run(root, "mnist", "tie", "mnist", "mnist",
-              [(0.5, 6.0, 6.0), (0.4, 5.0, 5.0), (0.3, 4.0, 4.0), (0.2, 3.0, 0.5), (0.1, 3.5, 0.25)], planned=10)
+              [(0.5, 5.0, 5.5), (0.3, 3.0, 3.25), (0.2, 2.0, 2.5), (0.15, 2.5, 2.0), (0.1, 2.0, 2.125)],
+              recipes=recipes)
+    write_run(root, "mnist", "seed1", "mnist", "mnist",
+              [(0.5, 5.0, 5.5), (0.3, 3.0, 3.0), (0.2, 2.5, 2.875), (0.15, 2.5, 2.0), (0.1, 2.5, 2.5)],
+              recipes=recipes, seed=1)
+    write_run(root, "mnist", "zz-seed0-again", "mnist", "mnist", [(0.5, 5.0, 5.5)] * 4 + [(0.1, 1.0, 1.0)],
+              recipes=recipes)
+    write_run(root, "mnist", "short", "mnist", "mnist", [(0.4, 4.0, 4.0), (0.2, 1.0, 1.5), (0.1, 1.5, 1.0)],
+              recipes=recipes)
+    write_run(root, "mnist", "tiny-net", "mnist", "mnist", [(0.2, 0.5, 0.25)] * 5, recipes=recipes,
+              sets=["model.hidden=[16]", "data.limit_train=1000"])
     # Torch7 CIFAR-10 on the JPEG stand-in, interrupted after 2 of 500 epochs, with a checkpoint.
     write_run(root, "cifar10_torch7", "jpeg", "cifar10", "cifar10-jpeg", [(0.9, 80.0, 81.0), (0.8, 70.0, 71.5)],
               planned=500, status="interrupted")
@@ -176,11 +210,13 @@ def results(tmp_path_factory) -> Path:
     # A Theano CIFAR-10 run on the real data but without a checkpoint (checkpoints are git-ignored).
     write_run(root, "cifar10", "nockpt", "cifar10", "cifar10", [(0.7, 30.0, 31.0)], planned=500)
     (root / "cifar10" / "nockpt" / "recipe.yaml").write_text(dump_recipe(small_convnet_recipe(tmp_path)))
-    # Torch7 MNIST with a broken metrics.csv: in Table 1, without a curve.
-    write_run(root, "mnist_torch7", "badmetrics", "mnist", "mnist", [(0.3, 1.5, 1.75), (0.2, 1.25, 1.5)])
+    # Torch7 MNIST (2 epochs here) with a broken metrics.csv: in Table 1, without a curve.
+    write_run(root, "mnist_torch7", "badmetrics", "mnist", "mnist", [(0.3, 1.5, 1.75), (0.2, 1.25, 1.5)],
+              recipes=recipes, sets=["fast.fused_step=true", "fast.int8_forward=true", "train.checkpoint_every=2"])
     (root / "mnist_torch7" / "badmetrics" / "metrics.csv").write_text("epoch,train_loss,valid_error_pct\n1,0.3,x\n")
     # A result.json whose test error is not the one metrics.csv has at the best epoch: reported, questioned.
-    write_run(root, "mnist_torch7", "disagree", "mnist", "mnist", [(0.3, 2.0, 2.5)])
+    write_run(root, "mnist_torch7", "disagree", "mnist", "mnist", [(0.3, 2.0, 2.5)], planned=2, status="interrupted",
+              recipes=recipes)
     disagree = root / "mnist_torch7" / "disagree" / "result.json"
     disagree.write_text(json.dumps({**json.loads(disagree.read_text()), "test_error_pct": 1.0}))
     # A run of a recipe that reproduces no paper cell: listed with the runs, in no Table 1 cell.
@@ -219,10 +255,10 @@ def results(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def out(results: Path) -> Path:
+def out(results: Path, recipes: Path) -> Path:
     """The report of the fake tree, built once for the tests that only read it."""
     folder = results.parent / "out"
-    build_report(results, folder)
+    build_report(results, folder, recipes)
     return folder
 
 
@@ -231,56 +267,67 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def table1(out: Path) -> dict[tuple[str, str, str], dict[str, str]]:
-    return {(r["row"], r["dataset"], r["variant"]): r for r in read_csv(out / "table1.csv") if r["source"] != "cited"}
+def table1(out: Path) -> dict[tuple[str, str], dict[str, str]]:
+    return {(r["row"], r["dataset"]): r for r in read_csv(out / "table1.csv") if r["source"] != "cited"}
 
 
-def test_table1_cells_match_the_files(results, out):
+def test_table1_cells_hold_only_faithful_runs_and_aggregate_seeds(results, out):
     cells = table1(out)
-    assert set(cells) == {(row, d, d) for row in paper.OUR_ROWS for d in paper.TABLE1_DATASETS} | {
-        ("BNN (Torch7)", "cifar10", "cifar10-jpeg")}
+    assert set(cells) == {(row, d) for row in paper.OUR_ROWS for d in paper.TABLE1_DATASETS}
 
-    full = json.loads((results / "mnist" / "full" / "result.json").read_text())
-    cell = cells[("BNN (Theano)", "mnist", "mnist")]
-    assert cell["run"] == "mnist/full" and cell["runs_in_cell"] == "3"  # most epochs, not the lowest test error
-    assert cell["ours_test_error_pct"] == f"{full['test_error_pct']:.2f}" == "2.12"  # epoch 5: last of equal bests
-    assert (cell["epochs_run"], cell["epochs_planned"], cell["recipe_epochs"]) == ("5", "5", "1000")
-    assert cell["schedule"] == "0.5% (5/1000)"  # of the recipe's schedule, not of the run's own plan
-    assert cell["paper_test_error_pct"] == "0.96" and cell["best_epoch"] == "5" and cell["status"] == "finished"
-
-    jpeg = cells[("BNN (Torch7)", "cifar10", "cifar10-jpeg")]
-    assert (jpeg["run"], jpeg["ours_test_error_pct"], jpeg["status"]) == ("cifar10_torch7/jpeg", "71.50", "interrupted")
-    assert (jpeg["epochs_run"], jpeg["epochs_planned"], jpeg["paper_test_error_pct"]) == ("2", "500", "10.15")
-    assert jpeg["schedule"] == "0.4% (2/500)"
-    assert cells[("BNN (Torch7)", "cifar10", "cifar10")]["schedule"] == ""
-    assert cells[("BNN (Torch7)", "cifar10", "cifar10")]["ours_test_error_pct"] == "not run"
-    assert cells[("BNN (Theano)", "cifar10", "cifar10")]["run"] == "cifar10/nockpt"
-    assert cells[("BNN (Torch7)", "mnist", "mnist")]["ours_test_error_pct"] == "1.50"
-    for row in paper.OUR_ROWS:  # the SVHN runs are broken: nothing to show
-        assert cells[(row, "svhn", "svhn")]["ours_test_error_pct"] == "not run"
-        assert cells[(row, "svhn", "svhn")]["run"] == ""
+    # Theano MNIST: seeds 0 and 1 of the shipped recipe; the second seed-0 run is listed, not counted; the
+    # shortened run and the 784-16-10 network on 1,000 images (lower errors, every epoch) are modified.
+    cell = cells[("BNN (Theano)", "mnist")]
+    assert (cell["runs"], cell["seeds"], cell["n"]) == ("mnist/full mnist/seed1", "0 1", "2")
+    assert cell["replicate_runs"] == "mnist/zz-seed0-again"
+    assert cell["ours_mean_test_error_pct"] == "2.31" and cell["ours_std_pct"] == "0.27"  # 2.125 and 2.5
+    assert cell["paper_test_error_pct"] == "0.96"
+    torch7 = cells[("BNN (Torch7)", "mnist")]
+    assert (torch7["runs"], torch7["n"], torch7["ours_mean_test_error_pct"]) == ("mnist_torch7/badmetrics", "1", "1.50")
+    assert torch7["ours_std_pct"] == "" and torch7["unfinished_runs"] == "mnist_torch7/disagree"
+    for key in [("BNN (Torch7)", "cifar10"), ("BNN (Theano)", "cifar10"), ("BNN (Theano)", "svhn")]:
+        assert (cells[key]["ours_mean_test_error_pct"], cells[key]["runs"], cells[key]["n"]) == ("not run", "", "0")
 
     cited = [r for r in read_csv(out / "table1.csv") if r["source"] == "cited"]
     expected = {(c.method, d): c.printed[d] for c in paper.TABLE1 if not c.ours for d in paper.TABLE1_DATASETS}
     assert {(r["row"], r["dataset"]): r["paper_test_error_pct"] for r in cited} == expected
-    assert expected[("BinaryConnect (Courbariaux et al., 2015)", "cifar10")] == "9.90"
-    assert all(r["ours_test_error_pct"] == "" for r in cited)
 
     md = (out / "REPORT.md").read_text()
-    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (2 of the recipe's 200 epochs) / 1.40 | not run / 2.53 | " \
-           "not run / 10.15 | 71.50 (interrupted, 2 of 500 epochs) / 10.15 |" in md
-    assert "| **BNN (Theano)** (ours / paper) | 2.12 (5 of the recipe's 1000 epochs) / 0.96 | not run / 2.80 | " \
-           "31.00 (running, 1 of 500 epochs) / 11.40 | not run / 11.40 |" in md
-    assert "cifar10-jpeg (not the original CIFAR-10)" in md
-    assert "| Gated pooling (Lee et al., 2015) (cited) | – | 1.69 | 7.62 |  |" in md
-    assert "most epochs run" in md and "lowest test error would select on the test set" in md
-    assert "5 of 5 (the recipe plans 1000)" in md
+    assert "| **BNN (Theano)** (ours / paper) | 2.31 ± 0.27 (n=2) / 0.96 | not run / 2.80 | not run / 11.40 |" in md
+    assert "| **BNN (Torch7)** (ours / paper) | 1.50 (n=1) / 1.40 | not run / 2.53 | not run / 10.15 |" in md
+    assert "| Gated pooling (Lee et al., 2015) (cited) | – | 1.69 | 7.62 |" in md
+    assert "cifar10-jpeg (not the original" not in md.split("## Modified runs")[0]
+    behind = md.split("The runs behind the cells:")[1].split("CSV:")[0]
+    assert "| BNN (Theano) | MNIST | `mnist/full` | 0 | 2.12 | 5 | full (5/5) | finished | test CPU | counted |" in behind
+    assert "`mnist/zz-seed0-again` | 0 | 1.00 | 5 | full (5/5) | finished | test CPU | same seed as a counted run |" \
+        in behind
+    assert "`mnist_torch7/disagree` | 0 | 1.00 | 1 | 50% (1/2) | interrupted | test CPU | unfinished |" in behind
+
+    summary = md.split("## Summary")[1].split("## Table 1")[0]
+    assert "Reproduced with the shipped recipe, on the paper's data and its full schedule: BNN (Torch7) on MNIST " \
+           "(n=1), BNN (Theano) on MNIST (n=2) (of the 6 Table 1 cells of the BNN rows)." in summary
+    assert "- BNN (Theano) on MNIST: **2.31 ± 0.27 (n=2)** test error % (seeds 0, 1; paper: 0.96%)." in summary
+    assert "`mnist_torch7/disagree` (BNN (Torch7) on MNIST, 1 of 2 epochs (50%), interrupted)" in summary
+    assert "4 modified runs of these recipes" in summary
+
+    modified = md.split("## Modified runs")[1].split("\n## ")[0]
+    assert [line.split(" | ")[0] for line in modified.splitlines() if line.startswith("| `")] == [
+        "| `cifar10/nockpt`", "| `cifar10_torch7/jpeg`", "| `mnist/short`", "| `mnist/tiny-net`"]
+    tiny = next(line for line in modified.splitlines() if "`mnist/tiny-net`" in line)
+    assert "data.limit_train: 1000 (shipped: null); model.hidden: [16] (shipped: [4096, 4096, 4096])" in tiny
+    assert "train.epochs: 3 (shipped: 5)" in next(line for line in modified.splitlines() if "`mnist/short`" in line)
+    jpeg = next(line for line in modified.splitlines() if "`cifar10_torch7/jpeg`" in line)
+    assert 'dataset variant: "cifar10-jpeg" (shipped: "cifar10")' in jpeg
+    runs = {r["run"]: r for r in read_csv(out / "runs.csv")}
+    assert runs["mnist/full"]["faithful"] == "yes" and runs["mnist/tiny-net"]["faithful"] == "no"
+    assert runs["tiny/a"]["differences"] == "its recipe is not a shipped one"
 
 
 def test_runs_figures_and_skipped_files(results, out):
     runs = {r["run"]: r for r in read_csv(out / "runs.csv")}
-    assert sorted(runs) == ["cifar10/nockpt", "cifar10_torch7/jpeg", "mnist/full", "mnist/short", "mnist/tie",
-                            "mnist_torch7/badmetrics", "mnist_torch7/disagree", "tiny/a"]
+    assert sorted(runs) == ["cifar10/nockpt", "cifar10_torch7/jpeg", "mnist/full", "mnist/seed1", "mnist/short",
+                            "mnist/tiny-net", "mnist/zz-seed0-again", "mnist_torch7/badmetrics",
+                            "mnist_torch7/disagree", "tiny/a"]
     for rel, row in runs.items():
         recorded = json.loads((results / rel / "result.json").read_text())
         assert row["status"] == recorded["status"] and row["variant"] == recorded["variant"]
@@ -430,10 +477,10 @@ def test_filter_repetition_from_best_pt(results, out):
     assert "No checkpoint" in md and "`cifar10/nockpt`" in md and "42%" in md
 
 
-def test_report_twice_gives_identical_files(results, out, tmp_path):
+def test_report_twice_gives_identical_files(results, recipes, out, tmp_path):
     first, second = out, tmp_path / "second"
-    build_report(results, second)
-    build_report(results, second)  # again into the same folder
+    build_report(results, second, recipes)
+    build_report(results, second, recipes)  # again into the same folder
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     assert "REPORT.md" in names and "kernels.png" in names
@@ -446,70 +493,45 @@ def test_report_cli(tmp_path):
     write_run(results, "mnist", "one", "mnist", "mnist", [(0.5, 5.0, 5.5)])
     (results / "mnist" / "two").mkdir()
     (results / "mnist" / "two" / "result.json").write_text("[]")
-    out.mkdir()
-    stale = out / "figure1_gone.png"
-    stale.write_bytes(b"old")
     done = runner.invoke(app, ["report", "--results", str(results), "--out", str(out)])
     assert done.exit_code == 0, done.output
     assert (out / "REPORT.md").is_file() and (out / "figure1_mnist.png").is_file()
     assert "mnist/two/result.json: JSON is not an object" in done.output
-    assert not stale.exists()  # figures of runs no longer recorded do not linger
     missing = runner.invoke(app, ["report", "--results", str(tmp_path / "none"), "--out", str(out)])
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
-def test_cells_say_how_short_a_run_is_of_its_plan_and_of_the_recipe():
-    from bnnctl.report import _short_of
-
-    recipes = {"mnist": {"train": {"epochs": 1000}}}
-
-    def short(status, done, planned):
-        return _short_of(Run("r", Path("r"), {"recipe": "mnist", "status": status, "epochs_run": done,
-                                              "epochs_planned": planned}), recipes)
-    assert short("running", 1, 20) == " (running, 1 of 20 epochs; the recipe plans 1000)"
-    assert short("interrupted", 3, 1000) == " (interrupted, 3 of 1000 epochs)"
-    assert short("finished", 20, 20) == " (20 of the recipe's 1000 epochs)"
-    assert short("finished", 1000, 1000) == ""
-
-
-def test_summary_and_schedule_tell_a_full_run_from_a_shortened_one(tmp_path):
-    # Recipes whose Theano MNIST schedule is 3 epochs, so that a 3-epoch run goes the recipe's whole length.
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    mnist = (REPO / "recipes" / "mnist.yaml").read_text()
-    assert "  epochs: 1000\n" in mnist
-    (recipes / "mnist.yaml").write_text(mnist.replace("  epochs: 1000\n", "  epochs: 3\n"))
-    for name in ("mnist_torch7", "cifar10_torch7"):
-        (recipes / f"{name}.yaml").write_text((REPO / "recipes" / f"{name}.yaml").read_text())
+def test_the_report_replaces_and_removes_only_its_own_files(tmp_path):
     results, out = tmp_path / "results", tmp_path / "out"
-    write_run(results, "mnist", "full", "mnist", "mnist", [(0.5, 5.0, 5.5), (0.3, 3.0, 3.25), (0.2, 2.0, 2.5)])
-    write_run(results, "mnist_torch7", "short", "mnist", "mnist", [(0.4, 4.0, 4.0)] * 20)  # 20 of 200 epochs
-    write_run(results, "cifar10_torch7", "jpeg", "cifar10", "cifar10-jpeg", [(0.9, 80.0, 81.0), (0.8, 70.0, 71.5)],
-              planned=500, status="interrupted")
-    build_report(results, out, recipes)
+    write_run(results, "mnist", "one", "mnist", "mnist", [(0.5, 5.0, 5.5)])
+    write_run(results, "svhn", "two", "svhn", "svhn-synthetic", [(0.5, 5.0, 5.5)])
+    build_report(results, out)
+    assert (out / "figure1_svhn-synthetic.png").is_file()
+    # A user's files beside the report: a run's metrics.csv, notes, a figure of their own.
+    mine = {"metrics.csv": "epoch,train_loss\n1,0.5\n", "notes.md": "mine", "figure1_old.png": "not the report's"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    import shutil
+    shutil.rmtree(results / "svhn")
+    build_report(results, out)
+    assert not (out / "figure1_svhn-synthetic.png").exists()  # the report's own figure of a run now gone
+    assert {name: (out / name).read_text() for name in mine} == mine
+    assert not list(out.glob(".report-*"))  # no staging folder left behind
 
-    cells = table1(out)
-    assert cells[("BNN (Theano)", "mnist", "mnist")]["schedule"] == "full (3/3)"
-    assert cells[("BNN (Torch7)", "mnist", "mnist")]["schedule"] == "10% (20/200)"
-    assert cells[("BNN (Torch7)", "cifar10", "cifar10-jpeg")]["schedule"] == "0.4% (2/500)"
-    md = (out / "REPORT.md").read_text()
-    assert "| BNN (Theano) | mnist | 0.96 | 2.50 | full (3/3) | 3 of 3 | finished | `mnist/full` | 1 |" in md
-    assert "| BNN (Torch7) | mnist | 1.40 | 4.00 | 10% (20/200) | 20 of 20 (the recipe plans 200) | finished | " \
-           "`mnist_torch7/short` | 1 |" in md
-
-    # The summary opens the report, right after the title.
-    assert md.startswith("# bnnctl report\n\n## Summary\n\n")
-    summary = md.split("## Summary")[1].split("## Table 1")[0]
-    assert "Reproduced on the paper's data with the recipe's full schedule: BNN (Theano) on MNIST (of the 6 " \
-           "Table 1 cells of the BNN rows)." in summary
-    assert "- BNN (Theano) on MNIST: **2.50%** test error (paper: 0.96%), full schedule (3 epochs)." in summary
-    assert "- BNN (Torch7) on MNIST: **4.00%** test error (paper: 1.40%), 20 of 200 epochs (10%)." in summary
-    # The JPEG stand-in is named as such, never as CIFAR-10; the paper's number is the one on CIFAR-10.
-    assert "- BNN (Torch7) on `cifar10-jpeg`, a stand-in, not the original CIFAR-10: **71.50%** test error " \
-           "(paper, on CIFAR-10: 10.15%), 2 of 500 epochs (0.4%), interrupted." in summary
-    assert "on CIFAR-10: **" not in summary
-    assert "Not run on the paper's data: BNN (Torch7) on SVHN; BNN (Torch7) on CIFAR-10; BNN (Theano) on SVHN; " \
-           "BNN (Theano) on CIFAR-10." in summary
+    # A file of the user's where the report would write is refused before anything changes.
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    (out / "runs.csv").unlink()
+    (out / "runs.csv").write_text("my own table\n")
+    manifest = json.loads((out / ".bnnctl-report.json").read_text())
+    del manifest["files"]["runs.csv"]
+    (out / ".bnnctl-report.json").write_text(json.dumps(manifest))
+    refused = runner.invoke(app, ["report", "--results", str(results), "--out", str(out)])
+    assert refused.exit_code == 2 and "runs.csv was not written by bnnctl report" in refused.output
+    assert (out / "runs.csv").read_text() == "my own table\n"
+    assert (out / "REPORT.md").read_bytes() == before["REPORT.md"]
+    (out / ".bnnctl-report.json").write_text("{not json")
+    damaged = runner.invoke(app, ["report", "--results", str(results), "--out", str(out)])
+    assert damaged.exit_code == 2 and "is not a bnnctl report's list of its files" in damaged.output
 
 
 def test_schedule_is_the_share_of_the_recipes_epochs():

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
 from ..errors import UserError
+from ..faithful import differences, variant_difference
 from ..runs import METRICS_FILE, RECIPE_FILE, RESULT_FILE, check_result, read_result
 
 
@@ -41,6 +44,9 @@ class Run:
     path: Path
     result: dict[str, Any]
     curve: list[dict[str, float]] = field(default_factory=list)  # epoch, train_loss, valid_error_pct
+    # Set by judge_runs: whether the run is the shipped recipe's experiment, else how it differs.
+    faithful: bool = False
+    differences: list[str] = field(default_factory=list)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.result.get(key, default)
@@ -155,6 +161,48 @@ def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, dict[s
         recipes[recipe["name"]] = recipe
         paths[recipe["name"]] = path.name
     return recipes, paths
+
+
+# A recorded recipe.yaml is a few kB; anything far larger is not one.
+RECIPE_BYTES_MAX = 1 << 20
+
+
+def recorded_recipe(run: Run) -> tuple[dict[str, Any] | None, str | None]:
+    """(the run's resolved recipe.yaml, None) or (None, why it cannot be read)."""
+    from ..recipe import RecipeError, resolve
+
+    path = run.path / RECIPE_FILE
+    try:
+        if path.stat().st_size > RECIPE_BYTES_MAX:
+            return None, f"its {RECIPE_FILE} is larger than a recipe"
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None, f"no {RECIPE_FILE} recorded"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        return None, f"its {RECIPE_FILE} is not readable ({type(e).__name__})"
+    if not isinstance(raw, dict):
+        return None, f"its {RECIPE_FILE} is not a recipe"
+    try:
+        return resolve(raw, f"{run.rel}/{RECIPE_FILE}"), None
+    except RecipeError as e:
+        return None, f"its {RECIPE_FILE} does not load ({e})"
+
+
+def judge_runs(runs: list[Run], recipes: dict[str, dict[str, Any]]) -> None:
+    """Mark each run faithful to its shipped recipe, or list how it differs (``bnnctl/faithful.py``)."""
+    for run in runs:
+        shipped = recipes.get(run.get("recipe"))
+        if shipped is None:
+            run.faithful, run.differences = False, ["its recipe is not a shipped one"]
+            continue
+        recorded, problem = recorded_recipe(run)
+        if recorded is None:
+            run.faithful, run.differences = False, [problem]
+            continue
+        found = differences(recorded, shipped)
+        variant = variant_difference(run.get("dataset"), run.get("variant"))
+        found = ([variant] if variant else []) + found
+        run.faithful, run.differences = not found, [d.describe() for d in found]
 
 
 def shipped_epochs(recipes: dict[str, dict[str, Any]], name: str) -> int | None:
