@@ -392,7 +392,6 @@ def test_kernel_tables_match_the_bench_records(results, out):
     assert (gpu["xnor"]["paper_x_baseline"], gpu["xnor"]["paper_x_cublas"]) == ("23.0", "3.4")
     assert gpu["baseline"]["paper_x_baseline"] == ""
     assert rows["xnor"]["paper_x_baseline"] == rows["xnor"]["paper_x_cublas"] == ""
-    assert (out / "kernels.png").is_file()
 
     md = (out / "REPORT.md").read_text()
     table = md.split("## Kernel figure")[1].split("### MNIST MLP")[0]
@@ -416,6 +415,40 @@ def test_kernel_tables_match_the_bench_records(results, out):
                    ("torch", "200", "3.5", "1", "1", "1.25", "ok", "")]
     assert [r["paper_x_baseline"] for r in mlp[3:]] == ["", "7.0", ""]  # the paper's 7x: (b), on a GPU
     assert all(r["model"] == "trained weights from `results/mnist/x/best.pt`, epoch 2" for r in mlp)
+
+
+def test_figure3_draws_the_papers_three_bars_beside_its_ratios(results, out):
+    names = sorted(p.name for p in out.glob("figure3_*.png"))
+    assert names == ["figure3_test-cpu-2-threads-cpu.png", "figure3_test-cpu-cpu.png", "figure3_test-gpu-cuda.png"]
+    md = (out / "REPORT.md").read_text().split("## Figure 3")[1].split("\n## ")[0]
+    gpu = md.split("### Test GPU (cuda)")[1].split("###")[0]
+    # The 8192^3 GPU record: baseline 10 ms, cuBLAS 2 ms, XNOR 0.5 ms; the paper's 23x and 3.4x as relative times.
+    for line in ("| matrix product | baseline kernel | 10 | 1 | 1 |  |",
+                 "| matrix product | cuBLAS | 2 | 0.2 | 0.148 |  |",
+                 "| matrix product | XNOR kernel | 0.5 | 0.05 | 0.0435 |  |",
+                 "| MNIST MLP | baseline kernel (a) | 700 | 1 | 1 | 1.25 |",
+                 "| MNIST MLP | cuBLAS (d) | 200 | 0.286 |  | 1.25 |",
+                 "| MNIST MLP | XNOR kernel (b) | 100 | 0.143 | 0.143 | 1.25 |"):
+        assert line in gpu, line
+    # The CPU counterpart: torch fp32, torch's fastest exact product and the XNOR kernel, from the newest record
+    # holding all three; no paper column (the paper has no CPU figure).
+    cpu = md.split("### Test CPU (2 threads) (cpu)")[1].split("###")[0]
+    assert "| matrix product | torch fp32 | 2 | 1 |  |  |" in cpu
+    assert "| matrix product | XNOR kernel | 0.4 | 0.2 |  |  |" in cpu
+    assert "bench/20261127T140000-cpu-64x32x128.json" in cpu
+
+
+def test_random_weight_benches_show_no_test_error(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "out"
+    (results / "bench").mkdir(parents=True)
+    random = {**MLP_RECORD, "model": {"weights": "random (seed 0): says nothing about accuracy"}}
+    (results / "bench" / "mlp.json").write_text(json.dumps(random))
+    build_report(results, out)
+    rows = read_csv(out / "mnist_mlp.csv")
+    assert rows and all(r["test_error_pct"] == "" for r in rows)
+    assert {r["model"] for r in rows} == {"random weights (no trained model): test errors not shown"}
+    md = (out / "REPORT.md").read_text()
+    assert "accuracy weights" not in md and "| 1.25 |" not in md
 
 
 def test_convnet_bench_records_get_their_own_table(out):
@@ -483,7 +516,7 @@ def test_report_twice_gives_identical_files(results, recipes, out, tmp_path):
     build_report(results, second, recipes)  # again into the same folder
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
-    assert "REPORT.md" in names and "kernels.png" in names
+    assert "REPORT.md" in names and "figure3_test-gpu-cuda.png" in names
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 

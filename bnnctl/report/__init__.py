@@ -10,7 +10,8 @@ shipped recipes' model definitions and, where present, the runs' ``best.pt``. Wr
                            shipped recipe (``faithful.py``) beside the paper, and the cited rows;
 * ``runs.csv``             every recorded run, faithful or with the keys in which it differs;
 * ``figure1_<variant>.png`` training loss and validation error against epochs, one per dataset variant;
-* ``kernels.csv``, ``kernels.png``   the kernel figure (the paper's Figure 3) per device recorded;
+* ``kernels.csv``          every kernel timing per device and shape;
+* ``figure3_<device>.png`` the paper's Figure 3 (product time, MLP time, MLP test error) per device;
 * ``mnist_mlp.csv``        the MNIST MLP timings of ``bnnctl bench --model mnist-mlp``, where recorded;
 * ``memory_energy.csv``, ``energy_constants.csv``   per model, from the model definitions;
 * ``filter_repetition.csv``  unique binary 3x3 filters per conv layer of trained ConvNets.
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from .. import paper
 from .curves import figure1_section
+from .figure3 import figure3_section
 from .filters import filter_section, random_unique_share, unique_filters
 from .kernels import convnet_section, cpu_peaks_section, find_benches, kernels_section, xnor_share_section
 from .memory import memory_energy_section
@@ -122,6 +124,7 @@ def _write_sections(results: Path, out: Path, staged: Path, recipes_dir: Path | 
         modified_section(modified, recipes),
         figure1_section(runs, staged),
         kernels_section(benches.kernels, benches.mlp, staged),
+        figure3_section(benches.kernels, benches.mlp, staged),
         convnet_section(benches.convnets, staged),
         cpu_peaks_section(benches.cpu_peaks, notes),
         xnor_share_section(benches.xnor_shares, notes),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import paper
 from ..runs import is_count, is_number
-from .records import Notes, fmt, md_table, new_figure, read_json, save_png, write_csv
+from .records import Notes, fmt, md_table, read_json, write_csv
 
 
 @dataclass
@@ -42,6 +42,10 @@ class MlpRecord:
     model: str                   # which weights the accuracies are for
     device_type: str
     date: str
+
+    @property
+    def trained(self) -> bool:
+        return self.model.startswith("trained")
 
     def ms(self, name: str) -> float | None:
         return next((r["median_ms"] for r in self.rows if r["name"] == name and r["status"] == "ok"), None)
@@ -100,10 +104,13 @@ def _mlp_rows(data: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _mlp_model(data: dict[str, Any]) -> str:
     """What the accuracies are for, from the record's model section."""
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    weights = model.get("weights", "unknown")
+    weights = str(model.get("weights", "unknown"))
+    if not weights.startswith("trained"):
+        # A bench of random weights times the model; its errors say nothing about accuracy and are not shown.
+        return "random weights (no trained model): test errors not shown"
     where = f" from `{model['source']}`" if model.get("source") else ""
     epoch = f", epoch {model['epoch']}" if model.get("epoch") is not None else ""
-    return f"{weights} weights{where}{epoch}"
+    return f"trained weights{where}{epoch}"
 
 
 @dataclass
@@ -331,11 +338,11 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
             mlp_rows.append([rec.rel, rec.device, r["name"], r["paper_row"], r["label"], r["status"],
                              fmt(r["median_ms"], ".6g"), fmt(x_base, ".4g"), fmt(x_torch, ".4g"), fmt(x_best, ".4g"),
                              paper_x,
-                             fmt(r["test_error_pct"]), r["differing"], rec.model])
+                             fmt(r["test_error_pct"]) if rec.trained else "", r["differing"], rec.model])
             mlp_md.append([rec.device, f"{r['paper_row']} {r['name']}: {r['label']}".strip(),
                            fmt(r["median_ms"], ".1f") if r["status"] == "ok" else r["status"], fmt(x_base, ".2f"),
                            fmt(paper_x, "g") + ("x" if paper_x else ""), fmt(x_torch, ".2f"), fmt(x_best, ".2f"),
-                           fmt(r["test_error_pct"]), fmt(r["differing"], "d")])
+                           fmt(r["test_error_pct"]) if rec.trained else "", fmt(r["differing"], "d")])
     if mlp:
         write_csv(out / "mnist_mlp.csv", mlp_header, mlp_rows)
 
@@ -370,8 +377,6 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
                      "best stock path). CSV: `mnist_mlp.csv`.")
     else:
         parts.append("No MNIST MLP benchmark is recorded (`bnnctl bench --model mnist-mlp` writes one): not run.")
-    if records or mlp:
-        parts.append(_bench_chart(records, mlp, out))
     return "\n\n".join(parts)
 
 
@@ -383,79 +388,3 @@ def _ceiling_cell(e: dict[str, Any]) -> str:
     if is_number(e.get("share_of_popc_ceiling")):
         parts.append(f"{100 * e['share_of_popc_ceiling']:.0f}% (best)")
     return "; ".join(parts)
-
-
-def _most_complete(records: list, key: Callable[[Any], Any], ran: Callable[[Any], int]) -> list:
-    """Per key, the record in which the most kernels ran, the latest (by date, then path) on ties; in key order."""
-    best: dict[Any, Any] = {}
-    for rec in sorted(records, key=lambda r: (ran(r), str(r.date), r.rel)):
-        best[key(rec)] = rec
-    return [best[k] for k in sorted(best)]
-
-
-def _bars(ax, names: list[str], times: list[float], labels: list[str], title: str,
-          colors: dict[str, str] | None = None) -> None:
-    colors = colors or {name: f"C{i % 10}" for i, name in enumerate(names)}
-    bars = ax.bar(range(len(names)), times, color=[colors[name] for name in names])
-    ax.set_yscale("log")
-    if times:  # room below the fastest bar, so that its height still reads as a time
-        ax.set_ylim(bottom=min(times) / 4, top=max(times) * 2)
-    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-    ax.set_ylabel("median ms (log scale)")
-    ax.set_title(title, fontsize=9)
-    for bar, label in zip(bars, labels):
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize=6)
-    ax.grid(True, axis="y", alpha=0.3)
-
-
-def _bench_chart(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
-    """kernels.png: one panel per (device, shape) of matmul times, then one per device of MNIST MLP times."""
-    kernel_panels = _most_complete(records, key=lambda r: (r.device, r.shape),
-                                   ran=lambda r: sum(e["status"] == "ok" for e in r.data["kernels"].values()))
-    mlp_panels = _most_complete(mlp, key=lambda r: r.device, ran=lambda r: sum(x["status"] == "ok" for x in r.rows))
-    panels = len(kernel_panels) + len(mlp_panels)
-    cols = min(panels, 3)
-    rows = -(-panels // cols)
-    width, height = max(8.0, 5.0 * cols), 1.0 + 3.9 * rows
-    fig = new_figure(width, height)
-    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    # One color per kernel across the device panels.
-    kernel_names = dict.fromkeys(name for rec in kernel_panels for name in rec.data["kernels"])
-    colors = {name: f"C{i % 10}" for i, name in enumerate(kernel_names)}
-    for ax, rec in zip(axes, kernel_panels):
-        ran = [(name, e) for name, e in rec.data["kernels"].items() if e["status"] == "ok"]
-        ratio, reference = ("x_baseline", "baseline") if any(n == "baseline" for n, _ in ran) else \
-            ("x_cublas_fp32", "fp32 matmul")
-        _bars(ax, [name for name, _ in ran], [e["median_ms"] for _, e in ran],
-              [(f"{e[ratio]:.1f}x" if is_number(e.get(ratio)) else "")
-               + (f"\n{100 * e['share_of_isa_ceiling']:.0f}%" if is_number(e.get("share_of_isa_ceiling")) else "")
-               for _, e in ran],
-              f"{rec.device}\nmatmul {rec.shape} (label: x {reference}"
-              + ("; XNOR: % of its ISA's ceiling)" if rec.data["device"]["type"] == "cpu" else ")"), colors)
-        ceiling = rec.data.get("popc_ceiling_tbops")
-        if is_number(ceiling) and ceiling > 0 and is_number(rec.data.get("binary_ops")):
-            # the time of a kernel at the CPU's XOR+popcount ceiling: no XNOR bar can sit below this line
-            ceiling_ms = rec.data["binary_ops"] / (ceiling * 1e12) * 1e3
-            ax.axhline(ceiling_ms, color="k", linestyle="--", linewidth=0.8)
-            ax.annotate(f"popcount ceiling {ceiling:.2f} T/s", (0, ceiling_ms), xytext=(2, -9),
-                        textcoords="offset points", fontsize=6)
-            ax.set_ylim(bottom=min(ax.get_ylim()[0], ceiling_ms / 2))
-    for ax, rec in zip(axes[len(kernel_panels):], mlp_panels):
-        ran = [r for r in rec.rows if r["status"] == "ok"]
-        reference = "baseline" if rec.ms("baseline") else "torch"
-        _bars(ax, [r["name"] for r in ran], [r["median_ms"] for r in ran],
-              [f"{fmt(rec.speedup(r, reference), '.1f', '?')}x\n{fmt(r['test_error_pct'], '.2f', '?')}%" for r in ran],
-              f"{rec.device}\nMNIST MLP, test images (label: x {reference}, test error)")
-    fig.suptitle("median time per kernel; bar label: speed-up over the reference in the panel's title (MLP: "
-                 f"and the test error)\npaper, GTX750: XNOR {paper.kernel_ratio('xnor_vs_baseline'):g}x the baseline "
-                 f"kernel and {paper.kernel_ratio('xnor_vs_cublas'):g}x cuBLAS at 8192^3; MNIST MLP "
-                 f"{paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x the baseline kernel", fontsize=8)
-    fig.subplots_adjust(left=0.9 / width, right=1 - 0.15 / width, bottom=0.7 / height, top=1 - 1.1 / height,
-                        wspace=0.3, hspace=1.4 / 3.9)
-    save_png(fig, out / "kernels.png")
-    used = ", ".join(f"`{rec.rel}`" for rec in [*kernel_panels, *mlp_panels])
-    return (f"![kernel times](kernels.png)\n\nChart: per device (and shape) the record in which the most kernels "
-            f"ran, the latest on ties: {used}.")
