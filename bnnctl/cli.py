@@ -197,3 +197,15 @@ def report(
     from .report import run_report
     run_report(results=results, out=out, recipes=recipes_dir, console=console)
 
+
+
+@app.command()
+@user_errors
+def record(
+    paths: List[Path] = typer.Argument(..., help="run folders (under runs/) or bench records (runs/bench/*.json)"),
+    results: Path = typer.Option(Path("results"), help="the committed record to add them to"),
+):
+    """Add finished runs or bench records to the committed record (results/); never replaces what is there."""
+    from .record import record as record_
+    for target in record_(paths, results):
+        console.print(f"recorded {target}", highlight=False)
