@@ -64,7 +64,8 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="override a recipe field: key.path=value (repeatable)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
-    runs_dir: Path = typer.Option(Path("results"), help="runs go to RUNS_DIR/<recipe name>/<run id>/"),
+    runs_dir: Path = typer.Option(Path("runs"), help="runs go to RUNS_DIR/<recipe name>/<run id>/ (the committed "
+                                                     "results/ changes only through bnnctl record)"),
     resume: Optional[Path] = typer.Option(None, help="continue this run directory from its last finished epoch"),
     seed: Optional[int] = typer.Option(None, help="override the recipe's seed"),
     run_id: Optional[str] = typer.Option(None, help="name of the run directory (default: date-time and seed)"),
