@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from bnnctl.data import load_splits  # noqa: E402
 from bnnctl.recipe import load_recipe  # noqa: E402
-from bnnctl.runs import environment, resolve_device  # noqa: E402
+from bnnctl.provenance import environment, resolve_device  # noqa: E402
 from bnnctl.train.fast import FAST_PRESETS, pretransformed  # noqa: E402
 from bnnctl.train.loop import Trainer, run_training  # noqa: E402
 

@@ -17,7 +17,7 @@ from bnnctl.errors import UserError
 from bnnctl.infer.export import export_model
 from bnnctl.kernels import tensorcore as tc
 from bnnctl.recipe import load_recipe, recipes_dir
-from bnnctl.runs import hardware
+from bnnctl.provenance import hardware
 
 
 def run_cli(*args: str):

@@ -30,7 +30,8 @@ from bnnctl.core.models import build_model
 from bnnctl.recipe import load_recipe
 from bnnctl.core.norms import ShiftBatchNorm
 from bnnctl.core.losses import squared_hinge
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT, atomic_torch_save
+from bnnctl.files import atomic_torch_save
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm)

@@ -27,7 +27,8 @@ from bnnctl.infer.export import (EXPORT_VERSION, MAGIC, DamagedExport, ExportedL
                                  export_model, float_model_from_export, integer_thresholds, load_export, read_export,
                                  save_export)
 from bnnctl.recipe import dump_recipe, load_recipe
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT, atomic_torch_save
+from bnnctl.files import atomic_torch_save
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 from tests.test_export_engine import images, train_tiny
 
 QUIET = Console(file=io.StringIO())

@@ -413,7 +413,7 @@ def _digest(fixed: bytes, rest: bytes | memoryview) -> bytes:
 def save_export(exported: ExportedModel, path: Path | str) -> int:
     """Write the export file (format version EXPORT_VERSION, with its checksum) atomically; returns its
     size in bytes."""
-    from ..runs import atomic_write_bytes
+    from ..files import atomic_write_bytes
     blobs: list[bytes] = []
     offset = 0
 
@@ -730,7 +730,9 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
 
     ``-o`` may name a file in a folder that does not exist yet (it is created) or a folder (the export
     goes there as model.bnnx)."""
-    from ..runs import atomic_write_text, git_commit, load_model
+    from ..checkpoints import load_model
+    from ..files import atomic_write_text
+    from ..provenance import git_commit
     record, model, _ = load_model(run)
     checkpoint = run / "best.pt" if run.is_dir() else run
     out = _output_path(Path(out)) if out is not None else checkpoint.parent / f"model{EXPORT_SUFFIX}"
