@@ -21,7 +21,9 @@ from ..errors import UserError
 from ..provenance import resolve_device
 from ..runs import RECIPE_FILE
 from ..core.evaluation import evaluate
-from .export import EXPORT_SUFFIX, MAGIC, ExportedModel, float_model_from_export, load_export
+from .bnnx import EXPORT_SUFFIX, MAGIC, load_export
+from .exported import ExportedModel
+from .float_model import float_model_from_export
 
 ENGINES = ("float", "xnor")
 
