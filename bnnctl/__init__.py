@@ -1,10 +1,7 @@
-"""bnnctl: Binarized Neural Networks (Courbariaux et al., 2016) from one command line."""
+"""bnnctl: Binarized Neural Networks (Courbariaux et al., 2016) from one command line.
+
+Importing the package changes nothing in the process (no environment variable, no allocator
+setting); bnnctl's commands apply those where they start (``bnnctl.allocator``).
+"""
 
 __version__ = "0.1.0"
-
-import os as _os
-
-# Transparent huge pages for torch's large CPU buffers: the MNIST MLP allocates several 64 MB
-# tensors per step, and 4 KB page faults made that cost more than the matrix products.
-# Read by torch at its first allocation, so it only helps when bnnctl is imported first.
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

@@ -1,7 +1,8 @@
 """The bnnctl command line: a thin layer over the modules that do the work.
 
-Each command imports its module lazily so ``bnnctl --help`` stays fast, and every error meant
-for the user (``UserError``) becomes one red sentence and its exit code, never a traceback.
+Each command imports its module lazily so ``bnnctl --help`` stays fast (torch is imported only
+once a command runs, after ``use_huge_pages``), and every error meant for the user (``UserError``)
+becomes one red sentence and its exit code, never a traceback.
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from .allocator import use_huge_pages
 from .errors import UserError
-from .runs import command_line, invocation, set_invocation
 
 
 class _RecordingGroup(TyperGroup):
-    """Keeps the arguments bnnctl was called with, for the records and for --nproc's relaunch."""
+    """Sets the allocator up before any command imports torch, and keeps the arguments bnnctl was called
+    with, for the records and for --nproc's relaunch."""
 
     def main(self, args=None, *rest, **kwargs):
+        use_huge_pages()
+        from .provenance import set_invocation
         set_invocation(sys.argv[1:] if args is None else list(args))
         return super().main(args, *rest, **kwargs)
 
@@ -76,6 +80,7 @@ def train(
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
     if nproc != 1:
+        from .provenance import command_line, invocation
         from .train.distributed import relaunch
         raise typer.Exit(relaunch(nproc, without_option(invocation(), "--nproc"), command_line()))
     from .train.loop import run_training
@@ -140,6 +145,7 @@ def bench(
 ):
     """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
     from .bench.kernels import run_bench
+    from .provenance import command_line
     command = command_line()
     if model is not None:
         from .bench.convnet import MODELS as CONVNETS, run_convnet_bench

@@ -39,11 +39,14 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bnnctl.allocator import use_huge_pages  # noqa: E402
 from bnnctl.data import load_splits  # noqa: E402
 from bnnctl.recipe import load_recipe  # noqa: E402
-from bnnctl.runs import environment, resolve_device  # noqa: E402
+from bnnctl.provenance import environment, resolve_device  # noqa: E402
 from bnnctl.train.fast import FAST_PRESETS, pretransformed  # noqa: E402
 from bnnctl.train.loop import Trainer, run_training  # noqa: E402
+
+use_huge_pages()  # as bnnctl's commands do, before the first tensor: the steps timed here get the same pages
 
 
 def provenance(device: torch.device) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from bnnctl.bench import timing
 from bnnctl.cli import app
 from bnnctl.core.models import build_model
 from bnnctl.errors import UserError
-from bnnctl.infer.export import export_model
+from bnnctl.infer.fold import export_model
 from bnnctl.kernels import tensorcore as tc
 from bnnctl.recipe import load_recipe, recipes_dir
-from bnnctl.runs import hardware
+from bnnctl.provenance import hardware
 
 
 def run_cli(*args: str):

@@ -16,7 +16,8 @@ from bnnctl.core.models import build_model
 from bnnctl.data import scale_to_pm1
 from bnnctl.errors import UserError
 from bnnctl.recipe import load_recipe, recipes_dir
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT, atomic_torch_save
+from bnnctl.files import atomic_torch_save
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 SMALL = ["model.conv=[8,M,16,M]", "model.fc=[32]"]
 CPU_VARIANTS = {name for name, v in convnet.VARIANTS.items() if "cpu" in v.devices}

@@ -23,14 +23,16 @@ from bnnctl.core.binarize import sign_pm1
 from bnnctl.cli import app
 from bnnctl.data import scale_to_pm1
 from bnnctl.infer.engine import EngineError, PackedEngine, engine_error
-from bnnctl.infer.export import (EXPORT_VERSION, MAGIC, ExportError, export_model, fires, fold_thresholds, load_export,
-                           save_export)
+from bnnctl.infer.bnnx import EXPORT_VERSION, MAGIC, load_export, save_export
+from bnnctl.infer.exported import ExportError
+from bnnctl.infer.fold import export_model, fires, fold_thresholds
 from bnnctl.core.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_
 from bnnctl.core.models import build_model
 from bnnctl.recipe import load_recipe
 from bnnctl.core.norms import ShiftBatchNorm
 from bnnctl.core.losses import squared_hinge
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT, atomic_torch_save
+from bnnctl.files import atomic_torch_save
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, ShiftBatchNorm)

@@ -23,11 +23,13 @@ from bnnctl.cli import app
 from bnnctl.core.models import build_model
 from bnnctl.errors import DamagedFile, UserError
 from bnnctl.infer.engine import EngineError, PackedEngine, _FloatDense, _pack_ge, _pm1_ge
-from bnnctl.infer.export import (EXPORT_VERSION, MAGIC, DamagedExport, ExportedLayer, ExportError, ThresholdSign,
-                                 export_model, float_model_from_export, integer_thresholds, load_export, read_export,
-                                 save_export)
+from bnnctl.infer.bnnx import EXPORT_VERSION, MAGIC, DamagedExport, load_export, read_export, save_export
+from bnnctl.infer.exported import ExportedLayer, ExportError
+from bnnctl.infer.float_model import ThresholdSign, float_model_from_export
+from bnnctl.infer.fold import export_model, integer_thresholds
 from bnnctl.recipe import dump_recipe, load_recipe
-from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT, atomic_torch_save
+from bnnctl.files import atomic_torch_save
+from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 from tests.test_export_engine import images, train_tiny
 
 QUIET = Console(file=io.StringIO())

@@ -15,7 +15,7 @@ from bnnctl.train import fused_step
 from bnnctl.core.binarize import ap2, binarize_ste, sign_pm1
 from bnnctl.core.layers import BinaryLinear, SignActivation
 from bnnctl.core.models import build_model
-from bnnctl.core.norms import ShiftBatchNorm, _ShiftBatchNormFunction
+from bnnctl.core.norms import ShiftBatchNorm, ShiftBatchNormFunction
 from bnnctl.optim.shift_adamax import ShiftAdaMax
 from tests.test_fast_path import sets, train
 
@@ -224,7 +224,7 @@ def test_fused_shift_bn_equals_python_shift_bn_bit_for_bit(rows, cols):
     x, gamma, beta = bn_inputs(rows, cols, seed=rows + cols)
     grad = torch.randn(rows, cols, generator=torch.Generator().manual_seed(cols))
     grad[:, -1] = 0.0
-    python = run_shift_bn(_ShiftBatchNormFunction.apply, x, gamma, beta, grad)
+    python = run_shift_bn(ShiftBatchNormFunction.apply, x, gamma, beta, grad)
     fused = run_shift_bn(fused_step.fused_shift_batch_norm, x, gamma, beta, grad)
     assert fused[0].grad_fn is None and python[0].grad_fn is None  # compared detached
     for name, a, b in zip(["out", "mean", "inv_std", "grad_x", "grad_gamma", "grad_beta"], python, fused):
@@ -250,11 +250,11 @@ def test_fused_shift_bn_module_keeps_the_same_running_statistics():
 
 
 def test_fused_shift_bn_leaves_other_inputs_to_the_python_layer():
-    """4-D and float64 inputs are not what the C++ passes take; they go through _ShiftBatchNormFunction."""
+    """4-D and float64 inputs are not what the C++ passes take; they go through ShiftBatchNormFunction."""
     for x in (torch.randn(4, 3, 5, 5), torch.randn(6, 3, dtype=torch.float64)):
         gamma, beta = torch.randn(3), torch.randn(3)
         grad = torch.randn_like(x)
-        python = run_shift_bn(_ShiftBatchNormFunction.apply, x, gamma, beta, grad)
+        python = run_shift_bn(ShiftBatchNormFunction.apply, x, gamma, beta, grad)
         fused = run_shift_bn(fused_step.fused_shift_batch_norm, x, gamma, beta, grad)
         for a, b in zip(python, fused):
             assert same_bits(a, b)

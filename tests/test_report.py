@@ -16,7 +16,8 @@ from bnnctl.cli import app
 from bnnctl.recipe import dump_recipe, load_recipe
 from bnnctl.report import Run, build_report, random_unique_share, unique_filters
 from bnnctl.report.summary import summarize
-from bnnctl.runs import BEST_FILE, FORMAT_VERSION, MODEL_FORMAT, RECIPE_FILE, atomic_torch_save
+from bnnctl.files import atomic_torch_save
+from bnnctl.runs import BEST_FILE, FORMAT_VERSION, MODEL_FORMAT, RECIPE_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bnnctl import runs
+from bnnctl import files, runs
 from bnnctl.cli import app
 from bnnctl.errors import DamagedFile, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_ENVIRONMENT
 from bnnctl.train import loop
@@ -97,7 +97,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temporary(tiny_recipe, tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(runs.os, "replace", full_disk)
+    monkeypatch.setattr(files.os, "replace", full_disk)
     result = train(tiny_recipe, tmp_path / "runs", "--run-id", "r")
     assert result.exit_code == EXIT_ENVIRONMENT, result.output
     assert one_sentence(result.output) and "disk is full" in result.output

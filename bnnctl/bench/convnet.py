@@ -42,14 +42,18 @@ from rich.table import Table
 from torch import nn
 
 from .. import kernels
+from ..checkpoints import load_model
 from ..core.models import build_model
 from ..data import DATASETS, data_root, load_npz, scale_to_pm1, wants_npz
 from ..data.common import npz_path
 from ..errors import UserError
 from ..infer.engine import FIRST_LAYERS, PackedEngine, default_batch_size
-from ..infer.export import EXPORT_SUFFIX, UINT8_SCALE, ExportedModel, export_model, input_encoding
+from ..infer.bnnx import EXPORT_SUFFIX
+from ..infer.exported import UINT8_SCALE, ExportedModel, input_encoding
+from ..infer.fold import export_model
 from ..recipe import load_recipe, recipes_dir
-from ..runs import BEST_FILE, load_model, resolve_device
+from ..provenance import resolve_device
+from ..runs import BEST_FILE
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms, frozen_float_model
 from .timing import check_arguments, header, measuring, parse_names, record, time_model_passes
 

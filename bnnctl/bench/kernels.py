@@ -35,7 +35,7 @@ from rich.table import Table
 from .. import kernels
 from ..errors import UserError
 from ..paper import KERNEL_RATIOS
-from ..runs import resolve_device
+from ..provenance import resolve_device
 from .timing import (check_arguments, cpu_peak_rows, error_line, header, measuring, parse_names, record,
                      recorded_cpu_peak, sync, time_call)
 

@@ -42,14 +42,17 @@ from rich.table import Table
 from torch import nn
 
 from .. import kernels, paper
+from ..checkpoints import load_model
 from ..core.models import build_model
 from ..data import MNIST_FILES, data_root, scale_to_pm1
 from ..errors import UserError
 from ..infer.engine import FIRST_LAYERS, PackedEngine
-from ..infer.export import (EXPORT_SUFFIX, UINT8_SCALE, ExportedModel, export_model, float_model_from_export,
-                            input_encoding, load_export)
+from ..infer.bnnx import EXPORT_SUFFIX, load_export
+from ..infer.exported import UINT8_SCALE, ExportedModel, input_encoding
+from ..infer.float_model import float_model_from_export
+from ..infer.fold import export_model
 from ..recipe import load_recipe, recipes_dir
-from ..runs import load_model, resolve_device
+from ..provenance import resolve_device
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms, frozen_float_model, int8_binary_layers
 from .timing import check_arguments, header, parse_names, record, time_model_passes
 

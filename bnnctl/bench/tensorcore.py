@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from ..kernels.tensorcore import CONFIGS, DEFAULT_CONFIG, xnor_gemm_tc
-from ..runs import atomic_write_text
+from ..files import atomic_write_text
 from .kernels import KERNELS, BenchKernel, make_operands, run_bench
 from .timing import time_call
 

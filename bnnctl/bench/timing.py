@@ -28,8 +28,9 @@ import torch
 
 from .. import kernels
 from ..errors import EnvironmentFailure, UserError
-from ..memory import reuse_freed_memory
-from ..runs import atomic_write_text, environment, hardware
+from ..allocator import reuse_freed_memory
+from ..files import atomic_write_text
+from ..provenance import environment, hardware
 
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
 

@@ -57,7 +57,7 @@ def _statistics_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-class _ShiftBatchNormFunction(torch.autograd.Function):
+class ShiftBatchNormFunction(torch.autograd.Function):
     """Training-mode shift-based BN with the Torch7 gradient; also returns the batch statistics."""
 
     @staticmethod
@@ -98,7 +98,7 @@ class ShiftBatchNorm(nn.Module):
 
     # Training mode: (x, weight, bias, eps) -> (out, batch mean, batch 1/sqrt(var + eps)). The fused CPU
     # step (train/fused_step.py) sets a C++ form with the same numbers on the instance.
-    training_function = staticmethod(_ShiftBatchNormFunction.apply)
+    training_function = staticmethod(ShiftBatchNormFunction.apply)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.125):
         super().__init__()

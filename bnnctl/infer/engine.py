@@ -1,7 +1,7 @@
 """The bit-packed inference engine: an exported BNN run on XNOR kernels, on CPU or CUDA.
 
-Every hidden layer is one ``kernels.xnor_gemm`` on packed bits, then the integer threshold of
-``export``, whose comparison is packed straight into the next layer's input bits:
+Every hidden layer is one ``kernels.xnor_gemm`` on packed bits, then the integer threshold
+``fold`` gave it, whose comparison is packed straight into the next layer's input bits:
 
     dense:  bits (N, words) --xnor_gemm--> int32 (N, out) --threshold--> bits (N, out words)
     conv:   bits (N, H, W, C words) --im2col on words--> (N*H*W, k*k*C words) --xnor_gemm-->
@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from .. import kernels
 from ..data import scale_to_pm1
 from ..errors import UserError
-from .export import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
+from .exported import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
+from .fold import export_model
 
 HIDDEN_MODES = ("xnor", "float")
 PLANES = 8
@@ -519,7 +520,6 @@ def export_error(exported: ExportedModel, x: torch.Tensor, y: torch.Tensor,
 def engine_error(record: dict, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                  transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
     """Test error in % of the model run by the packed engine (``bnnctl eval --engine xnor``)."""
-    from .export import export_model
     if device.type == "cuda" and not kernels.available()["cuda"]:
         raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
     return export_error(export_model(record, model), x, y, transform, device)

@@ -14,12 +14,16 @@ from typing import Any, Callable
 import torch
 from rich.console import Console
 
+from ..checkpoints import load_model
 from ..core.losses import LOSSES
 from ..data import load_splits
 from ..errors import UserError
-from ..runs import RECIPE_FILE, load_model, resolve_device
+from ..provenance import resolve_device
+from ..runs import RECIPE_FILE
 from ..core.evaluation import evaluate
-from .export import EXPORT_SUFFIX, MAGIC, ExportedModel, float_model_from_export, load_export
+from .bnnx import EXPORT_SUFFIX, MAGIC, load_export
+from .exported import ExportedModel
+from .float_model import float_model_from_export
 
 ENGINES = ("float", "xnor")
 

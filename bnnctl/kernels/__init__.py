@@ -68,6 +68,12 @@ def _ops():
     return torch.ops.bnnctl
 
 
+def native_ops():
+    """``torch.ops.bnnctl`` with the extension loaded: the native ops for callers outside this package (the
+    fused training step's passes); a failed build raises KernelBuildError."""
+    return _ops()
+
+
 def words_for(k: int) -> int:
     """Number of 64-bit words per packed row of k entries."""
     return (k + 63) // 64

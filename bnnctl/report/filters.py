@@ -9,9 +9,10 @@ import yaml
 from torch import nn
 
 from .. import paper
+from ..checkpoints import load_model
 from ..core.binarize import sign_pm1
 from ..core.layers import BinaryLayer
-from ..runs import BEST_FILE, RECIPE_FILE, load_model
+from ..runs import BEST_FILE, RECIPE_FILE
 from .records import Notes, Run, fmt, md_table, write_csv
 from .summary import summarize_model
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
-from ..runs import COMMAND_ENV
+from ..provenance import COMMAND_ENV
 
 T = TypeVar("T")
 

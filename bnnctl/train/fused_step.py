@@ -38,15 +38,15 @@ from torch import nn
 
 from ..core.binarize import binarize_ste
 from ..core.layers import BinaryLayer, BinaryWeightCache, SignActivation
-from ..core.norms import ShiftBatchNorm, _ShiftBatchNormFunction
+from ..core.norms import ShiftBatchNorm, ShiftBatchNormFunction
 from ..optim.shift_adamax import ShiftAdaMax
 
 # a latent weight's id -> (its binary cache, or None; its clip value, or None)
 LayerMap = dict[int, tuple[BinaryWeightCache | None, float | None]]
 
 def ops():
-    from ..kernels import _ops
-    return _ops()
+    from ..kernels import native_ops
+    return native_ops()
 
 
 # ---------------------------------------------------------------------------- which inputs are integral
@@ -116,7 +116,7 @@ def _fusable(x: torch.Tensor, dims: int | None = None) -> bool:
 
 
 class _FusedShiftBatchNormFunction(torch.autograd.Function):
-    """``_ShiftBatchNormFunction`` (core/norms.py) on (N, C) float32 inputs, in C++: the same numbers."""
+    """``ShiftBatchNormFunction`` (core/norms.py) on (N, C) float32 inputs, in C++: the same numbers."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float):
@@ -136,7 +136,7 @@ def fused_shift_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """ShiftBatchNorm's training function: C++ for (N, C) float32 inputs, the Python one otherwise."""
     if _fusable(x, 2) and _fusable(weight, 1) and _fusable(bias, 1):
         return _FusedShiftBatchNormFunction.apply(x, weight, bias, eps)
-    return _ShiftBatchNormFunction.apply(x, weight, bias, eps)
+    return ShiftBatchNormFunction.apply(x, weight, bias, eps)
 
 
 class _FusedSignSTE(torch.autograd.Function):

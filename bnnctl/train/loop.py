@@ -34,13 +34,14 @@ from ..core.losses import LOSSES
 from ..core.models import build_model, count_parameters
 from ..data import Splits, load_splits
 from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError
-from ..memory import reuse_freed_memory
+from ..allocator import reuse_freed_memory, use_huge_pages
+from ..checkpoints import load_checkpoint
+from ..files import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from ..optim import build_optimizer, lr_at, set_lr
+from ..provenance import command_line, environment, hardware, resolve_device
 from ..recipe import dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
-                    RECIPE_FILE, RESULT_FILE, RunLock, atomic_torch_save, atomic_write_text, command_line, environment,
-                    check_name, hardware, load_checkpoint, new_run_dir, remove_stale_temporaries, resolve_device,
-                    write_result)
+                    RECIPE_FILE, RESULT_FILE, RunLock, check_name, new_run_dir, write_result)
 from . import distributed, fused_step
 from .distributed import SINGLE, Ranks
 from .fast import CUDA_GRAPH_COMPILE_MODES, FAST_PRESETS, fused_adam, pretransformed
@@ -383,6 +384,7 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
 
     ``fast`` switches on ``FAST_PRESETS`` for the device, before ``overrides`` (which win).
     """
+    use_huge_pages()
     ranks, dev = distributed.setup(resolve_device(device))
     try:
         result = _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,

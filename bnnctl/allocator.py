@@ -1,11 +1,28 @@
-"""Process-wide memory settings, for the training step and the benches alike."""
+"""Process-wide allocator settings for bnnctl's own commands: the training step and the benches.
+
+Neither is applied on import: ``import bnnctl`` leaves the process as it was. The command line
+calls ``use_huge_pages`` as it starts, before anything imports torch, and the training entry point
+calls it again for library callers.
+"""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def use_huge_pages() -> None:
+    """Transparent huge pages for torch's large CPU buffers, unless the caller's environment says otherwise.
+
+    The MNIST MLP allocates several 64 MB tensors per step, and 4 KB page faults made that cost more
+    than the matrix products. torch reads the variable at its first CPU allocation, so this helps only
+    when called before any tensor exists; a later call changes nothing.
+    """
+    os.environ.setdefault(HUGE_PAGES_ENV, "1")
 
 
 def reuse_freed_memory() -> bool:
