@@ -1,6 +1,6 @@
 // Launchers of the hand-written CUDA kernels (plain CUDA: no torch headers, so each .cu compiles in
 // seconds). Every launcher only enqueues work on `stream` and returns the launch status; the caller
-// (cuda/ops_cuda.cpp) owns the tensors and turns a failure into an error.
+// (cuda/glue/inference_ops_cuda.cpp) owns the tensors and turns a failure into an error.
 //
 // Packed layout shared by all kernels: row r of a (rows, k) float matrix becomes words_per_row =
 // ceil(k / 64) little-endian 64-bit words; element j is bit j % 64 of word j / 64, set when x >= 0

@@ -9,7 +9,7 @@ namespace {
 constexpr int kWarpsPerBlock = 8;
 constexpr int kMaxGridRows = 65535;  // gridDim.y limit; larger matrices loop over rows
 
-// x >= 0 decided on the bits, as on the CPU (cpu_kernels.cpp): +0.0, -0.0 and positive numbers up to +inf
+// x >= 0 decided on the bits, as on the CPU (cpu/xnor_isa.h): +0.0, -0.0 and positive numbers up to +inf
 // are +1, negative numbers and NaNs are -1, and no flush-to-zero mode can make a negative denormal +1.
 __device__ __forceinline__ bool nonnegative(float x) {
   const unsigned u = __float_as_uint(x);

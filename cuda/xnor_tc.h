@@ -46,7 +46,7 @@ cudaError_t bnn_xnor_tc_gemm_cuda(const uint32_t* a, const uint32_t* b, const in
 // Same product, but each output is compared with a per-column integer boundary and written as one bit:
 // bit j of row i = (dot[i][j] >= bound[j]), packed like pack(): uint64 words, ceil(n / 64) per row,
 // LSB first, padding bits zero -- i.e. directly the packed input of the next binary layer. The dot product
-// is an integer, so a real threshold t is the boundary ceil(t) (ops_common.h threshold_bounds converts
+// is an integer, so a real threshold t is the boundary ceil(t) (glue/op_checks.h threshold_bounds converts
 // them on the host in float64), and the comparison is exact for every k: no float32 rounding.
 // (A negative batch-norm scale is folded by negating that column's weights, which flips its bits.)
 cudaError_t bnn_xnor_tc_gemm_threshold_cuda(const uint32_t* a, const uint32_t* b, const int32_t* a_popc,

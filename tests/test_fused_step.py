@@ -17,6 +17,7 @@ from bnnctl.core.layers import BinaryLinear, SignActivation
 from bnnctl.core.models import build_model
 from bnnctl.core.norms import ShiftBatchNorm, ShiftBatchNormFunction
 from bnnctl.optim.shift_adamax import ShiftAdaMax
+from bnnctl.train.weight_cache import attach_weight_cache
 from tests.test_fast_path import sets, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ops():
-    return kernels._ops()
+    return kernels.native_ops()
 
 
 def hard_values(n: int, seed: int) -> torch.Tensor:
@@ -64,7 +65,7 @@ def test_fused_shift_adamax_equals_shift_adamax_bit_for_bit(clip):
     p_ref, state_ref = reference_shift_adamax(init.clone(), grads, 3.7, clip, lrs)
 
     p = init.clone()
-    cache = BinaryLinear(1, 1).attach_weight_cache(int8=True)  # buffers of the right kind, resized below
+    cache = attach_weight_cache(BinaryLinear(1, 1), int8=True)  # buffers of the right kind, resized below
     cache.weight, cache.binary, cache.binary_i8 = p, torch.empty_like(p), torch.empty(3000, dtype=torch.int8)
     opt = fused_step.FusedShiftAdaMax([{"params": [p], "lr_scale": 3.7, "clip": None}], lr=2.0 ** -6,
                                       betas=(0.9, 0.999), eps=2.0 ** -27,
@@ -105,7 +106,7 @@ def test_fused_adam_is_torch_adam(foreach):
     opt = torch.optim.Adam([{"params": [ref[0]]}, {"params": [ref[1]]}], lr=3e-3, foreach=foreach)
     emulated = [(t.numpy().copy(), np.zeros(t.shape, np.float32), np.zeros(t.shape, np.float32)) for t in init]
     fused = [t.clone() for t in init]
-    cache = BinaryLinear(1, 1).attach_weight_cache()
+    cache = attach_weight_cache(BinaryLinear(1, 1))
     cache.weight, cache.binary = fused[0], torch.empty_like(fused[0])
     fopt = fused_step.FusedAdam([{"params": [fused[0]]}, {"params": [fused[1]]}], layer_of={id(fused[0]): (cache, 1.0)},
                                 lr=3e-3)
@@ -157,7 +158,7 @@ def test_int8_linear_equals_float_linear(dropout):
     float_layer = BinaryLinear(300, 70)
     int8_layer = BinaryLinear(300, 70)
     int8_layer.load_state_dict(float_layer.state_dict())
-    int8_layer.attach_weight_cache(int8=True)
+    attach_weight_cache(int8_layer, int8=True)
     x = sign_pm1(torch.randn(50, 300))
     if dropout:
         x = nn.functional.dropout(x, dropout)
@@ -174,7 +175,7 @@ def test_int8_linear_equals_float_linear(dropout):
 
 def test_a_cache_follows_every_change_of_its_weight():
     layer = BinaryLinear(8, 4)
-    layer.attach_weight_cache(int8=True)
+    attach_weight_cache(layer, int8=True)
     x = sign_pm1(torch.randn(3, 8))
     before = layer(x)
     with torch.no_grad():

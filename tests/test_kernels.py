@@ -523,3 +523,12 @@ def test_xnor_conv_is_the_gemm_of_the_im2col_words(isa, channels, kernel, paddin
     im2col = torch.stack(taps, dim=3).reshape(n * h * w, -1)
     expected = kernels.xnor_gemm(im2col, b, kernel * kernel * words * 64)
     assert torch.equal(kernels.xnor_conv(x, b, kernel, padding), expected)
+
+
+def test_every_native_source_is_compiled_under_its_own_object_name():
+    from bnnctl.kernels import build
+    compiled = build.sources("cuda")
+    assert set(compiled) == set(build.SOURCE_DIR.rglob("*.cpp")) | set(build.SOURCE_DIR.glob("*.cu"))
+    # torch's build names each object file after its source's stem, whatever folder the source is in
+    assert len({path.stem for path in compiled}) == len(compiled)
+    assert set(build.sources("cpu")) == {build.SOURCE_DIR / name for name in build.CPU_SOURCES}

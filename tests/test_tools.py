@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bnnctl import kernels
+from bnnctl.kernels import build as build_py
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools" / "cpu_peaks"
@@ -31,7 +32,8 @@ def test_popc_peak_quick_json_record(tmp_path):
 
 @needs_gxx
 def test_xnor_share_checks_every_isa_and_records_a_share(tmp_path):
-    exe = build(tmp_path, "xnor_share", str(TOOLS / "xnor_share.cpp"), "cuda/cpu_kernels.cpp", flags=["-Icuda"])
+    kernel_sources = [f"cuda/{name}" for name in build_py.CPU_KERNEL_SOURCES]
+    exe = build(tmp_path, "xnor_share", str(TOOLS / "xnor_share.cpp"), *kernel_sources, flags=["-Icuda"])
     result = subprocess.run([str(exe), "37", "70", "1000", "--repeats", "1", "--json"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr  # it refuses to report when an ISA's product is wrong

@@ -12,12 +12,13 @@ The layer binarizes only its weights: its input is whatever the previous module 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .binarize import binarize_ste, binarize_weight, sign_pm1
+from .binarize import binarize_ste, binarize_weight
 
 
 def glorot_lr_scale(fan_in: int, fan_out: int) -> float:
@@ -25,68 +26,15 @@ def glorot_lr_scale(fan_in: int, fan_out: int) -> float:
     return 1.0 / math.sqrt(1.5 / (fan_in + fan_out))
 
 
-class BinaryWeightCache:
-    """sign(W) of a layer's latent weight W, kept across steps (float32, and int8 where asked for).
+class WeightSource(Protocol):
+    """Where a binary layer takes its +1/-1 weights from instead of binarizing W in every forward
+    (the fused training step keeps them between steps). The layer calls it without knowing more."""
 
-    Whoever updates W can write the new signs straight into ``binary`` (the fused training step
-    does, in the same pass) and call ``mark_current``; otherwise the cache notices that W changed
-    (``Tensor._version`` moves with every in-place change: an optimizer step, load_state_dict,
-    clipping) and rebinarizes before the next forward.
-    """
+    def binary_weight(self) -> torch.Tensor:
+        """sign(W) for the forward, the gradient passing straight through to W."""
 
-    def __init__(self, weight: torch.Tensor, int8: bool):
-        self.weight = weight
-        self.binary = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
-        self.binary_i8 = torch.empty(weight.shape, dtype=torch.int8, device=weight.device) if int8 else None
-        self.version = -1
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        if self.version == self.weight._version:
-            return
-        self.binary.copy_(sign_pm1(self.weight))
-        if self.binary_i8 is not None:
-            self.binary_i8.copy_(self.binary)
-        self.version = self.weight._version
-
-    def mark_current(self) -> None:
-        """W and the buffers were just rewritten together (by an op autograd does not see)."""
-        torch.autograd.graph.increment_version(self.weight)
-        self.version = self.weight._version
-
-
-class _CachedSign(torch.autograd.Function):
-    """Forward: the cached sign(W); backward: the gradient straight through to W, as binarize_weight."""
-
-    @staticmethod
-    def forward(ctx, weight, binary):
-        return binary.view_as(binary)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _Int8Linear(torch.autograd.Function):
-    """x @ sign(W).T + b for an integral x: int8 products with int32 sums, so exact; float32 gradients."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, binary, binary_i8):
-        out = torch._int_mm(x.to(torch.int8), binary_i8.t()).to(x.dtype)
-        if bias is not None:
-            out = out + bias
-        ctx.save_for_backward(x, binary)
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, binary = ctx.saved_tensors
-        grad_x = grad.mm(binary) if ctx.needs_input_grad[0] else None
-        # g.T @ x, as autograd's backward of F.linear computes it, so the float32 sums round alike
-        grad_w = grad.t().mm(x) if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """x @ sign(W).T + bias by a route of its own, or None for the layer's float product."""
 
 
 class BinaryLayer:
@@ -96,21 +44,12 @@ class BinaryLayer:
     stochastic: bool
     clip_value: float
     lr_scale: float
-    weight_cache: BinaryWeightCache | None = None
+    weight_source: WeightSource | None = None
 
     def binary_weight(self) -> torch.Tensor:
-        if self.weight_cache is not None:
-            self.weight_cache.refresh()
-            return _CachedSign.apply(self.weight, self.weight_cache.binary)
+        if self.weight_source is not None:
+            return self.weight_source.binary_weight()
         return binarize_weight(self.weight, self.stochastic and self.training)
-
-    def attach_weight_cache(self, int8: bool = False) -> BinaryWeightCache:
-        """Keep sign(W) between steps (deterministic weights only); ``int8``: also as int8, for
-        a layer whose inputs are known to be small integers (see ``int8_linear``)."""
-        if self.stochastic:
-            raise ValueError("stochastic binary weights are drawn anew every forward; they cannot be cached")
-        self.weight_cache = BinaryWeightCache(self.weight, int8)
-        return self.weight_cache
 
     @torch.no_grad()
     def clip_(self) -> None:
@@ -129,11 +68,10 @@ class BinaryLinear(nn.Linear, BinaryLayer):
                 self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cache = self.weight_cache
-        if cache is not None and cache.binary_i8 is not None and x.dim() == 2 and x.dtype == torch.float32:
-            # the caller attached an int8 cache: it knows x holds small integers (fused_step.integral_input_scale)
-            cache.refresh()
-            return _Int8Linear.apply(x, self.weight, self.bias, cache.binary, cache.binary_i8)
+        if self.weight_source is not None:
+            out = self.weight_source.linear(x, self.bias)
+            if out is not None:
+                return out
         return F.linear(x, self.binary_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 

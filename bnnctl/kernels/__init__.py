@@ -30,11 +30,11 @@ from .build import KernelBuildError, LoadedExtension, load_extension
 
 __all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "pack_ge", "threshold_bounds", "xnor_gemm",
            "baseline_gemm", "conv_threshold", "xnor_conv", "available", "words_for", "cpu_isa", "supported_cpu_isas",
-           "use_cpu_isa", "XNOR_IMPLS", "MAX_K"]
+           "use_cpu_isa", "native_ops", "XNOR_IMPLS", "MAX_K"]
 
 # xnor_gemm(impl=...) -> the torch.ops.bnnctl op that implements it.
 XNOR_IMPLS = {"tuned": "xnor_gemm", "csa": "xnor_gemm_csa", "paper": "xnor_gemm_paper", "tc": "xnor_tc_gemm"}
-# The products are int32, and a threshold boundary may be k + 1 (cuda/ops_common.h kMaxK).
+# The products are int32, and a threshold boundary may be k + 1 (cuda/glue/op_checks.h kMaxK).
 MAX_K = 2 ** 31 - 2
 # The CUDA kernels' limits (their launchers refuse larger problems): rows of a per launch (65535 blocks of
 # this many rows), and for the tensor-core kernel k (4 * popcount must fit in int32) and its GPU.
@@ -63,15 +63,11 @@ def _extension() -> LoadedExtension:
     return _loaded
 
 
-def _ops():
+def native_ops():
+    """The extension's ops, ``torch.ops.bnnctl``, built and loaded on first use: the fused training step's C++
+    passes are called there directly; everything else goes through this module's checked functions."""
     _extension()
     return torch.ops.bnnctl
-
-
-def native_ops():
-    """``torch.ops.bnnctl`` with the extension loaded: the native ops for callers outside this package (the
-    fused training step's passes); a failed build raises KernelBuildError."""
-    return _ops()
 
 
 def words_for(k: int) -> int:
@@ -129,7 +125,7 @@ def pack(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         x = x.t()
     if x.dtype not in _NATIVE_PACK_DTYPES:
         x = x.to(torch.float32)
-    return _ops().pack(x.contiguous())
+    return native_ops().pack(x.contiguous())
 
 
 def unpack(packed: torch.Tensor, k: int) -> torch.Tensor:
@@ -207,7 +203,7 @@ def pack_ge(value: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         raise KernelError(f"pack_ge() needs value and bound on the same device, got {value.device} and "
                           f"{bound.device}")
     _check_device(value, "pack_ge()")
-    return _ops().pack_ge(value.detach().contiguous(), bound.detach().contiguous())
+    return native_ops().pack_ge(value.detach().contiguous(), bound.detach().contiguous())
 
 
 def conv_threshold(products: torch.Tensor, bound: torch.Tensor, pool: int = 1,
@@ -222,8 +218,9 @@ def conv_threshold(products: torch.Tensor, bound: torch.Tensor, pool: int = 1,
             raise KernelError(f"conv_threshold() takes {name} as an int32 CPU tensor, got {_describe(t)}")
     if products.dim() != 4:
         raise KernelError(f"conv_threshold() takes products (N, H, W, C), got {_describe(products)}")
-    return _ops().conv_threshold(products.contiguous(), None if correction is None else correction.contiguous(),
-                                 int(pool), None if direction is None else direction.contiguous(), bound.contiguous())
+    return native_ops().conv_threshold(products.contiguous(), None if correction is None else correction.contiguous(),
+                                       int(pool), None if direction is None else direction.contiguous(),
+                                       bound.contiguous())
 
 
 def xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int, impl: str = "tuned") -> torch.Tensor:
@@ -250,7 +247,7 @@ def xnor_gemm(a: torch.Tensor, b: torch.Tensor, k: int, impl: str = "tuned") -> 
             raise KernelError(f"xnor_gemm(impl='tc') needs a GPU of compute capability 8.0 or later, and "
                               f"{torch.cuda.get_device_name(a.device)} is "
                               f"{'.'.join(map(str, torch.cuda.get_device_capability(a.device)))}; use impl='tuned'")
-    return getattr(_ops(), XNOR_IMPLS[impl])(a.contiguous(), b.contiguous(), k)
+    return getattr(native_ops(), XNOR_IMPLS[impl])(a.contiguous(), b.contiguous(), k)
 
 
 def xnor_conv(x: torch.Tensor, b: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
@@ -264,7 +261,7 @@ def xnor_conv(x: torch.Tensor, b: torch.Tensor, kernel: int, padding: int) -> to
     if x.dim() != 4 or b.dim() != 2:
         raise KernelError(f"xnor_conv() takes x (N, H, W, words) and b (out, words), got {_describe(x)} and "
                           f"{_describe(b)}")
-    return _ops().xnor_conv(x.contiguous(), b.contiguous(), int(kernel), int(padding))
+    return native_ops().xnor_conv(x.contiguous(), b.contiguous(), int(kernel), int(padding))
 
 
 def baseline_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -280,17 +277,18 @@ def baseline_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise KernelError(f"baseline_gemm() needs a and b on the same device, got {a.device} and {b.device}")
     _check_device(a, "baseline_gemm()")
     _check_cuda_rows(a, "baseline", "baseline_gemm()")
-    return _ops().baseline_gemm(a.detach().to(torch.float32).contiguous(), b.detach().to(torch.float32).contiguous())
+    return native_ops().baseline_gemm(a.detach().to(torch.float32).contiguous(),
+                                      b.detach().to(torch.float32).contiguous())
 
 
 def cpu_isa() -> str:
     """Instruction set the CPU kernels use now: "avx512vpopcntdq", "avx2" or "scalar"."""
-    return _ops().cpu_isa()
+    return native_ops().cpu_isa()
 
 
 def supported_cpu_isas() -> list[str]:
     """Instruction sets this CPU can run, slowest first."""
-    return list(_ops().supported_cpu_isas())
+    return list(native_ops().supported_cpu_isas())
 
 
 class use_cpu_isa:
@@ -305,11 +303,11 @@ class use_cpu_isa:
 
     def __enter__(self):
         self.previous = cpu_isa()
-        _ops().set_cpu_isa(self.isa)
+        native_ops().set_cpu_isa(self.isa)
         return self
 
     def __exit__(self, *exc):
-        _ops().set_cpu_isa(self.previous)
+        native_ops().set_cpu_isa(self.previous)
         return False
 
 

@@ -5,10 +5,10 @@ The extension is compiled on first use into a cache directory (``$BNNCTL_BUILD_D
 it (sources, flags, torch and Python versions), so later runs load it in a fraction of a second and
 an edited source rebuilds by itself.
 
-Two variants exist: ``cpu`` (the glue and the CPU kernels only) and ``cuda`` (plus every
-``cuda/*.cu`` and the CUDA glue). The CUDA variant is built where CUDA is usable -- a GPU torch can
-see and an nvcc -- and if it fails to build, the CPU variant is loaded instead, with a warning, so
-CUDA never stands in the way of the CPU path. ``$BNNCTL_KERNELS=cpu|cuda`` forces a variant (``cuda``
+Two variants exist: ``cpu`` (the torch glue, ``cuda/glue``, with the CPU kernels, ``cuda/cpu`` and
+``cuda/train``) and ``cuda`` (plus every ``cuda/*.cu`` and the CUDA glue). The CUDA variant is built
+where CUDA is usable -- a GPU torch can see and an nvcc -- and if it fails to build, the CPU variant is
+loaded instead, with a warning, so CUDA never stands in the way of the CPU path. ``$BNNCTL_KERNELS=cpu|cuda`` forces a variant (``cuda``
 compiles the CUDA glue even without a GPU, which is how it is compile-checked on GPU-less machines).
 """
 from __future__ import annotations
@@ -28,13 +28,18 @@ from ..errors import UserError
 from ..resources import shipped_dir
 
 SOURCE_DIR = shipped_dir("cuda")
-# The glue and CPU kernels, in both variants. cpu_kernels.cpp has no torch headers (seconds to
-# compile); ops.cpp is the one slow translation unit.
-CPU_SOURCES = ["ops.cpp", "cpu_kernels.cpp", "train_kernels.cpp"]
+# Paths below cuda/. The CPU XNOR kernels (packing, the GEMM's macro-kernel, one file of micro-kernels per
+# instruction set) and the fused training step's kernels: plain C++ without torch headers, seconds to compile.
+CPU_KERNEL_SOURCES = ["cpu/xnor_kernels.cpp", "cpu/xnor_scalar.cpp", "cpu/xnor_avx2.cpp", "cpu/xnor_avx512.cpp"]
+TRAIN_KERNEL_SOURCES = ["train/train_kernels.cpp"]
+# The torch glue of the inference and of the training ops: the slow translation units.
+CPU_GLUE_SOURCES = ["glue/inference_ops.cpp", "glue/training_ops.cpp"]
+# In both variants.
+CPU_SOURCES = CPU_GLUE_SOURCES + CPU_KERNEL_SOURCES + TRAIN_KERNEL_SOURCES
 # Added in the CUDA variant, together with every cuda/*.cu.
-CUDA_GLUE_SOURCES = ["ops_cuda.cpp"]
+CUDA_GLUE_SOURCES = ["glue/inference_ops_cuda.cpp"]
 # The C++ standard is torch's choice (C++20 for recent torch). No contracted multiply-adds: the fused
-# training step must round as torch's eager ops do (cuda/train_kernels.cpp); sqrt need not set errno,
+# training step must round as torch's eager ops do (cuda/train/train_kernels.cpp); sqrt need not set errno,
 # so that it vectorizes.
 EXTRA_CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 # at::parallel_for runs its loop on one thread unless the extension itself is compiled with OpenMP
@@ -100,8 +105,8 @@ def sources(variant: str) -> list[Path]:
 def _fingerprint(variant: str) -> str:
     """Hash of everything that makes one build differ from another."""
     h = hashlib.sha256()
-    for path in sources(variant) + sorted(SOURCE_DIR.glob("*.h")):
-        h.update(path.name.encode())
+    for path in sources(variant) + sorted(SOURCE_DIR.rglob("*.h")):
+        h.update(path.relative_to(SOURCE_DIR).as_posix().encode())
         h.update(path.read_bytes())
     h.update(repr((variant, EXTRA_CFLAGS, EXTRA_NVCC_FLAGS, torch.__version__, sys.version_info[:2])).encode())
     if variant == "cuda":

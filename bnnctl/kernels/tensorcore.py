@@ -132,7 +132,7 @@ def xnor_gemm_tc(a: torch.Tensor, b: torch.Tensor, k: int, thresh: torch.Tensor 
     wgmma kernel takes none).
     On CPU tensors the CPU XNOR kernel computes the same values, whatever the configuration.
     """
-    from . import KernelError, _check_device, _check_packed, _ops, threshold_bounds  # the package's own checks
+    from . import KernelError, _check_device, _check_packed, native_ops, threshold_bounds  # the package's own checks
 
     config_index = _config_index(config, wgmma)
     _check_packed(a, k, "xnor_gemm_tc()", "a")
@@ -146,7 +146,7 @@ def xnor_gemm_tc(a: torch.Tensor, b: torch.Tensor, k: int, thresh: torch.Tensor 
         if thresh.device != a.device:
             raise KernelError(f"xnor_gemm_tc() needs the thresholds on {a.device}, got {thresh.device}")
         thresh = threshold_bounds(thresh, k)  # exact integer boundaries; NaN/inf refused
-    return _ops().xnor_tc_gemm(a.contiguous(), b.contiguous(), k, thresh, wgmma, config_index)
+    return native_ops().xnor_tc_gemm(a.contiguous(), b.contiguous(), k, thresh, wgmma, config_index)
 
 
 def xnor_gemm_threshold(a: torch.Tensor, b: torch.Tensor, k: int, thresh: torch.Tensor,

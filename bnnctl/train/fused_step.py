@@ -6,8 +6,8 @@ binarizes them into a freshly allocated tensor in the next forward. Here:
 
 * one C++ pass per parameter tensor does the optimizer update (shift-based AdaMax or Adam, the same
   arithmetic as the eager optimizers), the clipping, and the binarization of the clipped weights
-  into buffers that live as long as the layer (``BinaryWeightCache``); the next forward multiplies
-  with those buffers, so each weight is binarized once per step;
+  into buffers that live as long as the layer (``weight_cache.BinaryWeightCache``); the next forward
+  multiplies with those buffers, so each weight is binarized once per step;
 * a layer whose input is exactly a small integer (+1/-1 activations, or activations after dropout
   with a power-of-two scale) can multiply in int8 with int32 accumulation (``torch._int_mm``,
   VNNI/AMX where the CPU has them): every product and sum is an integer far below 2^24, so the
@@ -37,16 +37,14 @@ import torch
 from torch import nn
 
 from ..core.binarize import binarize_ste
-from ..core.layers import BinaryLayer, BinaryWeightCache, SignActivation
+from ..core.layers import BinaryLayer, SignActivation
 from ..core.norms import ShiftBatchNorm, ShiftBatchNormFunction
+from ..kernels import native_ops
 from ..optim.shift_adamax import ShiftAdaMax
+from .weight_cache import BinaryWeightCache, attach_weight_cache
 
 # a latent weight's id -> (its binary cache, or None; its clip value, or None)
 LayerMap = dict[int, tuple[BinaryWeightCache | None, float | None]]
-
-def ops():
-    from ..kernels import native_ops
-    return native_ops()
 
 
 # ---------------------------------------------------------------------------- which inputs are integral
@@ -121,14 +119,15 @@ class _FusedShiftBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float):
         out, mean, inv_std, centered_ap2, inv_std_ap2, weight_ap2, normalized_ap2 = \
-            ops().shift_batch_norm_forward(x, weight, bias, eps)
+            native_ops().shift_batch_norm_forward(x, weight, bias, eps)
         ctx.save_for_backward(centered_ap2, normalized_ap2, inv_std_ap2, weight_ap2)
         ctx.mark_non_differentiable(mean, inv_std)
         return out, mean, inv_std
 
     @staticmethod
     def backward(ctx, grad_out, _grad_mean, _grad_inv_std):
-        grad_x, grad_weight, grad_bias = ops().shift_batch_norm_backward(grad_out.contiguous(), *ctx.saved_tensors)
+        grad_x, grad_weight, grad_bias = native_ops().shift_batch_norm_backward(grad_out.contiguous(),
+                                                                                *ctx.saved_tensors)
         return grad_x, grad_weight, grad_bias, None
 
 
@@ -145,14 +144,14 @@ class _FusedSignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stochastic: bool):
         u = torch.rand(x.shape, device=x.device, dtype=torch.float32) if stochastic else None
-        out, pass_gradient = ops().sign_activation(x, u)
+        out, pass_gradient = native_ops().sign_activation(x, u)
         ctx.save_for_backward(pass_gradient)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (pass_gradient,) = ctx.saved_tensors
-        return ops().masked_gradient(grad_out.contiguous(), pass_gradient), None
+        return native_ops().masked_gradient(grad_out.contiguous(), pass_gradient), None
 
 
 def fused_binarize_ste(x: torch.Tensor, stochastic: bool = False) -> torch.Tensor:
@@ -189,8 +188,8 @@ class FusedShiftAdaMax(ShiftAdaMax):
     def update(self, p: torch.Tensor, state: dict[str, Any], group: dict[str, Any], step_size: float) -> None:
         cache, clip = self.layer_of.get(id(p), (None, group["clip"]))
         beta1, beta2 = group["betas"]
-        ops().shift_adamax_(p, p.grad.contiguous(), state["exp_avg"], state["exp_inf"], beta1, beta2, group["eps"],
-                            step_size, clip or 0.0, *_buffers(cache))
+        native_ops().shift_adamax_(p, p.grad.contiguous(), state["exp_avg"], state["exp_inf"], beta1, beta2,
+                                   group["eps"], step_size, clip or 0.0, *_buffers(cache))
         _mark_updated(p, cache)
 
 
@@ -234,7 +233,7 @@ class FusedAdam(torch.optim.Adam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        op = ops().adam_
+        op = native_ops().adam_
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps = group["lr"], group["eps"]
@@ -286,7 +285,7 @@ def setup_fused_step(model: nn.Sequential, optimizer: torch.optim.Optimizer, int
         if isinstance(module, BinaryLayer):
             cache = None
             if not module.stochastic:
-                cache = module.attach_weight_cache(int8=i in int8_layers)
+                cache = attach_weight_cache(module, int8=i in int8_layers)
             layer_of[id(module.weight)] = (cache, module.clip_value)
     use_fused_layers(model)
     return fuse_optimizer(optimizer, layer_of), set(layer_of), int8_layers

@@ -1,9 +1,9 @@
 // The CPU XNOR GEMM's share of its instruction set's XOR + popcount ceiling, measured side by side in one process.
-//   g++ -O3 -fopenmp -Icuda tools/cpu_peaks/xnor_share.cpp cuda/cpu_kernels.cpp -o xnor_share
+//   g++ -O3 -fopenmp -Icuda tools/cpu_peaks/xnor_share.cpp cuda/cpu/*.cpp -o xnor_share
 //   ./xnor_share [M N K] [--repeats R] [--json]
 // For every instruction set this CPU runs (AVX-512 VPOPCNTDQ, AVX2, scalar), each repeat times that set's
 // ceiling rows (peak_loops.h, all OpenMP threads; AVX2: the better of lookup and Harley-Seal, as `bnnctl bench`
-// takes it) and then bnnctl's XNOR GEMM forced onto it (cuda/cpu_kernels.cpp, the extension's own code, with
+// takes it) and then bnnctl's XNOR GEMM forced onto it (cuda/cpu/, the extension's own code, with
 // its panels and tiles; threads over tiles as the extension splits them). The share of a repeat is the GEMM's
 // rate over the ceiling measured a moment before, and the tool reports the median share over the repeats.
 // `bnnctl bench --kernel` divides by a ceiling recorded at another time: on a VM whose neighbours come and go,
@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu_kernels.h"
+#include "cpu/xnor_kernels.h"
 #include "peak_loops.h"
 
 namespace {

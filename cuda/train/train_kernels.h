@@ -3,8 +3,8 @@
 // clipped weights into the buffers the next forward pass multiplies with. The separate torch ops
 // make one pass over memory each; for the paper's MLPs the step is bound by that memory traffic.
 //
-// Each function handles elements [0, n) of its arrays on the calling thread; cuda/ops.cpp splits
-// a tensor into blocks on torch's thread pool. Arithmetic matches torch's eager ops element for
+// Each function handles elements [0, n) of its arrays on the calling thread; cuda/glue/training_ops.cpp
+// splits a tensor into blocks on torch's thread pool. Arithmetic matches torch's eager ops element for
 // element (lerp_ and addcmul_ as fused multiply-adds, addcdiv_ as p + (value * a) / b), so the fused step
 // gives the plain step's numbers.
 #pragma once
@@ -31,14 +31,11 @@ void adam(float* p, const float* g, float* m, float* v, int64_t n, float one_min
           float one_minus_beta2, float eps, float step, float bias2_sqrt, float clip, float* binary,
           int8_t* binary_i8);
 
-// Clip (if clip > 0) and binarize as above, for weights another optimizer has updated.
-void clip_binarize(float* p, int64_t n, float clip, float* binary, int8_t* binary_i8);
-
 // ---- shift-based BN and binarized activations, training mode (bnnctl's core/norms.py, core/binarize.py)
 //
 // The elementwise passes of shift-based BN over a row-major (rows, cols) block, one column per feature.
-// The column sums between them are left to torch (cuda/ops.cpp calls at::sum), so that they add in
-// torch's order and the fused layer gives the Python layer's numbers bit for bit. Every product and
+// The column sums between them are left to torch (cuda/glue/training_ops.cpp calls at::sum), so that they
+// add in torch's order and the fused layer gives the Python layer's numbers bit for bit. Every product and
 // difference is the one torch's eager ops round, in the same order.
 
 // AP2 of any float: sign(x) * 2^round(log2|x|), with AP2(+-0) = +-0 and AP2(NaN) = NaN.

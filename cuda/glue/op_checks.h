@@ -1,4 +1,4 @@
-// Argument checks shared by the CPU and CUDA op implementations (cuda/ops.cpp, cuda/ops_cuda.cpp).
+// Argument checks shared by the CPU and CUDA op implementations (inference_ops.cpp, inference_ops_cuda.cpp).
 // bnnctl/kernels/__init__.py checks the same things first and raises one-sentence user errors; these
 // are the safety net for direct torch.ops.bnnctl calls.
 #pragma once

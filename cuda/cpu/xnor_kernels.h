@@ -1,6 +1,6 @@
 // CPU kernels for bit packing, the XNOR-popcount GEMM and the plain float baseline (plain C++, no torch
-// headers). The caller (cuda/ops.cpp) splits the work into blocks and runs them on torch's thread pool;
-// each function here handles one block on one thread.
+// headers). The caller (cuda/glue/inference_ops.cpp) splits the work into blocks and runs them on torch's
+// thread pool; each function here handles one block on one thread.
 //
 // Instruction sets are chosen at run time (the build targets a generic x86-64, or any other CPU through
 // the scalar path): AVX-512 with VPOPCNTDQ, else AVX2 with a Harley-Seal popcount, else scalar.

@@ -115,17 +115,6 @@ void adam(float* __restrict p, const float* __restrict g, float* __restrict m, f
     for (int64_t i = 0; i < n; ++i) binary_i8[i] = p[i] >= 0.0f ? 1 : -1;
 }
 
-BNN_CLONES
-void clip_binarize(float* __restrict p, int64_t n, float clip, float* __restrict binary,
-                   int8_t* __restrict binary_i8) {
-  if (clip > 0.0f)
-    for (int64_t i = 0; i < n; ++i) p[i] = clip_to(p[i], clip);
-  if (binary)
-    for (int64_t i = 0; i < n; ++i) binary[i] = sign_pm1(p[i]);
-  if (binary_i8)
-    for (int64_t i = 0; i < n; ++i) binary_i8[i] = p[i] >= 0.0f ? 1 : -1;
-}
-
 // ---- shift-based BN and binarized activations ------------------------------------------------------------
 // Loops over one row at a time with the per-column vectors alongside, so that the inner loop vectorizes.
 

@@ -1,5 +1,5 @@
 // CUDA implementations of the bnnctl ops: argument checks, output allocation and the kernel launch
-// on the current stream; the kernels themselves are plain CUDA (cuda/*.cu, declared in bnn_cuda.h).
+// on the current stream; the kernels themselves are plain CUDA (cuda/*.cu, declared in cuda/bnn_cuda.h).
 // Compiled only into the CUDA build of the extension.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -9,9 +9,9 @@
 
 #include <cuda_runtime_api.h>
 
-#include "bnn_cuda.h"
-#include "ops_common.h"
-#include "xnor_tc.h"
+#include "../bnn_cuda.h"
+#include "../xnor_tc.h"
+#include "op_checks.h"
 
 #include <optional>
 
