@@ -134,7 +134,7 @@ def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> Non
     from bnnctl.core.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(recipe["model"], (3, 8, 8), 10)
+    model = build_model(recipe.model, (3, 8, 8), 10)
     convs = [m for m in model if type(m).__name__ == "BinaryConv2d"]
     with torch.no_grad():
         for conv, w in zip(convs, conv_weights):

@@ -152,15 +152,15 @@ def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, dict[s
         except RecipeError as e:
             notes.add(path.name, f"recipe not loaded: {e}")
             continue
-        recipes[recipe["name"]] = recipe
-        paths[recipe["name"]] = path.name
+        recipes[recipe.name] = recipe
+        paths[recipe.name] = path.name
     return recipes, paths
 
 
 def shipped_epochs(recipes: dict[str, dict[str, Any]], name: str) -> int | None:
     """The epochs of the recipe's full schedule, or None for a recipe that is not shipped."""
     recipe = recipes.get(name)
-    return None if recipe is None else recipe["train"]["epochs"]
+    return None if recipe is None else recipe.train.epochs
 
 
 # ============================================================================ writing tables and figures
