@@ -38,7 +38,7 @@ def load_model(run: Path) -> tuple[dict[str, Any], torch.nn.Module, dict[str, An
     path = run / BEST_FILE if run.is_dir() else run
     record = load_checkpoint(path, MODEL_FORMAT)
     recipe = resolve(record["recipe"], str(path))
-    model = build_model(recipe["model"], tuple(record["input_shape"]), record["num_classes"])
+    model = build_model(recipe.model, tuple(record["input_shape"]), record["num_classes"])
     model.load_state_dict(record["model"])
     model.eval()
     result_path = path.parent / RESULT_FILE

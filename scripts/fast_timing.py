@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +43,7 @@ from bnnctl.data import load_splits  # noqa: E402
 from bnnctl.recipe import load_recipe  # noqa: E402
 from bnnctl.provenance import environment, resolve_device  # noqa: E402
 from bnnctl.train.fast import FAST_PRESETS, pretransformed  # noqa: E402
-from bnnctl.train.loop import Trainer, run_training  # noqa: E402
+from bnnctl.train.loop import EpochTimes, Trainer, run_training  # noqa: E402
 
 use_huge_pages()  # as bnnctl's commands do, before the first tensor: the steps timed here get the same pages
 
@@ -68,8 +67,8 @@ def time_steps(recipe: Path, overrides: list[str], splits, device: torch.device,
     changes far less than the wall time (exactly so with one thread, which never spin-waits).
     """
     cfg = load_recipe(recipe, overrides)
-    if cfg["fast"]["pretransform"]:
-        splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
+    if cfg.fast.pretransform:
+        splits = pretransformed(splits, cfg.train.eval_batch_size)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, splits, device, Path(run_dir), Console(quiet=True), "fast_timing")
         trainer.model.train()
@@ -106,8 +105,8 @@ def steps_one_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_recipe(args.recipe, args.set)
-    splits = load_splits(cfg["data"], args.data_dir)
-    if cfg["fast"]["data_on_device"]:
+    splits = load_splits(cfg.data, args.data_dir)
+    if cfg.fast.data_on_device:
         splits = splits.to(device)
     step_wall, step_cpu = time_steps(args.recipe, args.set, splits, device, args.steps, args.warmup)
     return {"step_s": step_wall, "step_cpu_s": step_cpu}
@@ -123,7 +122,7 @@ def steps_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.compile:
         variants["fast+compile"] = preset + ["fast.compile=true"]
     cfg = load_recipe(args.recipe)
-    splits = load_splits(cfg["data"], args.data_dir)
+    splits = load_splits(cfg.data, args.data_dir)
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
@@ -134,10 +133,10 @@ def steps_command(args: argparse.Namespace) -> dict[str, Any]:
             wall[name].append(step_wall)
             cpu[name].append(step_cpu)
             print(f"{name:>14}: {step_wall * 1e3:8.1f} ms per step, {step_cpu * 1e3:8.1f} ms CPU", flush=True)
-    steps_per_epoch = len(splits.x_train) // cfg["train"]["batch_size"]
+    steps_per_epoch = len(splits.x_train) // cfg.train.batch_size
     record.update({
         "recipe": str(args.recipe), "threads": torch.get_num_threads(), "steps_timed": args.steps,
-        "warmup_steps": args.warmup, "repeats": args.repeats, "batch_size": cfg["train"]["batch_size"],
+        "warmup_steps": args.warmup, "repeats": args.repeats, "batch_size": cfg.train.batch_size,
         "steps_per_epoch": steps_per_epoch,
         "variants": {name: {"overrides": variants[name], "step_s": [round(t, 5) for t in wall[name]],
                             "step_cpu_s": [round(t, 5) for t in cpu[name]],
@@ -154,55 +153,31 @@ def steps_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def epochs_command(args: argparse.Namespace) -> dict[str, Any]:
-    import bnnctl.train.loop as train_module
-
     device = resolve_device(args.device)
     record = provenance(device)
-    planned = load_recipe(args.recipe)["train"]["epochs"]
-    # When each epoch ends (its table row is printed, after its records), how long its records took
-    # (with or without a checkpoint), and how long each best.pt took.
-    ends: list[float] = []
-    writes: list[tuple[bool, float]] = []
-    best_saves: dict[int, float] = {}  # epoch index -> seconds
-    print_row, write_records, torch_save = Trainer._print_row, Trainer.write_records, train_module.atomic_torch_save
-
-    def stamped_print_row(self, row, improved):
-        ends.append(time.perf_counter())
-        return print_row(self, row, improved)
-
-    def timed_write_records(self, status, checkpoint=True):
-        start = time.perf_counter()
-        try:
-            return write_records(self, status, checkpoint)
-        finally:
-            writes.append((checkpoint, time.perf_counter() - start))
-
-    def timed_torch_save(obj, path):
-        start = time.perf_counter()
-        torch_save(obj, path)
-        if path.name == "best.pt":  # written before the epoch's row: len(ends) is the epoch's index
-            best_saves[len(ends)] = time.perf_counter() - start
-
-    Trainer._print_row, Trainer.write_records = stamped_print_row, timed_write_records
-    train_module.atomic_torch_save = timed_torch_save
+    planned = load_recipe(args.recipe).train.epochs
+    # Where each epoch's time went, as the Trainer reports it at the epoch's end.
+    times: list[EpochTimes] = []
     overrides = [f"train.epochs={args.epochs}", *args.set]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as runs:
         result = run_training(recipe=args.recipe, overrides=overrides, device=args.device, data_dir=args.data_dir,
                               runs_dir=Path(runs), resume=None, seed=None, run_id="timing", console=Console(),
-                              fast=args.fast)
+                              fast=args.fast, on_epoch_end=[lambda trainer, row, epoch: times.append(epoch)])
         run_dir = Path(runs) / result["recipe"] / "timing"
         with open(run_dir / "metrics.csv") as fh:
             rows = list(csv.DictReader(fh))
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        recipe = load_recipe(run_dir / "recipe.yaml")
     total = time.perf_counter() - started
     epoch_times = [float(r["epoch_time_s"]) for r in rows]
     # An epoch's own cost: from the previous epoch's end to its end, less its records and best.pt.
-    compute = [ends[i] - ends[i - 1] - writes[i][1] - best_saves.get(i, 0.0) for i in range(1, len(ends))]
+    compute = [times[i].ended - times[i - 1].ended - times[i].records_s - times[i].best_save_s
+               for i in range(1, len(times))]
     steady = statistics.median(compute) if compute else epoch_times[0]
-    best_mean = statistics.mean(best_saves.values()) if best_saves else 0.0
-    checkpoint_s = statistics.median([w for c, w in writes if c])
-    plain_records = [w for c, w in writes if not c]
+    best_saves = [t.best_save_s for t in times if t.best_save_s]
+    best_mean = statistics.mean(best_saves) if best_saves else 0.0
+    checkpoint_s = statistics.median([t.records_s for t in times if t.checkpointed])
+    plain_records = [t.records_s for t in times if not t.checkpointed]
     records_s = statistics.median(plain_records) if plain_records else 0.0
 
     def projected(every: int) -> float:
@@ -210,13 +185,13 @@ def epochs_command(args: argparse.Namespace) -> dict[str, Any]:
                      + planned * (1 - 1 / every) * records_s, 1)
 
     record.update({
-        "recipe": str(args.recipe), "fast_flag": args.fast, "overrides": overrides, "fast": recipe["fast"],
+        "recipe": str(args.recipe), "fast_flag": args.fast, "overrides": overrides, "fast": recipe.fast.to_dict(),
         "epochs_timed": len(rows), "epoch_time_s": epoch_times, "first_epoch_s": epoch_times[0],
         "steady_epoch_s": round(steady, 3),
         "checkpoint_write_s": round(checkpoint_s, 3), "records_write_s": round(records_s, 3),
         "best_pt_write_s": round(best_mean, 3),
         "process_wall_s": round(total, 1), "planned_epochs": planned,
-        "projected_full_schedule_s": projected(recipe["train"]["checkpoint_every"]),
+        "projected_full_schedule_s": projected(recipe.train.checkpoint_every),
         "projected_full_schedule_s_by_checkpoint_every": {every: projected(every) for every in (1, 10, 50)},
         "last_test_error_pct": float(rows[-1]["test_error_pct"]),
         "metrics": [{k: float(v) for k, v in row.items()} for row in rows],  # did it learn?

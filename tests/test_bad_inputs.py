@@ -327,7 +327,7 @@ def test_npz_images_channels_last_and_column_labels_are_read(tmp_path):
     rgb = {k: (np.repeat(v[..., None], 3, -1) if k.startswith("x_") else v[:, None]) for k, v in a.items()}
     np.savez(tmp_path / "rgb.npz", **rgb, variant=np.array("cifar10-tiny"))
     cfg = load_recipe(REPO / "recipes" / "cifar10.yaml", ["data.source=npz", f"data.npz={tmp_path / 'rgb.npz'}",
-                                                           "data.train_size=500", "data.valid_size=100"])["data"]
+                                                           "data.train_size=500", "data.valid_size=100"]).data
     s = load_splits(cfg, tmp_path)
     assert s.x_train.shape == (500, 3, 8, 8) and s.y_train.shape == (500,) and s.variant == "cifar10-tiny"
 
@@ -336,7 +336,7 @@ def test_float_labels_with_whole_values_are_read(tmp_path):
     a = tiny_arrays()
     np.savez(tmp_path / "f.npz", **(a | {"y_train": a["y_train"].astype(np.float32)}))
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.source=npz", f"data.npz={tmp_path / 'f.npz'}",
-                                                         "data.valid_size=100"])["data"]
+                                                         "data.valid_size=100"]).data
     s = load_splits(cfg)
     assert s.y_train.dtype.is_floating_point is False and s.num_classes == 10
 
@@ -369,7 +369,7 @@ def test_one_missing_mnist_file_is_named_and_a_failed_download_leaves_nothing(mn
     (raw / missing).unlink()
     (raw / "notes.txt").write_text("the user's own file")
     before = sorted(p.name for p in raw.iterdir())
-    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.valid_size=50", "data.source=torchvision"])["data"]
+    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.valid_size=50", "data.source=torchvision"]).data
     with pytest.raises(DataError) as info:
         load_splits(cfg, mnist_raw)
     message = str(info.value)
@@ -393,7 +393,7 @@ def test_missing_mnist_through_the_cli(mnist_raw, tiny_recipe, tmp_path, monkeyp
 def test_failed_download_into_a_new_data_root_removes_the_folders_it_made(tmp_path, monkeypatch):
     fail_downloads(monkeypatch, {n: "0" * 32 for n in MNIST_NAMES})
     root = tmp_path / "new" / "data"
-    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.source=torchvision"])["data"]
+    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.source=torchvision"]).data
     with pytest.raises(DataError, match="copy the four original"):
         load_splits(cfg, root)
     assert list(tmp_path.iterdir()) == []  # new/data/MNIST/raw, made by the attempt, are gone
@@ -403,7 +403,7 @@ def test_damaged_mnist_file_when_md5s_are_not_known(mnist_raw, monkeypatch):
     raw = mnist_raw / "MNIST" / "raw"
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     monkeypatch.setattr("bnnctl.data.mnist._mnist_md5s", lambda: {})
-    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.valid_size=50", "data.source=torchvision"])["data"]
+    cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["data.valid_size=50", "data.source=torchvision"]).data
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
         load_splits(cfg, mnist_raw)
 

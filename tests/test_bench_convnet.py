@@ -156,7 +156,7 @@ def test_more_images_than_the_test_set_is_one_sentence(tmp_path, small):
 
 def write_run(tmp_path, recipe: dict, seed: int = 1):
     torch.manual_seed(seed)
-    model = build_model(recipe["model"], (3, 32, 32), 10)
+    model = build_model(recipe.model, (3, 32, 32), 10)
     calibrate_norms(model, convnet.INPUT_SHAPE, seed=seed)
     run = tmp_path / "run"
     run.mkdir()

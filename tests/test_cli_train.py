@@ -130,9 +130,9 @@ def test_kill_leaves_a_resumable_run(tiny_recipe, tmp_path):
 
 
 def test_nan_loss_stops_with_state_saved(tiny_recipe, tmp_path, monkeypatch):
-    from bnnctl.train import loop as train_module
+    from bnnctl.core.losses import LOSSES
 
-    monkeypatch.setitem(train_module.LOSSES, "squared_hinge",
+    monkeypatch.setitem(LOSSES, "squared_hinge",
                         lambda out, y: (out * float("nan")).sum())
     result = train(tiny_recipe, tmp_path / "runs")
     assert result.exit_code == 3 and "training loss became nan" in result.output

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,9 +12,7 @@ from .conftest import REPO, write_idx
 
 
 def mnist_data_cfg(**changes):
-    cfg = load_recipe(REPO / "recipes" / "mnist.yaml")["data"]
-    cfg.update(changes)
-    return cfg
+    return replace(load_recipe(REPO / "recipes" / "mnist.yaml").data, **changes)
 
 
 def test_idx_round_trip(tmp_path):

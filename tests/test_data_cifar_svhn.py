@@ -1,6 +1,7 @@
 """CIFAR-10 and SVHN sources and splits on written files; the Torch7 preprocessors against numpy."""
 import hashlib
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def data_cfg(recipe: str, **changes):
-    cfg = load_recipe(REPO / "recipes" / f"{recipe}.yaml")["data"]
-    cfg.update(changes)
-    return cfg
+    return replace(load_recipe(REPO / "recipes" / f"{recipe}.yaml").data, **changes)
 
 
 def numbered_images(n: int, start: int, side: int = 32) -> np.ndarray:
@@ -102,14 +101,14 @@ def test_pylearn2_split_with_the_real_per_class_counts():
     y_train[:4000], y_extra[:2000] = np.arange(4000) % 10, np.arange(2000) % 10
     raw = RawData(numbered_images(4500, 0, side=4), y_train, numbered_images(5, 30000, side=4), np.zeros(5, np.int64),
                   "svhn", {"x_extra": numbered_images(2500, 10000, side=4), "y_extra": y_extra})
-    x_tr, y_tr, x_va, y_va = dcs.pylearn2_svhn_split(raw, {"valid_size": 6000, "train_size": None})
+    x_tr, y_tr, x_va, y_va = dcs.pylearn2_svhn_split(raw, data_cfg("svhn", valid_size=6000, train_size=None))
     assert len(x_va) == 6000 and len(x_tr) == 4500 + 2500 - 6000
     ids = image_ids(x_va)
     assert np.bincount(y_va[ids < 10000], minlength=10).tolist() == [400] * 10
     assert np.bincount(y_va[ids >= 10000], minlength=10).tolist() == [200] * 10
     assert not set(ids) & set(image_ids(x_tr))
     with pytest.raises(DataError, match="valid_size: 6000"):
-        dcs.pylearn2_svhn_split(raw, {"valid_size": 5000, "train_size": None})
+        dcs.pylearn2_svhn_split(raw, data_cfg("svhn", valid_size=5000, train_size=None))
 
 
 def test_svhn_md5_mismatch_is_an_error_unless_labelled_as_a_variant(svhn_root, monkeypatch):

@@ -221,7 +221,7 @@ def test_batch_must_split_evenly(tiny_recipe, tmp_path):
 
     cfg = load_recipe(tiny_recipe)
     with pytest.raises(UserError, match="does not split evenly across 3 processes"):
-        Trainer(cfg, load_splits(cfg["data"]), torch.device("cpu"), tmp_path, Console(quiet=True), "t", Ranks(0, 3))
+        Trainer(cfg, load_splits(cfg.data), torch.device("cpu"), tmp_path, Console(quiet=True), "t", Ranks(0, 3))
 
 
 def test_nproc_inside_torchrun_is_refused(monkeypatch):

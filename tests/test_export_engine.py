@@ -55,7 +55,7 @@ def train_tiny(arch: str, steps: int = 5):
     recipe, overrides, shape = ARCHS[arch]
     cfg = load_recipe(REPO / "recipes" / recipe, overrides)
     torch.manual_seed(0)
-    model = build_model(cfg["model"], shape, 10)
+    model = build_model(cfg.model, shape, 10)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     x, y = images(64, shape, 1), torch.randint(0, 10, (64,))
     for _ in range(steps):
@@ -371,7 +371,7 @@ def test_export_command_is_25x_smaller_than_the_checkpoint(tmp_path):
     """An MLP of the MNIST shape with 512-unit layers: ~0.67 M binary weights."""
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[512,512]"])
     torch.manual_seed(0)
-    model = build_model(cfg["model"], (1, 28, 28), 10).eval()
+    model = build_model(cfg.model, (1, 28, 28), 10).eval()
     record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
               "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 3, "test_error_pct": 12.5,
               "valid_error_pct": 11.0}
@@ -431,7 +431,7 @@ def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
     from bnnctl.bench.mlp import bench_model, float_model_from_export, print_model_table, record
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[96,64]"])
     torch.manual_seed(0)
-    model = build_model(cfg["model"], (1, 28, 28), 10).eval()
+    model = build_model(cfg.model, (1, 28, 28), 10).eval()
     perturb_norms(model, seed=3)
     record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
                "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 2, "test_error_pct": 50.0,
@@ -484,7 +484,7 @@ def test_model_bench_finds_the_newest_finished_mnist_run(tmp_path):
 
 def test_model_bench_command_runs_the_selected_variants(tmp_path):
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[32]"])
-    model = build_model(cfg["model"], (1, 28, 28), 10).eval()
+    model = build_model(cfg.model, (1, 28, 28), 10).eval()
     perturb_norms(model, seed=4)  # thresholds away from 0, where the exact engine and fp32 torch may tie
     record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
                "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 1, "test_error_pct": None,

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def shipped() -> dict:
-    return load_recipe(REPO / "recipes" / "mnist_torch7.yaml")
+    return load_recipe(REPO / "recipes" / "mnist_torch7.yaml").to_dict()
 
 
 def test_neutral_keys_are_keys_of_the_recipe(shipped):
@@ -28,7 +28,7 @@ def test_the_fast_preset_seed_and_paths_keep_a_run_faithful(shipped):
     run = load_recipe(REPO / "recipes" / "mnist_torch7.yaml",
                       ["fast.fused_step=true", "fast.int8_forward=true", "fast.reuse_memory=true", "seed=3",
                        "train.checkpoint_every=5", "train.eval_batch_size=500", "data.source=npz",
-                       "data.npz=/somewhere/mnist.npz"])
+                       "data.npz=/somewhere/mnist.npz"]).to_dict()
     assert differences(run, shipped) == []
     assert experiment_digest(run) == experiment_digest(shipped)
 
@@ -38,7 +38,7 @@ def test_the_fast_preset_seed_and_paths_keep_a_run_faithful(shipped):
     ("train.epochs=20", "train.epochs"), ("optimizer.lr=0.5", "optimizer.lr"), ("fast.bf16=true", "fast.bf16"),
     ("schedule.epochs=null", "schedule.epochs"), ("fast.tf32=true", "fast.tf32")])
 def test_any_other_difference_is_named(shipped, override, key):
-    run = load_recipe(REPO / "recipes" / "mnist_torch7.yaml", [override])
+    run = load_recipe(REPO / "recipes" / "mnist_torch7.yaml", [override]).to_dict()
     found = differences(run, shipped)
     assert [d.key for d in found] == [key]
     assert experiment_digest(run) != experiment_digest(shipped)
@@ -69,9 +69,10 @@ def test_every_recorded_run_of_a_shipped_recipe_is_judged():
     """The committed record: each run's recipe.yaml loads; the full-schedule Torch7 run is faithful."""
     judged = {}
     for path in sorted((REPO / "results").glob("*/*/recipe.yaml")):
-        recorded = resolve(yaml.safe_load(path.read_text()), str(path))
+        recorded = resolve(yaml.safe_load(path.read_text()), str(path)).to_dict()
         shipped = REPO / "recipes" / f"{recorded['name']}.yaml"
         if shipped.is_file():
-            judged[path.parent.relative_to(REPO / "results").as_posix()] = differences(recorded, load_recipe(shipped))
+            judged[path.parent.relative_to(REPO / "results").as_posix()] = differences(recorded,
+                                                                                        load_recipe(shipped).to_dict())
     assert judged["mnist_torch7/cpu-200ep-fast-s0"] == []
     assert [d.key for d in judged["mnist/cpu-20ep-s0"]] == ["train.epochs"]

@@ -83,17 +83,17 @@ def test_channels_last_convnet_step_equals_plain(tiny_recipe, tmp_path):
     trainers = []
     for extra in ([], ["fast.channels_last=true"]):
         cfg = load_recipe(tiny_recipe, PLAIN + TINY_CONVNET + extra)
-        trainers.append(Trainer(cfg, load_splits(cfg["data"], None), torch.device("cpu"), tmp_path,
+        trainers.append(Trainer(cfg, load_splits(cfg.data, None), torch.device("cpu"), tmp_path,
                                 Console(quiet=True), "test"))
     plain, nhwc = trainers
-    assert nhwc.channels_last and not plain.channels_last
+    assert nhwc.step.channels_last and not plain.step.channels_last
     idx = plain.batches()[0]
     losses = []
     for trainer in trainers:
         torch.manual_seed(7)  # the same dropout masks
         trainer.model.train()
         xb = trainer.inputs(trainer.splits.x_train[idx])
-        loss = trainer.forward_loss(xb, trainer.splits.y_train[idx])
+        loss = trainer.step.forward_loss(xb, trainer.splits.y_train[idx])
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         losses.append(loss.detach())
@@ -152,7 +152,7 @@ def test_pretransformed_inputs_equal_per_batch_inputs(tiny_recipe):
     from bnnctl.data import load_splits
     from bnnctl.recipe import load_recipe
 
-    splits = load_splits(load_recipe(tiny_recipe)["data"])
+    splits = load_splits(load_recipe(tiny_recipe).data)
     for transform in (scale_to_pm1, Standardize(0.3, 0.4)):
         splits.transform = transform
         once = pretransformed(splits, chunk=64)
@@ -201,7 +201,7 @@ def test_cuda_graph_compile_modes_are_refused_on_cuda(tiny_recipe, tmp_path):
 
     cfg = load_recipe(tiny_recipe, ["fast.compile=true", "fast.compile_mode=reduce-overhead"])
     with pytest.raises(UserError, match="not yet shown to train the same model"):
-        Trainer(cfg, load_splits(cfg["data"]), torch.device("cuda"), tmp_path, Console(quiet=True), "test")
+        Trainer(cfg, load_splits(cfg.data), torch.device("cuda"), tmp_path, Console(quiet=True), "test")
 
 
 def test_resume_refuses_fast(tiny_recipe, tmp_path):
@@ -226,7 +226,7 @@ def test_cuda_train_step_never_synchronizes(tiny_recipe, tmp_path):
 
     cfg = load_recipe(tiny_recipe, FAST_PRESETS["cuda"])
     device = torch.device("cuda")
-    splits = pretransformed(load_splits(cfg["data"]).to(device), 100)
+    splits = pretransformed(load_splits(cfg.data).to(device), 100)
     precision = torch.get_float32_matmul_precision()  # fast.tf32 sets it for the process
     trainer = Trainer(cfg, splits, device, tmp_path, Console(quiet=True), "test")
     batches = trainer.batches()
@@ -265,7 +265,7 @@ def tiny_mlp(seed: int = 0) -> torch.nn.Module:
     cfg = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "mnist.yaml",
                       ["model.hidden=[256,256]", "model.dropout_in=0", "model.dropout_hidden=0", "model.bias=false"])
     torch.manual_seed(seed)
-    return build_model(cfg["model"], (1, 8, 8), 10)
+    return build_model(cfg.model, (1, 8, 8), 10)
 
 
 @cuda
@@ -283,7 +283,7 @@ def test_cuda_compiled_training_equals_eager(mode):
     from bnnctl.recipe import load_recipe
     from bnnctl.core.losses import squared_hinge
 
-    optimizer_cfg = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "mnist.yaml")["optimizer"]
+    optimizer_cfg = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "mnist.yaml").optimizer
     device = torch.device("cuda")
     eager = tiny_mlp().to(device)
     twin = copy.deepcopy(eager)

@@ -17,6 +17,7 @@ from bnnctl.core.layers import BinaryLinear, SignActivation
 from bnnctl.core.models import build_model
 from bnnctl.core.norms import ShiftBatchNorm, ShiftBatchNormFunction
 from bnnctl.optim.shift_adamax import ShiftAdaMax
+from bnnctl.recipe import ModelConfig
 from bnnctl.train.weight_cache import attach_weight_cache
 from tests.test_fast_path import sets, train
 
@@ -132,9 +133,9 @@ def test_fused_adam_is_torch_adam(foreach):
 
 def test_integral_inputs_are_found_from_the_structure():
     def mlp(dropout_in, dropout_hidden, **extra):
-        cfg = {"arch": "mlp", "hidden": [16, 16], "dropout_in": dropout_in, "dropout_hidden": dropout_hidden,
-               "bias": True, "norm": "bn", "output_norm": None, "bn_eps": 1e-4, "bn_momentum": 0.1,
-               "stochastic_weights": False, "stochastic_activations": False, **extra}
+        cfg = ModelConfig(arch="mlp", hidden=(16, 16), dropout_in=dropout_in, dropout_hidden=dropout_hidden,
+                          bias=True, norm="bn", output_norm=None, bn_eps=1e-4, bn_momentum=0.1,
+                          stochastic_weights=False, stochastic_activations=False, **extra)
         return build_model(cfg, (1, 4, 4), 10)
 
     model = mlp(0.0, 0.0)
@@ -144,9 +145,9 @@ def test_integral_inputs_are_found_from_the_structure():
     linear = [i for i, m in enumerate(model) if isinstance(m, BinaryLinear)]
     assert fused_step.integral_input_scale(model) == {linear[1]: 2.0, linear[2]: 2.0}
     assert fused_step.integral_input_scale(mlp(0.0, 0.2)) == {}  # 1.25 is no integer
-    convnet = build_model({"arch": "convnet", "conv": [4, "M"], "fc": [8], "kernel_size": 3, "dropout_in": 0.0,
-                           "dropout_hidden": 0.0, "bias": True, "norm": "bn", "output_norm": None, "bn_eps": 1e-4,
-                           "bn_momentum": 0.1, "stochastic_weights": False, "stochastic_activations": False},
+    convnet = build_model(ModelConfig(arch="convnet", conv=(4, "M"), fc=(8,), kernel_size=3, dropout_in=0.0,
+                                      dropout_hidden=0.0, bias=True, norm="bn", output_norm=None, bn_eps=1e-4,
+                                      bn_momentum=0.1, stochastic_weights=False, stochastic_activations=False),
                           (3, 8, 8), 10)
     fc = [i for i, m in enumerate(convnet) if isinstance(m, BinaryLinear)]
     assert fused_step.integral_input_scale(convnet) == {fc[0]: 1.0, fc[1]: 1.0}  # Flatten keeps the signs
@@ -295,9 +296,9 @@ def test_fused_sign_activation_equals_binarize_ste_bit_for_bit(stochastic):
 
 
 def test_fused_layers_are_switched_on_by_the_fused_step_only():
-    cfg = {"arch": "mlp", "hidden": [16], "dropout_in": 0.0, "dropout_hidden": 0.0, "bias": True,
-           "norm": "shift_bn", "output_norm": "torch7_bn", "bn_eps": 1e-5, "bn_momentum": 0.125,
-           "stochastic_weights": False, "stochastic_activations": True}
+    cfg = ModelConfig(arch="mlp", hidden=(16,), dropout_in=0.0, dropout_hidden=0.0, bias=True,
+                      norm="shift_bn", output_norm="torch7_bn", bn_eps=1e-5, bn_momentum=0.125,
+                      stochastic_weights=False, stochastic_activations=True)
     plain, fused = build_model(cfg, (1, 4, 4), 10), build_model(cfg, (1, 4, 4), 10)
     fused_step.setup_fused_step(fused, ShiftAdaMax(fused.parameters(), lr=2.0 ** -6), False, 8)
     for module in plain.modules():
@@ -370,16 +371,16 @@ def test_fused_adam_training_step_equals_plain_step(tiny_recipe, tmp_path, monke
     trainers = []
     for overrides in (PLAIN_CPU, FUSED_CPU):
         cfg = load_recipe(tiny_recipe, overrides + ["model.dropout_hidden=0.5"])
-        splits = load_splits(cfg["data"], None)
+        splits = load_splits(cfg.data, None)
         trainers.append(Trainer(cfg, splits, torch.device("cpu"), tmp_path, Console(quiet=True), "test"))
     plain, fused = trainers
-    assert fused.int8_layers and isinstance(fused.optimizer, fused_step.FusedAdam)
+    assert fused.step.int8_layers and isinstance(fused.optimizer, fused_step.FusedAdam)
     idx = plain.batches()[0]
     for trainer in trainers:
         torch.manual_seed(5)  # the same dropout masks
         trainer.model.train()
         xb = trainer.inputs(trainer.splits.x_train[idx])
-        loss = trainer.forward_loss(xb, trainer.splits.y_train[idx])
+        loss = trainer.step.forward_loss(xb, trainer.splits.y_train[idx])
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.loss = loss.detach()
@@ -388,7 +389,7 @@ def test_fused_adam_training_step_equals_plain_step(tiny_recipe, tmp_path, monke
         assert torch.equal(p.grad, f.grad)
     for trainer in trainers:
         trainer.optimizer.step()
-        trainer.clip_()
+        trainer.step.clip_()
     for p, f in zip(plain.model.parameters(), fused.model.parameters()):
         torch.testing.assert_close(p, f, rtol=1e-6, atol=1e-9)
 

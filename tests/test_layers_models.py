@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,13 +8,13 @@ from torch import nn
 from bnnctl.core.layers import BinaryConv2d, BinaryLinear, SignActivation, clip_weights_, glorot_lr_scale
 from bnnctl.core.models import build_model, count_parameters
 from bnnctl.optim import build_optimizer, lr_at, param_groups, set_lr
-from bnnctl.recipe import load_recipe
+from bnnctl.recipe import ScheduleConfig, load_recipe
 
 from .conftest import REPO
 
 
 def mnist_model_cfg():
-    return load_recipe(REPO / "recipes" / "mnist.yaml")["model"]
+    return load_recipe(REPO / "recipes" / "mnist.yaml").model
 
 
 def test_glorot_lr_scale_matches_theano_formula():
@@ -55,7 +56,7 @@ def test_mnist_mlp_shape_and_parameter_count():
 
 
 def test_convnet_pools_between_conv_and_bn():
-    cfg = dict(mnist_model_cfg(), arch="convnet", conv=[8, "M", 16, "M"], fc=[32], dropout_in=0.0,
+    cfg = replace(mnist_model_cfg(), arch="convnet", conv=[8, "M", 16, "M"], fc=[32], dropout_in=0.0,
                dropout_hidden=0.0, hidden=[])
     model = build_model(cfg, (3, 16, 16), 10)
     kinds = [type(m).__name__ for m in model]
@@ -67,7 +68,7 @@ def test_convnet_pools_between_conv_and_bn():
 
 def test_every_binary_weight_gets_its_lr_scale():
     model = build_model(mnist_model_cfg(), (1, 28, 28), 10)
-    cfg = load_recipe(REPO / "recipes" / "mnist.yaml")["optimizer"]
+    cfg = load_recipe(REPO / "recipes" / "mnist.yaml").optimizer
     opt = build_optimizer(model, cfg, torch.device("cpu"))
     set_lr(opt, 1e-3)
     scales = [g["lr_scale"] for g in opt.param_groups]
@@ -79,7 +80,7 @@ def test_every_binary_weight_gets_its_lr_scale():
 
 
 def test_exponential_schedule_reaches_final_lr_after_all_epochs():
-    sched = {"kind": "exponential", "lr_final": 3e-7, "step_epochs": None, "gamma": 0.5}
+    sched = ScheduleConfig(kind="exponential", lr_final=3e-7, step_epochs=None, gamma=0.5)
     assert lr_at(0, 3e-3, sched, 1000) == pytest.approx(3e-3)
     decay = (3e-7 / 3e-3) ** (1 / 1000)
     assert lr_at(10, 3e-3, sched, 1000) == pytest.approx(3e-3 * decay ** 10)
@@ -88,12 +89,12 @@ def test_exponential_schedule_reaches_final_lr_after_all_epochs():
 
 
 def test_step_schedule_halves():
-    sched = {"kind": "step", "lr_final": None, "step_epochs": 20, "gamma": 0.5}
+    sched = ScheduleConfig(kind="step", lr_final=None, step_epochs=20, gamma=0.5)
     assert [lr_at(e, 2 ** -6, sched, 100) for e in (0, 19, 20, 45)] == [2 ** -6, 2 ** -6, 2 ** -7, 2 ** -8]
 
 
 def test_step_schedule_written_for_a_length_compresses_with_the_run():
-    sched = {"kind": "step", "lr_final": None, "step_epochs": 20, "gamma": 0.5, "epochs": 200}
+    sched = ScheduleConfig(kind="step", lr_final=None, step_epochs=20, gamma=0.5, epochs=200)
     # at its own length: every 20 epochs, as without 'epochs'
     assert [lr_at(e, 1.0, sched, 200) for e in (0, 19, 20, 199)] == [1.0, 1.0, 0.5, 2.0 ** -9]
     # a tenth of the run: every 2 epochs, the same nine halvings by the last epoch
@@ -107,7 +108,7 @@ def test_step_schedule_written_for_a_length_compresses_with_the_run():
 def test_training_step_keeps_latent_weights_clipped():
     from bnnctl.core.losses import squared_hinge
     torch.manual_seed(0)
-    model = build_model(dict(mnist_model_cfg(), hidden=[16]), (1, 4, 4), 3)
+    model = build_model(replace(mnist_model_cfg(), hidden=[16]), (1, 4, 4), 3)
     opt = torch.optim.SGD(model.parameters(), lr=100.0)
     loss = squared_hinge(model(torch.randn(8, 1, 4, 4)), torch.randint(0, 3, (8,)))
     loss.backward()

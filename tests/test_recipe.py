@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -26,11 +27,11 @@ def mnist_text():
 
 def test_shipped_recipe_resolves_every_field():
     r = load_recipe(REPO / "recipes" / "mnist.yaml")
-    assert r["model"]["hidden"] == [4096, 4096, 4096]
-    assert r["optimizer"]["lr"] == 3e-3 and isinstance(r["optimizer"]["lr"], float)
-    assert r["schedule"]["lr_final"] == 3e-7
-    assert r["data"]["valid_size"] == 10000 and r["train"]["batch_size"] == 100
-    assert r["fast"]["data_on_device"] is True  # defaults filled in
+    assert r.model.hidden == (4096, 4096, 4096)
+    assert r.optimizer.lr == 3e-3 and isinstance(r.optimizer.lr, float)
+    assert r.schedule.lr_final == 3e-7
+    assert r.data.valid_size == 10000 and r.train.batch_size == 100
+    assert r.fast.data_on_device is True  # defaults filled in
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -86,10 +87,10 @@ def test_parameter_estimate_is_the_built_models_count(name):
     from bnnctl.core.models import build_model, count_parameters
     from bnnctl.data import DATASET_IMAGE_SHAPES
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
-    shape = DATASET_IMAGE_SHAPES[recipe["data"]["dataset"]]
+    shape = DATASET_IMAGE_SHAPES[recipe.data.dataset]
     with torch.device("meta"):
-        model = build_model(recipe["model"], shape, 10)
-    assert estimate_parameters(recipe["model"], shape, 10) == count_parameters(model)
+        model = build_model(recipe.model, shape, 10)
+    assert estimate_parameters(recipe.model, shape, 10) == count_parameters(model)
 
 
 def test_model_that_does_not_fit_the_machine(monkeypatch):
@@ -98,9 +99,9 @@ def test_model_that_does_not_fit_the_machine(monkeypatch):
     with pytest.raises(RecipeError, match=r"r\.yaml: the model has about 36,843,550 parameters.*about 562 MiB\) "
                                           r"exceed this machine's 512 MiB.*'model.hidden'"):
         check_fits_memory(recipe, "r.yaml", memory=1 << 29)
-    monkeypatch.setattr("bnnctl.recipe.physical_memory", lambda: None)  # memory unknown: at most 2^31 parameters
+    monkeypatch.setattr("bnnctl.recipe.checks.physical_memory", lambda: None)  # memory unknown: at most 2^31 parameters
     check_fits_memory(recipe, "r.yaml")
-    recipe["model"]["hidden"] = [50_000, 50_000]
+    recipe = replace(recipe, model=replace(recipe.model, hidden=(50_000, 50_000)))
     with pytest.raises(RecipeError, match="more than the 2,147,483,648"):
         check_fits_memory(recipe, "r.yaml")
 
@@ -108,8 +109,8 @@ def test_model_that_does_not_fit_the_machine(monkeypatch):
 def test_overrides_by_dotted_path():
     r = load_recipe(REPO / "recipes" / "mnist.yaml",
                     ["train.epochs=20", "optimizer.lr=1e-3", "model.hidden=[64, 32]", "model.bias=false"])
-    assert r["train"]["epochs"] == 20 and r["optimizer"]["lr"] == 1e-3
-    assert r["model"]["hidden"] == [64, 32] and r["model"]["bias"] is False
+    assert r.train.epochs == 20 and r.optimizer.lr == 1e-3
+    assert r.model.hidden == (64, 32) and r.model.bias is False
 
 
 def test_bad_overrides(tmp_path):

@@ -56,19 +56,19 @@ def test_parameter_counts_match_hand_counts(name):
     shape, by_formula, by_hand = PARAMETERS[name]
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
     assert by_formula == by_hand
-    assert count_parameters(build_model(recipe["model"], shape, 10)) == by_hand
+    assert count_parameters(build_model(recipe.model, shape, 10)) == by_hand
 
 
 def test_convnet_layer_order_pools_between_conv_and_its_bn():
     recipe = load_recipe(REPO / "recipes" / "cifar10_torch7.yaml")
-    model = build_model(recipe["model"], (3, 32, 32), 10)
+    model = build_model(recipe.model, (3, 32, 32), 10)
     names = [type(m).__name__ for m in model]
     assert names[:8] == ["BinaryConv2d", "ShiftBatchNorm", "SignActivation",
                          "BinaryConv2d", "MaxPool2d", "ShiftBatchNorm", "SignActivation", "BinaryConv2d"]
     assert names[-3:] == ["SignActivation", "BinaryLinear", "BatchNorm1d"]  # exact BN after the output layer
     assert all(m.stochastic for m in model if isinstance(m, SignActivation))
     assert not any(m.stochastic for m in model if isinstance(m, (BinaryConv2d, BinaryLinear)))
-    theano = build_model(load_recipe(REPO / "recipes" / "cifar10.yaml")["model"], (3, 32, 32), 10)
+    theano = build_model(load_recipe(REPO / "recipes" / "cifar10.yaml").model, (3, 32, 32), 10)
     assert not any(isinstance(m, ShiftBatchNorm) for m in theano)
     assert not any(m.stochastic for m in theano if isinstance(m, SignActivation))
 
@@ -77,20 +77,20 @@ def test_convnet_layer_order_pools_between_conv_and_its_bn():
                                                   ("svhn_torch7", 2.0 ** -7, 20)])
 def test_torch7_learning_rates_halve_on_schedule(name, first, halved_at):
     r = load_recipe(REPO / "recipes" / f"{name}.yaml")
-    lr = lambda epoch: lr_at(epoch, r["optimizer"]["lr"], r["schedule"], r["train"]["epochs"])  # noqa: E731
+    lr = lambda epoch: lr_at(epoch, r.optimizer.lr, r.schedule, r.train.epochs)  # noqa: E731
     assert lr(0) == lr(halved_at - 1) == first
     assert lr(halved_at) == first / 2 and lr(3 * halved_at) == first / 8
     # a tenth of the recipe's epochs runs the same halvings, ten times as often
-    short = r["train"]["epochs"] // 10
-    assert lr_at(halved_at // 10, r["optimizer"]["lr"], r["schedule"], short) == first / 2
+    short = r.train.epochs // 10
+    assert lr_at(halved_at // 10, r.optimizer.lr, r.schedule, short) == first / 2
 
 
 @pytest.mark.parametrize("name,lr_final", [("cifar10", 3e-7), ("svhn", 1e-6)])
 def test_theano_learning_rates_decay_exponentially_to_the_final_rate(name, lr_final):
     r = load_recipe(REPO / "recipes" / f"{name}.yaml")
-    epochs = r["train"]["epochs"]
-    assert lr_at(0, r["optimizer"]["lr"], r["schedule"], epochs) == 1e-3
-    assert lr_at(epochs, r["optimizer"]["lr"], r["schedule"], epochs) == pytest.approx(lr_final)
+    epochs = r.train.epochs
+    assert lr_at(0, r.optimizer.lr, r.schedule, epochs) == 1e-3
+    assert lr_at(epochs, r.optimizer.lr, r.schedule, epochs) == pytest.approx(lr_final)
 
 
 # ---------------------------------------------------------------------------- one epoch through the CLI

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from bnnctl import paper
 from bnnctl.cli import app
-from bnnctl.recipe import dump_recipe, load_recipe
+from bnnctl.recipe import Recipe, dump_recipe, load_recipe
 from bnnctl.report import Run, build_report, random_unique_share, unique_filters
 from bnnctl.report.summary import summarize
 from bnnctl.files import atomic_torch_save
@@ -38,7 +39,7 @@ def short_recipes(folder: Path, epochs: dict[str, int] = SHORT_EPOCHS) -> Path:
     for path in (REPO / "recipes").glob("*.yaml"):
         text = path.read_text()
         if path.stem in epochs:
-            shipped = load_recipe(path)["train"]["epochs"]
+            shipped = load_recipe(path).train.epochs
             assert f"  epochs: {shipped}\n" in text
             text = text.replace(f"  epochs: {shipped}\n", f"  epochs: {epochs[path.stem]}\n", 1)
         (folder / path.name).write_text(text)
@@ -60,7 +61,8 @@ def write_run(results: Path, recipe: str, run_id: str, dataset: str, variant: st
     (run / "metrics.csv").write_text("\n".join(lines) + "\n")
     if recipes is not None:
         resolved = load_recipe(recipes / f"{recipe}.yaml", [f"train.epochs={planned}", f"seed={seed}", *sets])
-        (run / "recipe.yaml").write_text(dump_recipe({**resolved, "data": {**resolved["data"], "variant": variant}}))
+        resolved = dataclasses.replace(resolved, data=dataclasses.replace(resolved.data, variant=variant))
+        (run / "recipe.yaml").write_text(dump_recipe(resolved))
     best = max(range(len(curve)), key=lambda i: (-curve[i][1], i))  # '<=': the last of equal bests
     result = {
         "recipe": recipe, "reproduces": f"Table 1, {ROWS[recipe]}, {dataset}",
@@ -149,7 +151,7 @@ XNOR_SHARE_RECORD = {
 }
 
 
-def small_convnet_recipe(tmp_path: Path) -> dict:
+def small_convnet_recipe(tmp_path: Path) -> Recipe:
     recipe = yaml.safe_load((REPO / "recipes" / "cifar10_torch7.yaml").read_text())
     recipe["model"].update(conv=[4, "M", 6], fc=[8])
     path = tmp_path / "small_convnet.yaml"
@@ -157,18 +159,18 @@ def small_convnet_recipe(tmp_path: Path) -> dict:
     return load_recipe(path)
 
 
-def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> None:
+def write_best(run: Path, recipe: Recipe, conv_weights: list[torch.Tensor]) -> None:
     """A best.pt (the model record training writes) whose binary conv layers have the given weights."""
     from bnnctl.core.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(recipe["model"], (3, 8, 8), 10)
+    model = build_model(recipe.model, (3, 8, 8), 10)
     convs = [m for m in model if type(m).__name__ == "BinaryConv2d"]
     with torch.no_grad():
         for conv, w in zip(convs, conv_weights):
             conv.weight.copy_(w)
     (run / RECIPE_FILE).write_text(dump_recipe(recipe))
-    atomic_torch_save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe,
+    atomic_torch_save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe.to_dict(),
                        "model": model.state_dict(), "input_shape": [3, 8, 8], "num_classes": 10, "dataset": "cifar10",
                        "variant": "cifar10-jpeg", "epoch": 1, "valid_error_pct": 50.0, "test_error_pct": 50.0},
                       run / BEST_FILE)
@@ -568,10 +570,15 @@ def test_the_report_replaces_and_removes_only_its_own_files(tmp_path):
     assert damaged.exit_code == 2 and "is not a bnnctl report's list of its files" in damaged.output
 
 
+def with_epochs(epochs: int) -> Recipe:
+    shipped = load_recipe(REPO / "recipes" / "mnist.yaml")
+    return dataclasses.replace(shipped, train=dataclasses.replace(shipped.train, epochs=epochs))
+
+
 def test_schedule_is_the_share_of_the_recipes_epochs():
     from bnnctl.report.table1 import schedule, schedule_words
 
-    recipes = {"mnist": {"train": {"epochs": 1000}}}
+    recipes = {"mnist": with_epochs(1000)}
 
     def run(done, status="finished", recipe="mnist"):
         return Run("r", Path("r"), {"recipe": recipe, "status": status, "epochs_run": done, "epochs_planned": done})
@@ -580,7 +587,7 @@ def test_schedule_is_the_share_of_the_recipes_epochs():
     assert (schedule(run(20), recipes), schedule_words(run(20), recipes)) == ("2% (20/1000)", "20 of 1000 epochs (2%)")
     assert schedule(run(999), recipes) == "99.9% (999/1000)"
     # A shortened run never reads 100%.
-    assert schedule(run(1999), {"mnist": {"train": {"epochs": 2000}}}) == "99.9% (1999/2000)"
+    assert schedule(run(1999), {"mnist": with_epochs(2000)}) == "99.9% (1999/2000)"
     assert schedule_words(run(1200), recipes) == "1200 epochs, more than the recipe's 1000"
     assert schedule_words(run(3, "interrupted"), recipes) == "3 of 1000 epochs (0.3%), interrupted"
     assert schedule(run(5, recipe="tiny"), recipes) == "5 epochs (recipe not shipped)"

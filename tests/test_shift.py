@@ -178,15 +178,13 @@ def test_shift_adamax_step_sizes_are_powers_of_two_times_the_layer_scale():
 
 
 def _tiny_torch7_cfg(**optimizer):
-    recipe = load_recipe(REPO / "recipes" / "mnist_torch7.yaml")
-    recipe["model"]["hidden"] = [16, 8]
-    recipe["optimizer"].update(optimizer)
-    return recipe
+    return load_recipe(REPO / "recipes" / "mnist_torch7.yaml",
+                       ["model.hidden=[16, 8]", *(f"optimizer.{key}={value}" for key, value in optimizer.items())])
 
 
 def test_torch7_models_use_shift_bn_inside_and_exact_bn_at_the_output():
     recipe = _tiny_torch7_cfg()
-    model = build_model(recipe["model"], (1, 4, 4), 10)
+    model = build_model(recipe.model, (1, 4, 4), 10)
     norms = [m for m in model if isinstance(m, (ShiftBatchNorm, torch.nn.BatchNorm1d))]
     assert [type(m) for m in norms] == [ShiftBatchNorm, ShiftBatchNorm, torch.nn.BatchNorm1d]
     assert all(getattr(m.weight, PARAM_ROLE) == NORM_WEIGHT for m in norms)
@@ -194,8 +192,8 @@ def test_torch7_models_use_shift_bn_inside_and_exact_bn_at_the_output():
 
 def test_factory_gives_bn_gammas_their_torch7_mnist_learning_rate():
     recipe = _tiny_torch7_cfg(norm_lr_scale=True, lr_scale_pow2=False)
-    model = build_model(recipe["model"], (1, 4, 4), 10)
-    opt = build_optimizer(model, recipe["optimizer"], torch.device("cpu"))
+    model = build_model(recipe.model, (1, 4, 4), 10)
+    opt = build_optimizer(model, recipe.optimizer, torch.device("cpu"))
     by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
     for bn, features in ((model[2], 16), (model[5], 8), (model[8], 10)):
         group = by_param[id(bn.weight)]
@@ -209,9 +207,9 @@ def test_factory_gives_bn_gammas_their_torch7_mnist_learning_rate():
 
 def test_factory_rounds_layer_scales_and_clips_everything_for_torch7_cifar10():
     recipe = _tiny_torch7_cfg(norm_lr_scale=False, lr_scale_pow2=True, clip_all=True)
-    model = build_model(recipe["model"], (1, 4, 4), 10)
+    model = build_model(recipe.model, (1, 4, 4), 10)
     groups = param_groups(model, True)
-    opt = make_shift_adamax(groups, recipe["optimizer"], torch.device("cpu"))
+    opt = make_shift_adamax(groups, recipe.optimizer, torch.device("cpu"))
     # Glorot scales 4.62, 4.0 and 3.46 of the 16-16, 16-8 and 8-10 layers all round to 4
     assert sorted({g["lr_scale"] for g in opt.param_groups}) == [1.0, 4.0]
     assert len(opt.param_groups) == len(groups)

@@ -45,7 +45,7 @@ def test_convnet_shapes_and_macs(tmp_path):
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(recipe))
     cfg = load_recipe(path)
-    layers = summarize_model(build_model(cfg["model"], (3, 8, 8), 10), (3, 8, 8))
+    layers = summarize_model(build_model(cfg.model, (3, 8, 8), 10), (3, 8, 8))
     kinds = [layer.kind for layer in layers]
     assert kinds == ["BinaryConv2d", "MaxPool2d", "BatchNorm2d", "SignActivation", "BinaryConv2d", "BatchNorm2d",
                      "SignActivation", "Flatten", "BinaryLinear", "BatchNorm1d", "SignActivation", "BinaryLinear",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -51,8 +51,8 @@ from ..infer.engine import FIRST_LAYERS, PackedEngine, default_batch_size
 from ..infer.bnnx import EXPORT_SUFFIX
 from ..infer.exported import UINT8_SCALE, ExportedModel, input_encoding
 from ..infer.fold import export_model
-from ..recipe import load_recipe, recipes_dir
 from ..provenance import resolve_device
+from ..recipe import DataConfig, ModelConfig, Recipe, load_recipe, recipes_dir, resolve
 from ..runs import BEST_FILE
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms, frozen_float_model
 from .timing import check_arguments, header, measuring, parse_names, record, time_model_passes
@@ -98,29 +98,28 @@ TORCH_RATIOS = {"x_torch": "torch", "x_torch_channels_last": "torch-channels-las
 
 # ---------------------------------------------------------------------------- model
 
-def model_recipe(model_name: str) -> dict:
+def model_recipe(model_name: str) -> Recipe:
     """The resolved recipe whose model the named bench runs."""
     return load_recipe(recipes_dir() / MODELS[model_name])
 
 
-def _architecture(model_cfg: dict) -> tuple:
-    return (model_cfg.get("arch"), tuple(model_cfg.get("conv") or ()), tuple(model_cfg.get("fc") or ()),
-            model_cfg.get("kernel_size"))
+def _architecture(model_cfg: ModelConfig) -> tuple:
+    return model_cfg.arch, tuple(model_cfg.conv), tuple(model_cfg.fc), model_cfg.kernel_size
 
 
-def architecture_text(model_cfg: dict, classes: int = NUM_CLASSES) -> str:
+def architecture_text(model_cfg: ModelConfig, classes: int = NUM_CLASSES) -> str:
     """e.g. 128C3-128C3-MP2-...-1024FC-1024FC-10."""
-    k = model_cfg["kernel_size"]
-    parts = ["MP2" if c == "M" else f"{c}C{k}" for c in model_cfg["conv"]]
-    return "-".join(parts + [f"{w}FC" for w in model_cfg["fc"]] + [str(classes)])
+    k = model_cfg.kernel_size
+    parts = ["MP2" if c == "M" else f"{c}C{k}" for c in model_cfg.conv]
+    return "-".join(parts + [f"{w}FC" for w in model_cfg.fc] + [str(classes)])
 
 
-def _check_run_recipe(recipe: dict, wanted: dict, model_name: str, path: Path) -> None:
-    if _architecture(recipe.get("model", {})) != _architecture(wanted["model"]):
-        raise UserError(f"{path} holds a {recipe.get('name', 'model')} model whose architecture is not the "
-                        f"{model_name} one ({architecture_text(wanted['model'])}).")
-    if input_encoding(recipe) != UINT8_SCALE:
-        raise UserError(f"{path} was trained on inputs preprocessed as {recipe.get('data', {}).get('preprocess')!r}; "
+def _check_run_recipe(recipe: Recipe, wanted: Recipe, model_name: str, path: Path) -> None:
+    if _architecture(recipe.model) != _architecture(wanted.model):
+        raise UserError(f"{path} holds a {recipe.name} model whose architecture is not the "
+                        f"{model_name} one ({architecture_text(wanted.model)}).")
+    if input_encoding(recipe.to_dict()) != UINT8_SCALE:
+        raise UserError(f"{path} was trained on inputs preprocessed as {recipe.data.preprocess!r}; "
                         f"the {model_name} bench runs models trained on 8-bit images scaled to [-1, 1] (preprocess: "
                         f"scale).")
 
@@ -130,14 +129,14 @@ def load_convnet(model_name: str, run: Path | None) -> tuple[dict, nn.Module, di
     wanted = model_recipe(model_name)
     if run is None:
         torch.manual_seed(SEED)
-        model = build_model(wanted["model"], INPUT_SHAPE, NUM_CLASSES)
+        model = build_model(wanted.model, INPUT_SHAPE, NUM_CLASSES)
         calibrate_norms(model, INPUT_SHAPE)
-        record = {"recipe": wanted, "input_shape": list(INPUT_SHAPE), "num_classes": NUM_CLASSES}
+        record = {"recipe": wanted.to_dict(), "input_shape": list(INPUT_SHAPE), "num_classes": NUM_CLASSES}
         return record, model.eval(), {
-            "source": None, "recipe": wanted.get("name"),
+            "source": None, "recipe": wanted.name,
             "weights": f"random (seed {SEED}; BN statistics from {CALIBRATION_IMAGES} random images): the error "
                        "column says nothing about accuracy",
-            "epoch": None, "recorded_test_error_pct": None, "data_cfg": wanted.get("data", {})}
+            "epoch": None, "recorded_test_error_pct": None, "data_cfg": wanted.data}
     path = run / BEST_FILE if run.is_dir() else run
     if path.suffix == EXPORT_SUFFIX:
         raise UserError(f"{path} is an export; the {model_name} bench needs the run's {BEST_FILE}, the float model "
@@ -145,16 +144,16 @@ def load_convnet(model_name: str, run: Path | None) -> tuple[dict, nn.Module, di
     if run.is_dir() and not path.is_file():
         raise UserError(f"{run} holds no {BEST_FILE}, the trained model the bench times.")
     record, model, recorded = load_model(path)
-    recipe = record.get("recipe", {})
+    recipe = resolve(record["recipe"], str(path))
     _check_run_recipe(recipe, wanted, model_name, path)
     if tuple(record.get("input_shape", ())) != INPUT_SHAPE or record.get("num_classes") != NUM_CLASSES:
         raise UserError(f"{path} holds a model for inputs {record.get('input_shape')} and {record.get('num_classes')} "
                         f"classes; the {model_name} bench runs 3 x 32 x 32 images and 10 classes.")
     return record, model, {
-        "source": str(path), "recipe": recipe.get("name"), "weights": "trained",
+        "source": str(path), "recipe": recipe.name, "weights": "trained",
         "run_status": recorded.get("status"), "epoch": record.get("epoch"),
         "recorded_test_error_pct": record.get("test_error_pct"), "trained_on": record.get("variant"),
-        "data_cfg": recipe.get("data", {})}
+        "data_cfg": recipe.data}
 
 
 # ---------------------------------------------------------------------------- data
@@ -170,21 +169,21 @@ def _originals_present(dataset: str, root: Path) -> bool:
     return all((root / name).is_file() for name in ORIGINAL_FILES[dataset])
 
 
-def load_test_images(dataset: str, data_dir: Path | None, data_cfg: dict, count: int
+def load_test_images(dataset: str, data_dir: Path | None, data_cfg: DataConfig, count: int
                      ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """The first ``count`` test images (uint8 NCHW) and labels of the dataset, or ``count`` random 8-bit
     images (labels None); and a description: images, source, dataset (the variant measured on, or None)."""
     root = data_root(data_dir)
     raw, where = None, None
-    if wants_npz(data_cfg) and data_cfg.get("npz"):
+    if wants_npz(data_cfg) and data_cfg.npz:
         path = npz_path(data_cfg, root)
         if path.is_file():
             raw, where = load_npz(path, dataset, channels=INPUT_SHAPE[0]), str(path)
     if raw is None and root.is_dir() and _originals_present(dataset, root):
         # md5-checked as the originals unless the run's recipe names its own variant of them (e.g. svhn-synthetic);
         # split "tail": SVHN's train and test files only, not extra
-        variant = None if wants_npz(data_cfg) else data_cfg.get("variant")
-        cfg = {"source": "auto", "npz": None, "variant": variant, "split": "tail"}
+        variant = None if wants_npz(data_cfg) else data_cfg.variant
+        cfg = replace(data_cfg, source="auto", npz=None, variant=variant, split="tail")
         raw, where = DATASETS[dataset](cfg, root), str(root)
     if raw is None and dataset == "cifar10" and (root / STAND_IN).is_file():
         raw, where = load_npz(root / STAND_IN, dataset, channels=INPUT_SHAPE[0]), str(root / STAND_IN)
@@ -240,7 +239,7 @@ def bench_convnet(model_name: str, run: Path | None = None, device: str = "auto"
     data_cfg = model_info.pop("data_cfg")
     exported = export_model(record_, float_model)
     torch_model = frozen_float_model(float_model)
-    dataset = model_recipe(model_name)["data"]["dataset"]
+    dataset = model_recipe(model_name).data.dataset
     x, y, data_info = load_test_images(dataset, data_dir, data_cfg, images)
     x = x.to(dev)
     batch = BATCH.get(dev.type) or default_batch_size(exported)
@@ -267,7 +266,7 @@ def bench_convnet(model_name: str, run: Path | None = None, device: str = "auto"
     targets = _add_comparisons(variants, predictions, reference, y)
     return {
         **header(model_name, command, dev),
-        "model": {"name": model_name, "architecture": architecture_text(model_recipe(model_name)["model"]),
+        "model": {"name": model_name, "architecture": architecture_text(model_recipe(model_name).model),
                   "binary_weights": exported.binary_weights, **model_info},
         "data": data_info, "batch_size": batch, "repeat": repeat,
         "reference": {"variant": REFERENCE, "predictions": reference_note},

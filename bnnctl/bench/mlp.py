@@ -51,8 +51,8 @@ from ..infer.bnnx import EXPORT_SUFFIX, load_export
 from ..infer.exported import UINT8_SCALE, ExportedModel, input_encoding
 from ..infer.float_model import float_model_from_export
 from ..infer.fold import export_model
-from ..recipe import load_recipe, recipes_dir
 from ..provenance import resolve_device
+from ..recipe import Recipe, load_recipe, recipes_dir
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms, frozen_float_model, int8_binary_layers
 from .timing import check_arguments, header, parse_names, record, time_model_passes
 
@@ -98,9 +98,9 @@ INPUT_SHAPE = (1, 28, 28)
 
 # ---------------------------------------------------------------------------- model and data
 
-def _architecture(recipe: dict) -> tuple:
-    m = recipe["model"]
-    return m["arch"], tuple(m["hidden"]) if m["arch"] == "mlp" else None
+def _architecture(recipe: Recipe) -> tuple:
+    m = recipe.model
+    return m.arch, tuple(m.hidden) if m.arch == "mlp" else None
 
 
 def find_model(results: Path, model_name: str) -> Path | None:
@@ -157,9 +157,9 @@ def load_bench_model(path: Path | None, model_name: str) -> tuple[ExportedModel,
             "recorded_test_error_pct": record.get("test_error_pct"), "torch_model": "the trained float model"}
     recipe = load_recipe(recipes_dir() / MODELS[model_name])
     torch.manual_seed(SEED)
-    model = build_model(recipe["model"], INPUT_SHAPE, 10)
+    model = build_model(recipe.model, INPUT_SHAPE, 10)
     calibrate_norms(model, INPUT_SHAPE)
-    record = {"recipe": recipe, "input_shape": list(INPUT_SHAPE), "num_classes": 10}
+    record = {"recipe": recipe.to_dict(), "input_shape": list(INPUT_SHAPE), "num_classes": 10}
     return export_model(record, model), model, {
         "source": None, "weights": f"random (seed {SEED}; BN statistics from {CALIBRATION_IMAGES} random images; no "
                                    "trained run recorded): the error column says nothing about accuracy",

@@ -29,28 +29,31 @@ __all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET
            "RawData", "Splits", "check_arrays", "data_root", "load_npz", "load_splits", "physical_memory",
            "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
 
-DATASETS: dict[str, Callable[[dict[str, Any], Path], RawData]] = {
+DATASETS: dict[str, Callable[[Any, Path], RawData]] = {
     "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,
 }
 SPLITTERS: dict[str, Callable] = {"tail": tail_split, "pylearn2_svhn": cifar_svhn.pylearn2_svhn_split}
 PREPROCESSORS: dict[str, Callable] = {"scale": preprocess_scale, **preprocessing.PREPROCESSORS}
 
 
-def load_splits(cfg: dict[str, Any], root: str | Path | None = None) -> Splits:
-    """Load the recipe's dataset, cut the validation split and preprocess; tensors on the CPU."""
+def load_splits(cfg: Any, root: str | Path | None = None) -> Splits:
+    """Load the recipe's dataset, cut the validation split and preprocess; tensors on the CPU.
+
+    ``cfg`` is the recipe's ``data`` section (``bnnctl.recipe.DataConfig``), read by attribute.
+    """
     root = data_root(root)
     if root.exists() and not root.is_dir() and not wants_npz(cfg):
         raise DataError(f"the data root {root} is a file; --data-dir (or BNNCTL_DATA) must name a folder.")
-    raw = DATASETS[cfg["dataset"]](cfg, root)
-    x_tr, y_tr, x_va, y_va = SPLITTERS[cfg["split"]](raw, cfg)
+    raw = DATASETS[cfg.dataset](cfg, root)
+    x_tr, y_tr, x_va, y_va = SPLITTERS[cfg.split](raw, cfg)
     x_te, y_te = raw.x_test, raw.y_test
-    if cfg["limit_train"]:
-        x_tr, y_tr = x_tr[: cfg["limit_train"]], y_tr[: cfg["limit_train"]]
-        x_va, y_va = x_va[: cfg["limit_train"]], y_va[: cfg["limit_train"]]
-    if cfg["limit_test"]:
-        x_te, y_te = x_te[: cfg["limit_test"]], y_te[: cfg["limit_test"]]
-    x_tr, x_va, x_te, transform = PREPROCESSORS[cfg["preprocess"]](x_tr, x_va, x_te, root)
+    if cfg.limit_train:
+        x_tr, y_tr = x_tr[: cfg.limit_train], y_tr[: cfg.limit_train]
+        x_va, y_va = x_va[: cfg.limit_train], y_va[: cfg.limit_train]
+    if cfg.limit_test:
+        x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
+    x_tr, x_va, x_te, transform = PREPROCESSORS[cfg.preprocess](x_tr, x_va, x_te, root)
     num_classes = int(max(raw.y_train.max(), raw.y_test.max())) + 1
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731 - copies read-only buffers
     return Splits(t(x_tr), t(y_tr).long(), t(x_va), t(y_va).long(), t(x_te), t(y_te).long(),
-                  num_classes, cfg["dataset"], raw.variant, transform)
+                  num_classes, cfg.dataset, raw.variant, transform)

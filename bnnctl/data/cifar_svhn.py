@@ -28,9 +28,9 @@ from .common import (DATASET_CLASSES, DataError, RawData, _verified, check_array
                      wants_npz)
 
 
-def recorded_variant(cfg: dict[str, Any], dataset: str) -> str:
+def recorded_variant(cfg: Any, dataset: str) -> str:
     """The name a run on the dataset's own file layout is recorded under; see the module docstring."""
-    label = cfg.get("variant")
+    label = cfg.variant
     if not label or label == dataset:
         return dataset
     if not label.startswith(dataset + "-"):
@@ -89,7 +89,7 @@ def _read_cifar_batches(folder: Path, files: list[tuple[str, str]], variant: str
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load_cifar10(cfg: dict[str, Any], root: Path) -> RawData:
+def load_cifar10(cfg: Any, root: Path) -> RawData:
     if wants_npz(cfg):
         return load_npz(npz_path(cfg, root), "cifar10", channels=3)
     variant = recorded_variant(cfg, "cifar10")
@@ -153,16 +153,16 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y.astype(np.int64) % 10
 
 
-def _svhn_from_npz(cfg: dict[str, Any], root: Path, need_extra: bool) -> RawData:
+def _svhn_from_npz(cfg: Any, root: Path, need_extra: bool) -> RawData:
     path = npz_path(cfg, root)
     raw = load_npz(path, "svhn", optional=("x_extra", "y_extra") if need_extra else (), channels=3)
     if need_extra and "x_extra" not in raw.extra:
-        raise DataError(f"{path} lacks x_extra / y_extra, which split '{cfg['split']}' draws on.")
+        raise DataError(f"{path} lacks x_extra / y_extra, which split '{cfg.split}' draws on.")
     return raw
 
 
-def load_svhn(cfg: dict[str, Any], root: Path) -> RawData:
-    need_extra = cfg["split"] in SPLITS_WITH_EXTRA
+def load_svhn(cfg: Any, root: Path) -> RawData:
+    need_extra = cfg.split in SPLITS_WITH_EXTRA
     if wants_npz(cfg):
         return _svhn_from_npz(cfg, root, need_extra)
     variant = recorded_variant(cfg, "svhn")
@@ -212,13 +212,13 @@ def _per_class_pick(y: np.ndarray, per_class: int, rng: np.random.Generator, sou
     return np.sort(np.concatenate(picked))
 
 
-def pylearn2_svhn_split(raw: RawData, cfg: dict[str, Any]):
+def pylearn2_svhn_split(raw: RawData, cfg: Any):
     """Validate on 400 images per digit from train and 200 per digit from extra (6,000 in all,
     as pylearn2's SVHN 'valid' set); train on every other image of train and extra (598,388)."""
     if "x_extra" not in raw.extra:
         raise DataError("split 'pylearn2_svhn' needs SVHN's extra images, which the data source did not provide.")
     expected = 10 * sum(PYLEARN2_VALID_PER_CLASS.values())
-    if cfg["valid_size"] != expected:
+    if cfg.valid_size != expected:
         raise DataError(f"split 'pylearn2_svhn' validates on {expected} images; set data.valid_size: {expected}.")
     rng = np.random.default_rng(PYLEARN2_SPLIT_SEED)
     xs, ys, valid_x, valid_y = [], [], [], []
@@ -231,7 +231,7 @@ def pylearn2_svhn_split(raw: RawData, cfg: dict[str, Any]):
         valid_x.append(x[valid])
         valid_y.append(y[valid])
     x_train, y_train = np.concatenate(xs), np.concatenate(ys)
-    if cfg["train_size"] is not None:
-        x_train, y_train = x_train[: cfg["train_size"]], y_train[: cfg["train_size"]]
+    if cfg.train_size is not None:
+        x_train, y_train = x_train[: cfg.train_size], y_train[: cfg.train_size]
     return x_train, y_train, np.concatenate(valid_x), np.concatenate(valid_y)
 

@@ -187,13 +187,13 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def wants_npz(cfg: dict[str, Any]) -> bool:
-    return cfg.get("source") == "npz" or (cfg.get("source", "auto") == "auto" and bool(cfg.get("npz")))
+def wants_npz(cfg: Any) -> bool:
+    return cfg.source == "npz" or (cfg.source == "auto" and bool(cfg.npz))
 
 
-def npz_path(cfg: dict[str, Any], root: Path) -> Path:
+def npz_path(cfg: Any, root: Path) -> Path:
     """``data.npz`` as given if it exists (or is absolute), else the same name under the data root."""
-    given = Path(cfg["npz"]).expanduser()
+    given = Path(cfg.npz).expanduser()
     if given.is_absolute() or given.exists() or not (root / given).exists():
         return given
     return root / given
@@ -274,10 +274,10 @@ def _verified(path: Path, md5: str | None) -> bool:
     return check_integrity(str(path), md5)
 
 
-def tail_split(raw: RawData, cfg: dict[str, Any]):
+def tail_split(raw: RawData, cfg: Any):
     """Train on the first ``train_size`` images, validate on the last ``valid_size`` (the Theano code)."""
-    n, v = len(raw.x_train), cfg["valid_size"]
-    t = cfg["train_size"] if cfg["train_size"] is not None else n - v
+    n, v = len(raw.x_train), cfg.valid_size
+    t = cfg.train_size if cfg.train_size is not None else n - v
     if v < 1 or v >= n:
         raise DataError(f"cannot cut data.valid_size={v} validation images from the {n} training images and keep "
                         f"any to train on; set data.valid_size between 1 and {n - 1}.")

@@ -25,7 +25,7 @@ def _mnist_md5s() -> dict[str, str]:
     return dict(MNIST.resources)
 
 
-def load_mnist(cfg: dict[str, Any], root: Path) -> RawData:
+def load_mnist(cfg: Any, root: Path) -> RawData:
     if wants_npz(cfg):
         return load_npz(npz_path(cfg, root), "mnist")
     raw = root / "MNIST" / "raw"

@@ -9,7 +9,7 @@ which lack it, from the recipe.yaml beside the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -19,6 +19,7 @@ from ..core.losses import LOSSES
 from ..data import load_splits
 from ..errors import UserError
 from ..provenance import resolve_device
+from ..recipe import DataConfig, load_recipe, resolve, resolve_data
 from ..runs import RECIPE_FILE
 from ..core.evaluation import evaluate
 from .bnnx import EXPORT_SUFFIX, MAGIC, load_export
@@ -39,14 +40,13 @@ def is_export_file(path: Path) -> bool:
         return False
 
 
-def _export_data(exported: ExportedModel, path: Path) -> dict[str, Any]:
+def _export_data(exported: ExportedModel, path: Path) -> DataConfig:
     """The recipe data section to evaluate an export on: its own, else the recipe.yaml beside it."""
     if exported.data is not None:
-        return exported.data
+        return resolve_data(exported.data, str(path))
     beside = path.parent / RECIPE_FILE
     if beside.is_file():
-        from ..recipe import load_recipe
-        return load_recipe(beside)["data"]
+        return load_recipe(beside).data
     raise UserError(f"{path} does not say which data it was trained on (a version 1 export) and no {RECIPE_FILE} "
                     "lies beside it; export the run again, or evaluate its run folder.")
 
@@ -72,8 +72,8 @@ def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, 
                         f"MLPs only and {path} holds convolutions; use --engine xnor (the packed engine).")
     data = _export_data(exported, path)
     splits = load_splits(data, data_dir)
-    if data.get("variant") and splits.variant != data["variant"]:
-        console.print(f"[yellow]note:[/] trained on {data['variant']}, evaluating on {splits.variant}")
+    if data.variant and splits.variant != data.variant:
+        console.print(f"[yellow]note:[/] trained on {data.variant}, evaluating on {splits.variant}")
     if splits.num_classes > exported.num_classes:
         raise UserError(f"{path} has {exported.num_classes} classes but its data set {splits.variant} has "
                         f"{splits.num_classes}.")
@@ -113,10 +113,10 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
         return _eval_export(run, split, engine, dev, data_dir, console)
     engine = engine or "float"
     record, model, recorded = load_model(run)
-    recipe = record["recipe"]
-    splits = load_splits(recipe["data"], data_dir)
-    if recipe["data"].get("variant") and splits.variant != recipe["data"]["variant"]:
-        console.print(f"[yellow]note:[/] trained on {recipe['data']['variant']}, evaluating on {splits.variant}")
+    recipe = resolve(record["recipe"], str(run))
+    splits = load_splits(recipe.data, data_dir)
+    if recipe.data.variant and splits.variant != recipe.data.variant:
+        console.print(f"[yellow]note:[/] trained on {recipe.data.variant}, evaluating on {splits.variant}")
     x, y = splits.split(split)
     if engine == "xnor":
         from .engine import engine_error
@@ -124,8 +124,8 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
         error = engine_error(record, model, x, y, splits.transform, dev)
     else:
         model = model.to(dev)
-        _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe["train"]["loss"]],
-                            recipe["train"]["eval_batch_size"], dev)
+        _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe.train.loss],
+                            recipe.train.eval_batch_size, dev)
     console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {engine}, "
                   f"epoch {record['epoch']})", highlight=False)
     key = "test_error_pct" if split == "test" else "valid_error_pct"

@@ -28,9 +28,9 @@ def param_groups(model: nn.Module, use_lr_scale: bool) -> list[dict[str, Any]]:
     return groups
 
 
-def make_adam(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
+def make_adam(groups: list[dict[str, Any]], cfg: Any, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type == "cuda"
-    return torch.optim.Adam(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                             fused=fused, foreach=None if fused else True)
 
 
@@ -38,13 +38,14 @@ def make_adam(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.d
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {"adam": make_adam, "shift_adamax": make_shift_adamax}
 
 
-def build_optimizer(model: nn.Module, cfg: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
-    opt = OPTIMIZERS[cfg["name"]](param_groups(model, cfg["glorot_lr_scale"]), cfg, device)
-    set_lr(opt, cfg["lr"])
+def build_optimizer(model: nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer a recipe's ``optimizer`` section (``bnnctl.recipe.OptimizerConfig``) names, at its LR."""
+    opt = OPTIMIZERS[cfg.name](param_groups(model, cfg.glorot_lr_scale), cfg, device)
+    set_lr(opt, cfg.lr)
     return opt
 
 
-def lr_at(epoch: int, lr: float, schedule: dict[str, Any], epochs: int) -> float:
+def lr_at(epoch: int, lr: float, schedule: Any, epochs: int) -> float:
     """Learning rate of 0-based ``epoch`` in a run of ``epochs`` epochs.
 
     exponential: lr * (lr_final / lr) ** (epoch / epochs), the Theano code's per-epoch decay
@@ -54,15 +55,15 @@ def lr_at(epoch: int, lr: float, schedule: dict[str, Any], epochs: int) -> float
     first epochs at the top LR: exponential by its definition, step by ``schedule.epochs``, the
     length its ``step_epochs`` is written for (null: decay every ``step_epochs`` whatever the length).
     """
-    kind = schedule["kind"]
+    kind = schedule.kind
     if kind == "exponential":
-        return lr * math.exp(math.log(schedule["lr_final"] / lr) * epoch / epochs)
+        return lr * math.exp(math.log(schedule.lr_final / lr) * epoch / epochs)
     if kind == "step":
-        every = schedule["step_epochs"]
-        if schedule.get("epochs"):
-            every = every * epochs / schedule["epochs"]
+        every = schedule.step_epochs
+        if schedule.epochs:
+            every = every * epochs / schedule.epochs
         # the small slack keeps e.g. 19.999999 (floating-point rounding of 20) on the right side
-        return lr * schedule["gamma"] ** math.floor(epoch / every + 1e-9)
+        return lr * schedule.gamma ** math.floor(epoch / every + 1e-9)
     return lr
 
 

@@ -69,7 +69,7 @@ class ShiftAdaMax(torch.optim.Optimizer):
             p.clamp_(-group["clip"], group["clip"])
 
 
-def make_shift_adamax(groups: list[dict[str, Any]], cfg: dict[str, Any], device: torch.device) -> ShiftAdaMax:
+def make_shift_adamax(groups: list[dict[str, Any]], cfg: Any, device: torch.device) -> ShiftAdaMax:
     """Build ShiftAdaMax from ``optim.param_groups``'s groups and the recipe's optimizer section.
 
     ``lr_scale_pow2``: round each binary layer's Glorot scale to a power of two (Torch7 CIFAR-10,
@@ -80,10 +80,10 @@ def make_shift_adamax(groups: list[dict[str, Any]], cfg: dict[str, Any], device:
     out: list[dict[str, Any]] = []
     for group in groups:
         scale = group["lr_scale"]
-        if cfg["lr_scale_pow2"] and scale != 1.0:
+        if cfg.lr_scale_pow2 and scale != 1.0:
             scale = pow2_round(scale)
         params = group["params"]
-        if cfg["norm_lr_scale"]:
+        if cfg.norm_lr_scale:
             norm_weights = [p for p in params if getattr(p, PARAM_ROLE, None) == NORM_WEIGHT]
             for p in norm_weights:
                 out.append({"params": [p], "lr_scale": 1.0 / math.sqrt(1.5 / p.numel())})
@@ -91,7 +91,7 @@ def make_shift_adamax(groups: list[dict[str, Any]], cfg: dict[str, Any], device:
         if params:
             out.append({**group, "params": params, "lr_scale": scale})
     for group in out:
-        group["clip"] = 1.0 if cfg["clip_all"] else None
-    return ShiftAdaMax(out, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"])
+        group["clip"] = 1.0 if cfg.clip_all else None
+    return ShiftAdaMax(out, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 

@@ -5,13 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from .. import paper
 from ..checkpoints import load_model
 from ..core.binarize import sign_pm1
 from ..core.layers import BinaryLayer
+from ..recipe import RecipeError, load_recipe
 from ..runs import BEST_FILE, RECIPE_FILE
 from .records import Notes, Run, fmt, md_table, write_csv
 from .summary import summarize_model
@@ -114,7 +114,6 @@ def filter_section(runs: list[Run], out: Path, notes: Notes) -> str:
 def _arch(run: Run) -> str | None:
     """The model architecture of a run, from its recipe.yaml (None if unreadable)."""
     try:
-        recipe = yaml.safe_load((run.path / RECIPE_FILE).read_text())
-        return recipe["model"]["arch"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return load_recipe(run.path / RECIPE_FILE).model.arch
+    except RecipeError:
         return None

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import paper
 from ..errors import UserError
+from ..recipe import Recipe
 from .records import Notes, fmt, md_table, write_csv
 from .summary import summarize_recipe
 
@@ -74,7 +75,7 @@ def _uj_range(low: float, high: float) -> str:
     return f"{low:,.1f}" if abs(high - low) < 0.05 else f"{low:,.1f} – {high:,.1f}"
 
 
-def memory_energy_section(recipes: dict[str, dict[str, Any]], out: Path, notes: Notes,
+def memory_energy_section(recipes: dict[str, Recipe], out: Path, notes: Notes,
                           recipe_paths: dict[str, str]) -> str:
     energy_header = ["operation", "bits", "kind", "pj", "pj_high", "source"]
     constants = [[e.operation, e.bits, e.kind, e.pj, e.pj_high, e.source] for e in paper.ENERGY_OPS]

@@ -16,6 +16,7 @@ import yaml
 
 from ..errors import UserError
 from ..faithful import differences, variant_difference
+from ..recipe import Recipe
 from ..runs import METRICS_FILE, RECIPE_FILE, RESULT_FILE, check_result, read_result
 
 
@@ -144,7 +145,7 @@ def _check_agreement(run: Run, notes: Notes) -> None:
                                               f"{row['test_error_pct']} at epoch {best}")
 
 
-def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, Recipe], dict[str, str]]:
     """(recipe name -> resolved recipe, recipe name -> file name) of the recipes in directory (default: shipped)."""
     from ..recipe import RecipeError, load_recipe, recipes_dir
 
@@ -158,8 +159,8 @@ def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, dict[s
         except RecipeError as e:
             notes.add(path.name, f"recipe not loaded: {e}")
             continue
-        recipes[recipe["name"]] = recipe
-        paths[recipe["name"]] = path.name
+        recipes[recipe.name] = recipe
+        paths[recipe.name] = path.name
     return recipes, paths
 
 
@@ -167,7 +168,7 @@ def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, dict[s
 RECIPE_BYTES_MAX = 1 << 20
 
 
-def recorded_recipe(run: Run) -> tuple[dict[str, Any] | None, str | None]:
+def recorded_recipe(run: Run) -> tuple[Recipe | None, str | None]:
     """(the run's resolved recipe.yaml, None) or (None, why it cannot be read)."""
     from ..recipe import RecipeError, resolve
 
@@ -188,7 +189,7 @@ def recorded_recipe(run: Run) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"its {RECIPE_FILE} does not load ({e})"
 
 
-def judge_runs(runs: list[Run], recipes: dict[str, dict[str, Any]]) -> None:
+def judge_runs(runs: list[Run], recipes: dict[str, Recipe]) -> None:
     """Mark each run faithful to its shipped recipe, or list how it differs (``bnnctl/faithful.py``)."""
     for run in runs:
         shipped = recipes.get(run.get("recipe"))
@@ -199,16 +200,16 @@ def judge_runs(runs: list[Run], recipes: dict[str, dict[str, Any]]) -> None:
         if recorded is None:
             run.faithful, run.differences = False, [problem]
             continue
-        found = differences(recorded, shipped)
+        found = differences(recorded.to_dict(), shipped.to_dict())
         variant = variant_difference(run.get("dataset"), run.get("variant"))
         found = ([variant] if variant else []) + found
         run.faithful, run.differences = not found, [d.describe() for d in found]
 
 
-def shipped_epochs(recipes: dict[str, dict[str, Any]], name: str) -> int | None:
+def shipped_epochs(recipes: dict[str, Recipe], name: str) -> int | None:
     """The epochs of the recipe's full schedule, or None for a recipe that is not shipped."""
     recipe = recipes.get(name)
-    return None if recipe is None else recipe["train"]["epochs"]
+    return None if recipe is None else recipe.train.epochs
 
 
 # ============================================================================ writing tables and figures

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.layers import BinaryLayer, SignActivation
 from ..core.models import build_model
-from ..recipe import RecipeError, load_recipe, recipes_dir
+from ..recipe import Recipe, RecipeError, load_recipe, recipes_dir
 
 # Image shape (C, H, W) and class count of each dataset the recipes name; the model's size depends
 # on them and the summary must not need the data on disk.
@@ -132,12 +131,12 @@ def dataset_shape(dataset: str, source: str) -> tuple[tuple[int, int, int], int]
     return DATASET_SHAPES[dataset]
 
 
-def summarize_recipe(recipe: dict[str, Any], source: str = "recipe") -> ModelSummary:
-    dataset = recipe["data"]["dataset"]
+def summarize_recipe(recipe: Recipe, source: str = "recipe") -> ModelSummary:
+    dataset = recipe.data.dataset
     input_shape, num_classes = dataset_shape(dataset, source)
     with torch.device("meta"):
-        model = build_model(recipe["model"], input_shape, num_classes)
-    return ModelSummary(recipe["name"], dataset, input_shape, num_classes, summarize_model(model, input_shape))
+        model = build_model(recipe.model, input_shape, num_classes)
+    return ModelSummary(recipe.name, dataset, input_shape, num_classes, summarize_model(model, input_shape))
 
 
 def find_recipe(text: str | Path) -> Path:

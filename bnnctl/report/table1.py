@@ -8,13 +8,13 @@ it differs, an unfinished one with how far it got.
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import paper
+from ..recipe import Recipe
 from .records import Run, fmt, md_table, shipped_epochs, write_csv
 
 SELECTION_RULE = (
@@ -66,13 +66,13 @@ def in_table1(run: Run) -> bool:
             and run.get("dataset") in paper.TABLE1_DATASETS)
 
 
-def complete(run: Run, recipes: dict[str, dict[str, Any]]) -> bool:
+def complete(run: Run, recipes: dict[str, Recipe]) -> bool:
     """Finished, every epoch of the shipped recipe run, and a test error to show."""
     return (run.get("status") == "finished" and run.get("test_error_pct") is not None
             and run.get("epochs_run") == shipped_epochs(recipes, run.get("recipe")))
 
 
-def table1_cells(runs: list[Run], recipes: dict[str, dict[str, Any]]) -> tuple[list[Cell], list[Run], list[Run]]:
+def table1_cells(runs: list[Run], recipes: dict[str, Recipe]) -> tuple[list[Cell], list[Run], list[Run]]:
     """(the cells of our rows, the modified runs of Table 1 recipes, the runs of no Table 1 cell)."""
     cells = {(row, d): Cell(row, d) for row in paper.OUR_ROWS for d in paper.TABLE1_DATASETS}
     modified, others = [], []
@@ -103,7 +103,7 @@ def _percent(done: int, full: int) -> str:
     return ("99.9" if text == "100" else text) + "%"
 
 
-def schedule(run: Run, recipes: dict[str, dict[str, Any]]) -> str:
+def schedule(run: Run, recipes: dict[str, Recipe]) -> str:
     """The schedule column: 'full (200/200)' or '10% (20/200)', epochs run of the recipe's epochs."""
     done, full = run.get("epochs_run"), shipped_epochs(recipes, run.get("recipe"))
     if full is None:
@@ -111,7 +111,7 @@ def schedule(run: Run, recipes: dict[str, dict[str, Any]]) -> str:
     return f"{'full' if done == full else _percent(done, full)} ({done}/{full})"
 
 
-def schedule_words(run: Run, recipes: dict[str, dict[str, Any]]) -> str:
+def schedule_words(run: Run, recipes: dict[str, Recipe]) -> str:
     """The schedule in a sentence, e.g. '20 of 1000 epochs (2%)' or 'full schedule (200 epochs)'."""
     done, full = run.get("epochs_run"), shipped_epochs(recipes, run.get("recipe"))
     if full is None:
@@ -133,7 +133,7 @@ def _seeds(runs: list[Run]) -> str:
 
 # ============================================================================ sections
 
-def overview_section(cells: list[Cell], modified: list[Run], recipes: dict[str, dict[str, Any]]) -> str:
+def overview_section(cells: list[Cell], modified: list[Run], recipes: dict[str, Recipe]) -> str:
     """The report's opening: which Table 1 cells are reproduced by faithful runs, beside the paper."""
     done = [c for c in cells if c.runs]
     headline = ("Reproduced with the shipped recipe, on the paper's data and its full schedule: "
@@ -162,7 +162,7 @@ def overview_section(cells: list[Cell], modified: list[Run], recipes: dict[str, 
     return "\n\n".join(parts)
 
 
-def table1_section(cells: list[Cell], recipes: dict[str, dict[str, Any]], out: Path) -> str:
+def table1_section(cells: list[Cell], recipes: dict[str, Recipe], out: Path) -> str:
     header = ["row", "source", "dataset", "paper_test_error_pct", "ours_mean_test_error_pct", "ours_std_pct", "n",
               "seeds", "runs", "unfinished_runs", "replicate_runs"]
     rows: list[list[Any]] = []
@@ -213,7 +213,7 @@ def table1_section(cells: list[Cell], recipes: dict[str, dict[str, Any]], out: P
     return "\n\n".join(parts)
 
 
-def modified_section(modified: list[Run], recipes: dict[str, dict[str, Any]]) -> str:
+def modified_section(modified: list[Run], recipes: dict[str, Recipe]) -> str:
     """The runs of Table 1 recipes that changed the experiment, each with what it changed."""
     if not modified:
         return ""

@@ -5,21 +5,23 @@ moment leaves a run that ``--resume`` continues from its last finished epoch. On
 resumed run ends with exactly the numbers of an uninterrupted one: the checkpoint carries
 the random states of dropout, stochastic binarization and the data order.
 
-The hot loop keeps to the device: the dataset can live there, batches are drawn by an
-on-device permutation, and the loss is summed on the device and read once per epoch. The
-``fast`` section of a recipe switches on what else removes overhead without touching the
-paper's semantics (see ``FAST_PRESETS``); ``distributed`` splits a run across processes.
+The step itself (model, forward, loss, optimizer, clipping, the fast switches) is built by
+``step.build_step``; the Trainer runs epochs with it and records them. The hot loop keeps to
+the device: the dataset can live there, batches are drawn by an on-device permutation, and the
+loss is summed on the device and read once per epoch. The ``fast`` section of a recipe
+switches on what else removes overhead without touching the paper's semantics (see ``FAST_PRESETS``); ``distributed`` splits a run across processes.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import io
 import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,102 +31,69 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..core.evaluation import eval_sums
-from ..core.layers import binary_layers
-from ..core.losses import LOSSES
-from ..core.models import build_model, count_parameters
+from ..core.models import count_parameters
 from ..data import Splits, load_splits
 from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError
-from ..allocator import reuse_freed_memory, use_huge_pages
+from ..allocator import use_huge_pages
 from ..checkpoints import load_checkpoint
 from ..files import atomic_torch_save, atomic_write_text, remove_stale_temporaries
-from ..optim import build_optimizer, lr_at, set_lr
+from ..optim import lr_at, set_lr
 from ..provenance import command_line, environment, hardware, resolve_device
-from ..recipe import dump_recipe, load_recipe, resolve
+from ..recipe import Recipe, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
                     RECIPE_FILE, RESULT_FILE, RunLock, check_name, new_run_dir, write_result)
-from . import distributed, fused_step
+from . import distributed
 from .distributed import SINGLE, Ranks
-from .fast import CUDA_GRAPH_COMPILE_MODES, FAST_PRESETS, fused_adam, pretransformed
+from .fast import FAST_PRESETS, pretransformed
+from .step import build_step
 
 
 class TrainingDiverged(UserError):
     exit_code = EXIT_DIVERGED
 
 
+@dataclass
+class EpochTimes:
+    """Where an epoch's wall time went (``perf_counter`` seconds); what an epoch-end hook receives.
+
+    ``training_s`` and ``evaluation_s`` (valid and test, device synchronized) add up to the row's
+    ``epoch_time_s``; ``best_save_s`` is the best.pt write (0 when the epoch did not improve),
+    ``records_s`` the metrics, result and (where ``checkpointed``) checkpoint writes; ``ended`` is
+    the clock when its records were written.
+    """
+
+    epoch: int
+    training_s: float
+    evaluation_s: float
+    best_save_s: float
+    records_s: float
+    checkpointed: bool
+    ended: float
+
+
+# called on every rank after each epoch's records are written, with the epoch's metrics row
+EpochEndHook = Callable[["Trainer", dict[str, Any], EpochTimes], None]
+
+
 class Trainer:
     """Holds a run's state; ``fit`` trains from ``self.epoch`` to the recipe's last epoch.
 
-    In a run of several processes (``ranks``) every rank builds a Trainer; they train one model
-    through DDP, and rank 0 alone writes files.
+    The step it runs comes from ``step.build_step``. In a run of several processes (``ranks``)
+    every rank builds a Trainer; they train one model through DDP, and rank 0 alone writes files.
+    ``on_epoch_end`` hooks see each epoch's row and where its time went (``EpochTimes``).
     """
 
-    def __init__(self, recipe: dict[str, Any], splits: Splits, device: torch.device, run_dir: Path,
-                 console: Console, command: str, ranks: Ranks = SINGLE):
+    def __init__(self, recipe: Recipe, splits: Splits, device: torch.device, run_dir: Path,
+                 console: Console, command: str, ranks: Ranks = SINGLE, on_epoch_end: Sequence[EpochEndHook] = ()):
         self.recipe, self.splits, self.device, self.run_dir = recipe, splits, device, run_dir
         self.console, self.command, self.ranks = console, command, ranks
-        fast = recipe["fast"]
-        batch_size = recipe["train"]["batch_size"]
-        if batch_size % ranks.world_size:
-            raise UserError(f"train.batch_size {batch_size} does not split evenly across {ranks.world_size} "
-                            f"processes; use a multiple of {ranks.world_size}.")
-        if fast["compile"] and device.type == "cuda" and fast["compile_mode"] in CUDA_GRAPH_COMPILE_MODES:
-            raise UserError(f"fast.compile_mode={fast['compile_mode']} replays CUDA graphs, which are not yet shown "
-                            f"to train the same model as eager mode; use compile_mode default or "
-                            f"max-autotune-no-cudagraphs.")
-        torch.manual_seed(recipe["seed"])
-        model = build_model(recipe["model"], splits.input_shape, splits.num_classes)
-        if fast["sync_bn"] and ranks.active:
-            model = distributed.sync_batch_norm(model, device)
-        self.model = model.to(device)
-        self.channels_last = fast["channels_last"] and recipe["model"]["arch"] == "convnet"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if fast["tf32"] and device.type == "cuda":
-            torch.set_float32_matmul_precision("high")
-        self.optimizer = build_optimizer(self.model, recipe["optimizer"], device)
-        if fast["reuse_memory"] and device.type == "cpu":
-            reuse_freed_memory()
-        # latent weights the fused optimizer clips itself, and the layers that multiply in int8
-        self.clipped_by_optimizer: set[int] = set()
-        self.int8_layers: list[int] = []
-        if fast["int8_forward"] and not fast["fused_step"]:
-            raise UserError("fast.int8_forward multiplies with the signs fast.fused_step keeps; set fast.fused_step=true too.")
-        if fast["fused_step"]:
-            if device.type != "cpu":
-                raise UserError("fast.fused_step is a CPU path; on CUDA use fast.fused_optimizer (Adam is fused there).")
-            if fast["compile"]:
-                raise UserError("fast.fused_step and fast.compile exclude each other; choose one.")
-            self.optimizer, self.clipped_by_optimizer, self.int8_layers = fused_step.setup_fused_step(
-                self.model, self.optimizer, fast["int8_forward"], batch_size // ranks.world_size)
-        elif fast["fused_optimizer"]:
-            self.optimizer = fused_adam(self.optimizer)
-        if ranks.active:
-            # Same initial weights everywhere (seeded above, and DDP broadcasts rank 0's), but each
-            # rank's dropout and stochastic binarization draw their own numbers.
-            torch.manual_seed(distributed.rank_seed(recipe["seed"], ranks.rank))
-        self.loss_fn = LOSSES[recipe["train"]["loss"]]
-        # `forward` trains (through DDP in a run of several processes); `eval_forward` evaluates
-        # this rank's own copy, which needs no gradient synchronisation.
-        self.forward = distributed.wrap(self.model, ranks, device) if ranks.active else self.model
-        self.eval_forward = self.model
-        self.forward_loss = self._forward_loss
-        if fast["compile"]:
-            compile_ = functools.partial(torch.compile, mode=fast["compile_mode"], dynamic=False)
-            self.eval_forward = compile_(self.model)
-            if ranks.active:  # Dynamo splits a DDP module's graph at its gradient buckets
-                self.forward = compile_(self.forward)
-            else:  # the loss joins the model's graph
-                self.forward_loss = compile_(self._forward_loss)
-        self.binary_layers = binary_layers(self.model)
-        self.binary_layers = [layer for layer in self.binary_layers if id(layer.weight) not in self.clipped_by_optimizer]
-        self.latent_weights = [layer.weight for layer in self.binary_layers]
-        self.clip_values = {layer.clip_value for layer in self.binary_layers}
-        self.foreach_clip = fast["foreach_clip"] and len(self.clip_values) == 1
-        self.use_bf16 = fast["bf16"] and device.type == "cuda"
+        self.on_epoch_end = list(on_epoch_end)
+        self.step = build_step(recipe, splits.input_shape, splits.num_classes, device, ranks)
+        self.model, self.optimizer = self.step.model, self.step.optimizer
         # The data order has its own generator so that it is saved and restored with the run. It
         # is seeded alike on every rank: all draw the same permutation and take their slices.
-        self.shuffle_gen = torch.Generator(device=device if fast["data_on_device"] else "cpu")
-        self.shuffle_gen.manual_seed(recipe["seed"] + 1)
+        self.shuffle_gen = torch.Generator(device=device if recipe.fast.data_on_device else "cpu")
+        self.shuffle_gen.manual_seed(recipe.seed + 1)
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": None, "valid_error_pct": math.inf, "test_error_pct": None}
@@ -139,11 +108,6 @@ class Trainer:
         self.checkpoint_epoch: int | None = None
 
     # -- state -------------------------------------------------------------------------
-    def autocast(self):
-        if self.use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
         if self.device.type == "cuda":
@@ -159,7 +123,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint; with several processes a collective call (it gathers every rank's RNG)."""
         state = {
-            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe,
+            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe.to_dict(),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "best": self.best, "metrics": self.metrics, "rng": self.rng_state(),
             "wall_time": self.wall_time, "started": self.started,
@@ -190,11 +154,11 @@ class Trainer:
             # Resumed on another number of processes: the data order goes on as recorded (rank 0's
             # generator, the same on every rank); each rank's dropout stream starts afresh.
             self.set_rng_state(state["rng"])
-            torch.manual_seed(distributed.rank_seed(self.recipe["seed"], self.ranks.rank, self.epoch))
+            torch.manual_seed(distributed.rank_seed(self.recipe.seed, self.ranks.rank, self.epoch))
 
     def model_record(self) -> dict[str, Any]:
         return {
-            "format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe,
+            "format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
             "dataset": self.splits.dataset, "variant": self.splits.variant,
@@ -207,14 +171,14 @@ class Trainer:
         r, rows = self.recipe, self.metrics
         last = rows[-1] if rows else {}
         return {
-            "recipe": r["name"], "reproduces": r["reproduces"], "paper": r["paper"],
+            "recipe": r.name, "reproduces": r.reproduces, "paper": r.paper.to_dict(),
             "dataset": self.splits.dataset, "variant": self.splits.variant,
-            "status": status, "epochs_run": self.epoch, "epochs_planned": r["train"]["epochs"],
+            "status": status, "epochs_run": self.epoch, "epochs_planned": r.train.epochs,
             "best_epoch": self.best["epoch"],
             "best_valid_error_pct": None if self.best["epoch"] is None else self.best["valid_error_pct"],
             "test_error_pct": self.best["test_error_pct"],
             "last_test_error_pct": last.get("test_error_pct"),
-            "seed": r["seed"], "parameters": count_parameters(self.model),
+            "seed": r.seed, "parameters": count_parameters(self.model),
             "train_size": len(self.splits.x_train), "valid_size": len(self.splits.x_valid),
             "test_size": len(self.splits.x_test),
             "wall_time_s": round(self.wall_time, 2),
@@ -242,23 +206,13 @@ class Trainer:
         write_result(self.run_dir / RESULT_FILE, self.result(status))
 
     # -- training ----------------------------------------------------------------------
-    @torch.no_grad()
-    def clip_(self) -> None:
-        if self.foreach_clip and self.latent_weights:
-            (c,) = self.clip_values
-            torch._foreach_clamp_min_(self.latent_weights, -c)
-            torch._foreach_clamp_max_(self.latent_weights, c)
-        else:
-            for layer in self.binary_layers:
-                layer.clip_()
-
     def batches(self) -> tuple[torch.Tensor, ...]:
         """This epoch's batches as index tensors: this rank's slice of each global batch.
 
         One permutation per epoch from the data-order generator, the same on every rank; the
         authors' loops drop the last partial batch.
         """
-        n, bs = len(self.splits.x_train), self.recipe["train"]["batch_size"]
+        n, bs = len(self.splits.x_train), self.recipe.train.batch_size
         n_batches = n // bs
         if n_batches == 0:
             raise UserError(f"train.batch_size {bs} is larger than the {n} training images.")
@@ -269,30 +223,13 @@ class Trainer:
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Stored images -> network inputs on the device (preprocessed, in the model's memory format)."""
-        xb = self.splits.transform(x.to(self.device, non_blocking=True))
-        if self.channels_last and xb.dim() == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        return xb
+        return self.step.to_model_format(self.splits.transform(x.to(self.device, non_blocking=True)))
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on the images ``idx``; returns the detached loss, still on the device.
-
-        Nothing here waits for the device: no .item(), no host-side branching on tensor values.
-        """
+        """One optimizer step on the images ``idx``; returns the detached loss, still on the device."""
         xb = self.inputs(self.splits.x_train[idx])
         yb = self.splits.y_train[idx].to(self.device, non_blocking=True)
-        loss = self.forward_loss(xb, yb)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.clip_()
-        return loss.detach()
-
-    def _forward_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        """The batch's loss: forward under autocast (if bf16), loss in fp32."""
-        with self.autocast():
-            out = self.forward(xb)
-        return self.loss_fn(out.float(), yb)
+        return self.step(xb, yb)
 
     def train_epoch(self, progress: Progress | None) -> float:
         """One epoch; the mean training loss over its steps (and over the ranks)."""
@@ -313,9 +250,8 @@ class Trainer:
         """(mean loss, error in %) on a split; with several processes each rank evaluates its shard."""
         x, y = self.splits.split(split)
         part = self.ranks.shard(len(x))
-        r = self.recipe["train"]
-        loss_sum, errors = eval_sums(self.eval_forward, x[part], y[part], self.inputs, self.loss_fn,
-                                     r["eval_batch_size"], self.device, self.autocast)
+        loss_sum, errors = eval_sums(self.step.eval_forward, x[part], y[part], self.inputs, self.step.loss_fn,
+                                     self.recipe.train.eval_batch_size, self.device, self.step.autocast)
         n = max(len(x), 1)
         if not self.ranks.active:
             return loss_sum.item() / n, 100.0 * errors.item() / n
@@ -324,17 +260,18 @@ class Trainer:
 
     def fit(self, interactive: bool = True) -> dict[str, Any]:
         r = self.recipe
-        epochs = r["train"]["epochs"]
+        epochs = r.train.epochs
         self._print_header()
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), console=self.console, transient=True,
                             disable=not (interactive and self.ranks.is_main))
         with progress:
             while self.epoch < epochs:
-                lr = lr_at(self.epoch, r["optimizer"]["lr"], r["schedule"], epochs)
+                lr = lr_at(self.epoch, r.optimizer.lr, r.schedule, epochs)
                 set_lr(self.optimizer, lr)
                 t0 = time.perf_counter()
                 train_loss = self.train_epoch(progress)
+                trained = time.perf_counter()
                 if not math.isfinite(train_loss):
                     self.write_records("diverged", checkpoint=False)
                     kept = ("no checkpoint was written before it" if self.checkpoint_epoch is None
@@ -348,7 +285,8 @@ class Trainer:
                 _, test_err = self.evaluate("test")
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                epoch_time = time.perf_counter() - t0
+                evaluated = time.perf_counter()
+                epoch_time = evaluated - t0
                 self.wall_time += epoch_time
                 self.epoch += 1
                 row = {"epoch": self.epoch, "lr": lr, "train_loss": train_loss, "valid_loss": valid_loss,
@@ -360,9 +298,15 @@ class Trainer:
                     self.best = {"epoch": self.epoch, "valid_error_pct": valid_err, "test_error_pct": test_err}
                     if self.ranks.is_main:
                         atomic_torch_save(self.model_record(), self.run_dir / BEST_FILE)
+                saved_best = time.perf_counter()
                 done = self.epoch == epochs
-                save = done or self.epoch % r["train"]["checkpoint_every"] == 0
+                save = done or self.epoch % r.train.checkpoint_every == 0
                 self.write_records("finished" if done else "running", checkpoint=save)
+                ended = time.perf_counter()
+                times = EpochTimes(self.epoch, trained - t0, evaluated - trained, saved_best - evaluated,
+                                   ended - saved_best, save, ended)
+                for hook in self.on_epoch_end:
+                    hook(self, row, times)
                 self._print_row(row, improved)
         return self.result("finished")
 
@@ -379,16 +323,17 @@ class Trainer:
 
 def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
                  resume: Path | None, seed: int | None, run_id: str | None,
-                 console: Console, fast: bool = False) -> dict[str, Any]:
+                 console: Console, fast: bool = False, on_epoch_end: Sequence[EpochEndHook] = ()) -> dict[str, Any]:
     """Train a recipe, or resume a run, in this process, or as one rank of a torchrun launch.
 
-    ``fast`` switches on ``FAST_PRESETS`` for the device, before ``overrides`` (which win).
+    ``fast`` switches on ``FAST_PRESETS`` for the device, before ``overrides`` (which win);
+    ``on_epoch_end`` hooks are the Trainer's (see ``EpochTimes``).
     """
     use_huge_pages()
     ranks, dev = distributed.setup(resolve_device(device))
     try:
         result = _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
-                        console if ranks.is_main else Console(quiet=True), fast, ranks)
+                        console if ranks.is_main else Console(quiet=True), fast, ranks, on_epoch_end)
         distributed.finish(ranks)
         return result
     finally:
@@ -404,10 +349,10 @@ def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: dict[str, Any], 
     if recipe.resolve() == (run_dir / RECIPE_FILE).resolve():
         return
     given = load_recipe(recipe)
-    if given["name"] != recorded.get("name"):
-        raise UserError(f"{run_dir} is a run of recipe {recorded.get('name')!r}, not {given['name']!r} ({recipe}); "
+    if given.name != recorded.get("name"):
+        raise UserError(f"{run_dir} is a run of recipe {recorded.get('name')!r}, not {given.name!r} ({recipe}); "
                         f"resume with: bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}")
-    for section, fields in given.items():
+    for section, fields in given.to_dict().items():
         for key, value in (fields.items() if isinstance(fields, dict) else [(None, fields)]):
             was = recorded.get(section) if key is None else recorded.get(section, {}).get(key)
             if value != was and (section, key) != ("data", "variant"):  # the loader sets the variant
@@ -437,7 +382,7 @@ def _check_model_takes_the_data(trainer: Trainer) -> None:
 
 def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path | None, runs_dir: Path,
            resume: Path | None, seed: int | None, run_id: str | None, console: Console, fast: bool,
-           ranks: Ranks) -> dict[str, Any]:
+           ranks: Ranks, on_epoch_end: Sequence[EpochEndHook] = ()) -> dict[str, Any]:
     """Resolve the recipe (or the resumed run's), then train; rank 0 holds the run folder's lock."""
     state, lock = None, None
     try:
@@ -454,30 +399,30 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
         else:
             preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
             cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-            check_name(cfg["name"], "the recipe name")
+            check_name(cfg.name, "the recipe name")
             if run_id is not None:
                 check_name(run_id, "--run-id")
         # Rank 0 first: it alone downloads data or fills the preprocessing cache.
-        splits = distributed.main_first(ranks, lambda: load_splits(cfg["data"], data_dir))
-        cfg["data"]["variant"] = splits.variant
-        if cfg["fast"]["data_on_device"]:
+        splits = distributed.main_first(ranks, lambda: load_splits(cfg.data, data_dir))
+        cfg = replace(cfg, data=replace(cfg.data, variant=splits.variant))
+        if cfg.fast.data_on_device:
             splits = splits.to(dev)
-        if cfg["fast"]["pretransform"]:
-            splits = pretransformed(splits, cfg["train"]["eval_batch_size"])
-        batch = cfg["train"]["batch_size"]
+        if cfg.fast.pretransform:
+            splits = pretransformed(splits, cfg.train.eval_batch_size)
+        batch = cfg.train.batch_size
         if len(splits.x_train) < batch:
             raise UserError(f"train.batch_size {batch} is larger than the {len(splits.x_train)} training images "
                             f"left after the validation split; use a smaller batch or data.valid_size.")
         # Model and optimizer exist before a new run folder does: a model too large fails with nothing written.
-        trainer = Trainer(cfg, splits, dev, resume or Path("."), console, command_line(), ranks)
+        trainer = Trainer(cfg, splits, dev, resume or Path("."), console, command_line(), ranks, on_epoch_end)
         _check_model_takes_the_data(trainer)
         if state is not None:
             trainer.load_state_dict(state)
             del state
-            console.print(f"resuming {resume} after epoch {trainer.epoch} of {cfg['train']['epochs']}")
+            console.print(f"resuming {resume} after epoch {trainer.epoch} of {cfg.train.epochs}")
         else:
             def create_run_dir() -> Path:
-                path = new_run_dir(runs_dir, cfg["name"], cfg["seed"], run_id)
+                path = new_run_dir(runs_dir, cfg.name, cfg.seed, run_id)
                 atomic_write_text(path / RECIPE_FILE, dump_recipe(cfg))
                 return path
             trainer.run_dir = distributed.on_main(ranks, create_run_dir)
@@ -513,7 +458,7 @@ def _terminate_as_interrupt():
 def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> dict[str, Any]:
     run_dir, cfg = trainer.run_dir, trainer.recipe
     on = f"{ranks.world_size} processes x {hardware(trainer.device)}" if ranks.active else hardware(trainer.device)
-    console.print(f"[bold]{cfg['name']}[/] on {splits.variant} ({len(splits.x_train)} train / "
+    console.print(f"[bold]{cfg.name}[/] on {splits.variant} ({len(splits.x_train)} train / "
                   f"{len(splits.x_valid)} valid / {len(splits.x_test)} test), {count_parameters(trainer.model):,} "
                   f"parameters, {on}; run directory {run_dir}", highlight=False)
     try:
