@@ -237,7 +237,7 @@ def _small_mnist_mlp(path, model_name):
     recipe = load_recipe(recipes_dir() / "mnist.yaml", ["model.hidden=[32]"])
     torch.manual_seed(0)
     model = build_model(recipe.model, (1, 28, 28), 10).eval()
-    exported = export_model({"recipe": recipe, "input_shape": [1, 28, 28], "num_classes": 10}, model)
+    exported = export_model({"recipe": recipe.to_dict(), "input_shape": [1, 28, 28], "num_classes": 10}, model)
     return exported, model, {"source": None, "weights": "random", "epoch": None, "recorded_test_error_pct": None,
                              "torch_model": "the float model, random weights"}
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bnnctl import paper
 from bnnctl.cli import app
-from bnnctl.recipe import dump_recipe, load_recipe
+from bnnctl.recipe import Recipe, dump_recipe, load_recipe
 from bnnctl.report import Run, build_report, random_unique_share, unique_filters
 from bnnctl.report.summary import summarize
 from bnnctl.runs import BEST_FILE, FORMAT_VERSION, MODEL_FORMAT, RECIPE_FILE, atomic_torch_save
@@ -129,7 +129,7 @@ def small_convnet_recipe(tmp_path: Path) -> dict:
     return load_recipe(path)
 
 
-def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> None:
+def write_best(run: Path, recipe: Recipe, conv_weights: list[torch.Tensor]) -> None:
     """A best.pt (the model record training writes) whose binary conv layers have the given weights."""
     from bnnctl.core.models import build_model
 
@@ -140,7 +140,7 @@ def write_best(run: Path, recipe: dict, conv_weights: list[torch.Tensor]) -> Non
         for conv, w in zip(convs, conv_weights):
             conv.weight.copy_(w)
     (run / RECIPE_FILE).write_text(dump_recipe(recipe))
-    atomic_torch_save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe,
+    atomic_torch_save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe.to_dict(),
                        "model": model.state_dict(), "input_shape": [3, 8, 8], "num_classes": 10, "dataset": "cifar10",
                        "variant": "cifar10-jpeg", "epoch": 1, "valid_error_pct": 50.0, "test_error_pct": 50.0},
                       run / BEST_FILE)
