@@ -15,8 +15,8 @@ from bnnctl.cli import app
 from bnnctl.core.models import build_model
 from bnnctl.data import scale_to_pm1
 from bnnctl.errors import UserError
-from bnnctl.recipe import load_recipe, recipes_dir
 from bnnctl.files import atomic_torch_save
+from bnnctl.recipe import Recipe, load_recipe, recipes_dir
 from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 SMALL = ["model.conv=[8,M,16,M]", "model.fc=[32]"]
@@ -86,7 +86,7 @@ def test_svhn_convnet_runs_the_selected_variants(tmp_path, small):
 
 def test_the_frozen_torch_model_computes_exactly_what_the_float_model_does(small):
     torch.manual_seed(3)
-    model = build_model(small_recipe("cifar10-convnet")["model"], (3, 32, 32), 10)
+    model = build_model(small_recipe("cifar10-convnet").model, (3, 32, 32), 10)
     calibrate_norms(model, convnet.INPUT_SHAPE)
     x = scale_to_pm1(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8))
     with torch.no_grad():
@@ -160,7 +160,7 @@ def write_run(tmp_path, recipe: dict, seed: int = 1):
     calibrate_norms(model, convnet.INPUT_SHAPE, seed=seed)
     run = tmp_path / "run"
     run.mkdir()
-    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe, "input_shape": [3, 32, 32],
+    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": recipe.to_dict(), "input_shape": [3, 32, 32],
               "num_classes": 10, "dataset": "cifar10", "variant": "cifar10-jpeg", "epoch": 3, "test_error_pct": 50.0,
               "valid_error_pct": 50.0}
     atomic_torch_save({**record, "model": model.state_dict()}, run / "best.pt")

@@ -65,7 +65,7 @@ def train_tiny(arch: str, steps: int = 5):
         opt.step()
         clip_weights_(model)
     model.eval()
-    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": list(shape),
+    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg.to_dict(), "input_shape": list(shape),
               "num_classes": 10, "dataset": "tiny", "variant": "random", "epoch": 1, "test_error_pct": None,
               "valid_error_pct": None}
     return record, model
@@ -372,7 +372,7 @@ def test_export_command_is_25x_smaller_than_the_checkpoint(tmp_path):
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[512,512]"])
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 28, 28), 10).eval()
-    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
+    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg.to_dict(), "input_shape": [1, 28, 28],
               "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 3, "test_error_pct": 12.5,
               "valid_error_pct": 11.0}
     run = write_run(tmp_path, record, model)
@@ -433,7 +433,7 @@ def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 28, 28), 10).eval()
     perturb_norms(model, seed=3)
-    record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
+    record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg.to_dict(), "input_shape": [1, 28, 28],
                "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 2, "test_error_pct": 50.0,
                "valid_error_pct": 50.0}
     run = write_run(tmp_path, record_, model)
@@ -486,7 +486,7 @@ def test_model_bench_command_runs_the_selected_variants(tmp_path):
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[32]"])
     model = build_model(cfg.model, (1, 28, 28), 10).eval()
     perturb_norms(model, seed=4)  # thresholds away from 0, where the exact engine and fp32 torch may tie
-    record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 28, 28],
+    record_ = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg.to_dict(), "input_shape": [1, 28, 28],
                "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 1, "test_error_pct": None,
                "valid_error_pct": None}
     run = write_run(tmp_path, record_, model)

@@ -264,7 +264,7 @@ def write_tiny_run(tmp_path: Path, recipe_path: Path, arch_overrides=None) -> tu
     cfg = load_recipe(recipe_path, arch_overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 8, 8), 10).eval()
-    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg, "input_shape": [1, 8, 8],
+    record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg.to_dict(), "input_shape": [1, 8, 8],
               "num_classes": 10, "dataset": "tiny", "variant": "npz", "epoch": 1, "test_error_pct": None,
               "valid_error_pct": None}
     run = tmp_path / "run"

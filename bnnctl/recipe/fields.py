@@ -113,7 +113,7 @@ def _is_instance(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def checked_value(spec: Field, key: str, value: Any, source: str) -> Any:
-    """``value`` (present in the recipe) checked against ``spec``; numbers of a number field as floats, lists as tuples."""
+    """``value`` (given in the recipe) checked against ``spec``; a number field's numbers as floats, lists as tuples."""
     if value is None and (spec.nullable or spec.default is None):
         return None
     if not _is_instance(value, spec.types):

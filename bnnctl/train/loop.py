@@ -9,7 +9,8 @@ The step itself (model, forward, loss, optimizer, clipping, the fast switches) i
 ``step.build_step``; the Trainer runs epochs with it and records them. The hot loop keeps to
 the device: the dataset can live there, batches are drawn by an on-device permutation, and the
 loss is summed on the device and read once per epoch. The ``fast`` section of a recipe
-switches on what else removes overhead without touching the paper's semantics (see ``FAST_PRESETS``); ``distributed`` splits a run across processes.
+switches on what else removes overhead without touching the paper's semantics (see
+``FAST_PRESETS``); ``distributed`` splits a run across processes.
 """
 from __future__ import annotations
 

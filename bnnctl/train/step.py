@@ -51,7 +51,8 @@ class TrainingStep:
     channels_last: bool
     clipped_by_optimizer: set[int] = field(default_factory=set)
     int8_layers: list[int] = field(default_factory=list)
-    forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # eager_forward_loss or its compiled form
+    # eager_forward_loss, or its compiled form
+    forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.latent_weights = [layer.weight for layer in self.binary_layers]
