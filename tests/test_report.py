@@ -461,7 +461,7 @@ def test_report_cli(tmp_path):
 def test_cells_say_how_short_a_run_is_of_its_plan_and_of_the_recipe():
     from bnnctl.report import _short_of
 
-    recipes = {"mnist": {"train": {"epochs": 1000}}}
+    recipes = {"mnist": load_recipe(REPO / "recipes" / "mnist.yaml")}  # 1000 epochs
 
     def short(status, done, planned):
         return _short_of(Run("r", Path("r"), {"recipe": "mnist", "status": status, "epochs_run": done,
@@ -515,7 +515,7 @@ def test_summary_and_schedule_tell_a_full_run_from_a_shortened_one(tmp_path):
 def test_schedule_is_the_share_of_the_recipes_epochs():
     from bnnctl.report.table1 import schedule, schedule_words
 
-    recipes = {"mnist": {"train": {"epochs": 1000}}}
+    recipes = {"mnist": load_recipe(REPO / "recipes" / "mnist.yaml")}  # 1000 epochs
 
     def run(done, status="finished", recipe="mnist"):
         return Run("r", Path("r"), {"recipe": recipe, "status": status, "epochs_run": done, "epochs_planned": done})
@@ -524,7 +524,8 @@ def test_schedule_is_the_share_of_the_recipes_epochs():
     assert (schedule(run(20), recipes), schedule_words(run(20), recipes)) == ("2% (20/1000)", "20 of 1000 epochs (2%)")
     assert schedule(run(999), recipes) == "99.9% (999/1000)"
     # A shortened run never reads 100%.
-    assert schedule(run(1999), {"mnist": {"train": {"epochs": 2000}}}) == "99.9% (1999/2000)"
+    longer = load_recipe(REPO / "recipes" / "mnist.yaml", ["train.epochs=2000"])
+    assert schedule(run(1999), {"mnist": longer}) == "99.9% (1999/2000)"
     assert schedule_words(run(1200), recipes) == "1200 epochs, more than the recipe's 1000"
     assert schedule_words(run(3, "interrupted"), recipes) == "3 of 1000 epochs (0.3%), interrupted"
     assert schedule(run(5, recipe="tiny"), recipes) == "5 epochs (recipe not shipped)"
