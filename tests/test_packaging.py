@@ -51,7 +51,7 @@ def test_an_installed_wheel_lists_loads_and_builds_outside_the_checkout(wheel, t
     listing = run("-m", "bnnctl", "recipes")
     assert all(name in listing for name in ("mnist.yaml", "cifar10_torch7.yaml", "svhn.yaml"))
     probe = ("import bnnctl, torch; from bnnctl.recipe import load_recipe; from bnnctl import kernels\n"
-             "print(bnnctl.__file__); print(load_recipe('mnist_torch7')['name'])\n"
+             "print(bnnctl.__file__); print(load_recipe('mnist_torch7').name)\n"
              "a = torch.tensor([[1., -1., 1.]]); b = torch.tensor([[1., 1., -1.], [-1., 1., -1.]])\n"
              "print(kernels.xnor_gemm(kernels.pack(a), kernels.pack(b), 3).tolist())")
     lines = run("-c", probe).splitlines()
