@@ -62,9 +62,9 @@ def loadavg_1min() -> float | None:
     return None
 
 
-def _process_cpu_s() -> float:
+def _process_cpu_s(children: bool = False) -> float:
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + (t.children_user + t.children_system if children else 0.0)
 
 
 def busy_reason(load: dict[str, Any]) -> str | None:
@@ -94,17 +94,17 @@ def busy_reason(load: dict[str, Any]) -> str | None:
 class LoadWatch:
     """The machine's load around one timed region (see ``measure_load``); ``fields`` once it is over."""
 
-    def __init__(self, threads: int, on_cpu: bool):
-        self.threads, self.on_cpu = threads, on_cpu
+    def __init__(self, threads: int, on_cpu: bool, children: bool = False):
+        self.threads, self.on_cpu, self.children = threads, on_cpu, children
         self.fields: dict[str, Any] = {}
 
     def __enter__(self) -> "LoadWatch":
         self._before = loadavg_1min()
-        self._wall0, self._cpu0 = time.perf_counter(), _process_cpu_s()
+        self._wall0, self._cpu0 = time.perf_counter(), _process_cpu_s(self.children)
         return self
 
     def __exit__(self, *exc) -> None:
-        wall, cpu = time.perf_counter() - self._wall0, _process_cpu_s() - self._cpu0
+        wall, cpu = time.perf_counter() - self._wall0, _process_cpu_s(self.children) - self._cpu0
         load = {"cores": cores(), "threads": self.threads, "on_cpu": self.on_cpu,
                 "loadavg_1min_before": self._before, "loadavg_1min_after": loadavg_1min(),
                 "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -113,11 +113,12 @@ class LoadWatch:
         self.fields = {**load, "busy": reason is not None, "busy_reason": reason}
 
 
-def measure_load(threads: int, on_cpu: bool = True) -> LoadWatch:
+def measure_load(threads: int, on_cpu: bool = True, children: bool = False) -> LoadWatch:
     """``with measure_load(threads) as load: <timed region>``; then ``load.fields`` holds LOAD_FIELDS.
     ``threads``: the threads the region runs (torch's); ``on_cpu``: whether its work runs on the CPU (on a
-    GPU the process's CPU time says little)."""
-    return LoadWatch(threads, on_cpu)
+    GPU the process's CPU time says little); ``children``: count the CPU time of child processes the
+    region waited for (work timed in subprocesses)."""
+    return LoadWatch(threads, on_cpu, children)
 
 
 def _optional_number(v: Any) -> bool:

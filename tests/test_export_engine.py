@@ -492,12 +492,12 @@ def test_model_bench_command_runs_the_selected_variants(tmp_path):
     run = write_run(tmp_path, record_, model)
     args = ["bench", "--model", "mnist-mlp", "--run", str(run), "--device", "cpu", "--repeat", "1",
             "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path / "bench")]
-    result = CliRunner().invoke(app, args + ["--kernel", "xnor-integer,torch"])
+    result = CliRunner().invoke(app, args + ["--variant", "xnor-integer,torch"])
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "bench").glob("*.json")
     recorded = json.loads(path.read_text())
-    assert recorded["command"] == shlex.join(["bnnctl", *args, "--kernel", "xnor-integer,torch"])  # as typed
+    assert recorded["command"] == shlex.join(["bnnctl", *args, "--variant", "xnor-integer,torch"])  # as typed
     assert {n for n, e in recorded["variants"].items() if e["status"] == "ok"} == {"xnor-integer", "torch"}
     assert recorded["variants"]["baseline"]["status"] == "not run: not selected"
-    bad = CliRunner().invoke(app, args + ["--kernel", "nope"])
+    bad = CliRunner().invoke(app, args + ["--variant", "nope"])
     assert bad.exit_code == 2 and "unknown variant nope" in bad.output

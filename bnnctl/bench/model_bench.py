@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -165,7 +166,8 @@ def print_model_table(result: dict, console: Console) -> None:
     data, model = result["data"], result["model"]
     differing_key = spec.differing_key if spec else "predictions_differing_from_float"
     table = Table(title=f"{spec.title if spec else result['kind']} ({model['architecture']}), {data['images']:,} "
-                        f"images, {result['device']['hardware']}", title_justify="left")
+                        f"images, {result['device']['hardware']}", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
     first_ratio = next(iter(spec.ratios), None) if spec else None
     columns = ["variant", "ms", "images/s"] + ([first_ratio.replace("x_", "x ")] if first_ratio else []) + \
         ["x best torch", "error %", "differ"]

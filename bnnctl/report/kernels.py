@@ -34,7 +34,7 @@ class KernelRecord:
 
 @dataclass
 class MlpRecord:
-    """A ``bnnctl bench --model mnist-mlp`` record (``bnnctl/bench/mlp.py``): engine variants timed on the
+    """A ``bnnctl bench --model mnist-mlp`` record (``bnnctl.bench.model_bench``): engine variants timed on the
     test images."""
 
     rel: str
