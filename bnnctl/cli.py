@@ -117,24 +117,26 @@ def export(
 @app.command()
 @user_errors
 def bench(
-    kernel: str = typer.Option("all", help="xnor | xnor-csa | xnor-paper | xnor-tc | baseline | cublas | bf16 | int8 "
-                                           "| all (or a comma list; int8, torch._int_mm on int8 +/-1, runs on CPU "
-                                           "only); with --model, the variants to time (default all)"),
+    kernel: Optional[str] = typer.Option(None, help="the matrix-product bench's kernels: xnor | xnor-csa | xnor-paper "
+                                         "| xnor-tc | baseline | cublas | bf16 | int8 | all (default; or a comma "
+                                         "list; int8 runs on CPU only, the xnor-paper/-csa/-tc kernels on CUDA only)"),
+    model: Optional[str] = typer.Option(None, help="time a whole model on its test images instead of one product: "
+                                        "mnist-mlp (baseline, XNOR, bit-plane first layer, torch) | cifar10-convnet "
+                                        "| svhn-convnet (the packed engine against torch fp32, channels-last, bf16)"),
+    variant: Optional[str] = typer.Option(None, help="with --model: the variants to time, a comma list or all "
+                                          "(default: all that run on the device)"),
     m: Optional[int] = typer.Option(None, help="rows of A (default 8192 on a GPU, 1024 on CPU)"),
     n: Optional[int] = typer.Option(None, help="rows of B, i.e. columns of the product (default 8192 / 1024)"),
     k: Optional[int] = typer.Option(None, help="shared dimension (default 8192 / 4096)"),
     repeat: int = typer.Option(20, help="timed runs per kernel (at least 3; fewer for slow kernels past ~5 s); "
                                         "with --model, timed passes over the images per variant (while ~20 s last)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    out: Path = typer.Option(Path("results/bench"), help="folder the JSON record is written to"),
+    out: Path = typer.Option(Path("runs/bench"), help="folder the JSON record is written to (the committed "
+                                                      "results/bench changes only through bnnctl record)"),
     popc_peak: Optional[float] = typer.Option(None, help="measured XOR+popcount ceiling in T binary-op/s of the "
                                               "device (GPU: tools/gpu_peaks, CUDA cores; CPU: tools/cpu_peaks), "
                                               "to report the XNOR kernels' share of it; on a CPU without it, a "
                                               "tools/cpu_peaks --json record of this CPU in --out is used"),
-    model: Optional[str] = typer.Option(None, help="mnist-mlp: time the whole MLP on the 10,000 test images "
-                                        "(baseline, XNOR, bit-plane first layer, torch); cifar10-convnet | "
-                                        "svhn-convnet: the paper's ConvNet on the packed engine against torch fp32, "
-                                        "channels-last fp32 and bf16; instead of one product"),
     run: Optional[Path] = typer.Option(None, help="with --model: run directory, best.pt or (mnist-mlp) .bnnx "
                                        "export (default: mnist-mlp the newest recorded under results/mnist*/, "
                                        "the ConvNets random weights)"),
@@ -143,29 +145,12 @@ def bench(
     images: Optional[int] = typer.Option(None, help="with --model cifar10-convnet | svhn-convnet: how many test "
                                          "images to time, the first N (default 10,000)"),
 ):
-    """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16; record JSON."""
-    from .bench.kernels import run_bench
+    """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16, or a whole model; record JSON."""
+    from .bench import run as run_bench
     from .provenance import command_line
-    command = command_line()
-    if model is not None:
-        from .bench.convnet import MODELS as CONVNETS, run_convnet_bench
-        from .bench.mlp import MODELS as MLPS, run_model_bench
-        if model in CONVNETS:
-            run_convnet_bench(model=model, run=run, device=device, data_dir=data_dir, repeat=repeat, out=out,
-                              command=command, console=console, variants=kernel, images=images)
-            return
-        if model not in MLPS:
-            raise UserError(f"unknown --model {model!r}; choose {', '.join([*MLPS, *CONVNETS])}.")
-        if images is not None:
-            raise UserError(f"--images applies to {' and '.join(CONVNETS)}; {model} always runs its 10,000 test "
-                            "images.")
-        run_model_bench(model=model, run=run, device=device, data_dir=data_dir, repeat=repeat, out=out,
-                        command=command, console=console, variants=kernel)
-        return
-    if images is not None:
-        raise UserError("--images goes with --model cifar10-convnet or svhn-convnet.")
-    run_bench(kernel=kernel, m=m, n=n, k=k, repeat=repeat, device=device, out=out, popc_peak_tbops=popc_peak,
-              command=command, console=console)
+    run_bench(kernel=kernel, variant=variant, model=model, m=m, n=n, k=k, repeat=repeat, device=device, out=out,
+              popc_peak=popc_peak, run_path=run, data_dir=data_dir, images=images, command=command_line(),
+              console=console)
 
 
 @app.command()

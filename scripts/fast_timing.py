@@ -13,8 +13,10 @@ epochs: a few epochs of `bnnctl train` with the given switches, through the real
     python3 scripts/fast_timing.py epochs recipes/mnist.yaml --epochs 3 --fast --data-dir .data \\
         --out results/fast/gpu_mnist_epochs.json
 
-Every record holds the command, the hardware, the commit, the date and the load average before
-and after (timings from a machine busy with other work say so there).
+Every record holds the command, the hardware, the commit, the date and the machine's load around the
+timing (``load``: 1-minute load average before and after, CPU seconds per wall second, and the busy
+verdict of ``bnnctl.bench_records``, the same as the bench records'): timings from a machine busy with
+other work say so there.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bnnctl.allocator import use_huge_pages  # noqa: E402
+from bnnctl.bench_records import measure_load  # noqa: E402
 from bnnctl.data import load_splits  # noqa: E402
 from bnnctl.recipe import load_recipe  # noqa: E402
 from bnnctl.provenance import environment, resolve_device  # noqa: E402
@@ -232,7 +235,10 @@ def main() -> None:
     if args.mode == "steps-one":
         print(json.dumps(steps_one_command(args)))
         return
-    record = steps_command(args) if args.mode == "steps" else epochs_command(args)
+    threads = getattr(args, "threads", None) or torch.get_num_threads()
+    with measure_load(threads, on_cpu=resolve_device(args.device).type == "cpu", children=True) as load:
+        record = steps_command(args) if args.mode == "steps" else epochs_command(args)
+    record["load"] = load.fields
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k not in ("variants",)}, indent=2))

@@ -9,8 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bnnctl.bench import convnet
+from bnnctl.bench import convnet, model_bench
+from bnnctl.bench.model_bench import SPECS
 from bnnctl.bench.models import calibrate_norms, frozen_float_model
+from bnnctl.bench.specs import ModelSpec
 from bnnctl.cli import app
 from bnnctl.core.models import build_model
 from bnnctl.data import scale_to_pm1
@@ -24,12 +26,12 @@ CPU_VARIANTS = {name for name, v in convnet.VARIANTS.items() if "cpu" in v.devic
 
 
 def small_recipe(model_name: str, overrides=()) -> dict:
-    return load_recipe(recipes_dir() / convnet.MODELS[model_name], [*SMALL, *overrides])
+    return load_recipe(recipes_dir() / SPECS[model_name].recipe_file, [*SMALL, *overrides])
 
 
 @pytest.fixture
 def small(monkeypatch):
-    monkeypatch.setattr(convnet, "model_recipe", small_recipe)
+    monkeypatch.setattr(ModelSpec, "recipe", lambda spec: small_recipe(spec.name))
 
 
 def run_cli(*args: str):
@@ -65,14 +67,16 @@ def test_cli_bench_runs_every_variant_end_to_end_and_records_it(tmp_path, small)
             assert e["predictions_differing_from_float"] == 0, name
     assert rec["variants"]["torch"]["predictions_differing_from_float"] == 0
     t = rec["targets"]
-    assert t["engine_same_predictions_as_float_model"] is True and t["best_torch"] == best
-    assert set(t["engine_variants_checked"]) == {n for n in ran if convnet.VARIANTS[n].engine}
-    assert t["fastest_engine"] in t["engine_variants_checked"] and t["fastest_engine_x_torch"] > 0
+    assert t["exact_variants_same_predictions"] is True and t["best_torch"] == best
+    assert set(t["exact_variants_checked"]) == {n for n in ran if convnet.VARIANTS[n].exact}
+    assert {"torch-bf16", "torch-channels-last"}.isdisjoint(t["exact_variants_checked"])
+    assert convnet.VARIANTS[t["fastest_engine"]].packed and t["fastest_engine_x_torch"] > 0
+    assert rec["status"] == "ok" and rec["load"]["threads"] == torch.get_num_threads()
     assert "xnor-integer" in res.output and "images/s" in res.output and "recorded" in res.output
 
 
 def test_svhn_convnet_runs_the_selected_variants(tmp_path, small):
-    result = convnet.bench_convnet("svhn-convnet", None, "cpu", tmp_path / "no-data", repeat=1, images=8,
+    result = model_bench.bench_model("svhn-convnet", None, "cpu", tmp_path / "no-data", repeat=1, images=8,
                                    names=["xnor-bitplane", "torch-bf16"])
     assert result["model"]["architecture"] == "8C3-MP2-16C3-MP2-32FC-10" and result["model"]["recipe"] == "svhn"
     ok = {n for n, e in result["variants"].items() if e["status"] == "ok"}
@@ -94,8 +98,8 @@ def test_the_frozen_torch_model_computes_exactly_what_the_float_model_does(small
 
 
 def test_random_weights_are_seeded_and_their_thresholds_sit_among_the_pre_activations(small):
-    _, a, info = convnet.load_convnet("cifar10-convnet", None)
-    _, b, _ = convnet.load_convnet("cifar10-convnet", None)
+    loaded = convnet.load_convnet(SPECS["cifar10-convnet"], None)
+    a, b, info = loaded.float_model, convnet.load_convnet(SPECS["cifar10-convnet"], None).float_model, loaded.info
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and not a.training
     first_norm = next(m for m in a if isinstance(m, torch.nn.BatchNorm2d))
@@ -114,7 +118,7 @@ def write_stand_in(root, n_test=20):
 
 def test_the_cifar10_stand_in_is_used_and_named_as_what_it_is(tmp_path, small):
     write_stand_in(tmp_path / "data")
-    result = convnet.bench_convnet("cifar10-convnet", None, "cpu", tmp_path / "data", repeat=1, images=12,
+    result = model_bench.bench_model("cifar10-convnet", None, "cpu", tmp_path / "data", repeat=1, images=12,
                                    names=["xnor-integer", "torch"])
     data = result["data"]
     assert data["dataset"] == "cifar10-jpeg" and data["images"] == 12
@@ -140,9 +144,9 @@ def test_svhn_files_are_md5_checked_unless_the_run_names_its_variant(tmp_path, s
     root = tmp_path / "data"
     write_svhn_originals(root)
     with pytest.raises(UserError, match="fails its md5 check"):  # not the originals: never recorded as svhn
-        convnet.bench_convnet("svhn-convnet", None, "cpu", root, repeat=1, images=4, names=["xnor-integer"])
+        model_bench.bench_model("svhn-convnet", None, "cpu", root, repeat=1, images=4, names=["xnor-integer"])
     run, _ = write_run(tmp_path, small_recipe("svhn-convnet", ["data.variant=svhn-synthetic"]))
-    result = convnet.bench_convnet("svhn-convnet", run, "cpu", root, repeat=1, images=9, names=["xnor-integer"])
+    result = model_bench.bench_model("svhn-convnet", run, "cpu", root, repeat=1, images=9, names=["xnor-integer"])
     assert result["data"]["dataset"] == "svhn-synthetic"
     assert "the first 9 of the 9 test images of svhn-synthetic" in result["data"]["source"]
     assert result["variants"]["xnor-integer"]["test_error_pct"] is not None
@@ -151,7 +155,7 @@ def test_svhn_files_are_md5_checked_unless_the_run_names_its_variant(tmp_path, s
 def test_more_images_than_the_test_set_is_one_sentence(tmp_path, small):
     write_stand_in(tmp_path / "data", n_test=10)
     with pytest.raises(UserError, match=r"^--images 11 is more than the 10 test images of cifar10-jpeg in .*\.$"):
-        convnet.bench_convnet("cifar10-convnet", None, "cpu", tmp_path / "data", repeat=1, images=11)
+        model_bench.bench_model("cifar10-convnet", None, "cpu", tmp_path / "data", repeat=1, images=11)
 
 
 def write_run(tmp_path, recipe: dict, seed: int = 1):
@@ -169,12 +173,12 @@ def write_run(tmp_path, recipe: dict, seed: int = 1):
 
 def test_trained_weights_come_from_the_run(tmp_path, small):
     run, _ = write_run(tmp_path, small_recipe("cifar10-convnet"))
-    result = convnet.bench_convnet("cifar10-convnet", run, "cpu", tmp_path / "no-data", repeat=1, images=8,
+    result = model_bench.bench_model("cifar10-convnet", run, "cpu", tmp_path / "no-data", repeat=1, images=8,
                                    names=["xnor-integer", "torch"])
     m = result["model"]
     assert m["weights"] == "trained" and m["source"] == str(run / "best.pt") and m["epoch"] == 3
     assert m["trained_on"] == "cifar10-jpeg"
-    assert result["targets"]["engine_same_predictions_as_float_model"] is True
+    assert result["targets"]["exact_variants_same_predictions"] is True
 
 
 @pytest.mark.parametrize("case,message", [
@@ -198,28 +202,34 @@ def test_runs_the_bench_cannot_use_are_one_sentence(tmp_path, small, case, messa
 
 
 def test_an_engine_that_predicts_other_classes_is_recorded_and_fails_the_command(tmp_path, small, monkeypatch):
-    real = convnet._runner
+    real = model_bench.runner
 
-    def wrong_runner(name, exported, float_model, device):
-        step = real(name, exported, float_model, device)
+    def wrong_runner(spec, name, model, torch_model, device):
+        step = real(spec, name, model, torch_model, device)
         return (lambda xb: (step(xb) + 1) % 10) if name == "xnor-integer" else step
 
-    monkeypatch.setattr(convnet, "_runner", wrong_runner)
-    res = run_cli("--model", "cifar10-convnet", "--kernel", "xnor-integer,torch", "--device", "cpu", "--repeat", "1",
+    monkeypatch.setattr(model_bench, "runner", wrong_runner)
+    res = run_cli("--model", "cifar10-convnet", "--variant", "xnor-integer,torch", "--device", "cpu", "--repeat", "1",
                   "--images", "6", "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path))
     assert res.exit_code == 2
-    assert "engine variants predicting another class than the float model: xnor-integer" in res.output
+    assert "xnor-integer predicted other classes than the fp32 float model, so a kernel is wrong" in res.output
     rec = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert rec["variants"]["xnor-integer"]["predictions_differing_from_float"] == 6
-    assert rec["targets"]["engine_same_predictions_as_float_model"] is False
+    assert rec["targets"]["exact_variants_same_predictions"] is False
+    assert rec["status"] == "failed" and "xnor-integer predicted other classes" in rec["problem"]
 
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "resnet"], "unknown --model 'resnet'; choose mnist-mlp, cifar10-convnet, svhn-convnet."),
     (["--model", "mnist-mlp", "--images", "5"], "--images applies to cifar10-convnet and svhn-convnet"),
-    (["--images", "5"], "--images goes with --model cifar10-convnet or svhn-convnet."),
+    (["--images", "5"], "--images goes with --model."),
+    (["--variant", "xnor"], "--variant goes with --model; the kernel bench takes --kernel."),
+    (["--model", "mnist-mlp", "--kernel", "xnor"], "with --model, choose the model's variants with --variant."),
+    (["--model", "mnist-mlp", "--m", "8"], "--m goes with the kernel bench, not with --model."),
     (["--model", "cifar10-convnet", "--images", "0"], "--images must be at least 1, got 0."),
-    (["--model", "svhn-convnet", "--kernel", "xnor-tc"], "unknown variant xnor-tc for --model"),
+    (["--model", "svhn-convnet", "--variant", "xnor-tc"], "unknown variant xnor-tc for --variant"),
+    (["--model", "svhn-convnet", "--variant", "xnor,xnor-bitplane-tc"],
+     "--variant xnor-bitplane-tc cannot run here: it runs on cuda only, not on cpu; leave it out"),
 ])
 def test_bad_bench_model_arguments_are_one_sentence(tmp_path, args, message):
     res = run_cli(*args, "--device", "cpu", "--out", str(tmp_path / "out"))

@@ -428,7 +428,9 @@ def test_cuda_engine_error_equals_cpu(arch_model):
 
 def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
     """The bench on a small MLP of the MNIST shape, random images (no MNIST under the data dir)."""
-    from bnnctl.bench.mlp import bench_model, float_model_from_export, print_model_table, record
+    from bnnctl.bench.mlp import float_model_from_export
+    from bnnctl.bench.model_bench import bench_model, print_model_table
+    from bnnctl.bench.timing import record
     cfg = load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[96,64]"])
     torch.manual_seed(0)
     model = build_model(cfg.model, (1, 28, 28), 10).eval()
@@ -437,7 +439,7 @@ def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
                "num_classes": 10, "dataset": "mnist", "variant": "random", "epoch": 2, "test_error_pct": 50.0,
                "valid_error_pct": 50.0}
     run = write_run(tmp_path, record_, model)
-    result = bench_model("mnist-mlp", run, "cpu", tmp_path / "no-data", repeat=1, limit=2000)
+    result = bench_model("mnist-mlp", run, "cpu", tmp_path / "no-data", repeat=1, images=2000)
     v = result["variants"]
     assert [v[n]["status"] for n in ("baseline", "xnor", "xnor-bitplane", "xnor-integer", "torch")] == ["ok"] * 5
     assert v["xnor-paper"]["status"].startswith("not run")
@@ -449,8 +451,8 @@ def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
     best = result["targets"]["best_torch"]
     assert best in ("torch", "torch-bf16", "torch-int8")
     assert all(v[n]["median_ms"] >= v[best]["median_ms"] for n in ("torch", "torch-bf16", "torch-int8"))
-    fastest = result["targets"]["fastest_packed"]
-    assert result["targets"]["fastest_packed_x_best_torch"] == v[best]["median_ms"] / v[fastest]["median_ms"]
+    fastest = result["targets"]["fastest_engine"]
+    assert result["targets"]["fastest_engine_x_best_torch"] == v[best]["median_ms"] / v[fastest]["median_ms"]
     assert result["model"]["architecture"] == "784-96-64-10" and result["model"]["weights"] == "trained"
     assert "random 8-bit images" in result["data"]["source"] and v["xnor"]["test_error_pct"] is None
     path = record(result, tmp_path / "bench")
@@ -464,7 +466,7 @@ def test_model_bench_records_every_variant_with_equal_predictions(tmp_path):
 
 
 def test_model_bench_finds_the_newest_finished_mnist_run(tmp_path):
-    from bnnctl.bench.mlp import find_model
+    from bnnctl.bench.mlp import SPEC, find_model
     from bnnctl.recipe import dump_recipe
     paper_mlp = dump_recipe(load_recipe(REPO / "recipes" / "mnist.yaml"))
     small_mlp = dump_recipe(load_recipe(REPO / "recipes" / "mnist.yaml", ["model.hidden=[64]"]))
@@ -478,8 +480,8 @@ def test_model_bench_finds_the_newest_finished_mnist_run(tmp_path):
         (run / "result.json").write_text(json.dumps({"status": status}))
         for f in files:
             (run / f).write_bytes(b"")
-    assert find_model(tmp_path, "mnist-mlp") == tmp_path / "mnist" / "a" / "best.pt"
-    assert find_model(tmp_path / "nothing", "mnist-mlp") is None
+    assert find_model(tmp_path, SPEC) == tmp_path / "mnist" / "a" / "best.pt"
+    assert find_model(tmp_path / "nothing", SPEC) is None
 
 
 def test_model_bench_command_runs_the_selected_variants(tmp_path):
@@ -492,12 +494,12 @@ def test_model_bench_command_runs_the_selected_variants(tmp_path):
     run = write_run(tmp_path, record_, model)
     args = ["bench", "--model", "mnist-mlp", "--run", str(run), "--device", "cpu", "--repeat", "1",
             "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path / "bench")]
-    result = CliRunner().invoke(app, args + ["--kernel", "xnor-integer,torch"])
+    result = CliRunner().invoke(app, args + ["--variant", "xnor-integer,torch"])
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "bench").glob("*.json")
     recorded = json.loads(path.read_text())
-    assert recorded["command"] == shlex.join(["bnnctl", *args, "--kernel", "xnor-integer,torch"])  # as typed
+    assert recorded["command"] == shlex.join(["bnnctl", *args, "--variant", "xnor-integer,torch"])  # as typed
     assert {n for n, e in recorded["variants"].items() if e["status"] == "ok"} == {"xnor-integer", "torch"}
     assert recorded["variants"]["baseline"]["status"] == "not run: not selected"
-    bad = CliRunner().invoke(app, args + ["--kernel", "nope"])
+    bad = CliRunner().invoke(app, args + ["--variant", "nope"])
     assert bad.exit_code == 2 and "unknown variant nope" in bad.output

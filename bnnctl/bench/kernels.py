@@ -5,7 +5,7 @@ The paper (Figure 3 and its section "Seven times faster on GPU at run-time") mul
 float kernel and 3.4x faster than cuBLAS. ``bench_kernels`` times the same contenders -- the XNOR
 kernels on packed bits, the paper's float baseline, cuBLAS fp32 (TF32 off) and torch bf16 -- on +/-1
 operands, checks every output against the exact float64 product, and ``timing.record``
-writes the result as JSON under ``results/bench/``.
+writes the result as JSON under ``runs/bench/`` (``--out``).
 
 On a CPU the bench also times torch's best stock paths for an exact +/-1 product, which on current
 Xeons are not fp32: ``bf16`` (oneDNN, AMX where present) and ``int8``, ``torch._int_mm`` on int8 +/-1
@@ -29,15 +29,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from .. import kernels
-from ..errors import UserError
+from ..bench_records import measure_load
+from ..errors import EnvironmentFailure, UserError
 from ..paper import KERNEL_RATIOS
 from ..provenance import resolve_device
-from .timing import (check_arguments, cpu_peak_rows, error_line, header, measuring, parse_names, record,
-                     recorded_cpu_peak, sync, time_call)
+
+# The committed record's benches: its tools/cpu_peaks records of a CPU serve a user's bench on that CPU.
+RECORDED_BENCHES = Path("results/bench")
+from .timing import (check_arguments, check_kernels_usable, cpu_peak_rows, error_line, header, measuring, off_device,
+                     print_load, record, recorded_cpu_peak, refuse_unless_fits, select_names, sync, time_call)
 
 DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds
 # The paper's ratios (cited, not measured here), recorded beside ours.
@@ -171,6 +176,25 @@ ISA_CEILING_ROWS = {"avx512vpopcntdq": ("xor+popcount avx512 vpopcntdq",),
                     "scalar": ("xor+popcnt scalar",)}
 
 
+def unavailable(device: str) -> dict[str, str | None]:
+    """Kernel -> why it cannot run on the device (None: it can): another device, or an instruction set this CPU
+    lacks."""
+    isas = kernels.supported_cpu_isas() if device == "cpu" else ()
+    out = {}
+    for name, spec in KERNELS.items():
+        why = off_device(spec.devices, device)
+        if why is None and device == "cpu" and spec.isa is not None and spec.isa not in isas:
+            why = f"this CPU has no {spec.isa} instruction set"
+        out[name] = why
+    return out
+
+
+def operand_bytes(m: int, n: int, k: int) -> int:
+    """Peak bytes of ``make_operands``: A, B and their signs in float32, with the exact product computed from
+    float64 copies (the float32 outputs of the timed kernels fit in what the float64 copies free)."""
+    return 16 * (m + n) * k + 12 * m * n
+
+
 def make_operands(m: int, n: int, k: int, device: torch.device, seed: int = 0) -> Operands:
     g = torch.Generator(device=device).manual_seed(seed)
     a = torch.randn(m, k, device=device, generator=g)
@@ -187,11 +211,11 @@ def _matches(out: torch.Tensor, exact: torch.Tensor) -> bool:
 
 def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, k: int | None = None,
                   repeat: int = 20, device: str = "auto", budget_s: float = 5.0, popc_peak_tbops: float | None = None,
-                  command: str = "", console: Console | None = None, peaks_dir: Path | None = None) -> dict:
+                  command: str = "", console: Console | None = None, peaks_dirs: list[Path] = ()) -> dict:
     """Time the named kernels on one (m, n, k) product and return the result record (``timing.record`` writes it).
 
     ``popc_peak_tbops``: the device's XOR+popcount ceiling; on a CPU without it, the one recorded for this
-    CPU under ``peaks_dir`` (``timing.recorded_cpu_peak``), if any."""
+    CPU in ``peaks_dirs`` (``timing.recorded_cpu_peak``), if any."""
     dev = resolve_device(device)
     if dev.type == "cuda" and not kernels.available()["cuda"]:
         raise UserError("the CUDA kernels are not available on this machine, so there is nothing to bench on the GPU.")
@@ -199,19 +223,21 @@ def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, 
     m, n, k = m or dm, n or dn, k or dk
     if min(m, n, k) < 1 or repeat < 1:
         raise UserError(f"--m, --n, --k and --repeat must be positive, got {m}, {n}, {k} and {repeat}.")
+    refuse_unless_fits(operand_bytes(m, n, k), dev, f"a {m} x {n} x {k} product")
+    check_kernels_usable()
     say = console.print if console else (lambda *a, **kw: None)
     say(f"bench: {m} x {n} x {k} on {dev.type}, kernels {', '.join(names)}")
     popc_source = "--popc-peak" if popc_peak_tbops else None
     ceiling_rows: dict[str, float] = {}
-    if not popc_peak_tbops and peaks_dir is not None:
-        found = recorded_cpu_peak(peaks_dir, dev)
+    if not popc_peak_tbops:
+        found = recorded_cpu_peak(peaks_dirs, dev)
         if found:
             popc_peak_tbops, popc_source = found[0], str(found[1])
             ceiling_rows = cpu_peak_rows(found[1])
             say(f"  XOR+popcount ceiling {popc_peak_tbops:.3f} T binary-op/s, recorded for this CPU in {found[1]}")
-    with measuring():
+    with measuring(), measure_load(torch.get_num_threads(), on_cpu=dev.type == "cpu") as load:
         ops = make_operands(m, n, k, dev)
-        results = {name: _run_kernel(name, ops, dev, repeat, budget_s, selected=name in names, say=say)
+        results = {name: _run_kernel(name, ops, dev, repeat, budget_s, selected=name in names)
                    for name in KERNELS}
         packing = {}
         if any(KERNELS[nm].packed and results[nm]["status"] == "ok" for nm in names):
@@ -226,21 +252,19 @@ def bench_kernels(names: list[str], m: int | None = None, n: int | None = None, 
         if popc_peak_tbops:
             extra["popc_ceiling_source"] = popc_source
     return {
-        **header("kernels", command, dev), "shape": {"m": m, "n": n, "k": k}, "binary_ops": 2 * m * n * k,
+        **header("kernels", command, dev, load.fields), "shape": {"m": m, "n": n, "k": k}, "binary_ops": 2 * m * n * k,
         "repeat": repeat, "budget_s_per_kernel": budget_s, "kernels": results, "packing": packing,
         "popc_ceiling_tbops": popc_peak_tbops, **extra, "paper": PAPER,
     }
 
 
-def _run_kernel(name: str, ops: Operands, dev: torch.device, repeat: int, budget_s: float, selected: bool,
-                say) -> dict:
+def _run_kernel(name: str, ops: Operands, dev: torch.device, repeat: int, budget_s: float, selected: bool) -> dict:
     spec = KERNELS[name]
     entry = {"label": spec.label_on(dev.type), "packed": spec.packed}
+    if dev.type not in spec.devices:
+        return {**entry, "status": f"not run: {spec.unavailable or off_device(spec.devices, dev.type)}"}
     if not selected:
         return {**entry, "status": "not run: not selected"}
-    if dev.type not in spec.devices:
-        return {**entry, "status": f"not run: {spec.unavailable or 'not available on ' + dev.type}"}
-    say(f"  {name}: {entry['label']}")
     try:
         out = spec.run(ops)
         sync(dev)
@@ -256,7 +280,9 @@ def _run_kernel(name: str, ops: Operands, dev: torch.device, repeat: int, budget
                 return spec.run(replace(ops, a_bits=kernels.pack(ops.a), b_bits=kernels.pack(ops.b)))
             entry["including_packing_ms"], entry["including_packing_runs"] = time_call(with_packing, dev, repeat,
                                                                                        budget_s)
-    except (RuntimeError, UserError) as e:  # e.g. out of memory: the row says so, the others still run
+    except EnvironmentFailure:
+        raise
+    except (RuntimeError, UserError) as e:  # the row says so, the others still run; the command then fails
         entry.update(status=f"failed: {error_line(e)}")
     return entry
 
@@ -316,10 +342,10 @@ def _add_best_stock(results: dict) -> dict | None:
 def _exact_cell(entry: dict, stock: bool) -> str:
     if entry["exact"]:
         return "yes"
-    return "[yellow]no (rounded)[/]" if stock else "[bold red]NO[/]"
+    return "[yellow]rounded[/]" if stock else "[bold red]NO[/]"
 
 
-def _fmt(value, spec: str, missing: str = "not run") -> str:
+def _fmt(value, spec: str, missing: str = "") -> str:
     return missing if value is None else format(value, spec)
 
 
@@ -328,78 +354,89 @@ def _rate(value: float) -> str:
 
 
 def print_table(result: dict, console: Console) -> None:
+    """The kernels that ran, one line each (fits 80 columns), then a legend and a few sentences; every other
+    ratio is in the record."""
     dev = result["device"]["type"]
-    shape = result["shape"]
-    fp32 = "cuBLAS fp32" if dev == "cuda" else "torch fp32"
     cpu = dev == "cpu"
-    share = cpu and bool(result.get("popc_ceiling_tbops"))
-    table = Table(title=f"{shape['m']} x {shape['n']} x {shape['k']} +/-1 product on {result['device']['hardware']}")
-    columns = ["kernel", "ms", "ms incl. packing", "T binary-op/s", "x baseline", f"x {fp32}", "x torch bf16"]
-    columns += ["x torch int8", "x best exact stock"] if cpu else []
-    columns += ["% popc ceiling"] if share else []
+    shape = result["shape"]
+    share = bool(result.get("popc_ceiling_tbops"))
+    table = Table(title=f"{shape['m']} x {shape['n']} x {shape['k']} +/-1 product, {result['device']['hardware']}",
+                  title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    # x stock: over the fastest exact product of torch on a CPU (best_exact_stock); x cuBLAS on a GPU
+    columns = ["kernel", "ms", "ms+pack", "Tbop/s", "x base", "x stock" if cpu else "x cuBLAS"]
+    columns += ["% peak"] if share else []
     for col in columns + ["exact"]:
-        table.add_column(col, justify="left" if col == "kernel" else "right")
-    notes = []
-    for name, e in result["kernels"].items():
-        notes.append(f"{name}: {e['label']}" + ("" if e["status"] == "ok" else f" -- {e['status']}")
-                     + (f" ({e['output']})" if e.get("output") else ""))
-        if e["status"] != "ok":
-            table.add_row(name, e["status"].split(":")[0], *[""] * (len(columns) - 1))
-            continue
-        cells = [name, f"{e['median_ms']:.3f}", _fmt(e.get("including_packing_ms"), ".3f", ""), _rate(e["tbops"]),
-                 _fmt(e["x_baseline"], ".2f"), _fmt(e["x_cublas_fp32"], ".2f"), _fmt(e["x_torch_bf16"], ".2f")]
-        if cpu:
-            cells += [_fmt(e.get("x_torch_int8"), ".2f"), _fmt(e.get("x_best_exact_stock"), ".2f", "none exact")]
+        table.add_column(col, justify="left" if col == "kernel" else "right", no_wrap=True)
+    ran = {name: e for name, e in result["kernels"].items() if e["status"] == "ok"}
+    for name, e in ran.items():
+        cells = [name, f"{e['median_ms']:.3f}", _fmt(e.get("including_packing_ms"), ".3f"), _rate(e["tbops"]),
+                 _fmt(e.get("x_baseline"), ".2f"),
+                 _fmt(e.get("x_best_exact_stock") if cpu else e.get("x_cublas_fp32"), ".2f")]
         if share:
-            cells.append(_fmt(None if "share_of_popc_ceiling" not in e else 100 * e["share_of_popc_ceiling"], ".0f",
-                              ""))
+            cells.append(_fmt(None if "share_of_popc_ceiling" not in e else 100 * e["share_of_popc_ceiling"], ".0f"))
         spec = KERNELS.get(name)
         table.add_row(*cells, _exact_cell(e, bool(spec and spec.stock)))
-    width = 170 if cpu else 110
-    if console.width < width:  # a log file or a narrow terminal: keep the table on one line per row
-        console = Console(file=console.file, width=width, no_color=console.no_color)
     console.print(table)
-    for note in notes:
-        console.print(f"  {note}", highlight=False)
+    for name, e in ran.items():
+        console.print(f"  {name}: {e['label']}" + (f" ({e['output']})" if e.get("output") else ""), highlight=False)
+    for name, e in result["kernels"].items():
+        if e["status"].startswith("failed"):
+            console.print(f"[bold red]{name} failed[/]: {e['status'][len('failed: '):]}", highlight=False)
     best = result.get("best_exact_stock")
     if cpu:
-        console.print(f"best exact stock product: {best['kernel']} ({best['median_ms']:.3f} ms)" if best else
-                      "best exact stock product: none of torch fp32, bf16 and int8 ran exact", highlight=False)
+        console.print(f"x stock: over the best exact stock product, {best['kernel']} ({best['median_ms']:.3f} ms)."
+                      if best else "x stock: none of torch fp32, bf16 and int8 ran exact.", highlight=False)
     if result["packing"]:
-        console.print(f"packing A and B: {result['packing']['median_ms']:.3f} ms (median of {result['packing']['runs']})")
-    if result.get("popc_ceiling_tbops"):
-        for name, e in result["kernels"].items():
+        console.print(f"packing A and B: {result['packing']['median_ms']:.3f} ms (median of "
+                      f"{result['packing']['runs']}).", highlight=False)
+    if share:
+        where = "CUDA-core XOR+POPC" if dev == "cuda" else "CPU XOR+popcount"
+        for name, e in ran.items():
             if "share_of_popc_ceiling" in e:
-                where = "CUDA-core XOR+POPC" if result["device"]["type"] == "cuda" else "CPU XOR+popcount"
                 console.print(f"{name}: {100 * e['share_of_popc_ceiling']:.0f}% of the measured {where} "
-                              f"ceiling ({result['popc_ceiling_tbops']:.2f} T binary-op/s)")
-        for name, e in result["kernels"].items():
+                              f"ceiling ({result['popc_ceiling_tbops']:.2f} T binary-op/s)", highlight=False)
+        for name, e in ran.items():
             if "share_of_isa_ceiling" in e:
                 console.print(f"{name} ({e['isa']}): {100 * e['share_of_isa_ceiling']:.0f}% of its own instruction "
                               f"set's ceiling ({e['isa_ceiling_row']}: {e['isa_ceiling_tbops']:.2f} T binary-op/s)",
                               highlight=False)
         if result.get("popc_ceiling_source") not in (None, "--popc-peak"):
             console.print(f"(ceiling recorded for this CPU in {result['popc_ceiling_source']})", highlight=False)
-    console.print(f"paper values ({PAPER['gpu']}, 8192^3): XNOR {PAPER['xnor_vs_baseline']}x the baseline, "
-                  f"{PAPER['xnor_vs_cublas']}x cuBLAS", highlight=False)
+    console.print(f"paper ({PAPER['gpu']}, 8192^3): XNOR {PAPER['xnor_vs_baseline']}x the baseline, "
+                  f"{PAPER['xnor_vs_cublas']}x cuBLAS.", highlight=False)
+    print_load(result, console)
+
+
+def failure(result: dict) -> str | None:
+    """Why the bench failed (without the final period): a kernel of ours inexact, or any kernel failed; a
+    stock torch product that rounds (bf16 without a float32 output) is recorded as such, not a failure."""
+    wrong = [name for name, e in result["kernels"].items()
+             if e["status"] == "ok" and not e["exact"] and not (name in KERNELS and KERNELS[name].stock)]
+    failed = [name for name, e in result["kernels"].items() if e["status"].startswith("failed")]
+    parts = [f"kernels inexact: {', '.join(wrong)}"] if wrong else []
+    if failed:
+        parts.append(f"kernels failed: {', '.join(failed)} ({result['kernels'][failed[0]]['status'][8:]})")
+    return "; ".join(parts) or None
 
 
 def run_bench(kernel: str, m: int | None, n: int | None, k: int | None, repeat: int, device: str, out: Path,
               popc_peak_tbops: float | None, command: str, console: Console) -> Path:
-    """The ``bnnctl bench --kernel ...`` command: bench, print the table, record the JSON."""
+    """The ``bnnctl bench --kernel ...`` command: bench, print the table, record the JSON; an error when a
+    kernel of ours is inexact or any kernel failed (recorded as failed)."""
     check_arguments(Path(out), repeat, {"m": m, "n": n, "k": k}, popc_peak_tbops)
-    result = bench_kernels(parse_names(kernel, KERNELS, "kernel"), m, n, k, repeat=repeat, device=device,
-                           popc_peak_tbops=popc_peak_tbops, command=command, console=console, peaks_dir=Path(out))
+    dev = resolve_device(device)
+    check_kernels_usable()
+    names = select_names(kernel, unavailable(dev.type), "kernel", "--kernel")
+    result = bench_kernels(names, m, n, k, repeat=repeat, device=device, popc_peak_tbops=popc_peak_tbops,
+                           command=command, console=console,
+                           peaks_dirs=[Path(out), RECORDED_BENCHES])
     print_table(result, console)
-    path = record(result, out)
-    console.print(f"recorded {path}")
-    # our kernels must be exact; a stock torch product that rounds (bf16 without a float32 output) is recorded as such
-    wrong = [name for name, e in result["kernels"].items()
-             if e["status"] == "ok" and not e["exact"] and not (name in KERNELS and KERNELS[name].stock)]
-    failed = [name for name, e in result["kernels"].items() if e["status"].startswith("failed")]
-    if wrong or failed:
-        raise UserError(f"kernels inexact: {', '.join(wrong) or 'none'}; kernels failed: {', '.join(failed) or 'none'} "
-                        f"(recorded in {path}).")
+    problem = failure(result)
+    path = record(result, out, problem)
+    console.print(f"recorded {path}", highlight=False, soft_wrap=True)
+    if problem:
+        raise UserError(f"{problem} (recorded as failed in {path}).")
     return path
 
 

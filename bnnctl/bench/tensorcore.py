@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ..bench_records import BenchRecord, read_bench_records
 from ..kernels.tensorcore import CONFIGS, DEFAULT_CONFIG, xnor_gemm_tc
 from ..files import atomic_write_text
 from .kernels import KERNELS, BenchKernel, make_operands, run_bench
@@ -59,8 +60,8 @@ def report_peak_shares(out_dir: str) -> None:
     log = out / "gpu_peaks.log"
     peaks = parse_b1_peaks(log.read_text()) if log.exists() else {}
     print(f"b1 peaks ({log}): {peaks or 'none found'}")
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    for line in peak_share_lines([r for r in results if r.get("kind") == "kernels"], peaks):
+    results = [rec.data for _, rec in read_bench_records(out) if isinstance(rec, BenchRecord) and rec.status == "ok"]
+    for line in peak_share_lines([r for r in results if r["kind"] == "kernels"], peaks):
         print(line)
 
 

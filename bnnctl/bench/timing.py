@@ -5,9 +5,12 @@
   enter inference mode themselves, so nothing they time can run with autograd on.
 * ``time_call``: the median of repeated calls of one function; ``time_round_robin``: several functions
   taking turns, so that a load that comes and goes on a shared machine weighs on all of them alike.
-* ``parse_names``: the ``--kernel`` list of names against a table of contenders.
-* ``header`` and ``record``: the fields every record starts with (kind, command, date, device with its
-  hardware and commit) and the JSON file under ``results/bench/`` it is written to.
+* ``parse_names``: a ``--kernel`` / ``--variant`` list of names against a table of contenders;
+  ``select_names`` also refuses a name that cannot run on the device.
+* ``refuse_unless_fits``: a bench too large for the device's free memory is refused before allocating.
+* ``header`` and ``record``: the fields every record starts with (kind, status, command, date, device with
+  its hardware and commit, the machine's load) and the JSON file under ``--out`` it is written
+  to, through ``bnnctl.bench_records`` (the schema the report reads).
 * ``recorded_cpu_peak``: the XOR+popcount ceiling that ``tools/cpu_peaks/popc_peak.cpp --json`` recorded
   for this very CPU (same hardware string and, where recorded, the same CPU family and model).
 """
@@ -27,9 +30,9 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .. import kernels
+from ..bench_records import write_bench_record
 from ..errors import EnvironmentFailure, UserError
 from ..allocator import reuse_freed_memory
-from ..files import atomic_write_text
 from ..provenance import environment, hardware
 
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
@@ -85,6 +88,55 @@ def parse_names(spec: str, known: Iterable[str], what: str, where: str = "") -> 
     return [n for n in known if n in names]
 
 
+def select_names(spec: str, unavailable: dict[str, str | None], what: str, option: str) -> list[str]:
+    """``parse_names`` over a table of name -> why it cannot run here (None: it can): "all" keeps those that
+    can; a name given explicitly that cannot is a UserError (one sentence)."""
+    names = parse_names(spec, unavailable, what, "" if option == "--kernel" else f" for {option}")
+    if [s.strip() for s in spec.split(",") if s.strip()] == ["all"]:
+        return [n for n in names if unavailable[n] is None]
+    refused = [n for n in names if unavailable[n] is not None]
+    if refused:
+        raise UserError(f"{option} {refused[0]} cannot run here: {unavailable[refused[0]]}; leave it out "
+                        f"or choose another {what}.")
+    return names
+
+
+def off_device(devices: tuple[str, ...], device: str) -> str | None:
+    """Why something that runs on ``devices`` cannot run on ``device`` (None: it can)."""
+    return None if device in devices else f"it runs on {' or '.join(devices)} only, not on {device}"
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory for a bench on the device: the GPU's free memory, or on the CPU MemAvailable of
+    /proc/meminfo (else the available physical pages); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def refuse_unless_fits(needed: int, device: torch.device, what: str) -> None:
+    """A UserError (one sentence) when ``needed`` bytes exceed the device's free memory."""
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        raise UserError(f"{what} needs about {needed / 2**30:,.1f} GiB of {device.type} memory and "
+                        f"{free / 2**30:,.1f} GiB are available; choose a smaller size.")
+
+
+def check_kernels_usable() -> None:
+    """Build or load the kernel extension now, so that an unusable build is its own one-sentence error
+    (an unusable build folder: exit 4) before anything is timed, not a failed row."""
+    kernels.cpu_isa()
+
+
 def time_call(fn: Callable[[], object], device: torch.device, repeat: int, budget_s: float) -> tuple[float, int]:
     """Median milliseconds of fn() over up to `repeat` runs (at least MIN_RUNS, more while the budget
     lasts), after one warm-up run, in inference mode; CUDA events on a GPU, perf_counter around a
@@ -119,12 +171,14 @@ def _timed_pass(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[f
 
 
 def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeat: int,
-                     budget_s: float) -> dict[str, tuple[float, int, torch.Tensor]]:
+                     budget_s: float, on_call: Callable[[str], None] | None = None
+                     ) -> dict[str, tuple[float, int, torch.Tensor]]:
     """name -> (median ms of one call, calls timed, the last call's output), in inference mode.
 
     The functions take turns, one call each per round; rounds go on up to ``repeat`` while ``budget_s``
     per function lasts (at least one round). Each call is timed whole, with perf_counter between device
-    synchronisations, so it suits calls long enough to hide the clock's resolution (a test-set pass)."""
+    synchronisations, so it suits calls long enough to hide the clock's resolution (a test-set pass).
+    ``on_call(name)`` after each call (progress)."""
     steady_memory()
     times: dict[str, list[float]] = {name: [] for name in passes}
     outputs: dict[str, torch.Tensor] = {}
@@ -136,34 +190,42 @@ def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torc
             for name, fn in passes.items():
                 ms, outputs[name] = _timed_pass(fn, device)
                 times[name].append(ms)
+                if on_call:
+                    on_call(name)
     return {name: (statistics.median(t), len(t), outputs[name]) for name, t in times.items()}
 
 
 def time_model_passes(entries: dict[str, dict], make_step: Callable[[str], Callable[[torch.Tensor], torch.Tensor]],
                       x: torch.Tensor, batch: int, device: torch.device, repeat: int, budget_s: float,
-                      say: Callable[[str], None]) -> dict[str, torch.Tensor]:
+                      on_step: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """Time whole passes over x (in batches) of the variants whose entry has no status yet.
 
     Each variant's step is built and warmed up on one batch first; one that fails gets its error
-    in its entry and the others go on. Fills status, median_ms, runs and images_per_s; returns each
-    timed variant's predictions (on the CPU).
+    in its entry and the others go on (the caller fails the command). An unusable environment
+    (EnvironmentFailure: no memory, an unusable kernel build folder) ends the bench at once. Fills
+    status, median_ms, runs and images_per_s; returns each timed variant's predictions (on the CPU).
+    ``on_step(name)`` after each warm-up and each timed pass (progress).
     """
     passes: dict[str, Callable[[], torch.Tensor]] = {}
     for name, entry in entries.items():
         if "status" in entry:
             continue
-        say(f"  {name}: {entry['label']}")
         try:
             step = make_step(name)
             with measuring():
                 step(x[:batch])
                 sync(device)
+        except EnvironmentFailure:
+            raise
         except (RuntimeError, UserError) as e:
             entry["status"] = f"failed: {error_line(e)}"
             continue
+        finally:
+            if on_step:
+                on_step(name)
         passes[name] = (lambda s: lambda: torch.cat([s(b) for b in x.split(batch)]))(step)
     with no_tf32():  # time_round_robin runs every pass in inference mode
-        timed = time_round_robin(passes, device, repeat, budget_s)
+        timed = time_round_robin(passes, device, repeat, budget_s, on_step)
     predictions = {}
     for name, (ms, runs, pred) in timed.items():
         predictions[name] = pred.cpu()
@@ -184,15 +246,24 @@ def device_info(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count)
     else:
-        info.update(threads=torch.get_num_threads(), cpu_isa=kernels.cpu_isa(), freed_memory_kept=steady_memory(),
-                    load_average_1min=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
+        info.update(threads=torch.get_num_threads(), cpu_isa=kernels.cpu_isa(), freed_memory_kept=steady_memory())
     return info
 
 
-def header(kind: str, command: str, device: torch.device) -> dict:
-    """The fields a bench record starts with; made after the timings, so the load average is the run's."""
-    return {"kind": kind, "command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device_info(device)}
+def header(kind: str, command: str, device: torch.device, load: dict) -> dict:
+    """The fields a bench record starts with (``bench_records.BENCH_FIELDS``); ``load``: the fields of the
+    ``bench_records.measure_load`` around its timed region."""
+    return {"kind": kind, "status": "ok", "command": command,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_info(device),
+            "load": load}
+
+
+def print_load(result: dict, console) -> None:
+    """One line when the machine was busy while the bench ran (``bench_records.busy_reason``)."""
+    load = result["load"]
+    if load["busy"]:
+        console.print(f"[yellow]busy machine[/]: {load['busy_reason']}; these timings are slower than the code is.",
+                      highlight=False)
 
 
 def check_arguments(out_dir: Path, repeat: int, shape: dict[str, int | None] | None = None,
@@ -246,17 +317,17 @@ def _popc_ceiling_of(rec: dict, threads: int) -> float | None:
     return max(rates) / 1e3 if rates else None
 
 
-def recorded_cpu_peak(directory: Path | str, device: torch.device) -> tuple[float, Path] | None:
-    """(XOR+popcount ceiling in T binary-op/s, record path) from the newest ``*cpu-peaks*.json`` in directory
+def recorded_cpu_peak(directories: Iterable[Path | str], device: torch.device) -> tuple[float, Path] | None:
+    """(XOR+popcount ceiling in T binary-op/s, record path) from the newest ``*cpu-peaks*.json`` in the directories
     measured on this CPU: kind 'cpu-peaks', ``hardware`` equal to this machine's hardware string (model name
     and torch's thread count), ``machine`` (where the record has one) equal to ``cpu_identity()``, and a row
     for torch's thread count. None on a GPU or when no record matches."""
-    directory = Path(directory)
-    if device.type != "cpu" or not directory.is_dir():
+    if device.type != "cpu":
         return None
     want_hardware, want_machine, threads = hardware(device), cpu_identity(), torch.get_num_threads()
     found = None
-    for path in sorted(directory.glob("*cpu-peaks*.json")):  # date-stamped names: the newest last
+    paths = [p for d in map(Path, directories) if d.is_dir() for p in d.glob("*cpu-peaks*.json")]
+    for path in sorted(paths, key=lambda p: p.name):  # date-stamped names: the newest last
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -288,9 +359,12 @@ def cpu_peak_rows(path: Path | str, threads: int | None = None) -> dict[str, flo
     return out
 
 
-def record(result: dict, out_dir: Path | str) -> Path:
-    """Write a bench result as JSON into out_dir (atomically) and return its path:
-    DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind."""
+def record(result: dict, out_dir: Path | str, problem: str | None = None) -> Path:
+    """Write a bench result as JSON into out_dir (``bench_records.write_bench_record``) and return its path:
+    DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind. ``problem``: why the bench
+    failed (a variant failed or computed wrongly): recorded with status "failed", never as a good timing."""
+    if problem is not None:
+        result = {**result, "status": "failed", "problem": problem}
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -305,9 +379,10 @@ def record(result: dict, out_dir: Path | str) -> Path:
         slug = re.sub(r"[^a-z0-9]+", "-", device.get("hardware", "cuda").lower()).strip("-")
     what = "x".join(str(result["shape"][d]) for d in "mnk") if "shape" in result else result.get("kind", "bench")
     path = out_dir / f"{stamp}-{slug}-{what}.json"
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    write_bench_record(path, result)
     return path
 
 
-__all__ = ["MIN_RUNS", "sync", "no_tf32", "measuring", "parse_names", "time_call", "time_round_robin", "error_line",
-           "device_info", "header", "check_arguments", "cpu_identity", "recorded_cpu_peak", "cpu_peak_rows", "record"]
+__all__ = ["MIN_RUNS", "sync", "no_tf32", "measuring", "parse_names", "select_names", "off_device", "available_bytes",
+           "refuse_unless_fits", "check_kernels_usable", "time_call", "time_round_robin", "error_line", "device_info",
+           "header", "print_load", "check_arguments", "cpu_identity", "recorded_cpu_peak", "cpu_peak_rows", "record"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import EnvironmentFailure, UserError
 from ..resources import shipped_dir
 
 SOURCE_DIR = shipped_dir("cuda")
@@ -56,6 +56,24 @@ BUILD_SECONDS = {"cpu": 30, "cuda": 90}
 
 class KernelBuildError(UserError):
     """The kernel extension could not be built or loaded."""
+
+
+class KernelBuildFolderError(KernelBuildError, EnvironmentFailure):
+    """The build folder cannot be created or written: the environment's fault (exit 4), not the input's."""
+
+
+def usable_build_dir(build_dir: Path) -> Path:
+    """build_dir, created; a KernelBuildFolderError (one sentence) when it cannot be created or written."""
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KernelBuildFolderError(f"the kernel build folder {build_dir} cannot be created "
+                                     f"({e.strerror or type(e).__name__}); set BNNCTL_BUILD_DIR to a writable "
+                                     f"folder.") from None
+    if not os.access(build_dir, os.W_OK | os.X_OK):
+        raise KernelBuildFolderError(f"the kernel build folder {build_dir} is not writable; set BNNCTL_BUILD_DIR "
+                                     f"to a writable folder.")
+    return build_dir
 
 
 @dataclass(frozen=True)
@@ -138,8 +156,7 @@ def _build(variant: str, verbose: bool) -> str:
 
     if variant == "cuda":
         cpp_extension.CUDA_HOME = cuda_home  # torch guessed it at import time, perhaps wrongly
-    build_dir = build_root() / f"{variant}-{_fingerprint(variant)}"
-    build_dir.mkdir(parents=True, exist_ok=True)
+    build_dir = usable_build_dir(build_root() / f"{variant}-{_fingerprint(variant)}")
     name = f"bnnctl_kernels_{variant}"
     built = any(build_dir.glob(f"{name}*.so"))
     started = time.perf_counter()

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import paper
+from ..bench_records import read_bench_records
 from ..runs import is_count, is_number
-from .records import Notes, fmt, md_table, read_json, write_csv
+from .records import Notes, fmt, md_table, write_csv
 
 
 @dataclass
@@ -33,7 +34,7 @@ class KernelRecord:
 
 @dataclass
 class MlpRecord:
-    """A ``bnnctl bench --model mnist-mlp`` record (``bnnctl/bench/mlp.py``): engine variants timed on the
+    """A ``bnnctl bench --model mnist-mlp`` record (``bnnctl.bench.model_bench``): engine variants timed on the
     test images."""
 
     rel: str
@@ -61,38 +62,15 @@ class MlpRecord:
         return min(ran, key=lambda r: r["median_ms"])["name"] if ran else None
 
 
-def _check_kernels_record(data: dict[str, Any]) -> str | None:
-    device, shape, kernel_map = data.get("device"), data.get("shape"), data.get("kernels")
-    if not isinstance(device, dict) or not isinstance(device.get("type"), str):
-        return "no device type"
-    if not isinstance(shape, dict) or not all(is_count(shape.get(d)) for d in "mnk"):
-        return "no shape {m, n, k}"
-    if not isinstance(kernel_map, dict) or not kernel_map:
-        return "no kernels"
-    for name, entry in kernel_map.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
-            return f"kernel {name!r} has no status"
-        if entry["status"] == "ok" and not is_number(entry.get("median_ms")):
-            return f"kernel {name!r} ran but has no median_ms"
-    return None
-
-
-def _mlp_rows(data: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The variants of an MNIST MLP bench record, or None when its layout is not ``bnnctl/bench/mlp.py``'s.
+def _mlp_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The variants of an MNIST MLP bench record (checked by ``bench_records.read_bench_record``).
 
     ``variants`` maps a name to {status, label, paper_row, median_ms (when ok), test_error_pct,
     predictions_differing_from_torch}; the speed-ups are recomputed here from the times.
     """
-    raw = data.get("variants")
-    if not isinstance(raw, dict) or not raw:
-        return None
     rows = []
-    for name, e in raw.items():
-        if not isinstance(e, dict) or not isinstance(e.get("status"), str):
-            return None
+    for name, e in data["variants"].items():
         ok = e["status"] == "ok"
-        if ok and not is_number(e.get("median_ms")):
-            return None
         err, differing = e.get("test_error_pct"), e.get("predictions_differing_from_torch")
         rows.append({"name": name, "paper_row": str(e.get("paper_row") or ""), "label": str(e.get("label") or ""),
                      "status": e["status"], "median_ms": e["median_ms"] if ok else None,
@@ -126,54 +104,33 @@ class Benches:
 def find_benches(results: Path, notes: Notes) -> Benches:
     """The bench records under results/bench."""
     kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares = [], [], [], [], []
-    bench_dir = results / "bench"
-    for path in sorted(bench_dir.rglob("*.json")) if bench_dir.is_dir() else []:
+    for path, record in read_bench_records(results / "bench"):
         rel = path.relative_to(results).as_posix()
-        data = read_json(path, rel, notes)
-        if data is None:
+        if isinstance(record, Exception):
+            notes.add(rel, f"{record.why}: skipped")
             continue
-        kind = data.get("kind")
+        if record.status != "ok":
+            notes.add(rel, f"a bench that failed ({record.problem}): skipped")
+            continue
+        data, kind = record.data, record.kind
         if kind == "kernels":
-            problem = _check_kernels_record(data)
-            if problem:
-                notes.add(rel, f"kernel bench record with {problem}: skipped")
-            else:
-                kernel_records.append(KernelRecord(rel, data))
-        elif isinstance(kind, str) and "mlp" in kind.lower():
-            rows = _mlp_rows(data)
-            device = data.get("device")
-            if rows is None or not isinstance(device, dict) or not isinstance(device.get("type"), str):
-                notes.add(rel, f"bench record of kind {kind!r} in a layout this report does not know: skipped")
-            else:
-                mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
-                                             rows, _mlp_model(data), device["type"], str(data.get("date", ""))))
+            kernel_records.append(KernelRecord(rel, data))
+        elif kind.endswith("-mlp"):
+            device = data["device"]
+            mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
+                                         _mlp_rows(data), _mlp_model(data), device["type"], str(data.get("date", ""))))
         elif kind == "cpu-peaks":
             cpu_peaks.append((rel, data))
         elif kind == "cpu-xnor-share":
             xnor_shares.append((rel, data))
-        elif isinstance(kind, str) and kind.endswith("-convnet"):
-            problem = _check_convnet_record(data)
-            if problem:
-                notes.add(rel, f"ConvNet bench record with {problem}: skipped")
+        elif kind.endswith("-convnet"):
+            if any(e["status"] == "ok" and not is_number(e.get("images_per_s")) for e in data["variants"].values()):
+                notes.add(rel, "ConvNet bench record with a variant that ran but has no images_per_s: skipped")
             else:
                 convnets.append((rel, data))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
     return Benches(kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares)
-
-
-def _check_convnet_record(data: dict[str, Any]) -> str | None:
-    device, variants = data.get("device"), data.get("variants")
-    if not isinstance(device, dict) or not isinstance(device.get("type"), str):
-        return "no device type"
-    if not isinstance(variants, dict) or not variants:
-        return "no variants"
-    for name, e in variants.items():
-        if not isinstance(e, dict) or not isinstance(e.get("status"), str):
-            return f"variant {name!r} has no status"
-        if e["status"] == "ok" and not (is_number(e.get("median_ms")) and is_number(e.get("images_per_s"))):
-            return f"variant {name!r} ran but has no median_ms or images_per_s"
-    return None
 
 
 def convnet_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str:

@@ -1,0 +1,91 @@
+"""What a model bench needs to know about its model: one ``ModelSpec`` per ``--model`` name.
+
+``model_bench`` is the one driver; a spec says which recipe's architecture the model has, how its
+weights are found (a run, an export, or random weights), where its test images are, which variants
+are timed, and what its record compares. The specs themselves sit beside their loaders: ``mlp.SPEC``
+(``mnist-mlp``) and ``convnet.SPECS`` (``cifar10-convnet``, ``svhn-convnet``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..infer.exported import ExportedModel
+from ..recipe import DataConfig, Recipe, load_recipe, recipes_dir
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One way of running the model from 8-bit images to classes."""
+
+    label: str
+    first_layer: str | None = None  # the packed engine's first layer (infer.engine.FIRST_LAYERS); None: torch
+    hidden: str = "xnor"  # the engine's hidden layers: xnor | float (the paper's baseline kernel)
+    xnor_impl: str = "tuned"  # which XNOR kernel the engine's hidden layers use
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtype: torch.dtype = torch.float32  # torch variants
+    channels_last: bool = False  # torch variants: channels-last memory format
+    int8_hidden: bool = False  # torch variants: the binary hidden layers on torch._int_mm (+-1 bytes, exact)
+    exact: bool = True  # computes exactly what the fp32 float model does: its predictions must equal it
+    paper_row: str = ""  # the paper's name for it, where it has one: (a), (b), ...
+
+    @property
+    def engine(self) -> bool:
+        return self.first_layer is not None
+
+    @property
+    def packed(self) -> bool:
+        """On the packed engine with XNOR hidden layers (not the paper's float baseline kernel)."""
+        return self.engine and self.hidden == "xnor"
+
+
+@dataclass
+class LoadedModel:
+    exported: ExportedModel  # what the packed engine runs
+    float_model: nn.Module  # the float model in torch, eval mode, on the CPU
+    info: dict[str, Any]  # the record's model section: source, weights, epoch, ...
+    data_cfg: DataConfig | None = None  # the model's recipe data section (None: an export's, not needed)
+
+
+@dataclass
+class TestImages:
+    x: torch.Tensor  # uint8, N x C x H x W
+    y: torch.Tensor | None  # labels; None for random images
+    info: dict[str, Any]  # the record's data section: images, source, dataset (None: random images)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the --model name, and the record's kind
+    title: str  # for the table's title
+    recipe_file: str  # the shipped recipe whose architecture the model has
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    variants: dict[str, ModelVariant]
+    # (spec, --run or None, results folder) -> the model
+    load_model: Callable[["ModelSpec", Path | None, Path], LoadedModel]
+    # (spec, data root or None, the model's recipe data section, count) -> the first count test images
+    load_images: Callable[["ModelSpec", Path | None, dict, int], TestImages]
+    architecture: Callable[["ModelSpec", LoadedModel], str]  # e.g. 784-4096-4096-4096-10
+    batch: Callable[[str, ExportedModel], int]  # (device type, export) -> images per call
+    images: int = 10_000  # test images timed by default
+    images_option: bool = False  # whether --images may choose fewer
+    ratios: dict[str, str] = field(default_factory=dict)  # record key -> the variant whose time it divides
+    differing_key: str = "predictions_differing_from_float"  # record key of each variant's disagreements
+    # (variants that ran, device type) -> the spec's own targets (e.g. the paper's ratios)
+    extra_targets: Callable[[dict[str, dict], str], dict] | None = None
+    reference: str = "torch"  # the fp32 float model: the predictions every exact variant must reproduce
+
+    def recipe(self) -> Recipe:
+        """The resolved shipped recipe whose model this bench runs."""
+        return load_recipe(recipes_dir() / self.recipe_file)
+
+    def torch_variants(self) -> list[str]:
+        return [name for name, v in self.variants.items() if not v.engine]
+
+
+__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec"]
