@@ -598,3 +598,37 @@ def test_a_cpu_xnor_row_shows_its_share_of_its_own_and_the_best_ceiling():
     assert _ceiling_cell({"isa": "avx2", "share_of_isa_ceiling": 0.874, "share_of_popc_ceiling": 0.31}) == \
         "87% (avx2); 31% (best)"
     assert _ceiling_cell({"share_of_popc_ceiling": 0.5}) == "50% (best)" and _ceiling_cell({}) == ""
+
+
+def _load(busy: bool) -> dict:
+    return {"cores": 2, "threads": 2, "on_cpu": True, "loadavg_1min_before": 1.9 if busy else 0.05,
+            "loadavg_1min_after": 2.0 if busy else 0.1, "wall_s": 3.0, "cpu_s": 2.0 if busy else 5.9,
+            "cpu_per_wall": 0.67 if busy else 1.97, "busy": busy,
+            "busy_reason": "load average 1.90 before the run" if busy else None}
+
+
+def test_a_busy_record_is_marked_and_never_preferred_over_a_quiet_one(tmp_path):
+    from bnnctl.bench_records import write_bench_record
+
+    results, out = tmp_path / "results", tmp_path / "out"
+    bench = results / "bench"
+    bench.mkdir(parents=True)
+    quiet = {**KERNELS_RECORD, "status": "ok", "command": "bnnctl bench", "load": _load(False),
+             "date": "2026-12-01T12:00:00+00:00", "device": {"type": "cuda", "hardware": "Test GPU"}}
+    # Newer, busy, and 10x slower on xnor: neither the table nor Figure 3 may take it over the quiet one.
+    busy_kernels = {**quiet["kernels"], "xnor": {**quiet["kernels"]["xnor"], "median_ms": 5.0},
+                    "bf16": {"label": "torch bf16", "packed": False, "status": "ok", "median_ms": 1.0, "exact": True}}
+    busy = {**quiet, "date": "2026-12-02T12:00:00+00:00", "load": _load(True), "kernels": busy_kernels}
+    write_bench_record(bench / "quiet.json", quiet)
+    write_bench_record(bench / "busy.json", busy)
+    build_report(results, out)
+    rows = {r["kernel"]: r for r in read_csv(out / "kernels.csv")}
+    assert (rows["xnor"]["record"], rows["xnor"]["median_ms"], rows["xnor"]["load"]) == ("bench/quiet.json", "0.5",
+                                                                                          "quiet")
+    # A kernel only the busy record timed is shown, marked.
+    assert (rows["bf16"]["record"], rows["bf16"]["load"]) == ("bench/busy.json",
+                                                               "busy: load average 1.90 before the run")
+    md = (out / "REPORT.md").read_text()
+    figure3 = md.split("## Figure 3")[1]
+    assert "| matrix product | XNOR kernel | 0.5 | 0.05 |" in figure3
+    assert "`bench/quiet.json` (64x32x128; load: quiet)" in figure3

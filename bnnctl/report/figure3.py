@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import paper
 from ..runs import is_number
-from .kernels import KernelRecord, MlpRecord
+from .kernels import KernelRecord, MlpRecord, load_word, quiet_then_latest
 from .records import fmt, md_table, new_figure, save_png
 
 PAPER_SHAPE = "8192x8192x8192"
@@ -109,8 +109,8 @@ def _cpu_mlp(rec: MlpRecord) -> list[Bar] | None:
 
 
 def _latest(records: list, bars_of) -> tuple[Any, list[Bar]] | None:
-    """The latest record (by date, then path) from which all three bars can be drawn."""
-    for rec in sorted(records, key=lambda r: (str(r.date), r.rel), reverse=True):
+    """The latest quiet record from which all three bars can be drawn; a busy one only where no quiet one can."""
+    for rec in sorted(records, key=quiet_then_latest, reverse=True):
         bars = bars_of(rec)
         if bars:
             return rec, bars
@@ -131,9 +131,10 @@ def figures(kernel_records: list[KernelRecord], mlp_records: list[MlpRecord]) ->
         mlp = _latest([r for r in mlp_records if r.device == device], _gpu_mlp if gpu else _cpu_mlp)
         if matmul or mlp:
             found.append(Figure3(device, kind, matmul[1] if matmul else [],
-                                 f"`{matmul[0].rel}` ({matmul[0].shape})" if matmul else "",
+                                 f"`{matmul[0].rel}` ({matmul[0].shape}; load: {load_word(matmul[0].data)})"
+                                 if matmul else "",
                                  matmul[0].shape.replace("x", " x ") if matmul else "",
-                                 mlp[1] if mlp else [], f"`{mlp[0].rel}` ({mlp[0].model})" if mlp else ""))
+                                 mlp[1] if mlp else [], f"`{mlp[0].rel}` ({mlp[0].model}; load: {mlp[0].load})" if mlp else ""))
     return found
 
 
@@ -216,7 +217,7 @@ def figure3_section(kernel_records: list[KernelRecord], mlp_records: list[MlpRec
              "records: the same three bars on a GPU, with the paper's ratios beside ours (the paper states "
              "times only as ratios; the MLP's cuBLAS ratio is not stated); on a CPU, torch fp32, torch's "
              "fastest exact stock path and the XNOR kernel. Each panel draws the latest record holding all "
-             "three bars."]
+             "three bars, a record timed on a quiet machine before any busy one."]
     found = figures(kernel_records, mlp_records)
     if not found:
         parts.append("No record holds the figure's bars yet (`bnnctl bench --kernel all` and `bnnctl bench "

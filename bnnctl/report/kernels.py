@@ -18,6 +18,10 @@ class KernelRecord:
     data: dict[str, Any]
 
     @property
+    def busy(self) -> bool:
+        return is_busy(self.data)
+
+    @property
     def date(self) -> str:
         return str(self.data.get("date", ""))
 
@@ -43,6 +47,8 @@ class MlpRecord:
     model: str                   # which weights the accuracies are for
     device_type: str
     date: str
+    busy: bool = False
+    load: str = "not recorded"
 
     @property
     def trained(self) -> bool:
@@ -101,6 +107,25 @@ class Benches:
     xnor_shares: list[tuple[str, dict[str, Any]]]
 
 
+def is_busy(data: dict[str, Any]) -> bool:
+    """Recorded as timed on a busy machine (a record from before load was recorded counts as not known busy)."""
+    load = data.get("load")
+    return isinstance(load, dict) and load.get("busy") is True
+
+
+def load_word(data: dict[str, Any]) -> str:
+    """The load column: 'busy: <why>', 'quiet', or 'not recorded' for a record older than the load fields."""
+    load = data.get("load")
+    if not isinstance(load, dict) or not isinstance(load.get("busy"), bool):
+        return "not recorded"
+    return f"busy: {load.get('busy_reason') or 'yes'}" if load["busy"] else "quiet"
+
+
+def quiet_then_latest(record: Any) -> tuple:
+    """Sort key, largest first: a quiet record before any busy one of its kind, then the latest."""
+    return (not record.busy, str(record.date), record.rel)
+
+
 def find_benches(results: Path, notes: Notes) -> Benches:
     """The bench records under results/bench."""
     kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares = [], [], [], [], []
@@ -118,7 +143,8 @@ def find_benches(results: Path, notes: Notes) -> Benches:
         elif kind.endswith("-mlp"):
             device = data["device"]
             mlp_records.append(MlpRecord(rel, f"{device.get('hardware', device['type'])} ({device['type']})",
-                                         _mlp_rows(data), _mlp_model(data), device["type"], str(data.get("date", ""))))
+                                         _mlp_rows(data), _mlp_model(data), device["type"], str(data.get("date", "")),
+                                         is_busy(data), load_word(data)))
         elif kind == "cpu-peaks":
             cpu_peaks.append((rel, data))
         elif kind == "cpu-xnor-share":
@@ -139,7 +165,7 @@ def convnet_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str
     if not records:
         return ""
     header = ["record", "model", "device", "data", "variant", "median_ms", "images_per_s", "x_torch_fp32",
-              "x_best_torch", "predictions_differing_from_float"]
+              "x_best_torch", "predictions_differing_from_float", "load"]
     rows, md_rows = [], []
     for rel, data in records:
         d = data["device"]
@@ -154,15 +180,15 @@ def convnet_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str
             differ = e.get("predictions_differing_from_float")
             rows.append([rel, data.get("kind"), device, source, name, fmt(e["median_ms"], ".6g"),
                          fmt(e["images_per_s"], ".6g"), fmt(x_fp32, ".4g"), fmt(x_best, ".4g"),
-                         differ if is_count(differ) else None])
+                         differ if is_count(differ) else None, load_word(data)])
             md_rows.append([data.get("kind", ""), device, source, f"{name}: {e.get('label', '')}",
                             fmt(e["images_per_s"], ",.0f"), fmt(x_fp32, ".2f"), fmt(x_best, ".2f"),
-                            fmt(differ if is_count(differ) else None, "d")])
+                            fmt(differ if is_count(differ) else None, "d"), load_word(data)])
     write_csv(out / "convnets.csv", header, rows)
     return "\n\n".join([
         "### The ConvNets on packed bits (`bnnctl bench --model cifar10-convnet|svhn-convnet`)",
         md_table(["model", "device", "data", "variant", "images/s", "x torch fp32", "x best torch",
-                  "predictions differing from the float model"], md_rows),
+                  "predictions differing from the float model", "load"], md_rows),
         "Every variant that ran; 'best torch' is the fastest of torch fp32, channels-last and bf16 in the same "
         "record. The engine variants must predict the float model's class on every image (the command fails "
         "otherwise); bf16 rounds, so its differences are recorded only. CSV: `convnets.csv`."])
@@ -241,7 +267,8 @@ def _paper_ratio(rec: KernelRecord, kernel: str, column: str) -> float | None:
 
 
 def latest_runs(records: list[KernelRecord]) -> list[tuple[KernelRecord, str, dict[str, Any]]]:
-    """(record, kernel, entry) per (device, shape, kernel) that ran: the latest record in which it ran.
+    """(record, kernel, entry) per (device, shape, kernel) that ran: the latest quiet record in which it ran
+    (a busy record only where no quiet one timed that kernel).
 
     In (device, shape) order, kernels in the order of the newest record for that (device, shape). A
     record that times a few kernels lists the others as not run; those entries say nothing about the
@@ -249,7 +276,7 @@ def latest_runs(records: list[KernelRecord]) -> list[tuple[KernelRecord, str, di
     """
     latest: dict[tuple[str, str, str], tuple[KernelRecord, str, dict[str, Any]]] = {}
     order: dict[tuple[str, str], dict[str, None]] = {}
-    for rec in sorted(records, key=lambda r: (r.date, r.rel), reverse=True):
+    for rec in sorted(records, key=quiet_then_latest, reverse=True):
         names = order.setdefault((rec.device, rec.shape), {})
         for name, e in rec.data["kernels"].items():
             names.setdefault(name, None)
@@ -260,7 +287,7 @@ def latest_runs(records: list[KernelRecord]) -> list[tuple[KernelRecord, str, di
 
 def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path) -> str:
     header = ["record", "date", "device", "shape", "kernel", "label", "exact"] + [c for _, c in KERNEL_COLUMNS] \
-        + ["paper_x_baseline", "paper_x_cublas"]
+        + ["paper_x_baseline", "paper_x_cublas", "load"]
     rows = []
     md_rows = []
     ran = latest_runs(records)
@@ -268,19 +295,20 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
         values = [e.get(key) for key, _ in KERNEL_COLUMNS]
         paper_base, paper_cublas = (_paper_ratio(rec, name, key) for key in ("x_baseline", "x_cublas_fp32"))
         rows.append([rec.rel, rec.date, rec.device, rec.shape, name, e.get("label", ""), e.get("exact")]
-                    + [fmt(v, ".6g") if is_number(v) else v for v in values] + [paper_base, paper_cublas])
+                    + [fmt(v, ".6g") if is_number(v) else v for v in values] + [paper_base, paper_cublas,
+                                                                                load_word(rec.data)])
         md_rows.append([rec.device, rec.shape, f"{name}: {e.get('label', '')}", fmt(e.get("median_ms"), ".3f"),
                         fmt(e.get("including_packing_ms"), ".3f"), fmt(e.get("x_baseline"), ".2f"),
                         fmt(paper_base, ".0f", "") + ("x" if paper_base else ""),
                         fmt(e.get("x_cublas_fp32"), ".2f"),
                         fmt(paper_cublas, ".1f", "") + ("x" if paper_cublas else ""),
                         fmt(e.get("x_best_exact_stock"), ".2f", ""), _ceiling_cell(e),
-                        {True: "yes", False: "NO"}.get(e.get("exact"), "?")])
+                        {True: "yes", False: "NO"}.get(e.get("exact"), "?"), load_word(rec.data)])
     write_csv(out / "kernels.csv", header, rows)
 
     mlp_header = ["record", "device", "variant", "paper_row", "label", "status", "median_ms", "x_baseline",
                   "x_torch", "x_best_torch", "paper_x_baseline", "test_error_pct", "predictions_differing_from_torch",
-                  "model"]
+                  "model", "load"]
     mlp_rows, mlp_md = [], []
     for rec in sorted(mlp, key=lambda r: (r.device, r.rel)):
         best = rec.best_torch()
@@ -295,11 +323,11 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
             mlp_rows.append([rec.rel, rec.device, r["name"], r["paper_row"], r["label"], r["status"],
                              fmt(r["median_ms"], ".6g"), fmt(x_base, ".4g"), fmt(x_torch, ".4g"), fmt(x_best, ".4g"),
                              paper_x,
-                             fmt(r["test_error_pct"]) if rec.trained else "", r["differing"], rec.model])
+                             fmt(r["test_error_pct"]) if rec.trained else "", r["differing"], rec.model, rec.load])
             mlp_md.append([rec.device, f"{r['paper_row']} {r['name']}: {r['label']}".strip(),
                            fmt(r["median_ms"], ".1f") if r["status"] == "ok" else r["status"], fmt(x_base, ".2f"),
                            fmt(paper_x, "g") + ("x" if paper_x else ""), fmt(x_torch, ".2f"), fmt(x_best, ".2f"),
-                           fmt(r["test_error_pct"]) if rec.trained else "", fmt(r["differing"], "d")])
+                           fmt(r["test_error_pct"]) if rec.trained else "", fmt(r["differing"], "d"), rec.load])
     if mlp:
         write_csv(out / "mnist_mlp.csv", mlp_header, mlp_rows)
 
@@ -311,8 +339,11 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
              "cuBLAS: the kernel column says which."]
     if ran:
         parts.append(md_table(["device", "m x n x k", "kernel", "ms", "ms incl. packing", "x baseline", "paper",
-                               "x fp32 matmul", "paper", "x best exact stock", "% of ceiling", "exact"], md_rows))
-        parts.append("One row per kernel, device and shape, from the latest record in which that kernel ran; a "
+                               "x fp32 matmul", "paper", "x best exact stock", "% of ceiling", "exact", "load"],
+                              md_rows))
+        parts.append("One row per kernel, device and shape, from the latest record in which that kernel ran, a "
+                     "record timed on a busy machine only where no quiet one timed that kernel (the load column "
+                     "says which; records from before the load was recorded say 'not recorded'); a "
                      "kernel no record ran there has no row. A ratio compares times within that one record, so "
                      "it is blank where the record did not time the reference. On a CPU, 'x best exact stock' "
                      "divides by the fastest of torch's exact products (fp32, bf16, int8) in that record, and '% "
@@ -326,7 +357,8 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
     parts.append("### MNIST MLP (the figure's right half)")
     if mlp:
         parts.append(md_table(["device", "variant", "ms (all test images)", "x baseline (a)", "paper",
-                               "x torch fp32 (d)", "x best torch", "test error %", "predictions differing from torch"],
+                               "x torch fp32 (d)", "x best torch", "test error %", "predictions differing from torch",
+                               "load"],
                               mlp_md))
         parts.append("Accuracies are for: " + "; ".join(f"`{rec.rel}`: {rec.model}" for rec in mlp) + ". "
                      f"Paper: {paper.kernel_ratio('mlp_xnor_vs_baseline'):g}x for (b) over (a), at the same accuracy. "
