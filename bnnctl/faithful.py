@@ -116,3 +116,24 @@ def experiment_digest(recipe: Mapping[str, Any]) -> str:
     """SHA-256 of the experiment keys: two recipes share it exactly when ``differences`` finds none."""
     canonical = {k: _canonical(v) for k, v in experiment(recipe).items()}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def shipped_recipe(name: str) -> dict[str, Any] | None:
+    """The resolved shipped recipe of that name as a mapping, or None where no shipped recipe has it."""
+    from .recipe import RecipeError, load_recipe, recipes_dir
+
+    path = recipes_dir() / f"{name}.yaml"
+    try:
+        return load_recipe(path).to_dict() if path.is_file() else None
+    except RecipeError:
+        return None
+
+
+def experiment_fields(recipe: Mapping[str, Any], dataset: str, variant: str) -> dict[str, Any]:
+    """What a run records so that anyone can tell, from result.json alone, whether it is the shipped experiment:
+    its own experiment digest, the shipped recipe's at the time of the run, and the verdict."""
+    shipped = shipped_recipe(str(recipe.get("name")))
+    ours = experiment_digest(recipe)
+    theirs = experiment_digest(shipped) if shipped is not None else None
+    return {"experiment_sha256": ours, "shipped_experiment_sha256": theirs,
+            "faithful_to_shipped": theirs is not None and ours == theirs and variant == dataset}

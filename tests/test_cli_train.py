@@ -45,8 +45,11 @@ def test_train_records_run_and_eval_agrees(tiny_recipe, tmp_path):
     assert record["best_epoch"] == best + 1
     assert record["test_error_pct"] == rows[best]["test_error_pct"]
     assert record["test_error_pct"] < 50  # the tiny task is learnable
-    for key in ("seed", "commit", "torch", "hardware", "wall_time_s", "variant", "dataset"):
+    for key in ("seed", "commit", "torch", "hardware", "wall_time_s", "variant", "dataset", "bnnctl"):
         assert key in record
+    # 'tiny' is no shipped recipe: the run records its experiment's digest, and that it is not a paper cell.
+    assert len(record["experiment_sha256"]) == 64 and record["shipped_experiment_sha256"] is None
+    assert record["faithful_to_shipped"] is False
 
     evaluated = runner.invoke(app, ["eval", str(run), "--device", "cpu"])
     assert evaluated.exit_code == 0, evaluated.output

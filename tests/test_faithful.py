@@ -76,3 +76,17 @@ def test_every_recorded_run_of_a_shipped_recipe_is_judged():
                                                                                         load_recipe(shipped).to_dict())
     assert judged["mnist_torch7/cpu-200ep-fast-s0"] == []
     assert [d.key for d in judged["mnist/cpu-20ep-s0"]] == ["train.epochs"]
+
+
+def test_a_run_records_whether_it_is_the_shipped_experiment(shipped):
+    from bnnctl.faithful import experiment_fields
+
+    fields = experiment_fields(shipped, "mnist", "mnist")
+    assert fields["faithful_to_shipped"] is True
+    assert fields["experiment_sha256"] == fields["shipped_experiment_sha256"] == experiment_digest(shipped)
+    assert experiment_fields(shipped, "mnist", "mnist-other")["faithful_to_shipped"] is False
+    narrow = load_recipe(REPO / "recipes" / "mnist_torch7.yaml", ["model.hidden=[16]"]).to_dict()
+    assert experiment_fields(narrow, "mnist", "mnist")["faithful_to_shipped"] is False
+    mine = {**shipped, "name": "my_own_recipe"}
+    assert experiment_fields(mine, "mnist", "mnist") == {
+        "experiment_sha256": experiment_digest(mine), "shipped_experiment_sha256": None, "faithful_to_shipped": False}

@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..core.evaluation import eval_sums
 from ..core.models import count_parameters
 from ..data import Splits, load_splits
+from ..faithful import experiment_fields
 from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError
 from ..allocator import use_huge_pages
 from ..checkpoints import load_checkpoint
@@ -103,6 +104,8 @@ class Trainer:
         # Read once: the code this process runs is the commit checked out when it started, not
         # whatever HEAD has moved on to by the time an epoch ends.
         self.environment = environment(device)
+        # Whether this run is the shipped recipe's experiment, judged against the recipes this code ships.
+        self.experiment = experiment_fields(recipe.to_dict(), splits.dataset, splits.variant)
         # A resumed run keeps the command and environment it started with; each resume is listed.
         self.resumes: list[dict[str, Any]] = []
         # The epoch the run folder's checkpoint.pt holds (None: none written yet), what --resume continues after.
@@ -185,7 +188,7 @@ class Trainer:
             "wall_time_s": round(self.wall_time, 2),
             "epoch_time_s": round(sum(m["epoch_time_s"] for m in rows) / len(rows), 3) if rows else None,
             "started": self.started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": self.command, **self.environment, "world_size": self.ranks.world_size,
+            "command": self.command, **self.environment, **self.experiment, "world_size": self.ranks.world_size,
             "resumes": self.resumes,
         } | ({"hardware": f"{self.ranks.world_size} x {hardware(self.device)}"} if self.ranks.active else {})
 
