@@ -397,7 +397,7 @@ def test_kernel_tables_match_the_bench_records(results, out):
     assert rows["xnor"]["paper_x_baseline"] == rows["xnor"]["paper_x_cublas"] == ""
 
     md = (out / "REPORT.md").read_text()
-    table = md.split("## Kernel figure")[1].split("### MNIST MLP")[0]
+    table = md.split("## Kernel timings")[1].split("### MNIST MLP")[0]
     assert "not run" not in table and "xnor-paper" not in table
     assert "| Test CPU (2 threads) (cpu) | 64x32x128 | xnor: XNOR, CPU | 0.400 | 0.600 |  |  | 5.00 |  |  |  | yes |" \
         in table
@@ -632,3 +632,24 @@ def test_a_busy_record_is_marked_and_never_preferred_over_a_quiet_one(tmp_path):
     figure3 = md.split("## Figure 3")[1]
     assert "| matrix product | XNOR kernel | 0.5 | 0.05 |" in figure3
     assert "`bench/quiet.json` (64x32x128; load: quiet)" in figure3
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_committed_report_is_what_bnnctl_report_writes_from_the_committed_record(tmp_path):
+    """A fresh clone's `bnnctl report` rewrites results/report as committed: every table and sentence byte for
+    byte, every figure at its size (its pixels depend on the installed matplotlib and FreeType)."""
+    committed = REPO / "results" / "report"
+    listed = json.loads((committed / ".bnnctl-report.json").read_text())["files"]
+    build_report(REPO / "results", tmp_path / "out")
+    fresh = tmp_path / "out"
+    assert sorted(json.loads((fresh / ".bnnctl-report.json").read_text())["files"]) == sorted(listed)
+    for name in listed:
+        ours, theirs = (fresh / name).read_bytes(), (committed / name).read_bytes()
+        if name.endswith(".png"):
+            assert _png_size(ours) == _png_size(theirs), name
+        else:
+            assert ours == theirs, f"{name} differs from what the committed record gives: run `bnnctl report`"

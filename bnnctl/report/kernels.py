@@ -332,7 +332,7 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
         write_csv(out / "mnist_mlp.csv", mlp_header, mlp_rows)
 
     ratios = "; ".join(f"{r.value:g}x: {r.claim} ({r.source})" for r in paper.KERNEL_RATIOS)
-    parts = ["## Kernel figure (the paper's Figure 3)",
+    parts = ["## Kernel timings (the data behind Figure 3)",
              f"Paper: {ratios}. Ours: the `bnnctl bench` records under `bench/`, per device; a ratio is the "
              "reference kernel's time over the kernel's (higher is faster). The paper's ratios stand beside GPU "
              "records only. On a CPU the 'baseline' is a plain C++ loop and the fp32 reference is torch's matmul, not "
@@ -354,7 +354,7 @@ def kernels_section(records: list[KernelRecord], mlp: list[MlpRecord], out: Path
         parts.append("No kernel ran in the recorded benchmarks: not run.")
     else:
         parts.append("No kernel benchmark is recorded (`bnnctl bench --kernel all` writes one): not run.")
-    parts.append("### MNIST MLP (the figure's right half)")
+    parts.append("### MNIST MLP timings (Figure 3's right half)")
     if mlp:
         parts.append(md_table(["device", "variant", "ms (all test images)", "x baseline (a)", "paper",
                                "x torch fp32 (d)", "x best torch", "test error %", "predictions differing from torch",
