@@ -114,7 +114,7 @@ def _bf16_cpu(o: Operands) -> torch.Tensor:
 
 def _bf16_note(device_type: str) -> str | None:
     if device_type != "cpu":
-        return None  # the GPU row is as it always was: a bf16 output, checked in bf16
+        return None  # on a GPU the product stays bf16 and is checked in bf16
     if bf16_fp32_output("cpu"):
         return "float32 output (torch.mm out_dtype=float32): exact"
     return ("bfloat16 output cast to float32 (this torch has no float32 output for a bf16 product on the CPU): "

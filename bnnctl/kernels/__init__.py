@@ -6,7 +6,7 @@
 
 Packed layout: row r of a (rows, k) float matrix becomes ceil(k / 64) int64 words; element j is bit
 j % 64 (LSB first) of word j // 64, set when x >= 0, so 0 and -0.0 count as +1 as in
-``bnnctl.binarize.sign_pm1`` (and NaN as -1); bits past k are zero. Viewed as int32 (``t.view(torch.int32)``) the
+``bnnctl.core.binarize.sign_pm1`` (and NaN as -1); bits past k are zero. Viewed as int32 (``t.view(torch.int32)``) the
 same buffer is the 32-bit-word layout, which the paper-style kernel reads. The sign is exact for every
 floating dtype: float32 and float64 are packed from their own bits (a float64 is never rounded to float32,
 which would turn -1e-300 into -0.0, i.e. +1), and float16 / bfloat16 widen to float32 exactly.

@@ -143,7 +143,8 @@ class Trainer:
         self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
         self.checkpoint_epoch = self.epoch
         self.wall_time, self.started = state["wall_time"], state["started"]
-        if "command" in state:  # checkpoints from before these were kept start the record here
+        # A checkpoint without the command and environment fields starts the record here.
+        if "command" in state:
             # each resume with its own environment: it may run other code, or on other hardware
             self.resumes = [*state["resumes"], {"after_epoch": self.epoch, "command": self.command,
                                                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
