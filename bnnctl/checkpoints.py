@@ -14,7 +14,7 @@ import torch
 from .core.models import build_model
 from .errors import DamagedFile, UserError
 from .files import load_torch_file
-from .recipe import resolve
+from .recipe import check_fits_memory, resolve
 from .runs import BEST_FILE, MODEL_FORMAT, READABLE_VERSIONS, RESULT_FILE, read_result
 
 
@@ -38,7 +38,9 @@ def load_model(run: Path) -> tuple[dict[str, Any], torch.nn.Module, dict[str, An
     path = run / BEST_FILE if run.is_dir() else run
     record = load_checkpoint(path, MODEL_FORMAT)
     recipe = resolve(record["recipe"], str(path))
-    model = build_model(recipe.model, tuple(record["input_shape"]), record["num_classes"])
+    shape, classes = tuple(record["input_shape"]), record["num_classes"]
+    check_fits_memory(recipe, str(path), input_shape=shape, num_classes=classes, training=False)  # before building it
+    model = build_model(recipe.model, shape, classes)
     model.load_state_dict(record["model"])
     model.eval()
     result_path = path.parent / RESULT_FILE

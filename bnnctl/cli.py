@@ -17,7 +17,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from .allocator import use_huge_pages
-from .errors import UserError
+from .errors import UserError, out_of_memory_as_failure
 
 
 class _RecordingGroup(TyperGroup):
@@ -54,7 +54,8 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with out_of_memory_as_failure("use a smaller model or problem size, or a machine with more memory"):
+                return fn(*args, **kwargs)
         except UserError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None

@@ -7,6 +7,10 @@ Exit codes (the README lists them with what each failure leaves behind):
   5  another bnnctl process is training in that run folder;
   130  interrupted (Ctrl-C or SIGTERM; the run is recorded as interrupted and resumes from its last checkpoint).
 """
+from __future__ import annotations
+
+import contextlib
+import re
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -33,3 +37,41 @@ class RunBusy(UserError):
     """Another process holds the run folder's lock."""
 
     exit_code = EXIT_BUSY
+
+
+# What the allocators say when they fail: torch's CPU allocator raises RuntimeError ("DefaultCPUAllocator:
+# can't allocate memory", "not enough memory" on Windows), CUDA torch.cuda.OutOfMemoryError (a RuntimeError).
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.IGNORECASE)
+_TRIED = re.compile(r"tried to allocate (\d+) bytes|Tried to allocate ([\d.]+ [KMGT]?i?B)")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed for want of memory (host or device)."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and bool(_OUT_OF_MEMORY.search(str(error).split("\n", 1)[0]))
+
+
+def out_of_memory(error: BaseException, advice: str) -> EnvironmentFailure:
+    """The one sentence for a failed allocation: which memory ran out, the size asked for where known, ``advice``."""
+    where = "the GPU" if "cuda" in str(error).lower() or type(error).__name__ == "OutOfMemoryError" else "the machine"
+    tried = _TRIED.search(str(error))
+    asked = ""
+    if tried and tried.group(1):
+        size = int(tried.group(1))
+        shown = f"{size / 2**30:,.1f} GiB" if size >= 2**30 else f"{size / 2**20:,.0f} MiB"
+        asked = f" (an allocation of {shown} failed)"
+    elif tried:
+        asked = f" (an allocation of {tried.group(2)} failed)"
+    return EnvironmentFailure(f"{where} ran out of memory{asked}; {advice}.")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_failure(advice: str):
+    """Within: a failed allocation becomes an ``EnvironmentFailure`` (exit 4) saying so, never a traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise out_of_memory(e, advice) from None

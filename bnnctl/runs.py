@@ -116,11 +116,15 @@ def read_result(path: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- run folders
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+MAX_NAME_CHARS = 128  # with the run id's "-2" suffix, well within a file system's 255 bytes per folder name
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_NAME_CHARS - 1}}}")
 
 
 def check_name(value: str, what: str) -> str:
     """A recipe name or run id is one plain folder name: it cannot climb out of --runs-dir."""
+    if isinstance(value, str) and len(value) > MAX_NAME_CHARS:
+        raise UserError(f"{what} {value[:24]!r}... is {len(value):,} characters long, too long for a run's folder "
+                        f"name (at most {MAX_NAME_CHARS}).")
     if not isinstance(value, str) or not _NAME.fullmatch(value) or value in (".", ".."):
         raise UserError(f"{what} {value!r} must be one folder name of letters, digits and . _ + - (starting with "
                         f"a letter or digit), so that the run stays inside --runs-dir.")

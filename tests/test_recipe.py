@@ -56,7 +56,7 @@ def test_shipped_recipe_resolves_every_field():
     (lambda r: r["model"].update(bn_momentum=1.5), "'model.bn_momentum' must be a finite number at least 0 and at "
                                                    "most 1"),
     (lambda r: r["data"].update(valid_size=0), "'data.valid_size' must be at least 1"),
-    (lambda r: r["model"].update(hidden=[4096, 4096, 4096, 10**9]), "exceed this machine's"),
+    (lambda r: r["model"].update(hidden=[4096, 4096, 4096, 10**9]), "more than this machine's"),
     (lambda r: r["model"].update({1: 2, "z": 3}), "unknown key 'model.1'"),
 ])
 def test_bad_recipes_name_file_and_key(tmp_path, edit, message):
@@ -94,11 +94,16 @@ def test_parameter_estimate_is_the_built_models_count(name):
 
 
 def test_model_that_does_not_fit_the_machine(monkeypatch):
-    recipe = load_recipe(REPO / "recipes" / "mnist.yaml")  # 36.8M parameters: 562 MiB to train
+    recipe = load_recipe(REPO / "recipes" / "mnist.yaml")  # 36.8M parameters: 562 MiB, and 31 MiB of activations
     check_fits_memory(recipe, "r.yaml", memory=1 << 30)
-    with pytest.raises(RecipeError, match=r"r\.yaml: the model has about 36,843,550 parameters.*about 562 MiB\) "
-                                          r"exceed this machine's 512 MiB.*'model.hidden'"):
+    with pytest.raises(RecipeError, match=r"r\.yaml: training the model needs about 593 MiB of memory for its "
+                                          r"36,843,550 parameters \(float32 weights, gradients and Adam state 562 MiB, "
+                                          r"activations of a batch 31 MiB\), more than this machine's 512 MiB.*"
+                                          r"'model.hidden'"):
         check_fits_memory(recipe, "r.yaml", memory=1 << 29)
+    # a batch's activations count: 1000 images of 3 x 4096 values, about 4 float32 each while training
+    with pytest.raises(RecipeError, match=r"activations of a batch 188 MiB.*'train.batch_size'"):
+        check_fits_memory(replace(recipe, train=replace(recipe.train, batch_size=1000)), "r.yaml", memory=700 << 20)
     monkeypatch.setattr("bnnctl.recipe.checks.physical_memory", lambda: None)  # memory unknown: at most 2^31 parameters
     check_fits_memory(recipe, "r.yaml")
     recipe = replace(recipe, model=replace(recipe.model, hidden=(50_000, 50_000)))

@@ -23,11 +23,11 @@ from . import cifar_svhn, preprocessing
 from .common import (DATASET_CLASSES, DATASET_IMAGE_SHAPES, DataError, RawData, Splits, check_arrays, data_root,
                      load_npz, preprocess_scale, scale_to_pm1, tail_split, wants_npz)
 from .mnist import MNIST_FILES, load_mnist
-from .preprocessing import physical_memory
+from .preprocessing import available_memory, physical_memory
 
 __all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET_IMAGE_SHAPES", "DataError",
            "RawData", "Splits", "check_arrays", "data_root", "load_npz", "load_splits", "physical_memory",
-           "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
+           "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
 
 DATASETS: dict[str, Callable[[Any, Path], RawData]] = {
     "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,

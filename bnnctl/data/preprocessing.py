@@ -231,6 +231,19 @@ def physical_memory() -> int | None:
         return None
 
 
+def available_memory() -> int | None:
+    """Bytes that can be allocated now without swapping (the kernel's MemAvailable), or None where the system
+    does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def preprocess_standardize(x_train, x_valid, x_test, root: Path):
     fitted = _cached(root, "standardize", x_train, {}, lambda: fit_standardize(x_train))
     _check_spread(float(fitted["std"]), "standardize", "the training pixels")

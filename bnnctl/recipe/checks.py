@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..data import DATASET_CLASSES, DATASET_IMAGE_SHAPES, physical_memory, wants_npz
-from .fields import REQUIRED, RecipeError, checked_value
+from ..data import DATASET_CLASSES, DATASET_IMAGE_SHAPES, available_memory, physical_memory, wants_npz
+from ..errors import EnvironmentFailure
+from .fields import REQUIRED, RecipeError, checked_value, clipped, excerpt
 from .schema import DataConfig, ModelConfig, Recipe, Section
 
 
@@ -24,7 +25,7 @@ def build_section(cls: type[Section], node: Any, where: str, source: str) -> Sec
     fields = {item.name: item for item in dataclasses.fields(cls)}
     unknown = sorted(set(node) - set(fields), key=str)
     if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        key = clipped(f"{where}.{unknown[0]}" if where else str(unknown[0]))
         raise RecipeError(f"{source}: unknown key '{key}' (allowed here: {', '.join(sorted(fields))}).")
     sections = getattr(cls, "SECTIONS", {})
     values: dict[str, Any] = {}
@@ -50,11 +51,11 @@ def check_consistency(r: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: 'model.conv' must list the ConvNet's channel widths.")
     bad = [c for c in m.conv if isinstance(c, str) and c != "M"]
     if bad:
-        raise RecipeError(f"{source}: 'model.conv' entries must be widths or 'M', got {bad[0]!r}.")
+        raise RecipeError(f"{source}: 'model.conv' entries must be widths or 'M', got {excerpt(bad[0])}.")
     for before, entry in zip([None, *m.conv], m.conv):
         if entry == "M" and (before is None or before == "M"):
             raise RecipeError(f"{source}: every 'M' in 'model.conv' must follow a channel width (it max-pools that "
-                              f"convolution's output), got {list(m.conv)!r}.")
+                              f"convolution's output), got {excerpt(list(m.conv))}.")
     if m.arch == "convnet" and not wants_npz(d):
         channels, height, width = DATASET_IMAGE_SHAPES.get(d.dataset, (1, 1 << 30, 1 << 30))
         pools = m.conv.count("M")
@@ -83,18 +84,22 @@ def check_consistency(r: Recipe, source: str) -> None:
 
 # Bytes per parameter while training: float32 weights, their gradients and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 16
+# Bytes per parameter to evaluate or export a model file: the file's float32 tensors and the model built from them.
+MODEL_FILE_BYTES_PER_PARAMETER = 8
+# Bytes per value of a layer's output while training: autograd keeps about four float32 tensors of
+# that size per layer (the product, its normalization, the binarized activation and a gradient).
+TRAINING_BYTES_PER_ACTIVATION = 16
 MAX_PARAMETERS = 2**31  # where the machine's memory is unknown
 
 
-def estimate_parameters(model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> int | None:
-    """Parameters of the recipe's model, counted from its widths (None for an architecture not known here).
+def _layers(model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int):
+    """(parameters, output values per image) of each layer of the recipe's model, as ``core.models`` builds it.
 
-    Weights and biases of every layer and a scale and shift per normalized feature, as
-    ``core.models`` builds them; the max-pools halve the image where they stand.
+    Weights and biases of every layer and a scale and shift per normalized feature; the max-pools
+    halve the image where they stand. Nothing for an architecture not known here.
     """
     bias = 1 if model.bias else 0
     channels, height, width = input_shape
-    total = 0
     if model.arch == "mlp":
         widths = [channels * height * width, *model.hidden]
     elif model.arch == "convnet":
@@ -102,43 +107,96 @@ def estimate_parameters(model: ModelConfig, input_shape: tuple[int, int, int], n
         for i, entry in enumerate(spec):
             if entry == "M":
                 continue
-            total += channels * entry * k * k + bias * entry + 2 * entry
+            yield channels * entry * k * k + bias * entry + 2 * entry, entry * height * width
             channels = entry
             if i + 1 < len(spec) and spec[i + 1] == "M":
                 height, width = height // 2, width // 2
         widths = [channels * height * width, *model.fc]
     else:
-        return None
+        return
     for fan_in, fan_out in zip(widths, [*widths[1:], num_classes]):
-        total += fan_in * fan_out + bias * fan_out + 2 * fan_out
-    return total
+        yield fan_in * fan_out + bias * fan_out + 2 * fan_out, fan_out
+
+
+def estimate_parameters(model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> int | None:
+    """Parameters of the recipe's model, counted from its widths (None for an architecture not known here)."""
+    if model.arch not in ("mlp", "convnet"):
+        return None
+    return sum(parameters for parameters, _ in _layers(model, input_shape, num_classes))
 
 
 def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.0f} MiB"
 
 
-def check_fits_memory(recipe: Recipe, source: str, memory: int | None = None) -> None:
-    """Refuse a model whose training state (about 16 bytes per parameter) exceeds this machine's memory.
+def memory_needed(recipe: Recipe, input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                  training: bool = True) -> tuple[int, int, str] | None:
+    """(parameters, bytes, what the bytes hold) to train the recipe's model, or to evaluate a model file of it.
 
-    The count takes the dataset's original image size; a staged .npz of other images changes the
-    first layer's size only.
+    Training holds the parameters' state (``TRAINING_BYTES_PER_PARAMETER``) and the activations of
+    a batch: every layer's output for ``train.batch_size`` images, or the largest two for
+    ``train.eval_batch_size`` images at evaluation, whichever is more. The shape defaults to the
+    dataset's original images (a staged .npz of other images changes the first layer only).
+    None where the architecture or dataset is not known here.
     """
-    d, m = recipe.data, recipe.model
-    shape = DATASET_IMAGE_SHAPES.get(d.dataset)
-    count = estimate_parameters(m, shape, DATASET_CLASSES.get(d.dataset, 10)) if shape else None
+    d, m, t = recipe.data, recipe.model, recipe.train
+    input_shape = input_shape or DATASET_IMAGE_SHAPES.get(d.dataset)
+    num_classes = num_classes or DATASET_CLASSES.get(d.dataset, 10)
+    count = estimate_parameters(m, input_shape, num_classes) if input_shape else None
     if count is None:
+        return None
+    if not training:
+        return count, count * MODEL_FILE_BYTES_PER_PARAMETER, "float32 weights as stored and as built"
+    outputs = [values for _, values in _layers(m, input_shape, num_classes)]
+    activations = max(t.batch_size * sum(outputs) * TRAINING_BYTES_PER_ACTIVATION,
+                      t.eval_batch_size * 2 * 4 * max(outputs, default=0))
+    state = count * TRAINING_BYTES_PER_PARAMETER
+    return count, state + activations, (f"float32 weights, gradients and Adam state {_size(state)}, activations "
+                                        f"of a batch {_size(activations)}")
+
+
+def _smaller(recipe: Recipe, training: bool) -> str:
+    if not training:  # a model file's model is what it is
+        return "it needs a machine with more memory"
+    keys = "'model.hidden'" if recipe.model.arch == "mlp" else "'model.conv' and 'model.fc'"
+    return f"use smaller widths in {keys} or smaller 'train.batch_size' and 'train.eval_batch_size'"
+
+
+def check_fits_memory(recipe: Recipe, source: str, memory: int | None = None,
+                      input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                      training: bool = True) -> None:
+    """Refuse a model whose training (or, not ``training``, its model file's) memory exceeds this machine's.
+
+    ``memory_needed`` says what is counted; the sentence names the bytes needed and the machine's.
+    """
+    needed = memory_needed(recipe, input_shape, num_classes, training)
+    if needed is None:
         return
+    count, need, what = needed
     memory = physical_memory() if memory is None else memory
-    need = count * TRAINING_BYTES_PER_PARAMETER
-    keys = "'model.hidden'" if m.arch == "mlp" else "'model.conv' and 'model.fc'"
+    doing = "training the model" if training else "the model"
     if memory is not None and need > memory:
-        raise RecipeError(f"{source}: the model has about {count:,} parameters, whose float32 weights, gradients and "
-                          f"Adam state (about {_size(need)}) exceed this machine's {_size(memory)} of memory; "
-                          f"use smaller widths in {keys}.")
+        raise RecipeError(f"{source}: {doing} needs about {_size(need)} of memory for its {count:,} parameters "
+                          f"({what}), more than this machine's {_size(memory)}; {_smaller(recipe, training)}.")
     if memory is None and count > MAX_PARAMETERS:
         raise RecipeError(f"{source}: the model has about {count:,} parameters, more than the {MAX_PARAMETERS:,} "
-                          f"bnnctl trains; use smaller widths in {keys}.")
+                          f"bnnctl trains; {_smaller(recipe, training)}.")
+
+
+def check_memory_available(recipe: Recipe, source: str, input_shape: tuple[int, int, int], num_classes: int,
+                           free: int | None = None, where: str = "this machine") -> None:
+    """Before a run allocates its model: refuse (EnvironmentFailure) when the memory free now cannot hold it.
+
+    A model that fits the machine (``check_fits_memory``) may still not fit beside what else runs.
+    ``free`` is what ``where`` has free (default: this machine's available memory).
+    """
+    needed, free = memory_needed(recipe, input_shape, num_classes), available_memory() if free is None else free
+    if needed is None or free is None or needed[1] <= free:
+        return
+    count, need, what = needed
+    raise EnvironmentFailure(f"{source}: training the model needs about {_size(need)} of memory for its {count:,} "
+                             f"parameters ({what}), more than the {_size(free)} {where} has free now; wait for "
+                             f"other work to end, or {_smaller(recipe, True)}.")
 
 
 def resolve(raw: dict[str, Any], source: str = "recipe") -> Recipe:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -86,6 +87,27 @@ def option(types, default=REQUIRED, **spec) -> Any:
     return dataclasses.field(default=tuple(default) if isinstance(default, list) else default, metadata=metadata)
 
 
+EXCERPT_CHARS = 60  # what a message quotes of a value at most
+
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel, _EXCERPT.maxlist, _EXCERPT.maxtuple, _EXCERPT.maxdict = 3, 8, 8, 6
+_EXCERPT.maxstring, _EXCERPT.maxother, _EXCERPT.maxlong = EXCERPT_CHARS, EXCERPT_CHARS, 40
+
+
+def excerpt(value: Any) -> str:
+    """``repr(value)`` cut to about ``EXCERPT_CHARS`` characters (a long list shows its first items and '...').
+
+    Values come from files and the command line: a message quotes a bounded part of one, so that
+    a huge or deeply shared value (a YAML alias chain) costs no time and no screen to report.
+    """
+    return clipped(_EXCERPT.repr(value))
+
+
+def clipped(text: str) -> str:
+    """``text`` as it is, or its first ``EXCERPT_CHARS`` characters ending in '...'."""
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS - 3] + "..."
+
+
 def _finite(value: Any) -> bool:
     try:
         return math.isfinite(value)
@@ -117,25 +139,26 @@ def checked_value(spec: Field, key: str, value: Any, source: str) -> Any:
     if value is None and (spec.nullable or spec.default is None):
         return None
     if not _is_instance(value, spec.types):
-        raise RecipeError(f"{source}: '{key}' must be {type_name(spec.types)}, got {value!r}.")
+        raise RecipeError(f"{source}: '{key}' must be {type_name(spec.types)}, got {excerpt(value)}.")
     if spec.items is not None and any(not _is_instance(v, spec.items) for v in value):
-        raise RecipeError(f"{source}: every item of '{key}' must be {type_name(spec.items)}, got {value!r}.")
+        raise RecipeError(f"{source}: every item of '{key}' must be {type_name(spec.items)}, got {excerpt(value)}.")
     if spec.choices is not None and value not in spec.choices:
-        raise RecipeError(f"{source}: '{key}' must be one of {', '.join(map(str, spec.choices))}, got {value!r}.")
+        raise RecipeError(f"{source}: '{key}' must be one of {', '.join(map(str, spec.choices))}, "
+                          f"got {excerpt(value)}.")
     if isinstance(value, list):
         if spec.length is not None and len(value) != spec.length:
             raise RecipeError(f"{source}: '{key}' must list exactly {spec.length} values "
-                              f"({_described(spec, spec.items or NUM)} each), got {value!r}.")
+                              f"({_described(spec, spec.items or NUM)} each), got {excerpt(value)}.")
         bad = [v for v in value if not spec.in_range(v)]
         if bad:
             raise RecipeError(f"{source}: every number in '{key}' must be {_described(spec, spec.items or NUM)}, "
-                              f"got {bad[0]!r} in {value!r}.")
+                              f"got {excerpt(bad[0])} in {excerpt(value)}.")
     elif not spec.in_range(value):
-        raise RecipeError(f"{source}: '{key}' must be {_described(spec, spec.types)}, got {value!r}.")
+        raise RecipeError(f"{source}: '{key}' must be {_described(spec, spec.types)}, got {excerpt(value)}.")
     if spec.rule is not None:
         allowed = spec.rule(value)
         if allowed:
-            raise RecipeError(f"{source}: '{key}' must be {allowed}, got {value!r}.")
+            raise RecipeError(f"{source}: '{key}' must be {allowed}, got {excerpt(value)}.")
     if isinstance(value, list):
         return tuple(value)
     return float(value) if float in spec.types and int in spec.types else value

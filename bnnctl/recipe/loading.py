@@ -16,17 +16,17 @@ import yaml
 
 from ..resources import shipped_dir
 from .checks import check_fits_memory, resolve
-from .fields import RecipeError
+from .fields import RecipeError, clipped, excerpt
 from .schema import SCHEMA, Recipe
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'optimizer.lr=1e-3' -> ('optimizer.lr', 0.001); values are read as YAML."""
     if "=" not in text:
-        raise RecipeError(f"--set {text!r}: expected key.path=value.")
+        raise RecipeError(f"--set {excerpt(text)}: expected key.path=value.")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+    try:  # read as a recipe file is, within the same bounds
+        value = RecipeLoader.read(raw, f"--set {clipped(key.strip())}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):
@@ -39,7 +39,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
-    parts = key.split(".")
+    parts, key = key.split("."), clipped(key)
     node, schema = raw, SCHEMA
     for i, part in enumerate(parts):
         if not isinstance(schema, dict) or part not in schema:
@@ -55,6 +55,67 @@ def apply_override(raw: dict[str, Any], key: str, value: Any, source: str) -> No
 
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything larger is some other file
+# A recipe is a few dozen values two levels deep and needs an alias or two at most. The nodes are
+# counted with every alias expanded, as the recipe's checks walk them: an alias chain (YAML's
+# "billion laughs") is a few lines of text whose expansion is astronomically large.
+MAX_RECIPE_ALIASES = 100
+MAX_RECIPE_DEPTH = 20
+MAX_RECIPE_NODES = 100_000
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the recipe's bounds, checked while the document is composed.
+
+    It counts aliases, nesting and nodes (an alias counts as the nodes it stands for) and refuses
+    a document past ``MAX_RECIPE_ALIASES``, ``MAX_RECIPE_DEPTH`` or ``MAX_RECIPE_NODES`` before
+    anything is built from it. Numbers like 3e-3 (no dot) read as numbers, which YAML 1.1 reads as strings.
+    """
+
+    def __init__(self, stream: str, source: str = "recipe"):
+        super().__init__(stream)
+        self.source = source
+        self.aliases = self.depth = self.nodes = 0
+        self.expanded: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
+
+    @classmethod
+    def read(cls, text: str, source: str) -> Any:
+        loader = cls(text, source)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+
+    def _refuse(self, limit: str, mark) -> None:
+        raise RecipeError(f"{self.source}: line {mark.line + 1} goes past {limit}, far more than any recipe needs.")
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        is_alias = self.check_event(yaml.AliasEvent)
+        if is_alias:
+            self.aliases += 1
+            if self.aliases > MAX_RECIPE_ALIASES:
+                self._refuse(f"{MAX_RECIPE_ALIASES} YAML aliases (*name)", mark)
+        self.depth += 1
+        if self.depth > MAX_RECIPE_DEPTH:
+            self._refuse(f"{MAX_RECIPE_DEPTH} levels of nesting", mark)
+        before = self.nodes
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if is_alias:  # the anchored node counts again wherever an alias repeats it
+            self.nodes = before + self.expanded.get(id(node), 1)
+        else:
+            self.nodes += 1
+            self.expanded[id(node)] = self.nodes - before
+        if self.nodes > MAX_RECIPE_NODES:
+            self._refuse(f"{MAX_RECIPE_NODES:,} values (its YAML aliases expanded)", mark)
+        return node
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _read_text(path: Path) -> str:
@@ -73,16 +134,7 @@ def _read_text(path: Path) -> str:
 
 
 def _yaml_load(path: Path) -> Any:
-    class Loader(yaml.SafeLoader):
-        pass
-
-    # YAML 1.1 reads 3e-3 (no dot) as a string; recipes mean numbers.
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-    return yaml.load(_read_text(path), Loader=Loader)
+    return RecipeLoader.read(_read_text(path), str(path))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -35,13 +35,14 @@ from ..core.evaluation import eval_sums
 from ..core.models import count_parameters
 from ..data import Splits, load_splits
 from ..faithful import experiment_fields
-from ..errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError
+from ..errors import (EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError, is_out_of_memory,
+                      out_of_memory, out_of_memory_as_failure)
 from ..allocator import use_huge_pages
 from ..checkpoints import load_checkpoint
 from ..files import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from ..optim import lr_at, set_lr
 from ..provenance import command_line, environment, hardware, resolve_device
-from ..recipe import Recipe, dump_recipe, load_recipe, resolve
+from ..recipe import Recipe, check_memory_available, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
                     RECIPE_FILE, RESULT_FILE, RunLock, check_name, new_run_dir, write_result)
 from . import distributed
@@ -368,6 +369,10 @@ def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: dict[str, Any], 
                 return
 
 
+MEMORY_ADVICE = ("use smaller widths or batches (model.*, train.batch_size, train.eval_batch_size), or a machine "
+                 "with more free memory")
+
+
 @torch.no_grad()
 def _check_model_takes_the_data(trainer: Trainer) -> None:
     """One eval-mode forward of two training images (no random numbers drawn, no statistics moved),
@@ -378,6 +383,8 @@ def _check_model_takes_the_data(trainer: Trainer) -> None:
     try:
         model(trainer.inputs(trainer.splits.x_train[:2]))
     except RuntimeError as e:
+        if is_out_of_memory(e):  # a model too large to run, whatever the images
+            raise
         shape = "x".join(map(str, trainer.splits.input_shape))
         raise UserError(f"the recipe's model cannot take the data's {shape} images "
                         f"({str(e).splitlines()[0][:160]}); check model.conv's poolings against the image size.") from None
@@ -419,6 +426,9 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             raise UserError(f"train.batch_size {batch} is larger than the {len(splits.x_train)} training images "
                             f"left after the validation split; use a smaller batch or data.valid_size.")
         # Model and optimizer exist before a new run folder does: a model too large fails with nothing written.
+        free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else None  # None: this machine's
+        check_memory_available(cfg, str(resume / RECIPE_FILE if resume else recipe), splits.input_shape,
+                               splits.num_classes, free, "the GPU" if dev.type == "cuda" else "this machine")
         trainer = Trainer(cfg, splits, dev, resume or Path("."), console, command_line(), ranks, on_epoch_end)
         _check_model_takes_the_data(trainer)
         if state is not None:
@@ -434,9 +444,10 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             if ranks.is_main:
                 lock = RunLock(trainer.run_dir).acquire()
         return _fit(trainer, splits, console, ranks)
-    except MemoryError:
-        raise EnvironmentFailure("the machine ran out of memory; use a smaller model or batch, or a larger "
-                                 "machine.") from None
+    except (MemoryError, RuntimeError) as e:  # before the run: reading the data, building the model
+        if not is_out_of_memory(e):
+            raise
+        raise out_of_memory(e, MEMORY_ADVICE) from None
     finally:
         if lock is not None:
             lock.release()
@@ -467,7 +478,7 @@ def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> di
                   f"{len(splits.x_valid)} valid / {len(splits.x_test)} test), {count_parameters(trainer.model):,} "
                   f"parameters, {on}; run directory {run_dir}", highlight=False)
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), out_of_memory_as_failure(MEMORY_ADVICE):
             result = trainer.fit(interactive=console.is_terminal)
     except KeyboardInterrupt:
         trainer.write_records("interrupted", checkpoint=False)
