@@ -78,12 +78,17 @@ def train(
                                                     "(--set wins over them)"),
     nproc: int = typer.Option(1, help="train as N processes on this machine (DDP through torchrun; one GPU each "
                                       "on CUDA); the recipe's batch is split across them"),
+    max_restarts: int = typer.Option(0, help="with --nproc: when a process fails, restart all of them up to this "
+                                             "many times; they continue from the run's last checkpoint"),
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
     if nproc != 1:
         from .provenance import command_line, invocation
         from .train.distributed import relaunch
-        raise typer.Exit(relaunch(nproc, without_option(invocation(), "--nproc"), command_line()))
+        args = without_option(without_option(invocation(), "--nproc"), "--max-restarts")
+        raise typer.Exit(relaunch(nproc, args, command_line(), max_restarts))
+    if max_restarts != 0:
+        raise UserError("--max-restarts restarts the processes of a --nproc run; give --nproc 2 or more, or drop it.")
     from .train.loop import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
                  resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)

@@ -30,27 +30,35 @@ def make_images(n: int, side: int, rng: np.random.Generator, classes: int = 10):
     return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
 
 
-@pytest.fixture
-def tiny_npz(tmp_path: Path) -> Path:
+def write_tiny_npz(path: Path, n_train: int = 600) -> Path:
+    """Learnable 8x8 images: n_train for training (and validation), 200 for testing."""
     rng = np.random.default_rng(0)
-    x_train, y_train = make_images(600, 8, rng)
+    x_train, y_train = make_images(n_train, 8, rng)
     x_test, y_test = make_images(200, 8, rng)
-    path = tmp_path / "tiny.npz"
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return path
+
+
+def write_tiny_recipe(path: Path, npz: Path, hidden: int = 32, **train) -> Path:
+    """The MNIST recipe shrunk to a 2-layer MLP (hidden units each) on npz's images; ``train`` updates its train section."""
+    recipe = yaml.safe_load((REPO / "recipes" / "mnist.yaml").read_text())
+    recipe["name"] = "tiny"
+    recipe["data"].update(source="npz", npz=str(npz), valid_size=100)
+    recipe["model"]["hidden"] = [hidden, hidden]
+    recipe["train"].update({"epochs": 3, "batch_size": 50, "eval_batch_size": 100, **train})
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    return write_tiny_npz(tmp_path / "tiny.npz")
 
 
 @pytest.fixture
 def tiny_recipe(tmp_path: Path, tiny_npz: Path) -> Path:
     """The MNIST recipe shrunk to a 2-layer MLP on 8x8 images: the real code path in a second."""
-    recipe = yaml.safe_load((REPO / "recipes" / "mnist.yaml").read_text())
-    recipe["name"] = "tiny"
-    recipe["data"].update(source="npz", npz=str(tiny_npz), valid_size=100)
-    recipe["model"]["hidden"] = [32, 32]
-    recipe["train"].update(epochs=3, batch_size=50, eval_batch_size=100)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_recipe(tmp_path / "tiny.yaml", tiny_npz)
 
 
 @pytest.fixture

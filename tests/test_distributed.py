@@ -9,12 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import yaml
 from rich.console import Console
 from torch import nn
 from typer.testing import CliRunner
@@ -22,7 +20,7 @@ from typer.testing import CliRunner
 from bnnctl.cli import app
 from bnnctl.train.distributed import CrossRankBatchNorm, Ranks, rank_seed, relaunch
 from bnnctl.errors import UserError
-from tests.conftest import REPO, make_images
+from tests.conftest import write_tiny_npz, write_tiny_recipe
 
 NO_DROPOUT = ["model.dropout_in=0", "model.dropout_hidden=0", "model.bias=false"]  # bias: see test_fast_path
 RUN_FILES = {"recipe.yaml", "metrics.csv", "result.json", "checkpoint.pt", "best.pt", ".lock"}  # .lock: the run folder's lock file, kept for the next trainer
@@ -117,16 +115,7 @@ def _two_rank_worker(rank: int, recipe: str, runs: str, ports: list[int]) -> Non
 def two_rank_runs(tmp_path_factory) -> Path:
     """Runs of the tiny recipe by two processes: straight, interrupted after epoch 1, and with sync BN."""
     root = tmp_path_factory.mktemp("distributed")
-    rng = np.random.default_rng(0)
-    x_train, y_train = make_images(600, 8, rng)
-    x_test, y_test = make_images(200, 8, rng)
-    np.savez(root / "tiny.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    recipe = yaml.safe_load((REPO / "recipes" / "mnist.yaml").read_text())
-    recipe["name"] = "tiny"
-    recipe["data"].update(source="npz", npz=str(root / "tiny.npz"), valid_size=100)
-    recipe["model"]["hidden"] = [32, 32]
-    recipe["train"].update(epochs=3, batch_size=50, eval_batch_size=100)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    write_tiny_recipe(root / "tiny.yaml", write_tiny_npz(root / "tiny.npz"))
     runs = root / "runs"
     runs.mkdir()
     from bnnctl.train.loop import Trainer

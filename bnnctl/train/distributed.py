@@ -17,7 +17,9 @@ It is still the recipe's run, split across processes:
 * dropout and stochastic binarization draw from a seed of their own on each rank;
 * evaluation is sharded across ranks and the error counts are all-reduced;
 * rank 0 alone creates the run directory and writes every file; the others learn its path by
-  broadcast, and on ``--resume`` receive the checkpoint rank 0 read.
+  broadcast, and on ``--resume`` receive the checkpoint rank 0 read;
+* with ``--max-restarts`` torchrun restarts the whole group after a fault, and the restarted group
+  continues its run from the last checkpoint (``elastic``).
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ from ..errors import UserError
 from ..provenance import COMMAND_ENV
 
 T = TypeVar("T")
+
+# Set to 1, torchrun gives each (re)started group of workers a store of its own to meet through.
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 @dataclass(frozen=True)
@@ -260,19 +265,25 @@ class CrossRankBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 # ---------------------------------------------------------------------------- launching
 
-def relaunch(nproc: int, args: list[str], command: str) -> int:
+def relaunch(nproc: int, args: list[str], command: str, max_restarts: int = 0) -> int:
     """Run ``bnnctl ARGS`` as nproc processes through torch.distributed.run on this machine; its exit code.
 
-    ``command`` is the user's own command line (with --nproc), which the workers record.
+    ``command`` is the user's own command line (with --nproc), which the workers record. When a worker
+    fails, torchrun restarts them all up to ``max_restarts`` times; they continue the run (``elastic``).
     """
     if launched_by_torchrun():
         raise UserError("--nproc re-launches bnnctl through torchrun, but this process was already started by "
                         "torchrun; drop --nproc.")
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}.")
+    if max_restarts < 0:
+        raise UserError(f"--max-restarts must be 0 or more, got {max_restarts}.")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bnnctl", *args]
-    proc = subprocess.Popen(cmd, env={**os.environ, COMMAND_ENV: command})
+           f"--max-restarts={max_restarts}", "-m", "bnnctl", *args]
+    env = {**os.environ, COMMAND_ENV: command}
+    if max_restarts > 0:
+        env[FRESH_STORE_ENV] = "1"  # see elastic.check_store
+    proc = subprocess.Popen(cmd, env=env)
     # Ctrl-C reaches the workers directly (same process group); they record the interrupted run
     # and exit, and this process only waits for them. A SIGTERM sent to this process alone goes on to
     # torchrun, which passes it to the workers (they record the run as interrupted too).

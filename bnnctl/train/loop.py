@@ -45,7 +45,7 @@ from ..provenance import command_line, environment, hardware, resolve_device
 from ..recipe import Recipe, check_memory_available, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
                     RECIPE_FILE, RESULT_FILE, RunLock, check_name, new_run_dir, write_result)
-from . import distributed
+from . import distributed, elastic
 from .distributed import SINGLE, Ranks
 from .fast import FAST_PRESETS, pretransformed
 from .step import build_step
@@ -336,6 +336,7 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
     ``on_epoch_end`` hooks are the Trainer's (see ``EpochTimes``).
     """
     use_huge_pages()
+    elastic.check_store()
     ranks, dev = distributed.setup(resolve_device(device))
     try:
         result = _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
@@ -414,6 +415,10 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             check_name(cfg.name, "the recipe name")
             if run_id is not None:
                 check_name(run_id, "--run-id")
+            # Restarted by torchrun after a fault: continue the run folder the job's first attempt created.
+            restart = elastic.find_restart(runs_dir, cfg, ranks, console)
+            if restart is not None:
+                resume, state, lock = restart.run_dir, restart.state, restart.lock
         # Rank 0 first: it alone downloads data or fills the preprocessing cache.
         splits = distributed.main_first(ranks, lambda: load_splits(cfg.data, data_dir))
         cfg = replace(cfg, data=replace(cfg.data, variant=splits.variant))
@@ -438,10 +443,12 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
         else:
             def create_run_dir() -> Path:
                 path = new_run_dir(runs_dir, cfg.name, cfg.seed, run_id)
+                elastic.note_run_dir(runs_dir, cfg.name, path)
                 atomic_write_text(path / RECIPE_FILE, dump_recipe(cfg))
                 return path
-            trainer.run_dir = distributed.on_main(ranks, create_run_dir)
-            if ranks.is_main:
+            # (a torchrun restart before the first checkpoint starts over in the folder it found)
+            trainer.run_dir = resume or distributed.on_main(ranks, create_run_dir)
+            if ranks.is_main and lock is None:
                 lock = RunLock(trainer.run_dir).acquire()
         return _fit(trainer, splits, console, ranks)
     except (MemoryError, RuntimeError) as e:  # before the run: reading the data, building the model
