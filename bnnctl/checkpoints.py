@@ -52,20 +52,24 @@ def check_belongs(state: dict[str, Any], path: Path, run_dir: Path) -> dict[str,
     """Refuse a checkpoint or model record that lies in a run folder (one with a recipe.yaml or result.json) but
     was written by another run; returns the folder's result.json (verified) or None.
 
-    A run is its folder's name, the random uid its result.json records and its recipe's experiment digest;
-    files from before runs had a uid match a folder whose result.json records none.
+    A run is the random uid its result.json records, its recipe's experiment digest and, where no uid is
+    recorded to compare with (no result.json yet, or a run started before uids), its folder's name. A whole
+    run folder copied or renamed keeps its files together; a file copied in from another run does not pass.
+    Files from before runs had a uid match a folder whose result.json records none.
     """
     result_path = run_dir / RESULT_FILE
     result = read_result(result_path) if result_path.is_file() else None
     if result is None and not (run_dir / RECIPE_FILE).is_file():
         return None  # a file on its own, not in a run folder: nothing to belong to
     identity = _identity(state, path)
+    recorded_uid = None if result is None else result.get("run_uid")
     problem = None
-    if identity is not None and identity["id"] != run_dir.name:
+    if identity is not None and recorded_uid is None and identity["id"] != run_dir.name:
         problem = f"it was written by run {identity['id']!r}"
-    elif result is not None and (identity or {}).get("uid") != result.get("run_uid"):
+    elif result is not None and (identity or {}).get("uid") != recorded_uid:
         problem = ("it carries no run uid and the run records one" if identity is None or identity["uid"] is None
-                   else f"its run uid {identity['uid'][:12]} is not the run's ({str(result.get('run_uid'))[:12]})")
+                   else f"it was written by run {identity['id']!r} with uid {identity['uid'][:12]}, and this run's "
+                        f"uid is {str(recorded_uid)[:12]}")
     elif (identity is not None and result is not None and result.get("experiment_sha256") is not None
           and identity["experiment_sha256"] != result["experiment_sha256"]):
         problem = "it was trained on a recipe of another experiment"

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -312,7 +313,16 @@ def test_resume_refuses_a_checkpoint_of_the_same_recipe_from_another_run(finishe
     assert train(tiny_recipe, twin, "--run-id", "r", "--set", "train.epochs=2").exit_code == 0
     (finished_run / "checkpoint.pt").write_bytes((twin / "tiny" / "r" / "checkpoint.pt").read_bytes())
     result = train(finished_run / "recipe.yaml", finished_run.parent.parent, "--resume", str(finished_run))
-    assert result.exit_code == EXIT_BAD_INPUT and "run uid" in flat(result.output), result.output
+    assert result.exit_code == EXIT_BAD_INPUT and "with uid" in flat(result.output), result.output
+
+
+def test_a_whole_run_folder_copied_elsewhere_still_resumes(finished_run, tmp_path):
+    """Its files go together: the uid they share, not the folder's name, is what ties them."""
+    copy = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(finished_run, copy)
+    result = train(copy / "recipe.yaml", tmp_path / "elsewhere", "--resume", str(copy))
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["eval", str(copy), "--device", "cpu"]).exit_code == 0
 
 
 def test_eval_refuses_another_runs_best_model(finished_run, other_run):
