@@ -13,8 +13,8 @@ A run lives in ``<runs_dir>/<recipe name>/<run id>/``:
 Every file is written atomically and checksummed (``bnnctl.files``); the checkpoints are read back
 through ``bnnctl.checkpoints``. The checkpoints carry their run's identity (``RUN_IDENTITY``: the
 folder's name, the uid in result.json and the recipe's experiment digest), so that a file of another
-run is refused where this one's is expected. Training, export, eval, bench and report all find a run's files
-through this module; none of them imports the training loop.
+run is refused where this one's is expected. Training, export, eval, bench and report all find a
+run's files through this module; none of them imports the training loop.
 """
 from __future__ import annotations
 
@@ -112,7 +112,8 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     if problem is not None and result.get("status") == "finished":
         result = {**result, "status": "invalid", "problem": problem}
     fields = {k: v for k, v in result.items() if k != "sha256"}
-    fields.update(format=RESULT_FORMAT, version=RESULT_VERSION, metrics_sha256=file_sha256(path.parent / METRICS_FILE))
+    fields.update(format=RESULT_FORMAT, version=RESULT_VERSION,
+                  metrics_sha256=file_sha256(path.parent / METRICS_FILE))
     atomic_write_text(path, json.dumps({**fields, "sha256": _result_digest(fields)}, indent=2) + "\n")
     if problem is not None and fields["status"] == "invalid":
         raise UserError(f"the run's result is not valid ({problem}); {path} records it as invalid.")

@@ -61,7 +61,8 @@ def _is_export(path: Path) -> bool:
 
 def _check_replaceable(out: Path, record_path: Path) -> None:
     """Refuse, before anything is written, to replace a file that no export wrote."""
-    for path, what, ours in ((out, "a bnnctl export", _is_export), (record_path, "an export record", _is_export_record)):
+    checks = ((out, "a bnnctl export", _is_export), (record_path, "an export record", _is_export_record))
+    for path, what, ours in checks:
         if path.is_dir():
             raise ExportError(f"cannot write {path}: it is a folder.")
         if path.exists() and not ours(path):

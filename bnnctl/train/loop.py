@@ -491,7 +491,8 @@ def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> di
         else:
             nproc = f" --nproc {ranks.world_size}" if ranks.active else ""
             console.print(f"\ninterrupted; the last checkpoint holds epoch {trainer.checkpoint_epoch}. Continue with: "
-                          f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}{nproc}", highlight=False, soft_wrap=True)
+                          f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}{nproc}", highlight=False,
+                          soft_wrap=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except EnvironmentFailure as e:
         with contextlib.suppress(EnvironmentFailure):  # the disk may still take the small record
