@@ -44,8 +44,8 @@ class Difference:
     run: Any      # the run's value; MISSING when the run's recipe lacks the key
     shipped: Any  # the shipped recipe's value; MISSING when it lacks the key
 
-    def describe(self) -> str:
-        return f"{self.key}: {_show(self.run)} (shipped: {_show(self.shipped)})"
+    def describe(self, other: str = "shipped") -> str:
+        return f"{self.key}: {_show(self.run)} ({other}: {_show(self.shipped)})"
 
 
 class _Missing:
@@ -90,15 +90,24 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def differences(run_recipe: Mapping[str, Any], shipped: Mapping[str, Any]) -> list[Difference]:
-    """Every experiment key on which a run's resolved recipe differs from the shipped one, sorted."""
-    ours, theirs = experiment(run_recipe), experiment(shipped)
+def _differing(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[Difference]:
     found = []
     for key in sorted(ours.keys() | theirs.keys()):
         a, b = ours.get(key, MISSING), theirs.get(key, MISSING)
         if a is MISSING or b is MISSING or not _same(a, b):
             found.append(Difference(key, a, b))
     return found
+
+
+def differences(run_recipe: Mapping[str, Any], shipped: Mapping[str, Any]) -> list[Difference]:
+    """Every experiment key on which a run's resolved recipe differs from the shipped one, sorted."""
+    return _differing(experiment(run_recipe), experiment(shipped))
+
+
+def all_differences(recipe: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[Difference]:
+    """Every key, the neutral ones included, on which two resolved recipes differ, sorted: where a run must
+    go on exactly as it was recorded (a resume), a seed or a checkpoint interval matters too."""
+    return _differing(flatten(recipe), flatten(recorded))
 
 
 def variant_difference(dataset: str, variant: str) -> Difference | None:

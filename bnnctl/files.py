@@ -7,6 +7,10 @@ folder) is one sentence, ``EnvironmentFailure``.
 A torch file (checkpoint.pt, best.pt) is a zip archive; its end-of-central-directory record may
 carry a comment, which torch.load ignores. bnnctl writes "bnnctl-sha256:<hex>" there: the SHA-256
 of every byte before the comment's length field. torch.load still reads the file as it is.
+
+A torch file is a pickle, and a pickle can name any Python function to call while it is read. bnnctl
+reads torch files with torch's weights-only unpickler, which builds tensors and plain containers and
+refuses every other global before calling anything, so a crafted file is refused without running.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import errno
 import hashlib
 import io
 import os
+import pickle
 import struct
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,9 @@ from .errors import DamagedFile, EnvironmentFailure, UserError
 
 # A temporary file is .<name>.tmp<pid> beside its target until the rename.
 TEMPORARY_GLOB = ".*.tmp*"
+# Beyond tensors and plain containers, the one type bnnctl's torch files hold: torch.__version__ (a str
+# subclass) in the environment records of checkpoints written before they stored it as a plain str.
+_TORCH_FILE_GLOBALS = [torch.torch_version.TorchVersion]
 
 
 def environment_failure(path: Path, e: OSError) -> EnvironmentFailure:
@@ -56,10 +64,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporaries an interrupted write left in folder (call with the folder's lock held)."""
+def _temporary_of_a_live_process(tmp: Path) -> bool:
+    pid = tmp.name.rpartition(".tmp")[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, targets: list[str] | None = None) -> list[Path]:
+    """Delete temporaries an interrupted write left in folder.
+
+    Without ``targets``, every temporary (call with the folder's lock held). With ``targets`` (file names),
+    only theirs, and only those whose writing process has ended: for a folder without a lock, where
+    another bnnctl may be writing at the same moment.
+    """
     removed = []
     for tmp in folder.glob(TEMPORARY_GLOB):
+        if targets is not None and (tmp.name.rpartition(".tmp")[0][1:] not in targets
+                                    or _temporary_of_a_live_process(tmp)):
+            continue
         with contextlib.suppress(OSError):
             tmp.unlink()
             removed.append(tmp)
@@ -122,7 +151,12 @@ def load_torch_file(path: Path, what: str) -> tuple[Any, bool]:
         raise UserError(f"{path} cannot be read ({e.strerror or type(e).__name__}).") from None
     checked = _verify_checksum(data, path)
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_TORCH_FILE_GLOBALS):
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DamagedFile(f"{path} is refused: it holds Python objects or instructions that no bnnctl file holds (a "
+                          f"file made to run code when loaded, another program's, or damaged), and none of them "
+                          f"was run.") from None
     except Exception as e:  # noqa: BLE001 - a broken file is the user's to replace
         raise DamagedFile(f"{path} is not a readable bnnctl file ({type(e).__name__}); delete it or restore it "
                           f"from a copy.") from None

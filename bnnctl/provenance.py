@@ -88,7 +88,7 @@ def hardware(device: torch.device) -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     """The versions, device, hardware and commit a record was made with."""
     return {
-        "bnnctl": __version__, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "bnnctl": __version__, "torch": str(torch.__version__), "cuda": torch.version.cuda,
         "python": platform.python_version(), "device": str(device), "hardware": hardware(device),
         "commit": git_commit(),
     }

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import DamagedFile, UserError
-from .runs import METRICS_FILE, RECIPE_FILE, RESULT_FILE, RunLock, check_name, check_result, read_result
+from .runs import (METRICS_FILE, RECIPE_FILE, RESULT_FILE, RunLock, check_metrics, check_name, check_result,
+                   read_result)
 
 RUN_FILES = (RECIPE_FILE, METRICS_FILE, RESULT_FILE)
 # A bench record is a few kB to a few hundred kB of JSON.
@@ -27,6 +28,7 @@ def _copy_run(run: Path, results: Path) -> Path:
     problem = check_result(result)
     if problem:
         raise DamagedFile(f"{run / RESULT_FILE} {problem}; only a complete run record can be recorded.")
+    check_metrics(run, result)  # the metrics.csv written with that record, where it records one
     if result["status"] == "running":
         RunLock(run).acquire().release()  # a run still training holds its lock: this stops with exit 5
     if not (run / RECIPE_FILE).is_file():

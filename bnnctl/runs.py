@@ -5,13 +5,16 @@ A run lives in ``<runs_dir>/<recipe name>/<run id>/``:
 * ``recipe.yaml``  the resolved recipe (every field), the run's single source of truth;
 * ``metrics.csv``  one row per finished epoch;
 * ``result.json``  the paper's protocol: test error at the best-validation epoch, plus
-                    provenance (seed, commit, versions, hardware, wall time, status);
+                    provenance (seed, commit, versions, hardware, wall time, status), the run's
+                    random uid and the SHA-256 of ``metrics.csv`` as written with it;
 * ``checkpoint.pt`` everything needed to resume after the last finished epoch (git-ignored);
 * ``best.pt``      the model at the best-validation epoch, what ``bnnctl eval`` reads.
 
 Every file is written atomically and checksummed (``bnnctl.files``); the checkpoints are read back
-through ``bnnctl.checkpoints``. Training, export, eval, bench and report all find a run's files
-through this module; none of them imports the training loop.
+through ``bnnctl.checkpoints``. The checkpoints carry their run's identity (``RUN_IDENTITY``: the
+folder's name, the uid in result.json and the recipe's experiment digest), so that a file of another
+run is refused where this one's is expected. Training, export, eval, bench and report all find a
+run's files through this module; none of them imports the training loop.
 """
 from __future__ import annotations
 
@@ -33,9 +36,17 @@ CHECKPOINT_FILE, BEST_FILE = "checkpoint.pt", "best.pt"
 CHECKPOINT_FORMAT = "bnnctl-checkpoint"
 MODEL_FORMAT = "bnnctl-model"
 RESULT_FORMAT = "bnnctl-result"
-# Version 2 files carry a checksum; version 1 files are read without one.
+# Version 2 torch files carry a checksum; version 1 files are read without one.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+# result.json: version 2 carries a checksum, version 3 also the run's uid and metrics.csv's SHA-256;
+# records written before versions (no format, version or checksum) are read as they are.
+RESULT_VERSION = 3
+READABLE_RESULT_VERSIONS = (2, 3)
+# Fields only a versioned, checksummed result.json has: a record holding one without a checksum lost it.
+CHECKSUMMED_RESULT_FIELDS = ("format", "version", "sha256", "experiment_sha256", "run_uid", "metrics_sha256")
+# The key of a checkpoint or model record holding its run's identity: {"id", "uid", "experiment_sha256"}.
+RUN_IDENTITY = "run"
 
 
 # ---------------------------------------------------------------------------- result.json
@@ -80,8 +91,19 @@ def check_result(data: dict[str, Any]) -> str | None:
     return None
 
 
+def file_sha256(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes, None when there is no such file."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror or type(e).__name__}).") from None
+
+
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    """result.json with its format, version and the SHA-256 of its fields (over their sorted JSON).
+    """result.json with its format, version, the SHA-256 of the metrics.csv beside it as it is now (write
+    that first), and the SHA-256 of its fields (over their sorted JSON).
 
     A record that fails ``check_result`` is never written as finished: it is written as 'invalid'
     with the problem, and the error raised.
@@ -90,14 +112,16 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     if problem is not None and result.get("status") == "finished":
         result = {**result, "status": "invalid", "problem": problem}
     fields = {k: v for k, v in result.items() if k != "sha256"}
-    fields.update(format=RESULT_FORMAT, version=FORMAT_VERSION)
+    fields.update(format=RESULT_FORMAT, version=RESULT_VERSION,
+                  metrics_sha256=file_sha256(path.parent / METRICS_FILE))
     atomic_write_text(path, json.dumps({**fields, "sha256": _result_digest(fields)}, indent=2) + "\n")
     if problem is not None and fields["status"] == "invalid":
         raise UserError(f"the run's result is not valid ({problem}); {path} records it as invalid.")
 
 
 def read_result(path: Path) -> dict[str, Any]:
-    """A result.json, verified when it carries a checksum (version 1 records carry none)."""
+    """A result.json, verified against its checksum; records from before checksums are read as they are, but a
+    record of a checksummed version (or with fields only those have) without one is refused."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -106,12 +130,39 @@ def read_result(path: Path) -> dict[str, Any]:
         raise DamagedFile(f"{path} is not readable JSON ({type(e).__name__}); restore it from a copy.") from None
     if not isinstance(data, dict):
         raise DamagedFile(f"{path} is not a result record.")
+    versioned = [key for key in CHECKSUMMED_RESULT_FIELDS if key in data]
+    if versioned and "sha256" not in data:
+        raise DamagedFile(f"{path} has no checksum although its '{versioned[0]}' field belongs to a checksummed "
+                          f"record: it was altered after bnnctl wrote it; restore it from a copy.")
+    if versioned and (data.get("format") != RESULT_FORMAT or data.get("version") not in READABLE_RESULT_VERSIONS):
+        raise DamagedFile(f"{path} is not a result record this bnnctl reads (format {data.get('format')!r}, version "
+                          f"{data.get('version')!r}).")
     if "sha256" in data:
         fields = {k: v for k, v in data.items() if k != "sha256"}
         if _result_digest(fields) != data["sha256"]:
             raise DamagedFile(f"{path} does not match its checksum: it was altered or damaged after bnnctl "
                               f"wrote it.")
+    if data.get("version", 0) >= 3 and "metrics_sha256" not in data:
+        raise DamagedFile(f"{path} is a version {data['version']} result record without the checksum of its "
+                          f"{METRICS_FILE}, which every such record carries; restore it from a copy.")
     return data
+
+
+def check_metrics(run_dir: Path, result: dict[str, Any]) -> None:
+    """metrics.csv against the SHA-256 its result.json records (version 3 records); one sentence when it is not
+    the file written with that record. Older records cover no metrics.csv."""
+    if "metrics_sha256" not in result:
+        return
+    path, recorded = run_dir / METRICS_FILE, result["metrics_sha256"]
+    actual = file_sha256(path)
+    if actual == recorded:
+        return
+    if recorded is None:
+        raise DamagedFile(f"{path} is not the run's: its {RESULT_FILE} was written when the run had no {METRICS_FILE}.")
+    if actual is None:
+        raise DamagedFile(f"{path} is missing; its {RESULT_FILE} records one: restore it from a copy.")
+    raise DamagedFile(f"{path} does not match the checksum its {RESULT_FILE} records: it was altered or damaged "
+                      f"after bnnctl wrote it (or a write of the run was cut between the two files).")
 
 
 # ---------------------------------------------------------------------------- run folders

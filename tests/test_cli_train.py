@@ -121,7 +121,7 @@ def test_kill_leaves_a_resumable_run(tiny_recipe, tmp_path):
     runs = tmp_path / "runs"
     start_and_signal_after_first_record(tiny_recipe, runs, signal.SIGKILL)
     run = only_run(runs)
-    resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", str(tiny_recipe), "--resume", str(run),
+    resumed = subprocess.run([sys.executable, "-m", "bnnctl", "train", str(run / "recipe.yaml"), "--resume", str(run),
                               "--device", "cpu"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((run / "result.json").read_text())

@@ -59,13 +59,18 @@ def test_a_flipped_byte_is_refused_never_used(finished_run, tiny_recipe, name, w
 def test_an_edited_result_record_fails_its_checksum(finished_run):
     path = finished_run / "result.json"
     record = runs.read_result(path)
-    assert record["format"] == runs.RESULT_FORMAT and record["version"] == runs.FORMAT_VERSION
+    assert record["format"] == runs.RESULT_FORMAT and record["version"] == runs.RESULT_VERSION
     record["test_error_pct"] = 0.01
     path.write_text(json.dumps(record))
     with pytest.raises(DamagedFile):
         runs.read_result(path)
-    legacy = {k: v for k, v in record.items() if k not in ("sha256",)}
-    path.write_text(json.dumps(legacy))  # records written before checksums are read as they are
+    without_checksum = {k: v for k, v in record.items() if k != "sha256"}
+    path.write_text(json.dumps(without_checksum))  # a checksummed version with its checksum taken out
+    with pytest.raises(DamagedFile, match="no checksum"):
+        runs.read_result(path)
+    # records written before checksums (no format, version, checksum or the fields that came with them)
+    legacy = {k: v for k, v in record.items() if k not in runs.CHECKSUMMED_RESULT_FIELDS}
+    path.write_text(json.dumps(legacy))
     assert runs.read_result(path)["test_error_pct"] == 0.01
 
 
@@ -110,7 +115,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temporary(tiny_recipe, tmp_pa
 def test_a_resume_removes_temporaries_an_interrupted_write_left(finished_run, tiny_recipe):
     stale = finished_run / ".checkpoint.pt.tmp99999"
     stale.write_bytes(b"x" * 1000)
-    result = train(tiny_recipe, finished_run.parent.parent, "--resume", str(finished_run))
+    result = train(finished_run / "recipe.yaml", finished_run.parent.parent, "--resume", str(finished_run))
     assert result.exit_code == 0, result.output
     assert not stale.exists()
 

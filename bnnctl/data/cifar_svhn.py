@@ -18,6 +18,7 @@ SVHN labels: the .mat files store digit 0 as 10; here it is 0 (as torchvision do
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,38 @@ def _cifar10_files() -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]
 CIFAR_IMAGE_BYTES = 3 * 32 * 32
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a pickle can name any function to call while it is
+    read, and a CIFAR-10 batch names none but numpy's array reconstruction (which calls no other code)."""
+
+    # (module, name) -> the object; numpy 2 pickles name numpy._core, older ones numpy.core, and Python 3
+    # pickles of protocol 2 spell bytes as _codecs.encode (a text codec, no code).
+    _ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode,
+                **{(f"{core}.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0]
+                   for core in ("numpy.core", "numpy._core")},
+                **{(f"{core}.numeric", "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0]
+                   for core in ("numpy.core", "numpy._core")}}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise _RefusedGlobal(f"{module}.{name} is not an array type")
+        return self._ALLOWED[(module, name)]
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images (n, 3, 32, 32) uint8, labels) of one pickled batch of cifar-10-batches-py."""
     try:
         with open(path, "rb") as fh:
-            entry = pickle.load(fh, encoding="latin1")
+            entry = _ArrayUnpickler(fh, encoding="latin1").load()
     except MemoryError:
         raise
+    except _RefusedGlobal:
+        raise DataError(f"{path} is refused: it names Python code to run when it is read, which no CIFAR-10 batch "
+                        f"does, and none of it was run; stage the original file again.") from None
     except Exception as e:  # noqa: BLE001 - unpickling a damaged file raises many kinds
         raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}); stage the original "
                         f"file again.") from None

@@ -1,19 +1,24 @@
 """``bnnctl export``: a trained run as a deployable 1-bit model, written as a ``.bnnx`` file.
 
 The folding is ``fold``'s, the file ``bnnx``'s; this module is the command: it loads the run, writes
-and reads back the file, and records its size against the float32 checkpoint.
+and reads back the file, and records its size against the float32 checkpoint. It replaces only what an
+export wrote: an existing file at ``-o`` must be a readable bnnctl export (and the record beside it an
+export record), never a run's checkpoint, best model, metrics or result, nor any file of the user's.
 """
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..checkpoints import load_model
+from rich.console import Console
+
 from ..errors import EnvironmentFailure
-from ..files import atomic_write_text
+from ..files import atomic_write_text, remove_stale_temporaries
 from ..provenance import git_commit
 from .bnnx import EXPORT_SUFFIX, EXPORT_VERSION, load_export, save_export
 from .exported import ExportError
@@ -40,6 +45,31 @@ def _output_path(out: Path) -> Path:
     return out
 
 
+def _is_export_record(path: Path) -> bool:
+    with suppress(OSError, UnicodeDecodeError, ValueError):
+        data = json.loads(path.read_text())
+        return isinstance(data, dict) and {"export", "export_bytes", "format_version"} <= data.keys()
+    return False
+
+
+def _is_export(path: Path) -> bool:
+    with suppress(ExportError):
+        load_export(path, Console(quiet=True))
+        return True
+    return False
+
+
+def _check_replaceable(out: Path, record_path: Path) -> None:
+    """Refuse, before anything is written, to replace a file that no export wrote."""
+    checks = ((out, "a bnnctl export", _is_export), (record_path, "an export record", _is_export_record))
+    for path, what, ours in checks:
+        if path.is_dir():
+            raise ExportError(f"cannot write {path}: it is a folder.")
+        if path.exists() and not ours(path):
+            raise ExportError(f"{path} exists and is not {what}, so export does not replace it; choose another -o "
+                              f"(or move that file away).")
+
+
 def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
     """``bnnctl export RUN [-o FILE]``: export, write, print and record the size against best.pt.
 
@@ -48,6 +78,9 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
     record, model, _ = load_model(run)
     checkpoint = run / "best.pt" if run.is_dir() else run
     out = _output_path(Path(out)) if out is not None else checkpoint.parent / f"model{EXPORT_SUFFIX}"
+    record_path = out.parent / f"{out.stem}.export.json"
+    _check_replaceable(out, record_path)
+    remove_stale_temporaries(out.parent, [out.name, record_path.name])  # of an export killed while writing
     exported = export_model(record, model)
     size = save_export(exported, out)
     load_export(out)  # what was written reads back
@@ -65,7 +98,6 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
         "epoch": record.get("epoch"), "bnnctl": __version__, "commit": git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    record_path = out.parent / f"{out.stem}.export.json"
     atomic_write_text(record_path, json.dumps(summary, indent=2) + "\n")
     console.print(f"exported {checkpoint} (epoch {record.get('epoch')}) to {out}: {_megabytes(size)}, "
                   f"[bold]{summary['times_smaller_than_checkpoint']:.1f}x smaller[/] than the float32 checkpoint "

@@ -17,7 +17,7 @@ import yaml
 from ..errors import UserError
 from ..faithful import differences, variant_difference
 from ..recipe import Recipe
-from ..runs import METRICS_FILE, RECIPE_FILE, RESULT_FILE, check_result, read_result
+from ..runs import METRICS_FILE, RECIPE_FILE, RESULT_FILE, check_metrics, check_result, read_result
 
 
 class ReportError(UserError):
@@ -62,12 +62,11 @@ def read_json(path: Path, rel: str, notes: Notes) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         notes.add(rel, "JSON is not an object")
         return None
-    if "sha256" in data:  # a record bnnctl wrote with its checksum: verified, never used when altered
-        try:
-            read_result(path)
-        except UserError as e:
-            notes.add(rel, str(e))
-            return None
+    try:  # verified against its checksum; one of a checksummed version without it is never used
+        read_result(path)
+    except UserError as e:
+        notes.add(rel, str(e))
+        return None
     return data
 
 
@@ -94,6 +93,9 @@ def read_curve(path: Path, rel: str, notes: Notes) -> list[dict[str, float]]:
         except (TypeError, ValueError):
             notes.add(rel, f"line {line} is not a row of numbers: no training curve")
             return []
+        if not all(math.isfinite(v) for v in parsed.values()):
+            notes.add(rel, f"line {line} holds a value that is not a finite number: no training curve")
+            return []
         rows.append(parsed)
     return rows
 
@@ -119,6 +121,11 @@ def find_runs(results: Path, notes: Notes, exclude: Iterable[Path] = ()) -> list
         problem = check_result(data)
         if problem:
             notes.add(f"{rel}/{RESULT_FILE}", f"{problem}: run skipped")
+            continue
+        try:
+            check_metrics(run_dir, data)
+        except UserError as e:
+            notes.add(f"{rel}/{METRICS_FILE}", f"{e} The run is skipped.")
             continue
         run = Run(rel, run_dir, data)
         metrics = run_dir / METRICS_FILE

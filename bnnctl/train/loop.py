@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import math
+import secrets
 import signal
 import threading
 import time
@@ -34,17 +35,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..core.evaluation import eval_sums
 from ..core.models import count_parameters
 from ..data import Splits, load_splits
-from ..faithful import experiment_fields
+from ..faithful import all_differences, experiment_fields
 from ..errors import (EXIT_DIVERGED, EXIT_INTERRUPTED, EnvironmentFailure, UserError, is_out_of_memory,
                       out_of_memory, out_of_memory_as_failure)
 from ..allocator import use_huge_pages
-from ..checkpoints import load_checkpoint
+from ..checkpoints import load_run_checkpoint
 from ..files import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from ..optim import lr_at, set_lr
 from ..provenance import command_line, environment, hardware, resolve_device
 from ..recipe import Recipe, check_memory_available, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
-                    RECIPE_FILE, RESULT_FILE, RunLock, check_name, new_run_dir, write_result)
+                    RECIPE_FILE, RESULT_FILE, RUN_IDENTITY, RunLock, check_name, new_run_dir, write_result)
 from . import distributed, elastic
 from .distributed import SINGLE, Ranks
 from .fast import FAST_PRESETS, pretransformed
@@ -111,6 +112,8 @@ class Trainer:
         self.resumes: list[dict[str, Any]] = []
         # The epoch the run folder's checkpoint.pt holds (None: none written yet), what --resume continues after.
         self.checkpoint_epoch: int | None = None
+        # Drawn when the run starts, kept by its resumes: its files carry it, so another run's are told apart.
+        self.run_uid: str | None = secrets.token_hex(16)
 
     # -- state -------------------------------------------------------------------------
     def rng_state(self) -> dict[str, Any]:
@@ -125,10 +128,16 @@ class Trainer:
         if "cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
+    def identity(self) -> dict[str, Any]:
+        """What the run's checkpoints carry to be told from another run's (``checkpoints.check_belongs``)."""
+        return {"id": self.run_dir.name, "uid": self.run_uid,
+                "experiment_sha256": self.experiment["experiment_sha256"]}
+
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint; with several processes a collective call (it gathers every rank's RNG)."""
         state = {
-            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe.to_dict(),
+            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, RUN_IDENTITY: self.identity(),
+            "recipe": self.recipe.to_dict(),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "best": self.best, "metrics": self.metrics, "rng": self.rng_state(),
             "wall_time": self.wall_time, "started": self.started,
@@ -144,6 +153,7 @@ class Trainer:
         self.epoch, self.best, self.metrics = state["epoch"], state["best"], state["metrics"]
         self.checkpoint_epoch = self.epoch
         self.wall_time, self.started = state["wall_time"], state["started"]
+        self.run_uid = (state.get(RUN_IDENTITY) or {}).get("uid")  # None: a run started before runs had one
         # A checkpoint without the command and environment fields starts the record here.
         if "command" in state:
             # each resume with its own environment: it may run other code, or on other hardware
@@ -164,8 +174,8 @@ class Trainer:
 
     def model_record(self) -> dict[str, Any]:
         return {
-            "format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": self.recipe.to_dict(),
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "format": MODEL_FORMAT, "version": FORMAT_VERSION, RUN_IDENTITY: self.identity(),
+            "recipe": self.recipe.to_dict(), "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "input_shape": list(self.splits.input_shape), "num_classes": self.splits.num_classes,
             "dataset": self.splits.dataset, "variant": self.splits.variant,
             "epoch": self.best["epoch"], "valid_error_pct": self.best["valid_error_pct"],
@@ -191,7 +201,7 @@ class Trainer:
             "epoch_time_s": round(sum(m["epoch_time_s"] for m in rows) / len(rows), 3) if rows else None,
             "started": self.started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": self.command, **self.environment, **self.experiment, "world_size": self.ranks.world_size,
-            "resumes": self.resumes,
+            "resumes": self.resumes, "run_uid": self.run_uid,
         } | ({"hardware": f"{self.ranks.world_size} x {hardware(self.device)}"} if self.ranks.active else {})
 
     def write_records(self, status: str, checkpoint: bool = True) -> None:
@@ -347,27 +357,28 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
         distributed.shutdown(ranks)
 
 
-def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: dict[str, Any], console: Console) -> None:
-    """A resume continues exactly as recorded; the recipe named beside --resume must be the run's own.
+def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: Recipe) -> None:
+    """A resume continues exactly as recorded: the recipe named beside --resume must resolve to the one the run's
+    checkpoint holds, key for key (seed and checkpoint interval included); each difference is named, and refused.
 
-    Another recipe is refused. The same recipe with other values (a --set, --seed or --fast at the
-    start, or an edit since) gets a note naming the first difference, since the recorded one wins.
+    The run's own recipe.yaml, unedited, always passes.
     """
-    if recipe.resolve() == (run_dir / RECIPE_FILE).resolve():
-        return
     given = load_recipe(recipe)
-    if given.name != recorded.get("name"):
-        raise UserError(f"{run_dir} is a run of recipe {recorded.get('name')!r}, not {given.name!r} ({recipe}); "
-                        f"resume with: bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}")
-    for section, fields in given.to_dict().items():
-        for key, value in (fields.items() if isinstance(fields, dict) else [(None, fields)]):
-            was = recorded.get(section) if key is None else recorded.get(section, {}).get(key)
-            if value != was and (section, key) != ("data", "variant"):  # the loader sets the variant
-                name = section if key is None else f"{section}.{key}"
-                console.print(f"note: the run continues with its recorded recipe ({run_dir / RECIPE_FILE}); "
-                              f"{recipe} differs from it in {name} ({value!r} there, {was!r} recorded).",
-                              highlight=False)
-                return
+    own = f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}"
+    if given.name != recorded.name:
+        raise UserError(f"{run_dir} is a run of recipe {recorded.name!r}, not {given.name!r} ({recipe}); "
+                        f"resume with: {own}")
+    if not given.data.variant:  # the loader sets the variant; a recipe file leaves it open
+        given = replace(given, data=replace(given.data, variant=recorded.data.variant))
+    found = all_differences(given.to_dict(), recorded.to_dict())
+    if found:
+        listed = "; ".join(d.describe("recorded") for d in found)
+        if recipe.resolve() == (run_dir / RECIPE_FILE).resolve():
+            how = f"restore {recipe} as the run wrote it, then resume"
+        else:
+            how = f"resume with the run's own recipe: {own}"
+        raise UserError(f"{recipe} differs from the recipe the run in {run_dir} was trained with, and a resume "
+                        f"goes on exactly as recorded ({listed}); {how}.")
 
 
 MEMORY_ADVICE = ("use smaller widths or batches (model.*, train.batch_size, train.eval_batch_size), or a machine "
@@ -405,10 +416,13 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             if ranks.is_main and resume.is_dir():  # a second process resuming the same run stops here
                 lock = RunLock(resume).acquire()
                 remove_stale_temporaries(resume)
-            state = distributed.on_main(ranks, lambda: load_checkpoint(resume / CHECKPOINT_FILE, CHECKPOINT_FORMAT))
+
+            def checked_checkpoint() -> dict[str, Any]:
+                loaded = load_run_checkpoint(resume)
+                _check_resume_recipe(Path(recipe), resume, resolve(loaded["recipe"], str(resume / CHECKPOINT_FILE)))
+                return loaded
+            state = distributed.on_main(ranks, checked_checkpoint)
             cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
-            if ranks.is_main:
-                _check_resume_recipe(Path(recipe), resume, state["recipe"], console)
         else:
             preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
             cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
@@ -490,17 +504,19 @@ def _fit(trainer: Trainer, splits: Splits, console: Console, ranks: Ranks) -> di
     except KeyboardInterrupt:
         trainer.write_records("interrupted", checkpoint=False)
         if trainer.checkpoint_epoch is None:
-            console.print(f"\ninterrupted in epoch {trainer.epoch + 1}, before the first checkpoint: there is nothing "
-                          f"to resume; start the run again ({run_dir} keeps its recipe).", highlight=False)
+            console.print(f"\ninterrupted in epoch {trainer.epoch + 1}, before the run's first checkpoint: there is "
+                          f"nothing to resume; start it again with: {trainer.command} (a new run folder; {run_dir} "
+                          f"keeps what this one recorded)", highlight=False, soft_wrap=True)
         else:
             nproc = f" --nproc {ranks.world_size}" if ranks.active else ""
             console.print(f"\ninterrupted; the last checkpoint holds epoch {trainer.checkpoint_epoch}. Continue with: "
-                          f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}{nproc}", highlight=False)
+                          f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}{nproc}", highlight=False,
+                          soft_wrap=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except EnvironmentFailure as e:
         with contextlib.suppress(EnvironmentFailure):  # the disk may still take the small record
             trainer.write_records("failed", checkpoint=False)
-        kept = ("nothing to resume: start the run again" if trainer.checkpoint_epoch is None else
+        kept = (f"nothing to resume: start it again with: {trainer.command}" if trainer.checkpoint_epoch is None else
                 f"{run_dir} keeps the state after epoch {trainer.checkpoint_epoch}: bnnctl train "
                 f"{run_dir / RECIPE_FILE} --resume {run_dir}")
         raise EnvironmentFailure(f"{e} The run stopped; {kept}.") from None
