@@ -554,6 +554,13 @@ def test_the_report_replaces_and_removes_only_its_own_files(tmp_path):
     assert {name: (out / name).read_text() for name in mine} == mine
     assert not list(out.glob(".report-*"))  # no staging folder left behind
 
+    # A list of files that names a file the report did not write (or one changed since) removes nothing.
+    manifest = json.loads((out / ".bnnctl-report.json").read_text())
+    manifest["files"]["notes.md"] = "0" * 64
+    (out / ".bnnctl-report.json").write_text(json.dumps(manifest))
+    build_report(results, out)
+    assert (out / "notes.md").read_text() == "mine"
+
     # A file of the user's where the report would write is refused before anything changes.
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     (out / "runs.csv").unlink()

@@ -85,7 +85,9 @@ def publish(staged: Path, out: Path) -> list[str]:
     for name in names:
         os.replace(staged / name, out / name)
     for name in sorted(set(owned) - set(names)):
-        (out / name).unlink(missing_ok=True)
+        # Only a file still as the report wrote it: the list is data, and never a reason to delete a user's file.
+        if (out / name).is_file() and _digest(out / name) == owned[name]:
+            (out / name).unlink()
     manifest = {"format": MANIFEST_FORMAT, "files": {n: _digest(out / n) for n in names}}
     tmp = out / f".{MANIFEST_FILE}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
