@@ -16,7 +16,7 @@ from ..core.models import ARCHITECTURES
 from ..core.norms import NORMS
 from ..data import DATASETS, PREPROCESSORS, SPLITTERS
 from ..optim import OPTIMIZERS
-from .fields import FRACTION, NUM, POSITIVE, Field, option
+from .fields import FRACTION, NUM, POSITIVE, option
 
 SEED_MAX = 2**63 - 2  # torch seeds are 64-bit; the data order's generator is seeded with seed + 1
 
