@@ -37,6 +37,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+        console.print(f"bnnctl {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="print bnnctl's version and exit")) -> None:
+    """Binarized Neural Networks (Courbariaux et al., 2016): train, evaluate, benchmark, report."""
+
+
 def without_option(args: list[str], option: str) -> list[str]:
     """args less ``option VALUE`` and ``option=VALUE``."""
     out, skip = [], False
@@ -207,3 +220,20 @@ def record(
     from .record import record as record_
     for target in record_(paths, results):
         console.print(f"recorded {target}", highlight=False)
+
+
+@app.command("runs")
+@user_errors
+def runs_(folders: Optional[List[Path]] = typer.Argument(None, help="folders of runs (default: runs and results, "
+                                                                    "those that exist)")):
+    """List the runs: recipe, status, epochs, best-validation and test error, faithful to the shipped recipe or not."""
+    from .report.listing import runs_tables
+    chosen = folders or [p for p in (Path("runs"), Path("results")) if p.is_dir()]
+    missing = [p for p in chosen if not p.is_dir()]
+    if missing:
+        raise UserError(f"{missing[0]} is not a folder of runs.")
+    tables, notes = runs_tables(chosen)
+    for table in tables:
+        console.print(table)
+    for path, why in notes.sorted():
+        console.print(f"[yellow]skipped:[/] {path}: {why}", highlight=False)
