@@ -16,7 +16,7 @@ import yaml
 
 from ..errors import UserError
 from ..faithful import differences, variant_difference
-from ..recipe import Recipe
+from ..recipe import Recipe, RecipeError, load_recipe, recipes_dir, resolve
 from ..runs import METRICS_FILE, RECIPE_FILE, RESULT_FILE, check_metrics, check_result, read_result
 
 
@@ -154,8 +154,6 @@ def _check_agreement(run: Run, notes: Notes) -> None:
 
 def load_recipes(directory: Path | None, notes: Notes) -> tuple[dict[str, Recipe], dict[str, str]]:
     """(recipe name -> resolved recipe, recipe name -> file name) of the recipes in directory (default: shipped)."""
-    from ..recipe import RecipeError, load_recipe, recipes_dir
-
     directory = directory or recipes_dir()
     if not directory.is_dir():
         raise ReportError(f"the recipes folder {directory} does not exist.")
@@ -177,8 +175,6 @@ RECIPE_BYTES_MAX = 1 << 20
 
 def recorded_recipe(run: Run) -> tuple[Recipe | None, str | None]:
     """(the run's resolved recipe.yaml, None) or (None, why it cannot be read)."""
-    from ..recipe import RecipeError, resolve
-
     path = run.path / RECIPE_FILE
     try:
         if path.stat().st_size > RECIPE_BYTES_MAX:
