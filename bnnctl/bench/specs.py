@@ -7,6 +7,8 @@ are timed, and what its record compares. The specs themselves sit beside their l
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -81,11 +83,16 @@ class ModelSpec:
     reference: str = "torch"  # the fp32 float model: the predictions every exact variant must reproduce
 
     def recipe(self) -> Recipe:
-        """The resolved shipped recipe whose model this bench runs."""
-        return load_recipe(recipes_dir() / self.recipe_file)
+        """The resolved shipped recipe whose model this bench runs (read once per process)."""
+        return _shipped(self.recipe_file)
 
     def torch_variants(self) -> list[str]:
         return [name for name, v in self.variants.items() if not v.engine]
 
 
 __all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec"]
+
+
+@functools.cache
+def _shipped(recipe_file: str) -> Recipe:
+    return load_recipe(recipes_dir() / recipe_file)

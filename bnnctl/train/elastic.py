@@ -30,11 +30,12 @@ from typing import Any
 
 from rich.console import Console
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import load_run_checkpoint
 from ..errors import DamagedFile, UserError
+from ..faithful import all_differences
 from ..files import atomic_write_text, remove_stale_temporaries
 from ..recipe import Recipe, dump_recipe
-from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, METRICS_FILE, RECIPE_FILE, RESULT_FILE, RunLock,
+from ..runs import (BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, RECIPE_FILE, RESULT_FILE, RunLock,
                     check_name)
 from . import distributed
 from .distributed import FRESH_STORE_ENV, Ranks
@@ -107,12 +108,6 @@ class Restart:
     lock: RunLock | None
 
 
-def _recipe_fields(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A recorded recipe less what the data loader fills in (the variant)."""
-    data = {k: v for k, v in recipe.get("data", {}).items() if k != "variant"}
-    return {**recipe, "data": data}
-
-
 def _continued_state(run_dir: Path, cfg: Recipe, restart: str, console: Console) -> dict[str, Any] | None:
     """The checkpoint a restart resumes from, or None after emptying a folder that holds none yet (rank 0)."""
     remove_stale_temporaries(run_dir)
@@ -123,10 +118,13 @@ def _continued_state(run_dir: Path, cfg: Recipe, restart: str, console: Console)
         atomic_write_text(run_dir / RECIPE_FILE, dump_recipe(cfg))
         console.print(f"{restart}: {run_dir} holds no checkpoint yet; the run starts over in it.", highlight=False)
         return None
-    state = load_checkpoint(run_dir / CHECKPOINT_FILE, CHECKPOINT_FORMAT)
-    if _recipe_fields(state["recipe"]) != _recipe_fields(cfg.to_dict()):
-        raise UserError(f"{run_dir}, the run this torchrun job began, now holds another recipe than the command's; "
-                        f"resume it with: bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}")
+    state = load_run_checkpoint(run_dir)  # verified, and this run's own
+    # The variant is what the data loader fills in; every other key must be the command's.
+    found = [d for d in all_differences(cfg.to_dict(), state["recipe"]) if d.key != "data.variant"]
+    if found:
+        raise UserError(f"{run_dir}, the run this torchrun job began, now holds another recipe than the command's "
+                        f"({'; '.join(d.describe('recorded') for d in found)}); resume it with: "
+                        f"bnnctl train {run_dir / RECIPE_FILE} --resume {run_dir}")
     console.print(f"{restart}: continuing {run_dir} after epoch {state['epoch']}", highlight=False)
     return state
 
