@@ -66,7 +66,7 @@ def test_fused_shift_adamax_equals_shift_adamax_bit_for_bit(clip):
     p_ref, state_ref = reference_shift_adamax(init.clone(), grads, 3.7, clip, lrs)
 
     p = init.clone()
-    cache = attach_weight_cache(BinaryLinear(1, 1), int8=True)  # buffers of the right kind, resized below
+    cache = attach_weight_cache(BinaryLinear(1, 1), "int8")  # buffers of the right kind, resized below
     cache.weight, cache.binary, cache.binary_i8 = p, torch.empty_like(p), torch.empty(3000, dtype=torch.int8)
     opt = fused_step.FusedShiftAdaMax([{"params": [p], "lr_scale": 3.7, "clip": None}], lr=2.0 ** -6,
                                       betas=(0.9, 0.999), eps=2.0 ** -27,
@@ -153,38 +153,70 @@ def test_integral_inputs_are_found_from_the_structure():
     assert fused_step.integral_input_scale(convnet) == {fc[0]: 1.0, fc[1]: 1.0}  # Flatten keeps the signs
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.5])
-def test_int8_linear_equals_float_linear(dropout):
+@pytest.mark.parametrize("product, dropout", [("int8", 0.0), ("int8", 0.5), ("xnor", 0.0)])
+@pytest.mark.parametrize("in_features", [300, 64, 1])
+def test_integer_linear_equals_float_linear(product, dropout, in_features):
+    """Forward and backward to the bit, int8 and XNOR, with fan-ins that fill words exactly and leave padding."""
     torch.manual_seed(3)
-    float_layer = BinaryLinear(300, 70)
-    int8_layer = BinaryLinear(300, 70)
-    int8_layer.load_state_dict(float_layer.state_dict())
-    attach_weight_cache(int8_layer, int8=True)
-    x = sign_pm1(torch.randn(50, 300))
+    float_layer = BinaryLinear(in_features, 70)
+    integer_layer = BinaryLinear(in_features, 70)
+    integer_layer.load_state_dict(float_layer.state_dict())
+    with torch.no_grad():  # biases that are not integers, so that adding them rounds
+        float_layer.bias.normal_()
+        integer_layer.bias.copy_(float_layer.bias)
+    attach_weight_cache(integer_layer, product)
+    x = sign_pm1(torch.randn(50, in_features))
     if dropout:
         x = nn.functional.dropout(x, dropout)
-    x_float, x_int8 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_float, out_int8 = float_layer(x_float), int8_layer(x_int8)
-    assert torch.equal(out_float, out_int8)
+    x_float, x_integer = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_float, out_integer = float_layer(x_float), integer_layer(x_integer)
+    assert torch.equal(out_float, out_integer)
     grad = torch.randn_like(out_float)
     out_float.backward(grad)
-    out_int8.backward(grad)
-    assert torch.equal(x_float.grad, x_int8.grad)
-    assert torch.equal(float_layer.weight.grad, int8_layer.weight.grad)
-    assert torch.equal(float_layer.bias.grad, int8_layer.bias.grad)
+    out_integer.backward(grad)
+    assert torch.equal(x_float.grad, x_integer.grad)
+    assert torch.equal(float_layer.weight.grad, integer_layer.weight.grad)
+    assert torch.equal(float_layer.bias.grad, integer_layer.bias.grad)
 
 
-def test_a_cache_follows_every_change_of_its_weight():
-    layer = BinaryLinear(8, 4)
-    attach_weight_cache(layer, int8=True)
-    x = sign_pm1(torch.randn(3, 8))
+@pytest.mark.parametrize("product", ["int8", "xnor"])
+def test_a_cache_follows_every_change_of_its_weight(product):
+    layer = BinaryLinear(80, 4)
+    attach_weight_cache(layer, product)
+    x = sign_pm1(torch.randn(3, 80))
     before = layer(x)
     with torch.no_grad():
         layer.weight.neg_()
     assert torch.equal(layer(x), -before + 2 * layer.bias)
-    other = BinaryLinear(8, 4)
+    other = BinaryLinear(80, 4)
     layer.load_state_dict(other.state_dict())
     assert torch.equal(layer(x), other(x))
+
+
+def test_the_packed_signs_follow_the_fused_optimizer():
+    """The fused optimizer writes the signs behind autograd's back; the XNOR product must see the new ones."""
+    torch.manual_seed(4)
+    layer = BinaryLinear(130, 20)
+    cache = attach_weight_cache(layer, "xnor")
+    opt = fused_step.FusedShiftAdaMax([{"params": [layer.weight], "lr_scale": 1.0, "clip": None}], lr=0.5,
+                                      betas=(0.9, 0.999), eps=2.0 ** -27, layer_of={id(layer.weight): (cache, 1.0)})
+    x = sign_pm1(torch.randn(6, 130))
+    for _ in range(3):
+        layer(x)  # packs the current signs
+        layer.weight.grad = torch.randn_like(layer.weight)
+        opt.step()
+        assert torch.equal(layer(x), x @ sign_pm1(layer.weight).t() + layer.bias)
+        assert torch.equal(cache.packed_weight(), kernels.pack(sign_pm1(layer.weight)))
+
+
+def test_xnor_is_offered_only_for_inputs_of_exactly_plus_or_minus_one(monkeypatch):
+    model = nn.Sequential(BinaryLinear(20, 64), SignActivation(), BinaryLinear(64, 64), SignActivation(),
+                          nn.Dropout(0.5), BinaryLinear(64, 10))
+    # the candidates are timed float32, int8, xnor in turn: make each later one faster
+    times = iter([3.0, 2.0, 1.0, 3.0, 2.0])
+    monkeypatch.setattr(fused_step, "_time_ms", lambda fn, repeats=5: next(times))
+    assert fused_step.choose_integer_products(model, 8) == {2: "xnor", 5: "int8"}  # layer 5 sees 0, +-2
+    assert next(times, None) is None
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -314,7 +346,7 @@ def tiny_torch7(tmp_path: Path, tiny_npz: Path) -> Path:
     recipe = yaml.safe_load((REPO / "recipes" / "mnist_torch7.yaml").read_text())
     recipe["name"] = "tiny7"
     recipe["data"].update(source="npz", npz=str(tiny_npz), valid_size=100)
-    recipe["model"]["hidden"] = [32, 32]
+    recipe["model"]["hidden"] = [600, 600]  # a fan-in of 600: past the BLAS's K blocking, where addmm rounds
     recipe["train"].update(epochs=3, batch_size=50, eval_batch_size=100)
     path = tmp_path / "tiny7.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -341,16 +373,19 @@ def assert_identical_runs(a: Path, b: Path) -> None:
             assert (torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other), (index, name)
 
 
-def force_int8(monkeypatch):
-    """Every integral-input layer multiplies in int8 (on a CPU where int8 is slower it would not be chosen)."""
-    monkeypatch.setattr(fused_step, "choose_int8_layers",
-                        lambda model, batch: list(fused_step.integral_input_scale(model)))
+def force_integer_products(monkeypatch, product: str = "int8"):
+    """Every integral-input layer multiplies in integers by ``product`` (on a CPU where it is slower it
+    would not be chosen); "xnor" where the input is +-1, int8 otherwise."""
+    def everywhere(model, batch):
+        return {i: product if bound == 1.0 else "int8" for i, bound in fused_step.integral_input_scale(model).items()}
+    monkeypatch.setattr(fused_step, "choose_integer_products", everywhere)
 
 
-def test_fused_torch7_training_equals_plain_training_bit_for_bit(tiny_npz, tmp_path, monkeypatch):
+@pytest.mark.parametrize("product", ["int8", "xnor"])
+def test_fused_torch7_training_equals_plain_training_bit_for_bit(tiny_npz, tmp_path, monkeypatch, product):
     """Shift AdaMax has no sqrt: two epochs give the same losses, errors, weights, BN statistics and
     optimizer state, to the bit, on any CPU."""
-    force_int8(monkeypatch)
+    force_integer_products(monkeypatch, product)
     path = tiny_torch7(tmp_path, tiny_npz)
     plain = train(path, tmp_path / "plain", *sets(PLAIN_CPU))
     fused = train(path, tmp_path / "fused", *sets(FUSED_CPU))
@@ -367,14 +402,14 @@ def test_fused_adam_training_step_equals_plain_step(tiny_recipe, tmp_path, monke
     from bnnctl.recipe import load_recipe
     from bnnctl.train.loop import Trainer
 
-    force_int8(monkeypatch)
+    force_integer_products(monkeypatch)
     trainers = []
     for overrides in (PLAIN_CPU, FUSED_CPU):
         cfg = load_recipe(tiny_recipe, overrides + ["model.dropout_hidden=0.5"])
         splits = load_splits(cfg.data, None)
         trainers.append(Trainer(cfg, splits, torch.device("cpu"), tmp_path, Console(quiet=True), "test"))
     plain, fused = trainers
-    assert fused.step.int8_layers and isinstance(fused.optimizer, fused_step.FusedAdam)
+    assert fused.step.integer_products and isinstance(fused.optimizer, fused_step.FusedAdam)
     idx = plain.batches()[0]
     for trainer in trainers:
         torch.manual_seed(5)  # the same dropout masks

@@ -72,7 +72,11 @@ class BinaryLinear(nn.Linear, BinaryLayer):
             out = self.weight_source.linear(x, self.bias)
             if out is not None:
                 return out
-        return F.linear(x, self.binary_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        # The bias is added after the product rather than inside it (addmm, whose sums the BLAS may start
+        # from the bias): the product of +-1 inputs is then an exact integer however it is computed, so
+        # the fused step's integer products (int8, XNOR) give the same output to the bit.
+        out = F.linear(x, self.binary_weight().to(x.dtype))
+        return out if self.bias is None else out + self.bias.to(x.dtype)
 
 
 class BinaryConv2d(nn.Conv2d, BinaryLayer):

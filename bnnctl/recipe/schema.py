@@ -142,7 +142,8 @@ class FastConfig(Section):
     fused_step: bool = option(bool, False, help="CPU: optimizer update, clipping and binarization of each weight in "
                                                 "one C++ pass; the forward reuses those signs")
     int8_forward: bool = option(bool, False, help="CPU, with fused_step: layers whose inputs are +-1 (or dropout's "
-                                                  "0, +-2) multiply in int8, exactly, where that is faster here")
+                                                  "0, +-2) multiply exactly in integers (int8, or XNOR-popcount for "
+                                                  "+-1) where that is faster here")
     reuse_memory: bool = option(bool, False, help="CPU: glibc keeps freed memory instead of returning it to the "
                                                   "kernel")
 

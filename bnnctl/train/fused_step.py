@@ -9,12 +9,14 @@ binarizes them into a freshly allocated tensor in the next forward. Here:
   into buffers that live as long as the layer (``weight_cache.BinaryWeightCache``); the next forward
   multiplies with those buffers, so each weight is binarized once per step;
 * a layer whose input is exactly a small integer (+1/-1 activations, or activations after dropout
-  with a power-of-two scale) can multiply in int8 with int32 accumulation (``torch._int_mm``,
-  VNNI/AMX where the CPU has them): every product and sum is an integer far below 2^24, so the
-  result equals the float32 product bit for bit. Its backward pass stays in float32 (the
-  gradients are real numbers); so do the first layer (real pixels) and every layer whose input
-  is not known to be integral. Where int8 is not faster on this CPU, float32 is kept
-  (``choose_int8_layers`` times both at the training batch size);
+  with a power-of-two scale) can take its forward product in integers: int8 with int32
+  accumulation (``torch._int_mm``, VNNI/AMX where the CPU has them), or, for inputs of exactly
+  +1/-1, XNOR and popcount on packed signs (the engine's kernels, 32 times fewer bytes of weights).
+  Every product and sum is an integer far below 2^24, so the result equals the float32 product
+  bit for bit (``weight_cache``). Its backward pass stays in float32 (the gradients are real
+  numbers); so do the first layer (real pixels) and every layer whose input is not known to be
+  integral. Each layer takes whichever of float32, int8 and XNOR is fastest on this CPU at the
+  training batch size (``choose_integer_products``);
 * shift-based BN over (N, C) and the binarized activations run as C++ passes (``use_fused_layers``)
   instead of a dozen torch ops each, most of them the float64 log2 and exp2 of AP2: BN forward is
   two elementwise passes around torch's own column sums (so the sums add in torch's order and every
@@ -39,6 +41,7 @@ from torch import nn
 from ..core.binarize import binarize_ste
 from ..core.layers import BinaryLayer, SignActivation
 from ..core.norms import ShiftBatchNorm, ShiftBatchNormFunction
+from .. import kernels
 from ..kernels import native_ops
 from ..optim.shift_adamax import ShiftAdaMax
 from .weight_cache import BinaryWeightCache, attach_weight_cache
@@ -85,22 +88,30 @@ def _time_ms(fn, repeats: int = 5) -> float:
     return best * 1e3
 
 
-def choose_int8_layers(model: nn.Sequential, batch_size: int) -> list[int]:
-    """The integral-input layers (see ``integral_input_scale``) where int8 beats float32 on this CPU.
+def choose_integer_products(model: nn.Sequential, batch_size: int) -> dict[int, str]:
+    """The integral-input layers (see ``integral_input_scale``) whose forward product is faster in integers
+    on this CPU than in float32, each with the fastest integer product ("int8", or "xnor" where the input is
+    exactly +1/-1; ``weight_cache.INTEGER_PRODUCTS``).
 
-    Both give the same numbers, so the choice by timing changes speed only.
+    All give the same numbers, so the choice by timing changes speed only. The XNOR timing includes packing
+    the input and the weight (the weight changes with every step).
     """
-    chosen = []
-    for i in integral_input_scale(model):
-        layer = model[i]
-        out_features, in_features = layer.weight.shape
+    chosen: dict[int, str] = {}
+    for i, bound in integral_input_scale(model).items():
+        out_features, in_features = model[i].weight.shape
         x = torch.ones(batch_size, in_features)
         w = torch.ones(out_features, in_features)
         w8 = w.to(torch.int8)
-        int8_ms = _time_ms(lambda: torch._int_mm(x.to(torch.int8), w8.t()).to(torch.float32))
-        float_ms = _time_ms(lambda: x @ w.t())
-        if int8_ms < float_ms:
-            chosen.append(i)
+        times = {
+            None: _time_ms(lambda: x @ w.t()),
+            "int8": _time_ms(lambda: torch._int_mm(x.to(torch.int8), w8.t()).to(torch.float32)),
+        }
+        if bound == 1.0:
+            times["xnor"] = _time_ms(lambda: kernels.xnor_gemm(kernels.pack(x), kernels.pack(w), in_features)
+                                     .to(torch.float32))
+        fastest = min(times, key=lambda product: times[product])
+        if fastest is not None:
+            chosen[i] = fastest
     return chosen
 
 
@@ -274,18 +285,19 @@ def fuse_optimizer(optimizer: torch.optim.Optimizer, layer_of: LayerMap
 
 
 def setup_fused_step(model: nn.Sequential, optimizer: torch.optim.Optimizer, int8_forward: bool,
-                     batch_size: int) -> tuple[torch.optim.Optimizer, set[int], list[int]]:
+                     batch_size: int) -> tuple[torch.optim.Optimizer, set[int], dict[int, str]]:
     """Caches on the model's deterministic binary layers, the C++ BN and activations, and the fused optimizer.
 
-    Returns (optimizer, ids of the latent weights it clips, indices of the layers that multiply in int8).
+    Returns (optimizer, ids of the latent weights it clips, the layers that multiply in integers: index ->
+    "int8" or "xnor").
     """
-    int8_layers = choose_int8_layers(model, batch_size) if int8_forward else []
+    integer_products = choose_integer_products(model, batch_size) if int8_forward else {}
     layer_of: LayerMap = {}
     for i, module in enumerate(model):
         if isinstance(module, BinaryLayer):
             cache = None
             if not module.stochastic:
-                cache = attach_weight_cache(module, int8=i in int8_layers)
+                cache = attach_weight_cache(module, integer_products.get(i))
             layer_of[id(module.weight)] = (cache, module.clip_value)
     use_fused_layers(model)
-    return fuse_optimizer(optimizer, layer_of), set(layer_of), int8_layers
+    return fuse_optimizer(optimizer, layer_of), set(layer_of), integer_products

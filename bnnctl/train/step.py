@@ -50,7 +50,8 @@ class TrainingStep:
     use_bf16: bool
     channels_last: bool
     clipped_by_optimizer: set[int] = field(default_factory=set)
-    int8_layers: list[int] = field(default_factory=list)
+    # layer index -> the exact integer product its forward takes (fused_step.choose_integer_products)
+    integer_products: dict[int, str] = field(default_factory=dict)
     # eager_forward_loss, or its compiled form
     forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
@@ -137,9 +138,9 @@ def build_step(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int, d
     if fast.reuse_memory and device.type == "cpu":
         reuse_freed_memory()
     clipped_by_optimizer: set[int] = set()
-    int8_layers: list[int] = []
+    integer_products: dict[int, str] = {}
     if fast.fused_step:
-        optimizer, clipped_by_optimizer, int8_layers = fused_step.setup_fused_step(
+        optimizer, clipped_by_optimizer, integer_products = fused_step.setup_fused_step(
             model, optimizer, fast.int8_forward, recipe.train.batch_size // ranks.world_size)
     elif fast.fused_optimizer:
         optimizer = fused_adam(optimizer)
@@ -153,7 +154,7 @@ def build_step(recipe: Recipe, input_shape: tuple[int, ...], num_classes: int, d
         model=model, optimizer=optimizer, loss_fn=LOSSES[recipe.train.loss], forward=forward, eval_forward=model,
         binary_layers=layers, foreach_clip=fast.foreach_clip and len({layer.clip_value for layer in layers}) == 1,
         use_bf16=fast.bf16 and device.type == "cuda", channels_last=channels_last,
-        clipped_by_optimizer=clipped_by_optimizer, int8_layers=int8_layers)
+        clipped_by_optimizer=clipped_by_optimizer, integer_products=integer_products)
     if fast.compile:
         compile_ = functools.partial(torch.compile, mode=fast.compile_mode, dynamic=False)
         step.eval_forward = compile_(model)
