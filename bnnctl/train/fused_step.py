@@ -15,8 +15,8 @@ binarizes them into a freshly allocated tensor in the next forward. Here:
   Every product and sum is an integer far below 2^24, so the result equals the float32 product
   bit for bit (``weight_cache``). Its backward pass stays in float32 (the gradients are real
   numbers); so do the first layer (real pixels) and every layer whose input is not known to be
-  integral. Each layer takes whichever of float32, int8 and XNOR is fastest on this CPU at the
-  training batch size (``choose_integer_products``);
+  integral. Inputs of +1/-1 take XNOR; other small integers take int8 where that is faster than
+  float32 on this CPU (``choose_integer_products``);
 * shift-based BN over (N, C) and the binarized activations run as C++ passes (``use_fused_layers``)
   instead of a dozen torch ops each, most of them the float64 log2 and exp2 of AP2: BN forward is
   two elementwise passes around torch's own column sums (so the sums add in torch's order and every
@@ -41,7 +41,6 @@ from torch import nn
 from ..core.binarize import binarize_ste
 from ..core.layers import BinaryLayer, SignActivation
 from ..core.norms import ShiftBatchNorm, ShiftBatchNormFunction
-from .. import kernels
 from ..kernels import native_ops
 from ..optim.shift_adamax import ShiftAdaMax
 from .weight_cache import BinaryWeightCache, attach_weight_cache
@@ -89,29 +88,26 @@ def _time_ms(fn, repeats: int = 5) -> float:
 
 
 def choose_integer_products(model: nn.Sequential, batch_size: int) -> dict[int, str]:
-    """The integral-input layers (see ``integral_input_scale``) whose forward product is faster in integers
-    on this CPU than in float32, each with the fastest integer product ("int8", or "xnor" where the input is
-    exactly +1/-1; ``weight_cache.INTEGER_PRODUCTS``).
+    """The integral-input layers (see ``integral_input_scale``) that take their forward product in integers,
+    each with its product (``weight_cache.INTEGER_PRODUCTS``).
 
-    All give the same numbers, so the choice by timing changes speed only. The XNOR timing includes packing
-    the input and the weight (the weight changes with every step).
+    A layer whose input is exactly +1/-1 always takes "xnor": it reads 1 bit per weight instead of 32 and
+    does 64 products per popcount, ahead of float32 on every CPU (packing the weight once per step
+    included). One whose input is another small integer (dropout's 0, +-2) takes "int8" where that is
+    faster than float32 on this CPU at the training batch size (it is with VNNI or AMX, not without).
+    All give the same numbers, so the choice changes speed only.
     """
     chosen: dict[int, str] = {}
     for i, bound in integral_input_scale(model).items():
+        if bound == 1.0:
+            chosen[i] = "xnor"
+            continue
         out_features, in_features = model[i].weight.shape
         x = torch.ones(batch_size, in_features)
         w = torch.ones(out_features, in_features)
         w8 = w.to(torch.int8)
-        times = {
-            None: _time_ms(lambda: x @ w.t()),
-            "int8": _time_ms(lambda: torch._int_mm(x.to(torch.int8), w8.t()).to(torch.float32)),
-        }
-        if bound == 1.0:
-            times["xnor"] = _time_ms(lambda: kernels.xnor_gemm(kernels.pack(x), kernels.pack(w), in_features)
-                                     .to(torch.float32))
-        fastest = min(times, key=lambda product: times[product])
-        if fastest is not None:
-            chosen[i] = fastest
+        if _time_ms(lambda: torch._int_mm(x.to(torch.int8), w8.t()).to(torch.float32)) < _time_ms(lambda: x @ w.t()):
+            chosen[i] = "int8"
     return chosen
 
 
