@@ -44,13 +44,14 @@ def environment_failure(path: Path, e: OSError) -> EnvironmentFailure:
     return EnvironmentFailure(f"could not write {path}: {why}.")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file and a rename, so that path is always whole; on failure the
-    temporary is removed and the error is one sentence (EnvironmentFailure)."""
+def atomic_write_bytes(path: Path, *parts: bytes | memoryview) -> None:
+    """Write ``parts`` one after the other through a temporary file and a rename, so that path is always
+    whole; on failure the temporary is removed and the error is one sentence (EnvironmentFailure)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -101,13 +102,15 @@ _EOCD = b"PK\x05\x06"
 _CHECKSUM_TAG = b"bnnctl-sha256:"
 
 
-def _with_checksum(data: bytes) -> bytes:
-    end = data.rfind(_EOCD)
-    if end < 0 or len(data) - end != 22:  # torch writes no comment of its own
+def _with_checksum(data: memoryview) -> tuple[memoryview, bytes]:
+    """(the archive up to its comment length, the comment length and the checksum comment) without copying
+    the archive: a checkpoint is hundreds of MB."""
+    end = len(data) - 22  # torch writes no comment of its own: the end record is the last 22 bytes
+    if end < 0 or data[end:end + 4] != _EOCD:
         raise ValueError("not a zip archive without a comment")
     body = data[:end + 20]
     comment = _CHECKSUM_TAG + hashlib.sha256(body).hexdigest().encode()
-    return body + struct.pack("<H", len(comment)) + comment
+    return body, struct.pack("<H", len(comment)) + comment
 
 
 def _verify_checksum(data: bytes, path: Path) -> bool:
@@ -133,7 +136,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save with a checksum (see above), written atomically."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, _with_checksum(buffer.getvalue()))
+    with buffer.getbuffer() as data:
+        body, trailer = _with_checksum(data)
+        try:
+            atomic_write_bytes(path, body, trailer)
+        finally:
+            body.release()
 
 
 def load_torch_file(path: Path, what: str) -> tuple[Any, bool]:

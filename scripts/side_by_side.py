@@ -98,7 +98,7 @@ def cpu_description() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    isas = [f for f in ("avx2", "avx512f", "avx512_vpopcntdq", "amx_tile") if f in flags]
+    isas = [f for f in ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_vnni", "amx_tile") if f in flags]
     return f"{model}, {os.cpu_count()} cores, {' '.join(isas) or 'no AVX2'}"
 
 
