@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from .allocator import use_huge_pages
 from .errors import UserError, out_of_memory_as_failure
+from .infer.variants import help_text as engine_variants_help
 
 
 class _RecordingGroup(TyperGroup):
@@ -114,12 +115,14 @@ def eval_(
     split: str = typer.Option("test", help="test | valid"),
     engine: Optional[str] = typer.Option(None, help="float (simulated binary network) | xnor (bit-packed kernels); "
                                          "default: float for a run or best.pt, xnor for a .bnnx export"),
+    variant: Optional[str] = typer.Option(None, help="with --engine xnor, how the packed engine runs; "
+                                          + engine_variants_help()),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
 ):
     """Test (or validation) error of a trained model; agrees with what training recorded."""
     from .infer.evaluate import run_eval
-    run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console)
+    run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console, variant=variant)
 
 
 @app.command()

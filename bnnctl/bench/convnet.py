@@ -41,30 +41,28 @@ from ..core.models import build_model
 from ..data import DATASETS, data_root, load_npz, wants_npz
 from ..data.common import npz_path
 from ..errors import UserError
-from ..infer.engine import FIRST_LAYERS, default_batch_size
+from ..infer.engine import default_batch_size
 from ..checkpoints import load_model
 from ..infer.bnnx import EXPORT_SUFFIX
 from ..infer.exported import UINT8_SCALE, input_encoding
 from ..infer.fold import export_model
+from ..infer.variants import ENGINE_VARIANTS
 from ..recipe import DataConfig, ModelConfig, Recipe, resolve
 from ..runs import BEST_FILE
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms
-from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages
+from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages, engine_row
 
 INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
 IMAGES = 10_000
 CUDA_BATCH = 1000  # on a CPU: the engine's own batch for conv nets (infer.engine.default_batch_size)
 STAND_IN = "cifar10-jpeg.npz"  # the CIFAR-10 stand-in, built from the JPEG reconstruction of CIFAR-10
 
+# The engine's variants but the float baseline kernel on every layer (a pass over the test set takes minutes on
+# the conv layers) and the CUDA kernels of the MLP's Figure 3 (the paper-style and carry-save ones).
+NOT_BENCHED = ("baseline", "xnor-paper", "xnor-bitplane-csa")
+
 VARIANTS: dict[str, ModelVariant] = {
-    "xnor-integer": ModelVariant(f"packed engine: XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer"),
-    "xnor-int8": ModelVariant(f"packed engine: XNOR kernels, first layer: {FIRST_LAYERS['int8']}", "int8"),
-    "xnor-bitplane": ModelVariant("packed engine: XNOR kernels, first layer on the 8 bit planes (Algorithm 5)",
-                                  "bitplane"),
-    "xnor": ModelVariant("packed engine: XNOR kernels, first layer on the float baseline kernel (the paper's setup)",
-                         "float"),
-    "xnor-bitplane-tc": ModelVariant("as xnor-bitplane, XNOR on the tensor-core kernel", "bitplane", xnor_impl="tc",
-                                     devices=("cuda",)),
+    **{name: engine_row(name) for name in ENGINE_VARIANTS if name not in NOT_BENCHED},
     "torch": ModelVariant("the float model in torch, fp32, NCHW (TF32 off): the reference"),
     "torch-channels-last": ModelVariant("the float model in torch, fp32, channels-last", channels_last=True,
                                         exact=False),

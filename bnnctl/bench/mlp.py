@@ -42,39 +42,31 @@ from .. import paper
 from ..core.models import build_model
 from ..data import MNIST_FILES, data_root
 from ..errors import UserError
-from ..infer.engine import FIRST_LAYERS
 from ..checkpoints import load_model
 from ..infer.bnnx import EXPORT_SUFFIX, load_export
 from ..infer.exported import UINT8_SCALE, ExportedModel, input_encoding
 from ..infer.float_model import float_model_from_export
+from ..infer.variants import ENGINE_VARIANTS
 from ..infer.fold import export_model
 from ..recipe import DataConfig, Recipe, load_recipe
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms
-from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages
+from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages, engine_row
 
 IMAGES = 10_000
 BATCH = {"cuda": 10_000, "cpu": 1_000}
-CUDA_ONLY = ("cuda",)
+
+# The paper's names for the engine's variants (Figure 3's right half: (a) to (c); (c2), (c3) ours after them).
+PAPER_ROWS = {"baseline": "(a)", "xnor": "(b)", "xnor-paper": "(b)", "xnor-bitplane": "(c)", "xnor-bitplane-csa": "(c)",
+              "xnor-bitplane-tc": "(c)", "xnor-integer": "(c2)", "xnor-int8": "(c3)"}
+_ENGINE_ORDER = sorted(ENGINE_VARIANTS, key=lambda name: PAPER_ROWS.get(name, "(z)"))  # stable: table order within
 
 VARIANTS: dict[str, ModelVariant] = {
-    "baseline": ModelVariant("every layer on the float baseline kernel", "float", "float", paper_row="(a)"),
-    "xnor": ModelVariant("XNOR kernels, first layer on the float baseline kernel (the paper's setup)", "float",
-                         paper_row="(b)"),
-    "xnor-bitplane": ModelVariant("XNOR kernels, first layer on the 8 bit planes (Algorithm 5)", "bitplane",
-                                  paper_row="(c)"),
-    "xnor-integer": ModelVariant(f"XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer", paper_row="(c2)"),
-    "xnor-int8": ModelVariant(f"XNOR kernels, first layer: {FIRST_LAYERS['int8']}", "int8", paper_row="(c3)"),
+    **{name: engine_row(name, PAPER_ROWS.get(name, "")) for name in _ENGINE_ORDER},
     "torch": ModelVariant("the float model in torch (cuBLAS fp32 with TF32 off / oneDNN)", paper_row="(d)"),
     "torch-bf16": ModelVariant("the float model in torch, bfloat16", dtype=torch.bfloat16, exact=False,
                                paper_row="(d)"),
     "torch-int8": ModelVariant("the float model in torch, binary hidden layers on torch._int_mm (int8 +-1, exact)",
                                int8_hidden=True, paper_row="(d)"),
-    "xnor-paper": ModelVariant("as (b), XNOR on the paper-style 16x16 tiled kernel", "float", xnor_impl="paper",
-                               devices=CUDA_ONLY, paper_row="(b)"),
-    "xnor-bitplane-csa": ModelVariant("as (c), XNOR on the carry-save popcount kernel", "bitplane", xnor_impl="csa",
-                                      devices=CUDA_ONLY, paper_row="(c)"),
-    "xnor-bitplane-tc": ModelVariant("as (c), XNOR on the tensor-core kernel", "bitplane", xnor_impl="tc",
-                                     devices=CUDA_ONLY, paper_row="(c)"),
 }
 SAME_INTEGERS = ("baseline", "xnor", "xnor-bitplane", "xnor-integer", "xnor-int8")  # (a)-(c)
 INPUT_SHAPE = (1, 28, 28)

@@ -25,7 +25,7 @@ from .. import kernels
 from ..bench_records import measure_load
 from ..data import scale_to_pm1
 from ..errors import UserError
-from ..infer.engine import PackedEngine
+from ..infer.engine import make_engine
 from ..provenance import resolve_device
 from . import convnet, mlp
 from .models import frozen_float_model, int8_binary_layers
@@ -53,8 +53,7 @@ def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Modul
     """A function from one batch of 8-bit images (on the device) to predicted classes."""
     v = spec.variants[name]
     if v.engine:
-        engine = PackedEngine(model.exported, device, first_layer=v.first_layer, hidden=v.hidden,
-                              xnor_impl=v.xnor_impl)
+        engine = make_engine(model.exported, device, v.engine_variant)
         return lambda xb: engine.logits(xb).argmax(1)
     net = int8_binary_layers(torch_model) if v.int8_hidden else copy.deepcopy(torch_model)
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format

@@ -17,17 +17,17 @@ import torch
 from torch import nn
 
 from ..infer.exported import ExportedModel
+from ..infer.variants import ENGINE_VARIANTS
 from ..recipe import DataConfig, Recipe, load_recipe, recipes_dir
 
 
 @dataclass(frozen=True)
 class ModelVariant:
-    """One way of running the model from 8-bit images to classes."""
+    """One way of running the model from 8-bit images to classes: a row of the packed engine's table
+    (``engine_row``) or the float model in torch."""
 
     label: str
-    first_layer: str | None = None  # the packed engine's first layer (infer.engine.FIRST_LAYERS); None: torch
-    hidden: str = "xnor"  # the engine's hidden layers: xnor | float (the paper's baseline kernel)
-    xnor_impl: str = "tuned"  # which XNOR kernel the engine's hidden layers use
+    engine_variant: str | None = None  # the packed engine's variant (infer.variants.ENGINE_VARIANTS); None: torch
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtype: torch.dtype = torch.float32  # torch variants
     channels_last: bool = False  # torch variants: channels-last memory format
@@ -37,12 +37,33 @@ class ModelVariant:
 
     @property
     def engine(self) -> bool:
-        return self.first_layer is not None
+        return self.engine_variant is not None
+
+    def _engine_field(self, name: str) -> str | None:
+        return getattr(ENGINE_VARIANTS[self.engine_variant], name) if self.engine else None
+
+    @property
+    def first_layer(self) -> str | None:
+        return self._engine_field("first_layer")
+
+    @property
+    def hidden(self) -> str | None:
+        return self._engine_field("hidden")
+
+    @property
+    def xnor_impl(self) -> str | None:
+        return self._engine_field("xnor_impl")
 
     @property
     def packed(self) -> bool:
         """On the packed engine with XNOR hidden layers (not the paper's float baseline kernel)."""
         return self.engine and self.hidden == "xnor"
+
+
+def engine_row(name: str, paper_row: str = "") -> ModelVariant:
+    """The bench's variant for a row of the engine's table: its description, devices and exactness."""
+    v = ENGINE_VARIANTS[name]
+    return ModelVariant(v.description, engine_variant=name, devices=v.devices, exact=v.exact, paper_row=paper_row)
 
 
 @dataclass
@@ -90,7 +111,7 @@ class ModelSpec:
         return [name for name, v in self.variants.items() if not v.engine]
 
 
-__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec"]
+__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec", "engine_row"]
 
 
 @functools.cache
