@@ -204,8 +204,8 @@ def test_runs_the_bench_cannot_use_are_one_sentence(tmp_path, small, case, messa
 def test_an_engine_that_predicts_other_classes_is_recorded_and_fails_the_command(tmp_path, small, monkeypatch):
     real = model_bench.runner
 
-    def wrong_runner(spec, name, model, torch_model, device):
-        step = real(spec, name, model, torch_model, device)
+    def wrong_runner(spec, name, *args):
+        step = real(spec, name, *args)
         return (lambda xb: (step(xb) + 1) % 10) if name == "xnor-integer" else step
 
     monkeypatch.setattr(model_bench, "runner", wrong_runner)

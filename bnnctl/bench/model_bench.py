@@ -23,9 +23,10 @@ from torch import nn
 
 from .. import kernels
 from ..bench_records import measure_load
-from ..data import scale_to_pm1
 from ..errors import UserError
 from ..infer.engine import make_engine
+from ..infer.exported import ExportedModel
+from ..infer.variants import ENGINE_VARIANTS
 from ..provenance import resolve_device
 from . import convnet, mlp
 from .models import frozen_float_model, int8_binary_layers
@@ -48,17 +49,39 @@ def unavailable(spec: ModelSpec, device: str) -> dict[str, str | None]:
     return {name: off_device(v.devices, device) for name, v in spec.variants.items()}
 
 
-def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Module, device: torch.device
-           ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function from one batch of 8-bit images (on the device) to predicted classes."""
+def refusals(spec: ModelSpec, device: str, exported: ExportedModel) -> dict[str, str | None]:
+    """Variant -> why it cannot run this model on the device (None: it can): the device, and for the engine's
+    variants what the engine's table says of the model (e.g. a first layer that needs 8-bit scaled inputs)."""
+    why = unavailable(spec, device)
+    for name, v in spec.variants.items():
+        if why[name] is None and v.engine:
+            why[name] = ENGINE_VARIANTS[v.engine_variant].refusal(exported, device)
+    return why
+
+
+def choose_variants(spec: ModelSpec, names: list[str] | None, why: dict[str, str | None]) -> list[str]:
+    """The variants to time: those named (each must run this model here), or all that can (None)."""
+    if names is None:
+        return [n for n in spec.variants if why[n] is None]
+    refused = [n for n in names if why[n] is not None]
+    if refused:
+        raise UserError(f"--variant {refused[0]} cannot run here: {why[refused[0]]}; leave it out or choose another "
+                        "variant.")
+    return names
+
+
+def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Module, device: torch.device,
+           transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from one batch of 8-bit images (on the device) to predicted classes; ``transform`` is the
+    model's own preprocessing of them (``TestImages.transform``)."""
     v = spec.variants[name]
     if v.engine:
         engine = make_engine(model.exported, device, v.engine_variant)
-        return lambda xb: engine.logits(xb).argmax(1)
+        return lambda xb: engine.logits(xb, transform).argmax(1)
     net = int8_binary_layers(torch_model) if v.int8_hidden else copy.deepcopy(torch_model)
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format
     net = net.to(device=device, dtype=v.dtype).to(memory_format=fmt)
-    return lambda xb: net(scale_to_pm1(xb).to(v.dtype).contiguous(memory_format=fmt)).argmax(1)
+    return lambda xb: net(transform(xb).to(v.dtype).contiguous(memory_format=fmt)).argmax(1)
 
 
 def _progress(console: Console | None):
@@ -75,12 +98,12 @@ def bench_model(model_name: str, run: Path | None = None, device: str = "auto", 
     """The bench record of the named variants (default: all that run on the device)."""
     spec = spec_of(model_name)
     dev = resolve_device(device)
-    if names is None:
-        names = select_names("all", unavailable(spec, dev.type), "variant", "--variant")
     if dev.type == "cuda" and not kernels.available()["cuda"]:
         raise UserError("the CUDA kernels are not available on this machine, so there is nothing to bench on the GPU.")
     check_kernels_usable()
     model = spec.load_model(spec, run, results)
+    why_not = refusals(spec, dev.type, model.exported)
+    names = choose_variants(spec, names, why_not)
     data = spec.load_images(spec, data_dir, model.data_cfg, images or spec.images)
     x = data.x.to(dev)
     batch = spec.batch(dev.type, model.exported)
@@ -96,10 +119,10 @@ def bench_model(model_name: str, run: Path | None = None, device: str = "auto", 
         if v.paper_row:
             entry["paper_row"] = v.paper_row
         if name not in names:
-            why = off_device(v.devices, dev.type)
+            why = why_not[name]
             entry["status"] = f"not run: {why}" if why else "not run: not selected"
         variants[name] = entry
-    make = lambda name: runner(spec, name, model, torch_model, dev)  # noqa: E731
+    make = lambda name: runner(spec, name, model, torch_model, dev, data.transform)  # noqa: E731
     progress = _progress(console)
     with progress or nullcontext(), measure_load(torch.get_num_threads(), on_cpu=dev.type == "cpu") as load:
         on_step = None
@@ -110,7 +133,7 @@ def bench_model(model_name: str, run: Path | None = None, device: str = "auto", 
     if spec.reference in predictions:
         reference, reference_note = predictions[spec.reference], f"the {spec.reference} variant's predictions"
     else:  # not selected (or failed): the float model once, untimed
-        step = runner(spec, spec.reference, model, torch_model, dev)
+        step = runner(spec, spec.reference, model, torch_model, dev, data.transform)
         with measuring():
             reference = torch.cat([step(b) for b in x.split(batch)]).cpu()
         reference_note = f"the fp32 float model, run once untimed (the {spec.reference} variant was not timed)"
@@ -227,6 +250,7 @@ def run_model(model: str, run: Path | None, device: str, data_dir: Path | None, 
                         f"{spec.images:,} test images.")
     check_arguments(Path(out), repeat, {"images": images})
     names = select_names(variants, unavailable(spec, resolve_device(device).type), "variant", "--variant")
+    names = None if variants.strip() == "all" else names  # all: those that can run the model, once it is loaded
     result = bench_model(model, run, device, data_dir, repeat, images, command=command, console=console,
                          names=names)
     print_model_table(result, console)

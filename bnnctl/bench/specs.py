@@ -16,6 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..data import DataError, input_transform
+from ..errors import UserError
 from ..infer.exported import ExportedModel
 from ..infer.variants import ENGINE_VARIANTS
 from ..recipe import DataConfig, Recipe, load_recipe, recipes_dir
@@ -70,8 +72,8 @@ def engine_row(name: str, paper_row: str = "") -> ModelVariant:
 class LoadedModel:
     exported: ExportedModel  # what the packed engine runs
     float_model: nn.Module  # the float model in torch, eval mode, on the CPU
-    info: dict[str, Any]  # the record's model section: source, weights, epoch, ...
-    data_cfg: DataConfig | None = None  # the model's recipe data section (None: an export's, not needed)
+    info: dict[str, Any]  # the record's model section: source, weights, epoch, preprocess, ...
+    data_cfg: DataConfig  # the model's recipe data section: its dataset and its preprocessing
 
 
 @dataclass
@@ -79,6 +81,17 @@ class TestImages:
     x: torch.Tensor  # uint8, N x C x H x W
     y: torch.Tensor | None  # labels; None for random images
     info: dict[str, Any]  # the record's data section: images, source, dataset (None: random images)
+    transform: Callable[[torch.Tensor], torch.Tensor]  # the model's own preprocessing of these uint8 images
+
+
+def model_transform(data_cfg: DataConfig, root: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's preprocessing (its recipe's ``data.preprocess``) as a transform of uint8 images, fitted where it
+    is fitted on the training images it names under ``root``; a UserError (one sentence) where they are not there."""
+    try:
+        return input_transform(data_cfg, root)
+    except DataError as e:
+        raise UserError(f"the model was trained on inputs preprocessed as {data_cfg.preprocess!r}, fitted on its "
+                        f"training images, which bnnctl cannot read under {root}: {str(e).rstrip('.')}.") from None
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ class ModelSpec:
         return [name for name, v in self.variants.items() if not v.engine]
 
 
-__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec", "engine_row"]
+__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec", "engine_row", "model_transform"]
 
 
 @functools.cache
