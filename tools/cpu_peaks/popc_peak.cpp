@@ -182,7 +182,8 @@ int main(int argc, char** argv) {
   std::printf(" \"machine\": {\"model_name\": %s, \"cpu_family\": %d, \"model\": %d},\n",
               json_string(id.model_name).c_str(), id.family, id.model);
   std::printf(" \"isa\": %s,\n \"units\": \"G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s (2 per FMA "
-              "lane); median of %d\",\n", json_string(isa).c_str(), trials);
+              "lane); median of %d; read_bandwidth_gbs: GB/s, best of %d\",\n", json_string(isa).c_str(), trials,
+              trials);
   std::printf(" \"threads\": {\n  \"%d\": {\n   \"rows\": {\n", threads);
   for (size_t i = 0; i < rows.size(); ++i) {
     std::printf("    %s: {\"one_thread\": %.1f, \"all_threads\": %.1f}%s\n", json_string(rows[i].name).c_str(),
