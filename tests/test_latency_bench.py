@@ -9,12 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from bnnctl import bench_records
-from bnnctl.bench import latency, mlp, model_bench, timing
+from bnnctl.bench import latency, mlp, timing
 from bnnctl.bench_records import check_bench_record, read_bench_record
 from bnnctl.cli import app
 from bnnctl.report.kernels import cpu_peaks_section, find_benches, latency_section
 from bnnctl.report.records import Notes
 from tests.test_bench import _small_mnist_mlp
+from tests.test_bench_convnet import predict_other_classes
 
 VARIANTS = "xnor-bitplane,xnor-integer,xnor,torch"
 
@@ -98,13 +99,7 @@ def test_several_images_per_call_and_two_thread_counts(tmp_path, small_mlp):
 
 
 def test_an_exact_variant_that_predicts_other_classes_fails_the_command(tmp_path, small_mlp, monkeypatch):
-    real = model_bench.runner
-
-    def wrong_runner(spec, name, *args):
-        step = real(spec, name, *args)
-        return (lambda xb: (step(xb) + 1) % 10) if name == "xnor-integer" else step
-
-    monkeypatch.setattr(model_bench, "runner", wrong_runner)
+    predict_other_classes(monkeypatch, "xnor-integer")
     res = run_cli("--model", "mnist-mlp", "--batch", "1", "--threads", "1", "--variant", "xnor-integer,torch",
                   "--device", "cpu", "--repeat", "1", "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path))
     assert res.exit_code == 2

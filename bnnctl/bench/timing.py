@@ -377,6 +377,19 @@ def _popc_ceiling_of(rec: dict, threads: int) -> float | None:
     return max(rates) / 1e3 if rates else None
 
 
+def _cpu_peaks_records(directories: Iterable[Path | str]) -> Iterator[tuple[Path, dict]]:
+    """(path, record) of every readable ``*cpu-peaks*.json`` of kind 'cpu-peaks' in the directories, oldest first
+    (their names start with their date)."""
+    paths = [p for d in map(Path, directories) if d.is_dir() for p in d.glob("*cpu-peaks*.json")]
+    for path in sorted(paths, key=lambda p: p.name):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "cpu-peaks":
+            yield path, rec
+
+
 def recorded_cpu_peak(directories: Iterable[Path | str], device: torch.device) -> tuple[float, Path] | None:
     """(XOR+popcount ceiling in T binary-op/s, record path) from the newest ``*cpu-peaks*.json`` in the directories
     measured on this CPU: kind 'cpu-peaks', ``hardware`` equal to this machine's hardware string (model name
@@ -386,13 +399,8 @@ def recorded_cpu_peak(directories: Iterable[Path | str], device: torch.device) -
         return None
     want_hardware, want_machine, threads = hardware(device), cpu_identity(), torch.get_num_threads()
     found = None
-    paths = [p for d in map(Path, directories) if d.is_dir() for p in d.glob("*cpu-peaks*.json")]
-    for path in sorted(paths, key=lambda p: p.name):  # date-stamped names: the newest last
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(rec, dict) or rec.get("kind") != "cpu-peaks" or rec.get("hardware") != want_hardware:
+    for path, rec in _cpu_peaks_records(directories):
+        if rec.get("hardware") != want_hardware:
             continue
         if "machine" in rec and rec["machine"] != want_machine:
             continue
@@ -463,13 +471,8 @@ def recorded_read_bandwidth(directories: Iterable[Path | str], device: torch.dev
         return None
     want = cpu_identity()
     found = None
-    paths = [p for d in map(Path, directories) if d.is_dir() for p in d.glob("*cpu-peaks*.json")]
-    for path in sorted(paths, key=lambda p: p.name):  # date-stamped names: the newest last
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("kind") == "cpu-peaks" and rec.get("machine") == want:
+    for path, rec in _cpu_peaks_records(directories):
+        if rec.get("machine") == want:
             found = _read_bandwidth_of(rec, path) or found
     return found
 
