@@ -15,6 +15,7 @@ from bnnctl.infer.engine import PackedEngine, make_engine
 from bnnctl.infer.fold import export_model
 from bnnctl.infer.variants import ENGINE_VARIANTS, LARGE_BATCH, VariantRefused, check_variant, default_variant
 from tests.test_export_engine import ARCHS, images, model_trace, prepared, train_tiny
+from tests.test_export_file import error_in, said, write_tiny_run
 
 CPU_EXACT = [name for name, v in ENGINE_VARIANTS.items() if v.exact and "cpu" in v.devices]
 
@@ -110,3 +111,20 @@ def test_eval_lists_the_variants_and_refuses_a_variant_without_the_packed_engine
     assert float_engine.exit_code == 2 and "give it with --engine xnor" in float_engine.output
     unknown = runner.invoke(app, ["eval", str(run), "--engine", "xnor", "--variant", "fast"])
     assert unknown.exit_code == 2 and "unknown --variant 'fast'" in unknown.output
+
+
+def test_eval_runs_each_variant_named_to_the_same_error(tmp_path, tiny_recipe):
+    run, _, _ = write_tiny_run(tmp_path, tiny_recipe)
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(run)]).exit_code == 0
+    export = run / "model.bnnx"
+    default = runner.invoke(app, ["eval", str(export), "--device", "cpu"])
+    assert default.exit_code == 0, default.output
+    assert "the default for batches of 1,000" in said(default)
+    for name in CPU_EXACT:
+        for target in (export, run):
+            named = runner.invoke(app, ["eval", str(target), "--engine", "xnor", "--variant", name, "--device", "cpu"])
+            assert named.exit_code == 0, named.output
+            assert f"variant {name})" in said(named) and error_in(named.output) == error_in(default.output), name
+    refused = runner.invoke(app, ["eval", str(export), "--variant", "xnor-bitplane-tc", "--device", "cpu"])
+    assert refused.exit_code == 2 and "runs on cuda only, not on cpu" in said(refused)
