@@ -10,7 +10,10 @@ writes carries:
 * ``BENCH_FIELDS``: kind, status ("ok", or "failed" with a ``problem``), command, date, device;
 * ``load``: ``LOAD_FIELDS``, the machine's load around the timed region and the ``busy`` verdict;
 * its timed entries (``kernels`` for the kernel bench, ``variants`` for a model bench), each with a
-  status and, when "ok", its median milliseconds (``TIMED_ENTRY_FIELDS``).
+  status and, when "ok", its median milliseconds (``TIMED_ENTRY_FIELDS``); a model bench's latency mode
+  (kind ``<model>-latency``, ``bench --model ... --batch N``) times each variant per thread count instead:
+  an "ok" entry has ``threads``, thread count -> ``LATENCY_FIELDS`` (median and 90th percentile of one call's
+  milliseconds, the calls timed; ``share_of_floor`` where the floor is known).
 
 Records written before this schema (no ``format``) are still read, as legacy: their load is unknown
 (``busy`` None). Records of other tools in the same folder (``tools/cpu_peaks`` writes kind
@@ -158,6 +161,13 @@ TIMED_ENTRY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "status": (lambda v: isinstance(v, str) and v != "", "a status"),
 }
 MODEL_KIND_SUFFIXES = ("-mlp", "-convnet")  # model benches: their timed entries are "variants"
+LATENCY_SUFFIX = "-latency"  # a model bench's latency mode: "<model>-latency", variants timed per thread count
+# Each thread count of an "ok" latency entry: one call's milliseconds, median and 90th percentile, over `calls`.
+LATENCY_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "median_ms": (lambda v: is_number(v) and v > 0, "milliseconds"),
+    "p90_ms": (lambda v: is_number(v) and v > 0, "milliseconds"),
+    "calls": (_count, "a count of calls"),
+}
 
 
 def timed_section(kind: Any) -> str | None:
@@ -165,8 +175,26 @@ def timed_section(kind: Any) -> str | None:
     None for other kinds (tools' records)."""
     if kind == "kernels":
         return "kernels"
-    if isinstance(kind, str) and kind.endswith(MODEL_KIND_SUFFIXES):
+    if isinstance(kind, str) and kind.removesuffix(LATENCY_SUFFIX).endswith(MODEL_KIND_SUFFIXES):
         return "variants"
+    return None
+
+
+def is_latency(kind: Any) -> bool:
+    """Whether a record's kind is a model bench's latency mode (``<model>-latency``)."""
+    return isinstance(kind, str) and kind.endswith(LATENCY_SUFFIX) and timed_section(kind) == "variants"
+
+
+def _latency_problem(name: str, entry: dict[str, Any]) -> str | None:
+    per_threads = entry.get("threads")
+    if not isinstance(per_threads, dict) or not per_threads:
+        return f"variant {name!r} ran but has no latency per thread count"
+    for threads, row in per_threads.items():
+        if not (isinstance(threads, str) and threads.isdigit() and int(threads) >= 1) or not isinstance(row, dict):
+            return f"variant {name!r} has a latency for {_excerpt(threads)} threads that is not one"
+        problem = _field_problem(row, LATENCY_FIELDS, f" of variant {name!r} at {threads} threads")
+        if problem:
+            return problem
     return None
 
 
@@ -204,7 +232,13 @@ def _timed_problem(data: dict[str, Any]) -> str | None:
         problem = _field_problem(entry, TIMED_ENTRY_FIELDS, f" of {section[:-1]} {name!r}")
         if problem:
             return problem
-        if entry["status"] == "ok" and not is_number(entry.get("median_ms")):
+        if entry["status"] != "ok":
+            continue
+        if is_latency(data.get("kind")):
+            problem = _latency_problem(name, entry)
+            if problem:
+                return problem
+        elif not is_number(entry.get("median_ms")):
             return f"{section[:-1]} {name!r} ran but has no median_ms"
     return None
 
@@ -314,6 +348,7 @@ def read_bench_records(folder: Path) -> Iterator[tuple[Path, BenchRecord | Unrea
             yield path, e
 
 
-__all__ = ["BENCH_FORMAT", "BENCH_VERSION", "BENCH_FIELDS", "LOAD_FIELDS", "TIMED_ENTRY_FIELDS", "BenchRecord", "UnreadableBenchRecord",
-           "LoadWatch", "busy_reason", "check_bench_record", "cores", "loadavg_1min", "measure_load",
-           "read_bench_record", "read_bench_records", "timed_section", "write_bench_record"]
+__all__ = ["BENCH_FORMAT", "BENCH_VERSION", "BENCH_FIELDS", "LATENCY_FIELDS", "LATENCY_SUFFIX", "LOAD_FIELDS",
+           "TIMED_ENTRY_FIELDS", "BenchRecord", "UnreadableBenchRecord", "LoadWatch", "busy_reason", "check_bench_record",
+           "cores", "is_latency", "loadavg_1min", "measure_load", "read_bench_record", "read_bench_records",
+           "timed_section", "write_bench_record"]

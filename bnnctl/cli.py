@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from .allocator import use_huge_pages
 from .errors import UserError, out_of_memory_as_failure
+from .infer.variants import help_text as engine_variants_help
 
 
 class _RecordingGroup(TyperGroup):
@@ -114,12 +115,14 @@ def eval_(
     split: str = typer.Option("test", help="test | valid"),
     engine: Optional[str] = typer.Option(None, help="float (simulated binary network) | xnor (bit-packed kernels); "
                                          "default: float for a run or best.pt, xnor for a .bnnx export"),
+    variant: Optional[str] = typer.Option(None, help="with --engine xnor, how the packed engine runs; "
+                                          + engine_variants_help()),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
 ):
     """Test (or validation) error of a trained model; agrees with what training recorded."""
     from .infer.evaluate import run_eval
-    run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console)
+    run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console, variant=variant)
 
 
 @app.command()
@@ -163,13 +166,18 @@ def bench(
                                             "cifar-10-batches-py or cifar10-jpeg.npz (the stand-in), or SVHN/"),
     images: Optional[int] = typer.Option(None, help="with --model cifar10-convnet | svhn-convnet: how many test "
                                          "images to time, the first N (default 10,000)"),
+    batch: Optional[int] = typer.Option(None, help="with --model: the latency mode, N images per call (1: single-image "
+                                        "latency), each call timed alone; median and 90th percentile per thread "
+                                        "count, against torch and the memory floor (tools/cpu_peaks)"),
+    threads: Optional[str] = typer.Option(None, help="with --batch: the CPU thread counts to time, a comma list "
+                                          "(default: 1 and all cores)"),
 ):
     """Time the XNOR kernels against the paper's baseline, cuBLAS fp32 and bf16, or a whole model; record JSON."""
     from .bench import run as run_bench
     from .provenance import command_line
     run_bench(kernel=kernel, variant=variant, model=model, m=m, n=n, k=k, repeat=repeat, device=device, out=out,
               popc_peak=popc_peak, run_path=run, data_dir=data_dir, images=images, command=command_line(),
-              console=console)
+              console=console, batch=batch, threads=threads)
 
 
 @app.command()

@@ -258,8 +258,8 @@ def test_model_bench_times_the_torch_reference_and_the_variants_with_autograd_of
             (torch.is_grad_enabled(), torch.is_inference_mode_enabled())))
         return frozen
 
-    def recording_runner(spec, name, model, torch_model, device):
-        step = real_runner(spec, name, model, torch_model, device)
+    def recording_runner(spec, name, *args):
+        step = real_runner(spec, name, *args)
 
         def recorded(xb):
             calls.setdefault(name, []).append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))

@@ -201,14 +201,19 @@ def test_runs_the_bench_cannot_use_are_one_sentence(tmp_path, small, case, messa
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
 
 
-def test_an_engine_that_predicts_other_classes_is_recorded_and_fails_the_command(tmp_path, small, monkeypatch):
+def predict_other_classes(monkeypatch, variant: str) -> None:
+    """Make the bench's variant ``variant`` predict the next class to the one it computes, on every image."""
     real = model_bench.runner
 
-    def wrong_runner(spec, name, model, torch_model, device):
-        step = real(spec, name, model, torch_model, device)
-        return (lambda xb: (step(xb) + 1) % 10) if name == "xnor-integer" else step
+    def wrong_runner(spec, name, *args):
+        step = real(spec, name, *args)
+        return (lambda xb: (step(xb) + 1) % 10) if name == variant else step
 
     monkeypatch.setattr(model_bench, "runner", wrong_runner)
+
+
+def test_an_engine_that_predicts_other_classes_is_recorded_and_fails_the_command(tmp_path, small, monkeypatch):
+    predict_other_classes(monkeypatch, "xnor-integer")
     res = run_cli("--model", "cifar10-convnet", "--variant", "xnor-integer,torch", "--device", "cpu", "--repeat", "1",
                   "--images", "6", "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path))
     assert res.exit_code == 2

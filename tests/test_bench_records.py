@@ -207,10 +207,10 @@ def test_a_model_variant_that_fails_fails_the_command_and_is_recorded_as_failed(
                                                                                 monkeypatch):
     real = model_bench.runner
 
-    def failing_runner(spec, name, model, torch_model, device):
+    def failing_runner(spec, name, *args):
         if name == "xnor-int8":
             raise RuntimeError("no int8 here")
-        return real(spec, name, model, torch_model, device)
+        return real(spec, name, *args)
 
     monkeypatch.setattr(model_bench, "runner", failing_runner)
     res = run_cli("--model", "cifar10-convnet", "--variant", "xnor-int8,xnor-integer", "--device", "cpu",

@@ -26,8 +26,15 @@ def test_popc_peak_quick_json_record(tmp_path):
     record = json.loads(subprocess.run([str(exe), "1", "--quick", "--json"], capture_output=True, text=True,
                                        check=True).stdout)
     assert record["kind"] == "cpu-peaks"
-    (rows,) = [t["rows"] for t in record["threads"].values()]
+    (block,) = record["threads"].values()
+    rows = block["rows"]
     assert "xor+popcnt scalar" in rows and all(r["all_threads"] > 0 for r in rows.values())
+    reads = block["read_bandwidth_gbs"]  # a loaded machine may starve the all-threads reads, never the layout
+    assert "memory" in reads and all(r["one_thread"] > 0 and r["all_threads"] >= 0 for r in reads.values())
+    assert reads["memory"]["buffer_bytes_one_thread"] >= 64 << 20
+    caches = record["caches"]
+    assert set(reads) == {"memory"} | {level for level, key in (("l2", "l2_bytes_per_core"), ("l3", "l3_bytes"))
+                                       if caches[key] > 0}
 
 
 @needs_gxx

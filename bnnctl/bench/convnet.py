@@ -19,8 +19,9 @@ selected, the float model runs once, untimed, to check against). The bf16 and
 channels-last models are timed for speed; their differences from the fp32 model (bf16 rounds the
 inputs, the sums and the BN) are recorded, not checked.
 
-The model: ``--run`` (a run directory or its ``best.pt``, of the same architecture, trained on 8-bit
-images scaled to [-1, 1]) or else random weights (seed 0) whose BatchNorm statistics are set from one
+The model: ``--run`` (a run directory or its ``best.pt``, of the same architecture; its inputs preprocessed as
+its recipe says, the engine variants needing 8-bit scaled inputs left out for other preprocessing) or else
+random weights (seed 0) whose BatchNorm statistics are set from one
 batch of random images, so that every unit's threshold sits among its pre-activations as in a trained
 network (at BN's initial statistics every first-layer threshold would sit exactly at 0, where the exact
 integer pre-activation of the engine and the float model's rounded one tie).
@@ -38,33 +39,30 @@ from pathlib import Path
 import torch
 
 from ..core.models import build_model
-from ..data import DATASETS, data_root, load_npz, wants_npz
+from ..data import DATASETS, data_root, load_npz, scale_to_pm1, wants_npz
 from ..data.common import npz_path
 from ..errors import UserError
-from ..infer.engine import FIRST_LAYERS, default_batch_size
+from ..infer.engine import default_batch_size
 from ..checkpoints import load_model
 from ..infer.bnnx import EXPORT_SUFFIX
-from ..infer.exported import UINT8_SCALE, input_encoding
 from ..infer.fold import export_model
+from ..infer.variants import ENGINE_VARIANTS
 from ..recipe import DataConfig, ModelConfig, Recipe, resolve
 from ..runs import BEST_FILE
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms
-from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages
+from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages, engine_row, model_transform
 
 INPUT_SHAPE, NUM_CLASSES = (3, 32, 32), 10
 IMAGES = 10_000
 CUDA_BATCH = 1000  # on a CPU: the engine's own batch for conv nets (infer.engine.default_batch_size)
 STAND_IN = "cifar10-jpeg.npz"  # the CIFAR-10 stand-in, built from the JPEG reconstruction of CIFAR-10
 
+# The engine's variants but the float baseline kernel on every layer (a pass over the test set takes minutes on
+# the conv layers) and the CUDA kernels of the MLP's Figure 3 (the paper-style and carry-save ones).
+NOT_BENCHED = ("baseline", "xnor-paper", "xnor-bitplane-csa")
+
 VARIANTS: dict[str, ModelVariant] = {
-    "xnor-integer": ModelVariant(f"packed engine: XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer"),
-    "xnor-int8": ModelVariant(f"packed engine: XNOR kernels, first layer: {FIRST_LAYERS['int8']}", "int8"),
-    "xnor-bitplane": ModelVariant("packed engine: XNOR kernels, first layer on the 8 bit planes (Algorithm 5)",
-                                  "bitplane"),
-    "xnor": ModelVariant("packed engine: XNOR kernels, first layer on the float baseline kernel (the paper's setup)",
-                         "float"),
-    "xnor-bitplane-tc": ModelVariant("as xnor-bitplane, XNOR on the tensor-core kernel", "bitplane", xnor_impl="tc",
-                                     devices=("cuda",)),
+    **{name: engine_row(name) for name in ENGINE_VARIANTS if name not in NOT_BENCHED},
     "torch": ModelVariant("the float model in torch, fp32, NCHW (TF32 off): the reference"),
     "torch-channels-last": ModelVariant("the float model in torch, fp32, channels-last", channels_last=True,
                                         exact=False),
@@ -90,10 +88,6 @@ def _check_run_recipe(recipe: Recipe, wanted: Recipe, model_name: str, path: Pat
     if _architecture(recipe.model) != _architecture(wanted.model):
         raise UserError(f"{path} holds a {recipe.name} model whose architecture is not the "
                         f"{model_name} one ({architecture_text(wanted.model)}).")
-    if input_encoding(recipe.to_dict()) != UINT8_SCALE:
-        raise UserError(f"{path} was trained on inputs preprocessed as {recipe.data.preprocess!r}; "
-                        f"the {model_name} bench runs models trained on 8-bit images scaled to [-1, 1] (preprocess: "
-                        f"scale).")
 
 
 def load_convnet(spec: ModelSpec, run: Path | None, results: Path | None = None) -> LoadedModel:
@@ -109,7 +103,7 @@ def load_convnet(spec: ModelSpec, run: Path | None, results: Path | None = None)
             "source": None, "recipe": wanted.name,
             "weights": f"random (seed {SEED}; BN statistics from {CALIBRATION_IMAGES} random images): the error "
                        "column says nothing about accuracy",
-            "epoch": None, "recorded_test_error_pct": None}, wanted.data)
+            "epoch": None, "recorded_test_error_pct": None, "preprocess": wanted.data.preprocess}, wanted.data)
     path = run / BEST_FILE if run.is_dir() else run
     if path.suffix == EXPORT_SUFFIX:
         raise UserError(f"{path} is an export; the {spec.name} bench needs the run's {BEST_FILE}, the float model "
@@ -125,8 +119,8 @@ def load_convnet(spec: ModelSpec, run: Path | None, results: Path | None = None)
     return LoadedModel(export_model(record, model), model, {
         "source": str(path), "recipe": recipe.name, "weights": "trained",
         "run_status": recorded.get("status"), "epoch": record.get("epoch"),
-        "recorded_test_error_pct": record.get("test_error_pct"), "trained_on": record.get("variant")},
-        recipe.data)
+        "recorded_test_error_pct": record.get("test_error_pct"), "trained_on": record.get("variant"),
+        "preprocess": recipe.data.preprocess}, recipe.data)
 
 
 # ---------------------------------------------------------------------------- data
@@ -161,11 +155,15 @@ def load_test_images(spec: ModelSpec, data_dir: Path | None, data_cfg: DataConfi
     if raw is None and dataset == "cifar10" and (root / STAND_IN).is_file():
         raw, where = load_npz(root / STAND_IN, dataset, channels=INPUT_SHAPE[0]), str(root / STAND_IN)
     if raw is None:
+        if data_cfg.preprocess != "scale":
+            raise UserError(f"the model was trained on inputs preprocessed as {data_cfg.preprocess!r}, fitted on its "
+                            f"training images, and there is no {dataset} data set under {root} to fit it on; give "
+                            "--data-dir the data root that holds it.")
         g = torch.Generator().manual_seed(SEED)
         x = torch.randint(0, 256, (count, *INPUT_SHAPE), generator=g, dtype=torch.uint8)
         return TestImages(x, None, {"images": count, "dataset": None,
                                     "source": f"{count:,} random 8-bit images (no {dataset} test set under {root}): "
-                                              "the error column is not a test error"})
+                                              "the error column is not a test error"}, scale_to_pm1)
     total = len(raw.x_test)
     if tuple(raw.x_test.shape[1:]) != INPUT_SHAPE:
         raise UserError(f"the test images in {where} have shape {list(raw.x_test.shape[1:])}; the ConvNet takes "
@@ -177,7 +175,7 @@ def load_test_images(spec: ModelSpec, data_dir: Path | None, data_cfg: DataConfi
     y = torch.from_numpy(raw.y_test[:count].copy()).long()
     return TestImages(x, y, {"images": count, "dataset": raw.variant, "path": where,
                              "source": f"the first {count:,} of the {total:,} test images of {raw.variant} "
-                                       f"({where}{stand_in})"})
+                                       f"({where}{stand_in})"}, model_transform(data_cfg, root))
 
 
 def _spec(name: str, title: str, recipe_file: str) -> ModelSpec:

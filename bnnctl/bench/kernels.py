@@ -40,8 +40,8 @@ from ..paper import KERNEL_RATIOS
 from ..provenance import resolve_device
 
 # The committed record's benches: its tools/cpu_peaks records of a CPU serve a user's bench on that CPU.
-RECORDED_BENCHES = Path("results/bench")
-from .timing import (check_arguments, check_kernels_usable, cpu_peak_rows, error_line, header, measuring, off_device,
+from .timing import (RECORDED_BENCHES, check_arguments, check_kernels_usable, cpu_peak_rows, error_line, header,
+                     measuring, off_device,
                      print_load, record, recorded_cpu_peak, refuse_unless_fits, select_names, sync, time_call)
 
 DEFAULT_SHAPES = {"cuda": (8192, 8192, 8192), "cpu": (1024, 1024, 4096)}  # the CPU one runs in seconds

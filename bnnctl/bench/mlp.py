@@ -26,9 +26,12 @@ too (xnor-paper, xnor-bitplane-csa, xnor-bitplane-tc).
 The model is the newest finished MNIST run under ``results/mnist*/`` with the paper's architecture
 (its ``best.pt``, else its ``model.bnnx`` export: checkpoints are git-ignored and may be absent);
 without one, random weights (seed 0) with BatchNorm statistics from one batch of random images (see
-``bench.models``), and the error column says nothing about accuracy. Only models trained on 8-bit images
-scaled to [-1, 1] (preprocess: scale) are benched: the variants all start from those images. Without the
-MNIST files, 10,000 random 8-bit images stand in and the error column is not a test error either.
+``bench.models``), and the error column says nothing about accuracy. Every variant starts from the 8-bit
+images and applies the model's own preprocessing (its recipe's ``data.preprocess``: the Theano recipe's
+2x/255 - 1, the Torch7 recipe's standardization fitted on its training images); the engine variants whose
+first layer needs 8-bit images scaled to [-1, 1] do not run a model trained on other inputs. Without the
+MNIST files, 10,000 random 8-bit images stand in and the error column is not a test error either (a model
+whose preprocessing is fitted on the training images then cannot be benched).
 """
 from __future__ import annotations
 
@@ -40,41 +43,33 @@ import torch
 
 from .. import paper
 from ..core.models import build_model
-from ..data import MNIST_FILES, data_root
+from ..data import MNIST_FILES, data_root, scale_to_pm1
 from ..errors import UserError
-from ..infer.engine import FIRST_LAYERS
 from ..checkpoints import load_model
 from ..infer.bnnx import EXPORT_SUFFIX, load_export
-from ..infer.exported import UINT8_SCALE, ExportedModel, input_encoding
+from ..infer.exported import UINT8_SCALE, ExportedModel
 from ..infer.float_model import float_model_from_export
+from ..infer.variants import ENGINE_VARIANTS
 from ..infer.fold import export_model
-from ..recipe import DataConfig, Recipe, load_recipe
+from ..recipe import DataConfig, Recipe, load_recipe, resolve_data
 from .models import CALIBRATION_IMAGES, SEED, calibrate_norms
-from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages
+from .specs import LoadedModel, ModelSpec, ModelVariant, TestImages, engine_row, model_transform
 
 IMAGES = 10_000
 BATCH = {"cuda": 10_000, "cpu": 1_000}
-CUDA_ONLY = ("cuda",)
+
+# The paper's names for the engine's variants (Figure 3's right half: (a) to (c); (c2), (c3) ours after them).
+PAPER_ROWS = {"baseline": "(a)", "xnor": "(b)", "xnor-paper": "(b)", "xnor-bitplane": "(c)", "xnor-bitplane-csa": "(c)",
+              "xnor-bitplane-tc": "(c)", "xnor-integer": "(c2)", "xnor-int8": "(c3)"}
+_ENGINE_ORDER = sorted(ENGINE_VARIANTS, key=lambda name: PAPER_ROWS.get(name, "(z)"))  # stable: table order within
 
 VARIANTS: dict[str, ModelVariant] = {
-    "baseline": ModelVariant("every layer on the float baseline kernel", "float", "float", paper_row="(a)"),
-    "xnor": ModelVariant("XNOR kernels, first layer on the float baseline kernel (the paper's setup)", "float",
-                         paper_row="(b)"),
-    "xnor-bitplane": ModelVariant("XNOR kernels, first layer on the 8 bit planes (Algorithm 5)", "bitplane",
-                                  paper_row="(c)"),
-    "xnor-integer": ModelVariant(f"XNOR kernels, first layer: {FIRST_LAYERS['integer']}", "integer", paper_row="(c2)"),
-    "xnor-int8": ModelVariant(f"XNOR kernels, first layer: {FIRST_LAYERS['int8']}", "int8", paper_row="(c3)"),
+    **{name: engine_row(name, PAPER_ROWS.get(name, "")) for name in _ENGINE_ORDER},
     "torch": ModelVariant("the float model in torch (cuBLAS fp32 with TF32 off / oneDNN)", paper_row="(d)"),
     "torch-bf16": ModelVariant("the float model in torch, bfloat16", dtype=torch.bfloat16, exact=False,
                                paper_row="(d)"),
     "torch-int8": ModelVariant("the float model in torch, binary hidden layers on torch._int_mm (int8 +-1, exact)",
                                int8_hidden=True, paper_row="(d)"),
-    "xnor-paper": ModelVariant("as (b), XNOR on the paper-style 16x16 tiled kernel", "float", xnor_impl="paper",
-                               devices=CUDA_ONLY, paper_row="(b)"),
-    "xnor-bitplane-csa": ModelVariant("as (c), XNOR on the carry-save popcount kernel", "bitplane", xnor_impl="csa",
-                                      devices=CUDA_ONLY, paper_row="(c)"),
-    "xnor-bitplane-tc": ModelVariant("as (c), XNOR on the tensor-core kernel", "bitplane", xnor_impl="tc",
-                                     devices=CUDA_ONLY, paper_row="(c)"),
 }
 SAME_INTEGERS = ("baseline", "xnor", "xnor-bitplane", "xnor-integer", "xnor-int8")  # (a)-(c)
 INPUT_SHAPE = (1, 28, 28)
@@ -118,24 +113,16 @@ def _model_path(run: Path | None, results: Path, spec: ModelSpec) -> Path | None
     raise UserError(f"{run} holds neither best.pt nor model{EXPORT_SUFFIX}.")
 
 
-def _check_scaled_inputs(encoding: str, path: Path) -> None:
-    if encoding != UINT8_SCALE:
-        raise UserError(f"{path} was trained on standardized or other float inputs; the mnist-mlp bench runs models "
-                        "trained on 8-bit images scaled to [-1, 1] (preprocess: scale), as the Theano recipe is.")
-
-
 def load_bench_model(path: Path | None, spec: ModelSpec) -> tuple[ExportedModel, torch.nn.Module, dict]:
     """(export, float model, description) from best.pt, an export file, or random weights."""
     if path is not None and path.suffix == EXPORT_SUFFIX:
         exported = load_export(path)
-        _check_scaled_inputs(exported.input_encoding, path)
         return exported, float_model_from_export(exported), {
             "source": str(path), "weights": "trained", "epoch": exported.info.get("epoch"),
             "recorded_test_error_pct": exported.info.get("test_error_pct"),
             "torch_model": "rebuilt from the export: +/-1 fp32 weights, thresholds in place of BN + sign"}
     if path is not None:
         record, model, recorded = load_model(path)
-        _check_scaled_inputs(input_encoding(record.get("recipe", {})), path)
         return export_model(record, model), model, {
             "source": str(path), "weights": "trained", "run_status": recorded.get("status"), "epoch": record.get("epoch"),
             "recorded_test_error_pct": record.get("test_error_pct"), "torch_model": "the trained float model"}
@@ -150,27 +137,46 @@ def load_bench_model(path: Path | None, spec: ModelSpec) -> tuple[ExportedModel,
         "epoch": None, "recorded_test_error_pct": None, "torch_model": "the float model, random weights"}
 
 
+def model_data(exported: ExportedModel, path: Path | None, spec: ModelSpec) -> DataConfig:
+    """The recipe data section the model was trained on (its preprocessing); a version 1 export has none, which
+    for a model of 8-bit scaled inputs says nothing more than its encoding does."""
+    if exported.data is not None:
+        return resolve_data(exported.data, str(path or spec.recipe_file))
+    if exported.input_encoding == UINT8_SCALE:
+        return replace(spec.recipe().data, preprocess="scale")
+    raise UserError(f"{path} does not say how its inputs were preprocessed (a version 1 export of a model not trained "
+                    "on 8-bit images scaled to [-1, 1]); export its run again.")
+
+
 def load(spec: ModelSpec, run: Path | None, results: Path) -> LoadedModel:
-    exported, model, info = load_bench_model(_model_path(run, results, spec), spec)
-    return LoadedModel(exported, model.eval(), info)
+    path = _model_path(run, results, spec)
+    exported, model, info = load_bench_model(path, spec)
+    data_cfg = model_data(exported, path, spec)
+    return LoadedModel(exported, model.eval(), {**info, "preprocess": data_cfg.preprocess}, data_cfg)
 
 
 # ---------------------------------------------------------------------------- data
 
-def load_test_images(spec: ModelSpec, data_dir: Path | None, data_cfg: DataConfig | None, count: int) -> TestImages:
-    """The first ``count`` of MNIST's 10,000 test images and labels, or random 8-bit images (labels None)."""
+def load_test_images(spec: ModelSpec, data_dir: Path | None, data_cfg: DataConfig, count: int) -> TestImages:
+    """The first ``count`` of MNIST's 10,000 test images and labels, or random 8-bit images (labels None), with the
+    model's own preprocessing (``data_cfg``, its recipe's data section; fitted ones need the MNIST files)."""
     root = data_root(data_dir)
     raw = root / "MNIST" / "raw"
     if all((raw / name).is_file() for name in MNIST_FILES.values()):
         from ..data import load_mnist
         data = load_mnist(replace(spec.recipe().data, source="auto", npz=None), root)
         x, y = torch.from_numpy(data.x_test[:count].copy()), torch.from_numpy(data.y_test[:count].copy())
-        return TestImages(x, y, {"images": len(x), "dataset": "mnist", "source": "MNIST test set"})
+        return TestImages(x, y, {"images": len(x), "dataset": "mnist", "source": "MNIST test set"},
+                          model_transform(data_cfg, root))
+    if data_cfg.preprocess != "scale":
+        raise UserError(f"the model was trained on inputs preprocessed as {data_cfg.preprocess!r}, fitted on its "
+                        f"training images, and there is no MNIST under {raw} to fit it on; give --data-dir the data "
+                        "root that holds it.")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (IMAGES, *spec.input_shape), generator=g, dtype=torch.uint8)[:count]
     return TestImages(x, None, {"images": len(x), "dataset": None,
                                 "source": f"{len(x):,} random 8-bit images (no MNIST under {raw}): the error column "
-                                          "is not a test error"})
+                                          "is not a test error"}, scale_to_pm1)
 
 
 # ---------------------------------------------------------------------------- what the record compares

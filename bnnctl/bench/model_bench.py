@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,13 +24,14 @@ from torch import nn
 
 from .. import kernels
 from ..bench_records import measure_load
-from ..data import scale_to_pm1
 from ..errors import UserError
-from ..infer.engine import PackedEngine
+from ..infer.engine import make_engine
+from ..infer.exported import ExportedModel
+from ..infer.variants import ENGINE_VARIANTS
 from ..provenance import resolve_device
 from . import convnet, mlp
 from .models import frozen_float_model, int8_binary_layers
-from .specs import LoadedModel, ModelSpec
+from .specs import LoadedModel, ModelSpec, TestImages
 from .timing import (check_arguments, check_kernels_usable, header, measuring, off_device, print_load, record,
                      select_names, time_model_passes)
 
@@ -48,18 +50,39 @@ def unavailable(spec: ModelSpec, device: str) -> dict[str, str | None]:
     return {name: off_device(v.devices, device) for name, v in spec.variants.items()}
 
 
-def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Module, device: torch.device
-           ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function from one batch of 8-bit images (on the device) to predicted classes."""
+def refusals(spec: ModelSpec, device: str, exported: ExportedModel) -> dict[str, str | None]:
+    """Variant -> why it cannot run this model on the device (None: it can): the device, and for the engine's
+    variants what the engine's table says of the model (e.g. a first layer that needs 8-bit scaled inputs)."""
+    why = unavailable(spec, device)
+    for name, v in spec.variants.items():
+        if why[name] is None and v.engine:
+            why[name] = ENGINE_VARIANTS[v.engine_variant].refusal(exported, device)
+    return why
+
+
+def choose_variants(spec: ModelSpec, names: list[str] | None, why: dict[str, str | None]) -> list[str]:
+    """The variants to time: those named (each must run this model here), or all that can (None)."""
+    if names is None:
+        return [n for n in spec.variants if why[n] is None]
+    refused = [n for n in names if why[n] is not None]
+    if refused:
+        raise UserError(f"--variant {refused[0]} cannot run here: {why[refused[0]]}; leave it out or choose another "
+                        "variant.")
+    return names
+
+
+def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Module, device: torch.device,
+           transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from one batch of 8-bit images (on the device) to predicted classes; ``transform`` is the
+    model's own preprocessing of them (``TestImages.transform``)."""
     v = spec.variants[name]
     if v.engine:
-        engine = PackedEngine(model.exported, device, first_layer=v.first_layer, hidden=v.hidden,
-                              xnor_impl=v.xnor_impl)
-        return lambda xb: engine.logits(xb).argmax(1)
+        engine = make_engine(model.exported, device, v.engine_variant)
+        return lambda xb: engine.logits(xb, transform).argmax(1)
     net = int8_binary_layers(torch_model) if v.int8_hidden else copy.deepcopy(torch_model)
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format
     net = net.to(device=device, dtype=v.dtype).to(memory_format=fmt)
-    return lambda xb: net(scale_to_pm1(xb).to(v.dtype).contiguous(memory_format=fmt)).argmax(1)
+    return lambda xb: net(transform(xb).to(v.dtype).contiguous(memory_format=fmt)).argmax(1)
 
 
 def _progress(console: Console | None):
@@ -70,57 +93,91 @@ def _progress(console: Console | None):
                     TimeElapsedColumn(), console=console, transient=True)
 
 
-def bench_model(model_name: str, run: Path | None = None, device: str = "auto", data_dir: Path | None = None,
-                repeat: int = 20, images: int | None = None, results: Path = Path("results"), command: str = "",
-                console: Console | None = None, names: list[str] | None = None, budget_s: float = BUDGET_S) -> dict:
-    """The bench record of the named variants (default: all that run on the device)."""
+@dataclass
+class Prepared:
+    """A model bench ready to time: the model, its test images (with its own preprocessing) on the device, its
+    frozen float model, the variants chosen and why the others cannot run."""
+    spec: ModelSpec
+    device: torch.device
+    model: LoadedModel
+    data: TestImages
+    x: torch.Tensor
+    torch_model: nn.Module
+    names: list[str]
+    why_not: dict[str, str | None]
+
+    def step(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return runner(self.spec, name, self.model, self.torch_model, self.device, self.data.transform)
+
+    def entries(self) -> dict[str, dict]:
+        """Each variant's record entry: what it is, and for those not chosen why ("not run: ...")."""
+        variants: dict[str, dict] = {}
+        for name, v in self.spec.variants.items():
+            entry = {"label": v.label, "engine": v.engine, "first_layer": v.first_layer,
+                     "xnor_impl": v.xnor_impl if v.engine else None, "exact": v.exact}
+            if v.paper_row:
+                entry["paper_row"] = v.paper_row
+            if name not in self.names:
+                why = self.why_not[name]
+                entry["status"] = f"not run: {why}" if why else "not run: not selected"
+            variants[name] = entry
+        return variants
+
+    def model_section(self) -> dict:
+        exported = self.model.exported
+        return {"name": self.spec.name, "architecture": self.spec.architecture(self.spec, self.model),
+                "binary_weights": exported.binary_weights,
+                "packed_weight_bytes": sum(layer.weight_bits.numel() * 8 for layer in exported.layers),
+                **self.model.info}
+
+
+def prepare(model_name: str, run: Path | None, device: str, data_dir: Path | None, images: int | None,
+            results: Path, names: list[str] | None) -> Prepared:
+    """Load the model and its test images; choose the variants (``names``, or all that run the model here)."""
     spec = spec_of(model_name)
     dev = resolve_device(device)
-    if names is None:
-        names = select_names("all", unavailable(spec, dev.type), "variant", "--variant")
     if dev.type == "cuda" and not kernels.available()["cuda"]:
         raise UserError("the CUDA kernels are not available on this machine, so there is nothing to bench on the GPU.")
     check_kernels_usable()
     model = spec.load_model(spec, run, results)
+    why_not = refusals(spec, dev.type, model.exported)
+    names = choose_variants(spec, names, why_not)
     data = spec.load_images(spec, data_dir, model.data_cfg, images or spec.images)
-    x = data.x.to(dev)
-    batch = spec.batch(dev.type, model.exported)
     torch_model = frozen_float_model(model.float_model) if isinstance(model.float_model, nn.Sequential) \
         else model.float_model
+    return Prepared(spec, dev, model, data, data.x.to(dev), torch_model, names, why_not)
+
+
+def bench_model(model_name: str, run: Path | None = None, device: str = "auto", data_dir: Path | None = None,
+                repeat: int = 20, images: int | None = None, results: Path = Path("results"), command: str = "",
+                console: Console | None = None, names: list[str] | None = None, budget_s: float = BUDGET_S) -> dict:
+    """The bench record of the named variants (default: all that run the model on the device)."""
+    p = prepare(model_name, run, device, data_dir, images, results, names)
+    spec, dev, x = p.spec, p.device, p.x
+    batch = spec.batch(dev.type, p.model.exported)
     if console is not None:
-        console.print(f"bench {spec.name}: {len(x):,} images ({data.info['source']}); model "
-                      f"{model.info['source'] or 'random weights'}; {dev.type}, batches of {batch:,}", highlight=False)
-    variants: dict[str, dict] = {}
-    for name, v in spec.variants.items():
-        entry = {"label": v.label, "engine": v.engine, "first_layer": v.first_layer,
-                 "xnor_impl": v.xnor_impl if v.engine else None, "exact": v.exact}
-        if v.paper_row:
-            entry["paper_row"] = v.paper_row
-        if name not in names:
-            why = off_device(v.devices, dev.type)
-            entry["status"] = f"not run: {why}" if why else "not run: not selected"
-        variants[name] = entry
-    make = lambda name: runner(spec, name, model, torch_model, dev)  # noqa: E731
+        console.print(f"bench {spec.name}: {len(x):,} images ({p.data.info['source']}); model "
+                      f"{p.model.info['source'] or 'random weights'}; {dev.type}, batches of {batch:,}",
+                      highlight=False)
+    variants = p.entries()
     progress = _progress(console)
     with progress or nullcontext(), measure_load(torch.get_num_threads(), on_cpu=dev.type == "cpu") as load:
         on_step = None
         if progress is not None:
-            task = progress.add_task(f"{spec.name}", total=len(names) * (1 + repeat))
+            task = progress.add_task(f"{spec.name}", total=len(p.names) * (1 + repeat))
             on_step = lambda name: progress.update(task, advance=1, description=f"{spec.name}: {name}")  # noqa: E731
-        predictions = time_model_passes(variants, make, x, batch, dev, repeat, budget_s, on_step)
+        predictions = time_model_passes(variants, p.step, x, batch, dev, repeat, budget_s, on_step)
     if spec.reference in predictions:
         reference, reference_note = predictions[spec.reference], f"the {spec.reference} variant's predictions"
     else:  # not selected (or failed): the float model once, untimed
-        step = runner(spec, spec.reference, model, torch_model, dev)
+        step = p.step(spec.reference)
         with measuring():
             reference = torch.cat([step(b) for b in x.split(batch)]).cpu()
         reference_note = f"the fp32 float model, run once untimed (the {spec.reference} variant was not timed)"
-    targets = add_comparisons(spec, variants, predictions, reference, data.y, dev.type)
+    targets = add_comparisons(spec, variants, predictions, reference, p.data.y, dev.type)
     return {
         **header(spec.name, command, dev, load.fields),
-        "model": {"name": spec.name, "architecture": spec.architecture(spec, model),
-                  "binary_weights": model.exported.binary_weights, **model.info},
-        "data": data.info, "batch_size": batch, "repeat": repeat,
+        "model": p.model_section(), "data": p.data.info, "batch_size": batch, "repeat": repeat,
         "reference": {"variant": spec.reference, "predictions": reference_note},
         "variants": variants, "targets": targets,
     }
@@ -217,17 +274,26 @@ def failure(result: dict, spec: ModelSpec) -> str | None:
     return "; ".join(parts) or None
 
 
-def run_model(model: str, run: Path | None, device: str, data_dir: Path | None, repeat: int, out: Path,
-              command: str, console: Console, variants: str = "all", images: int | None = None) -> Path:
-    """The ``bnnctl bench --model ...`` command: bench, print, record; an error when a variant failed or an
-    exact variant predicted other classes than the float model."""
+def model_arguments(model: str, device: str, out: Path, repeat: int, variants: str, images: int | None,
+                    sizes: dict[str, int | None] | None = None) -> list[str] | None:
+    """Refuse, before anything loads, what a model bench cannot use (one sentence each); the variants named
+    (None for all: those that can run the model, once it is loaded)."""
     spec = spec_of(model)
     if images is not None and not spec.images_option:
         others = [s.name for s in SPECS.values() if s.images_option]
         raise UserError(f"--images applies to {' and '.join(others)}; {model} always runs its "
                         f"{spec.images:,} test images.")
-    check_arguments(Path(out), repeat, {"images": images})
+    check_arguments(Path(out), repeat, {"images": images, **(sizes or {})})
     names = select_names(variants, unavailable(spec, resolve_device(device).type), "variant", "--variant")
+    return None if variants.strip() == "all" else names
+
+
+def run_model(model: str, run: Path | None, device: str, data_dir: Path | None, repeat: int, out: Path,
+              command: str, console: Console, variants: str = "all", images: int | None = None) -> Path:
+    """The ``bnnctl bench --model ...`` command: bench, print, record; an error when a variant failed or an
+    exact variant predicted other classes than the float model."""
+    spec = spec_of(model)
+    names = model_arguments(model, device, out, repeat, variants, images)
     result = bench_model(model, run, device, data_dir, repeat, images, command=command, console=console,
                          names=names)
     print_model_table(result, console)
@@ -239,5 +305,6 @@ def run_model(model: str, run: Path | None, device: str, data_dir: Path | None, 
     return path
 
 
-__all__ = ["SPECS", "BUDGET_S", "bench_model", "add_comparisons", "print_model_table", "run_model",
-           "runner", "spec_of"]
+__all__ = ["SPECS", "BUDGET_S", "Prepared", "bench_model", "add_comparisons", "choose_variants", "failure",
+           "model_arguments", "prepare",
+           "print_model_table", "refusals", "run_model", "runner", "spec_of"]

@@ -16,18 +16,20 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..data import DataError, input_transform
+from ..errors import UserError
 from ..infer.exported import ExportedModel
+from ..infer.variants import ENGINE_VARIANTS
 from ..recipe import DataConfig, Recipe, load_recipe, recipes_dir
 
 
 @dataclass(frozen=True)
 class ModelVariant:
-    """One way of running the model from 8-bit images to classes."""
+    """One way of running the model from 8-bit images to classes: a row of the packed engine's table
+    (``engine_row``) or the float model in torch."""
 
     label: str
-    first_layer: str | None = None  # the packed engine's first layer (infer.engine.FIRST_LAYERS); None: torch
-    hidden: str = "xnor"  # the engine's hidden layers: xnor | float (the paper's baseline kernel)
-    xnor_impl: str = "tuned"  # which XNOR kernel the engine's hidden layers use
+    engine_variant: str | None = None  # the packed engine's variant (infer.variants.ENGINE_VARIANTS); None: torch
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtype: torch.dtype = torch.float32  # torch variants
     channels_last: bool = False  # torch variants: channels-last memory format
@@ -37,7 +39,22 @@ class ModelVariant:
 
     @property
     def engine(self) -> bool:
-        return self.first_layer is not None
+        return self.engine_variant is not None
+
+    def _engine_field(self, name: str) -> str | None:
+        return getattr(ENGINE_VARIANTS[self.engine_variant], name) if self.engine else None
+
+    @property
+    def first_layer(self) -> str | None:
+        return self._engine_field("first_layer")
+
+    @property
+    def hidden(self) -> str | None:
+        return self._engine_field("hidden")
+
+    @property
+    def xnor_impl(self) -> str | None:
+        return self._engine_field("xnor_impl")
 
     @property
     def packed(self) -> bool:
@@ -45,12 +62,18 @@ class ModelVariant:
         return self.engine and self.hidden == "xnor"
 
 
+def engine_row(name: str, paper_row: str = "") -> ModelVariant:
+    """The bench's variant for a row of the engine's table: its description, devices and exactness."""
+    v = ENGINE_VARIANTS[name]
+    return ModelVariant(v.description, engine_variant=name, devices=v.devices, exact=v.exact, paper_row=paper_row)
+
+
 @dataclass
 class LoadedModel:
     exported: ExportedModel  # what the packed engine runs
     float_model: nn.Module  # the float model in torch, eval mode, on the CPU
-    info: dict[str, Any]  # the record's model section: source, weights, epoch, ...
-    data_cfg: DataConfig | None = None  # the model's recipe data section (None: an export's, not needed)
+    info: dict[str, Any]  # the record's model section: source, weights, epoch, preprocess, ...
+    data_cfg: DataConfig  # the model's recipe data section: its dataset and its preprocessing
 
 
 @dataclass
@@ -58,6 +81,17 @@ class TestImages:
     x: torch.Tensor  # uint8, N x C x H x W
     y: torch.Tensor | None  # labels; None for random images
     info: dict[str, Any]  # the record's data section: images, source, dataset (None: random images)
+    transform: Callable[[torch.Tensor], torch.Tensor]  # the model's own preprocessing of these uint8 images
+
+
+def model_transform(data_cfg: DataConfig, root: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's preprocessing (its recipe's ``data.preprocess``) as a transform of uint8 images, fitted where it
+    is fitted on the training images it names under ``root``; a UserError (one sentence) where they are not there."""
+    try:
+        return input_transform(data_cfg, root)
+    except DataError as e:
+        raise UserError(f"the model was trained on inputs preprocessed as {data_cfg.preprocess!r}, fitted on its "
+                        f"training images, which bnnctl cannot read under {root}: {str(e).rstrip('.')}.") from None
 
 
 @dataclass(frozen=True)
@@ -90,7 +124,7 @@ class ModelSpec:
         return [name for name, v in self.variants.items() if not v.engine]
 
 
-__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec"]
+__all__ = ["ModelVariant", "LoadedModel", "TestImages", "ModelSpec", "engine_row", "model_transform"]
 
 
 @functools.cache

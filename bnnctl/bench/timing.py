@@ -4,7 +4,9 @@
   inference mode on (no autograd bookkeeping in any timed call); ``time_call`` and ``time_round_robin``
   enter inference mode themselves, so nothing they time can run with autograd on.
 * ``time_call``: the median of repeated calls of one function; ``time_round_robin``: several functions
-  taking turns, so that a load that comes and goes on a shared machine weighs on all of them alike.
+  taking turns, so that a load that comes and goes on a shared machine weighs on all of them alike;
+  ``time_model_passes`` whole passes of a model bench's variants, ``time_calls`` every call of them alone
+  (the latency mode), both after ``warmed_steps``.
 * ``parse_names``: a ``--kernel`` / ``--variant`` list of names against a table of contenders;
   ``select_names`` also refuses a name that cannot run on the device.
 * ``refuse_unless_fits``: a bench too large for the device's free memory is refused before allocating.
@@ -12,7 +14,9 @@
   its hardware and commit, the machine's load) and the JSON file under ``--out`` it is written
   to, through ``bnnctl.bench_records`` (the schema the report reads).
 * ``recorded_cpu_peak``: the XOR+popcount ceiling that ``tools/cpu_peaks/popc_peak.cpp --json`` recorded
-  for this very CPU (same hardware string and, where recorded, the same CPU family and model).
+  for this very CPU (same hardware string and, where recorded, the same CPU family and model);
+  ``recorded_read_bandwidth`` the read bandwidth of each level of its memory hierarchy, and ``weight_floor``
+  the floor it puts under a call that reads a model's weights once.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import os
 import re
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -36,6 +41,7 @@ from ..allocator import reuse_freed_memory
 from ..provenance import environment, hardware
 
 MIN_RUNS = 3  # timed runs time_call gives every function, however slow; more up to `repeat` within the budget
+RECORDED_BENCHES = Path("results/bench")  # the committed bench records, where a tools/cpu_peaks record is looked for
 
 
 @functools.cache
@@ -195,25 +201,23 @@ def time_round_robin(passes: dict[str, Callable[[], torch.Tensor]], device: torc
     return {name: (statistics.median(t), len(t), outputs[name]) for name, t in times.items()}
 
 
-def time_model_passes(entries: dict[str, dict], make_step: Callable[[str], Callable[[torch.Tensor], torch.Tensor]],
-                      x: torch.Tensor, batch: int, device: torch.device, repeat: int, budget_s: float,
-                      on_step: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
-    """Time whole passes over x (in batches) of the variants whose entry has no status yet.
+def warmed_steps(entries: dict[str, dict], make_step: Callable[[str], Callable[[torch.Tensor], torch.Tensor]],
+                 warm_up: torch.Tensor, device: torch.device, calls: int = 1,
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Each variant whose entry has no status yet, built and run ``calls`` times on ``warm_up`` (untimed).
 
-    Each variant's step is built and warmed up on one batch first; one that fails gets its error
-    in its entry and the others go on (the caller fails the command). An unusable environment
-    (EnvironmentFailure: no memory, an unusable kernel build folder) ends the bench at once. Fills
-    status, median_ms, runs and images_per_s; returns each timed variant's predictions (on the CPU).
-    ``on_step(name)`` after each warm-up and each timed pass (progress).
-    """
-    passes: dict[str, Callable[[], torch.Tensor]] = {}
+    One that fails gets its error in its entry and the others go on (the caller fails the command). An unusable
+    environment (EnvironmentFailure: no memory, an unusable kernel build folder) ends the bench at once.
+    ``on_step(name)`` after each warm-up (progress)."""
+    steps: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for name, entry in entries.items():
         if "status" in entry:
             continue
         try:
             step = make_step(name)
             with measuring():
-                step(x[:batch])
+                for _ in range(calls):
+                    step(warm_up)
                 sync(device)
         except EnvironmentFailure:
             raise
@@ -223,7 +227,21 @@ def time_model_passes(entries: dict[str, dict], make_step: Callable[[str], Calla
         finally:
             if on_step:
                 on_step(name)
-        passes[name] = (lambda s: lambda: torch.cat([s(b) for b in x.split(batch)]))(step)
+        steps[name] = step
+    return steps
+
+
+def time_model_passes(entries: dict[str, dict], make_step: Callable[[str], Callable[[torch.Tensor], torch.Tensor]],
+                      x: torch.Tensor, batch: int, device: torch.device, repeat: int, budget_s: float,
+                      on_step: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """Time whole passes over x (in batches) of the variants whose entry has no status yet.
+
+    Each variant's step is built and warmed up on one batch first (``warmed_steps``: one that fails gets its
+    error in its entry). Fills status, median_ms, runs and images_per_s; returns each timed variant's
+    predictions (on the CPU). ``on_step(name)`` after each warm-up and each timed pass (progress).
+    """
+    steps = warmed_steps(entries, make_step, x[:batch], device, on_step=on_step)
+    passes = {name: (lambda s: lambda: torch.cat([s(b) for b in x.split(batch)]))(step) for name, step in steps.items()}
     with no_tf32():  # time_round_robin runs every pass in inference mode
         timed = time_round_robin(passes, device, repeat, budget_s, on_step)
     predictions = {}
@@ -231,6 +249,48 @@ def time_model_passes(entries: dict[str, dict], make_step: Callable[[str], Calla
         predictions[name] = pred.cpu()
         entries[name].update(status="ok", median_ms=ms, runs=runs, images_per_s=len(x) / (ms / 1e3))
     return predictions
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0 < q < 100) of values, interpolated between the closest ranks."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def time_calls(steps: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, batch: int,
+               device: torch.device, rounds: int, budget_s: float, block: int,
+               on_call: Callable[[str], None] | None = None) -> dict[str, tuple[list[float], torch.Tensor]]:
+    """name -> (milliseconds of every call, the predictions of its first pass over x), in inference mode.
+
+    Each call runs one batch of ``batch`` consecutive images of x (the next ones each call, from the first again
+    after the last whole batch) and is timed alone, between device synchronisations. The steps take turns,
+    ``block`` calls each per round; rounds go on up to ``rounds`` while ``budget_s`` per step lasts (at least
+    one round). The predictions cover the images the step's calls reached, up to one pass over x.
+    ``on_call(name)`` after each block (progress)."""
+    steady_memory()
+    per_pass = len(x) // batch
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in steps}
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for r in range(rounds):
+            if r and time.perf_counter() - started >= budget_s * len(steps):
+                break
+            for name, step in steps.items():
+                for _ in range(block):
+                    call = len(times[name])
+                    start = (call % per_pass) * batch
+                    xb = x[start:start + batch]
+                    ms, out = _timed_pass(lambda: step(xb), device)
+                    times[name].append(ms)
+                    if call < per_pass:
+                        seen[name].append(out.cpu())
+                if on_call:
+                    on_call(name)
+    return {name: (times[name], torch.cat(seen[name])) for name in steps}
 
 
 def error_line(e: Exception) -> str:
@@ -317,6 +377,19 @@ def _popc_ceiling_of(rec: dict, threads: int) -> float | None:
     return max(rates) / 1e3 if rates else None
 
 
+def _cpu_peaks_records(directories: Iterable[Path | str]) -> Iterator[tuple[Path, dict]]:
+    """(path, record) of every readable ``*cpu-peaks*.json`` of kind 'cpu-peaks' in the directories, oldest first
+    (their names start with their date)."""
+    paths = [p for d in map(Path, directories) if d.is_dir() for p in d.glob("*cpu-peaks*.json")]
+    for path in sorted(paths, key=lambda p: p.name):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "cpu-peaks":
+            yield path, rec
+
+
 def recorded_cpu_peak(directories: Iterable[Path | str], device: torch.device) -> tuple[float, Path] | None:
     """(XOR+popcount ceiling in T binary-op/s, record path) from the newest ``*cpu-peaks*.json`` in the directories
     measured on this CPU: kind 'cpu-peaks', ``hardware`` equal to this machine's hardware string (model name
@@ -326,13 +399,8 @@ def recorded_cpu_peak(directories: Iterable[Path | str], device: torch.device) -
         return None
     want_hardware, want_machine, threads = hardware(device), cpu_identity(), torch.get_num_threads()
     found = None
-    paths = [p for d in map(Path, directories) if d.is_dir() for p in d.glob("*cpu-peaks*.json")]
-    for path in sorted(paths, key=lambda p: p.name):  # date-stamped names: the newest last
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(rec, dict) or rec.get("kind") != "cpu-peaks" or rec.get("hardware") != want_hardware:
+    for path, rec in _cpu_peaks_records(directories):
+        if rec.get("hardware") != want_hardware:
             continue
         if "machine" in rec and rec["machine"] != want_machine:
             continue
@@ -359,6 +427,71 @@ def cpu_peak_rows(path: Path | str, threads: int | None = None) -> dict[str, flo
     return out
 
 
+@dataclass(frozen=True)
+class ReadBandwidth:
+    """What a ``tools/cpu_peaks`` record measured of this CPU's memory hierarchy: the per-core L2 and the L3 in
+    bytes, and the read bandwidth of each level (l2, l3, memory) in GB/s by thread count."""
+    source: Path
+    l2_bytes: int
+    l3_bytes: int
+    gbs: dict[int, dict[str, float]]
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+def _read_bandwidth_of(rec: dict, path: Path) -> ReadBandwidth | None:
+    """A cpu-peaks record's read bandwidth: 1 thread from each block's one-thread rates, N threads from the
+    all-threads rates of block N; None where it measured none."""
+    caches, blocks = rec.get("caches"), rec.get("threads")
+    if not isinstance(caches, dict) or not isinstance(blocks, dict):
+        return None
+    gbs: dict[int, dict[str, float]] = {}
+    for threads, block in blocks.items():
+        levels = block.get("read_bandwidth_gbs") if isinstance(block, dict) else None
+        if not (isinstance(threads, str) and threads.isdigit()) or not isinstance(levels, dict):
+            continue
+        for level, rates in levels.items():
+            if not isinstance(rates, dict):
+                continue
+            for count, key in ((1, "one_thread"), (int(threads), "all_threads")):
+                if _positive(rates.get(key)):
+                    gbs.setdefault(count, {})[level] = float(rates[key])
+    sizes = [caches.get(k) for k in ("l2_bytes_per_core", "l3_bytes")]
+    if not gbs or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
+        return None
+    return ReadBandwidth(path, sizes[0], sizes[1], gbs)
+
+
+def recorded_read_bandwidth(directories: Iterable[Path | str], device: torch.device) -> ReadBandwidth | None:
+    """The read bandwidth of the newest ``*cpu-peaks*.json`` in the directories measured on this CPU (its
+    ``machine`` equal to ``cpu_identity()``) that has one; None on a GPU or when none has."""
+    if device.type != "cpu":
+        return None
+    want = cpu_identity()
+    found = None
+    for path, rec in _cpu_peaks_records(directories):
+        if rec.get("machine") == want:
+            found = _read_bandwidth_of(rec, path) or found
+    return found
+
+
+def weight_floor(weight_bytes: int, threads: int, bandwidth: ReadBandwidth | None) -> dict:
+    """The floor of a call that reads ``weight_bytes`` of weights once on ``threads`` threads: the level of the
+    memory hierarchy they fit in (the threads' L2s together, the L3, else memory), its recorded read bandwidth
+    at that thread count, and bytes / bandwidth in ms; ``why`` instead where no bandwidth is recorded."""
+    if bandwidth is None:
+        return {"why": "no tools/cpu_peaks record of this CPU with its read bandwidth"}
+    capacities = (("l2", bandwidth.l2_bytes * threads), ("l3", bandwidth.l3_bytes))
+    level = next((name for name, capacity in capacities if 0 < weight_bytes <= capacity), "memory")
+    gbs = bandwidth.gbs.get(threads, {}).get(level)
+    if gbs is None:
+        return {"level": level, "why": f"{bandwidth.source} has no {level} read bandwidth for {threads} threads"}
+    return {"level": level, "read_gbs": gbs, "floor_ms": weight_bytes / (gbs * 1e9) * 1e3,
+            "source": str(bandwidth.source)}
+
+
 def record(result: dict, out_dir: Path | str, problem: str | None = None) -> Path:
     """Write a bench result as JSON into out_dir (``bench_records.write_bench_record``) and return its path:
     DATE-DEVICE-WHAT.json, WHAT the m x n x k shape or else the record's kind. ``problem``: why the bench
@@ -383,6 +516,7 @@ def record(result: dict, out_dir: Path | str, problem: str | None = None) -> Pat
     return path
 
 
-__all__ = ["MIN_RUNS", "sync", "no_tf32", "measuring", "parse_names", "select_names", "off_device", "available_bytes",
+__all__ = ["MIN_RUNS", "RECORDED_BENCHES", "sync", "no_tf32", "measuring", "parse_names", "select_names", "off_device", "available_bytes",
            "refuse_unless_fits", "check_kernels_usable", "time_call", "time_round_robin", "error_line", "device_info",
-           "header", "print_load", "check_arguments", "cpu_identity", "recorded_cpu_peak", "cpu_peak_rows", "record"]
+           "header", "print_load", "check_arguments", "cpu_identity", "recorded_cpu_peak", "cpu_peak_rows", "record",
+           "warmed_steps", "percentile", "time_calls", "ReadBandwidth", "recorded_read_bandwidth", "weight_floor"]

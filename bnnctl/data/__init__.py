@@ -26,7 +26,8 @@ from .mnist import MNIST_FILES, load_mnist
 from .preprocessing import available_memory, physical_memory
 
 __all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET_IMAGE_SHAPES", "DataError",
-           "RawData", "Splits", "check_arrays", "data_root", "load_npz", "load_splits", "physical_memory",
+           "RawData", "Splits", "check_arrays", "data_root", "input_transform", "load_npz", "load_splits",
+           "physical_memory",
            "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
 
 DATASETS: dict[str, Callable[[Any, Path], RawData]] = {
@@ -57,3 +58,16 @@ def load_splits(cfg: Any, root: str | Path | None = None) -> Splits:
     t = lambda a: torch.from_numpy(np.require(a, requirements=["C", "W"]))  # noqa: E731 - copies read-only buffers
     return Splits(t(x_tr), t(y_tr).long(), t(x_va), t(y_va).long(), t(x_te), t(y_te).long(),
                   num_classes, cfg.dataset, raw.variant, transform)
+
+
+def input_transform(cfg: Any, root: str | Path | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The preprocessing of a model trained on the recipe data section ``cfg``, as a transform of its uint8
+    images (what the engines and benches feed the float model). "scale" (2x/255 - 1) needs nothing; the others
+    are fitted on the training split ``cfg`` names (the same images, limits and cache as training, so the same
+    statistics), which must then be readable under the data root: a DataError (one sentence) otherwise."""
+    if cfg.preprocess == "scale":
+        return scale_to_pm1
+    if cfg.preprocess not in PREPROCESSORS:
+        raise DataError(f"the model was trained on inputs preprocessed as {cfg.preprocess!r}, which this bnnctl does "
+                        f"not know ({', '.join(PREPROCESSORS)}).")
+    return load_splits(cfg, root).transform

@@ -47,6 +47,7 @@ from ..data import scale_to_pm1
 from ..errors import UserError
 from .exported import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
 from .fold import export_model
+from .variants import AUTO, ENGINE_VARIANTS, EngineVariant, check_variant, default_variant
 
 HIDDEN_MODES = ("xnor", "float")
 PLANES = 8
@@ -434,10 +435,11 @@ FIRST_LAYERS = {
 class PackedEngine:
     """An exported model prepared on a device.
 
-    first_layer: one of FIRST_LAYERS ("bitplane" and "integer" for 8-bit inputs only) or "auto"
-    (bitplane when the model takes 8-bit inputs, else float). hidden: "xnor" (packed bits) or "float"
-    (the baseline float kernel on +/-1 floats). xnor_impl: which ``kernels.xnor_gemm`` (``impl=``:
-    "tuned", "csa", "paper", "tc"; on CPU they are one kernel).
+    first_layer: one of FIRST_LAYERS ("bitplane", "integer" and "int8" for 8-bit inputs only) or "auto": for
+    each batch, the first layer of the variant ``variants.default_variant`` picks for that many images among
+    those this engine's hidden layers and kernel run (the fallback, xnor, has the float first layer). hidden:
+    "xnor" (packed bits) or "float" (the baseline float kernel on +/-1 floats). xnor_impl: which
+    ``kernels.xnor_gemm`` (``impl=``: "tuned", "csa", "paper", "tc"; on CPU they are one kernel).
     """
 
     def __init__(self, exported: ExportedModel, device: torch.device | str = "cpu", first_layer: str = "auto",
@@ -447,26 +449,44 @@ class PackedEngine:
         if hidden not in HIDDEN_MODES:
             raise EngineError(f"hidden must be one of {', '.join(HIDDEN_MODES)}, got {hidden!r}.")
         eight_bit = exported.input_encoding == UINT8_SCALE
-        if first_layer == "auto":
-            first_layer = "bitplane" if eight_bit else "float"
-        if first_layer != "float" and not eight_bit:
+        if first_layer not in ("auto", "float") and not eight_bit:
             raise EngineError(f"the {first_layer} first layer needs a model trained on 8-bit images scaled as "
                               "2x/255 - 1; this one takes other inputs, so use the float first layer.")
         self.exported, self.device = exported, torch.device(device)
-        self.first_layer, self.hidden = first_layer, hidden
+        self.first_layer, self.hidden, self.xnor_impl = first_layer, hidden, xnor_impl
         packed = hidden == "xnor"
         first, *rest = exported.layers
-        self.first = _FirstLayer(first, self.device, packed, xnor_impl, first_layer)
+        self._firsts: dict[str, _FirstLayer] = {}
+        self._make_first = lambda mode: _FirstLayer(first, self.device, packed, xnor_impl, mode)
+        if first_layer != "auto":
+            self._first(first_layer)  # built now, so that a first layer that cannot run this model says so here
         kinds = {("xnor", "dense"): _XnorDense, ("xnor", "conv"): _XnorConv,
                  ("float", "dense"): _FloatDense, ("float", "conv"): _FloatConv}
         self.rest = [kinds[hidden, layer.kind](layer, self.device, packed, xnor_impl) for layer in rest]
+
+    def _first(self, mode: str) -> _FirstLayer:
+        if mode not in self._firsts:
+            self._firsts[mode] = self._make_first(mode)
+        return self._firsts[mode]
+
+    def _runs(self, name: str) -> bool:
+        """Whether this engine runs the named variant (same hidden layers and kernel; only its first layer differs)."""
+        v = ENGINE_VARIANTS[name]
+        return v.builder == "packed" and v.hidden == self.hidden and v.xnor_impl == self.xnor_impl
+
+    def first_layer_for(self, batch: int) -> str:
+        """The first layer this engine runs a batch of ``batch`` images on."""
+        if self.first_layer != "auto":
+            return self.first_layer
+        name = default_variant(self.exported, self.device.type, batch, torch_int8_is_fast(), among=self._runs)
+        return ENGINE_VARIANTS[name].first_layer
 
     def _outputs(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None):
         """Each layer's output in the engine's own form (packed words or +/-1 floats), then the logits."""
         x = x.to(self.device)
         if transform is None:
-            transform = scale_to_pm1 if self.exported.input_encoding == UINT8_SCALE else (lambda t: t.float())
-        out = self.first(x, lambda: transform(x).float().contiguous())
+            transform = own_transform(self.exported)
+        out = self._first(self.first_layer_for(len(x)))(x, lambda: transform(x).float().contiguous())
         yield out
         for layer in self.rest:
             out = layer(out)
@@ -474,8 +494,8 @@ class PackedEngine:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """float64 logits of a batch of raw inputs. ``transform`` maps them to the float model's inputs
-        (default: 2x/255 - 1 for 8-bit models, else the inputs as floats)."""
+        """float64 logits of a batch of raw inputs. ``transform`` maps them to the float model's inputs (the
+        model's own preprocessing, ``data.input_transform``; default: 2x/255 - 1, for 8-bit models only)."""
         *_, logits = self._outputs(x, transform)
         return logits
 
@@ -499,27 +519,64 @@ class PackedEngine:
                           for i in range(0, len(x), batch_size)])
 
 
+def torch_int8_is_fast() -> bool:
+    """Whether torch's int8 matmul (``torch._int_mm``) has a fast kernel on this CPU: AVX512-VNNI or AMX, by torch's
+    own CPU checks. Without one it is a plain loop, slower than the fp32 matmul by two orders of magnitude."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in ("_is_vnni_supported", "_is_amx_tile_supported"))
+
+
+def own_transform(exported: ExportedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The preprocessing the engine applies by itself: 2x/255 - 1, for a model trained on 8-bit images scaled so.
+    Any other is fitted on the model's training images (``data.input_transform``), so it must be given."""
+    if exported.input_encoding == UINT8_SCALE:
+        return scale_to_pm1
+    preprocess = exported.data.get("preprocess") if isinstance(exported.data, dict) else None
+    raise EngineError(f"this model was trained on inputs preprocessed as {preprocess or 'unknown'!r}, which is fitted "
+                      "on its training images, so the engine needs that transform given (bnnctl.data.input_transform "
+                      "of the model's data section), as bnnctl eval and bench give it.")
+
+
+# EngineVariant.builder -> (exported, device, variant) -> an engine with logits(x, transform) and predict().
+BUILDERS: dict[str, Callable[[ExportedModel, torch.device, EngineVariant], "PackedEngine"]] = {
+    "packed": lambda exported, device, v: PackedEngine(exported, device, v.first_layer, v.hidden, v.xnor_impl),
+}
+
+
+def make_engine(exported: ExportedModel, device: torch.device | str = "cpu", variant: str = AUTO) -> PackedEngine:
+    """The engine that runs the named row of ``variants.ENGINE_VARIANTS`` (a VariantRefused, one sentence, when it
+    cannot run this model on the device), or for "auto" the rule's choice for each batch: a ``PackedEngine``
+    whose first layer follows ``variants.default_variant`` (every variant the rule picks today is one of its
+    first layers)."""
+    device = torch.device(device)
+    if variant == AUTO:
+        return PackedEngine(exported, device)
+    v = check_variant(variant, exported, device.type)
+    return BUILDERS[v.builder](exported, device, v)
+
+
 def default_batch_size(exported: ExportedModel) -> int:
     """Images per batch: the MLP's intermediates are small, a conv net's are per pixel."""
     return 100 if any(layer.kind == "conv" for layer in exported.layers) else 1000
 
 
 def export_error(exported: ExportedModel, x: torch.Tensor, y: torch.Tensor,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None, device: torch.device) -> float:
-    """Test error in % of an exported model run by the packed engine."""
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None, device: torch.device,
+                 variant: str = AUTO) -> float:
+    """Test error in % of an exported model run by the packed engine (``variant``: a row of ENGINE_VARIANTS or auto)."""
     if device.type == "cuda" and not kernels.available()["cuda"]:
         raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
     if tuple(x.shape[1:]) != tuple(exported.input_shape):
         raise EngineError(f"the model takes inputs of shape {list(exported.input_shape)}, but the data has "
                           f"{list(x.shape[1:])}.")
-    engine = PackedEngine(exported, device)
+    engine = make_engine(exported, device, variant)
     predicted = engine.predict(x, transform, default_batch_size(exported))
     return 100.0 * (predicted.cpu() != y.cpu()).sum().item() / max(len(y), 1)
 
 
 def engine_error(record: dict, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> float:
-    """Test error in % of the model run by the packed engine (``bnnctl eval --engine xnor``)."""
+                 transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device, variant: str = AUTO) -> float:
+    """Test error in % of the model run by the packed engine (``bnnctl eval --engine xnor [--variant NAME]``)."""
     if device.type == "cuda" and not kernels.available()["cuda"]:
         raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
-    return export_error(export_model(record, model), x, y, transform, device)
+    return export_error(export_model(record, model), x, y, transform, device, variant)

@@ -25,6 +25,7 @@ from ..core.evaluation import evaluate
 from .bnnx import EXPORT_SUFFIX, MAGIC, load_export
 from .exported import ExportedModel
 from .float_model import float_model_from_export
+from .variants import AUTO, ENGINE_VARIANTS, default_variant
 
 ENGINES = ("float", "xnor")
 
@@ -63,8 +64,17 @@ def _predictions_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     return 100.0 * wrong / max(len(y), 1)
 
 
+def _variant_words(exported: ExportedModel, variant: str | None, dev: torch.device) -> str:
+    """Which engine variant ran, for the printed line: the one named, or the rule's choice for eval's batches."""
+    from .engine import default_batch_size, torch_int8_is_fast
+    if variant is not None:
+        return f"variant {variant}"
+    chosen = default_variant(exported, dev.type, default_batch_size(exported), torch_int8_is_fast())
+    return f"variant {chosen}, the default for batches of {default_batch_size(exported):,}"
+
+
 def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, data_dir: Path | None,
-                 console: Console) -> float:
+                 console: Console, variant: str | None = None) -> float:
     exported = load_export(path, console)
     engine = engine or "xnor"
     if engine == "float" and any(layer.kind != "dense" for layer in exported.layers):
@@ -83,8 +93,8 @@ def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, 
                         f"{list(x.shape[1:])}.")
     if engine == "xnor":
         from .engine import export_error
-        error = export_error(exported, x, y, splits.transform, dev)
-        how = "xnor (the packed engine on the export)"
+        error = export_error(exported, x, y, splits.transform, dev, variant or AUTO)
+        how = f"xnor (the packed engine on the export, {_variant_words(exported, variant, dev)})"
     else:
         error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev)
         how = "float (the float model rebuilt from the export)"
@@ -100,17 +110,24 @@ def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, 
 
 
 def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: Path | None,
-             console: Console) -> float:
+             console: Console, variant: str | None = None) -> float:
     """Evaluate a run folder, a best.pt or an export file. engine: "float", "xnor" or None (the default:
-    float for a run, the packed engine for an export)."""
+    float for a run, the packed engine for an export); variant: the packed engine's (``variants.ENGINE_VARIANTS``,
+    None or "auto": the rule's choice for the batch)."""
     if split not in ("test", "valid"):
         raise UserError(f"--split must be test or valid, got {split!r}.")
     if engine is not None and engine not in ENGINES:
         raise UserError(f"--engine must be float or xnor, got {engine!r}.")
+    if variant is not None and variant != AUTO and variant not in ENGINE_VARIANTS:
+        raise UserError(f"unknown --variant {variant!r}; choose {AUTO} or one of {', '.join(ENGINE_VARIANTS)}.")
+    variant = None if variant == AUTO else variant
     run = Path(run)
+    export = (run.is_file() and is_export_file(run)) or (run.suffix == EXPORT_SUFFIX and not run.is_dir())
+    if variant is not None and (engine or ("xnor" if export else "float")) != "xnor":
+        raise UserError("--variant chooses how the packed engine runs; give it with --engine xnor.")
     dev = resolve_device(device)
-    if (run.is_file() and is_export_file(run)) or (run.suffix == EXPORT_SUFFIX and not run.is_dir()):
-        return _eval_export(run, split, engine, dev, data_dir, console)
+    if export:
+        return _eval_export(run, split, engine, dev, data_dir, console, variant)
     engine = engine or "float"
     record, model, recorded = load_model(run)
     recipe = resolve(record["recipe"], str(run))
@@ -118,15 +135,19 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
     if recipe.data.variant and splits.variant != recipe.data.variant:
         console.print(f"[yellow]note:[/] trained on {recipe.data.variant}, evaluating on {splits.variant}")
     x, y = splits.split(split)
+    how = engine
     if engine == "xnor":
-        from .engine import engine_error
+        from .engine import export_error
+        from .fold import export_model
 
-        error = engine_error(record, model, x, y, splits.transform, dev)
+        exported = export_model(record, model)
+        error = export_error(exported, x, y, splits.transform, dev, variant or AUTO)
+        how = f"xnor ({_variant_words(exported, variant, dev)})"
     else:
         model = model.to(dev)
         _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe.train.loss],
                             recipe.train.eval_batch_size, dev)
-    console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {engine}, "
+    console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {how}, "
                   f"epoch {record['epoch']})", highlight=False)
     key = "test_error_pct" if split == "test" else "valid_error_pct"
     if record.get(key) is not None:

@@ -13,6 +13,8 @@ shipped recipes' model definitions and, where present, the runs' ``best.pt``. Wr
 * ``kernels.csv``          every kernel timing per device and shape;
 * ``figure3_<device>.png`` the paper's Figure 3 (product time, MLP time, MLP test error) per device;
 * ``mnist_mlp.csv``        the MNIST MLP timings of ``bnnctl bench --model mnist-mlp``, where recorded;
+* ``latency.csv``          one call's latency per variant and thread count (``bench --model ... --batch N``) and its
+                           share of the memory floor, where recorded;
 * ``memory_energy.csv``, ``energy_constants.csv``   per model, from the model definitions;
 * ``filter_repetition.csv``  unique binary 3x3 filters per conv layer of trained ConvNets.
 
@@ -37,7 +39,8 @@ from .. import paper
 from .curves import figure1_section
 from .figure3 import figure3_section
 from .filters import filter_section, random_unique_share, unique_filters
-from .kernels import convnet_section, cpu_peaks_section, find_benches, kernels_section, xnor_share_section
+from .kernels import (convnet_section, cpu_peaks_section, find_benches, kernels_section, latency_section,
+                      xnor_share_section)
 from .memory import memory_energy_section
 from .records import Notes, ReportError, Run, find_runs, judge_runs, load_recipes
 from .table1 import modified_section, overview_section, runs_section, table1_cells, table1_section
@@ -128,6 +131,7 @@ def _write_sections(results: Path, out: Path, staged: Path, recipes_dir: Path | 
         kernels_section(benches.kernels, benches.mlp, staged),
         figure3_section(benches.kernels, benches.mlp, staged),
         convnet_section(benches.convnets, staged),
+        latency_section(benches.latency, staged),
         cpu_peaks_section(benches.cpu_peaks, notes),
         xnor_share_section(benches.xnor_shares, notes),
         memory_energy_section(recipes, staged, notes, recipe_paths),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paper
-from ..bench_records import read_bench_records
+from ..bench_records import LATENCY_SUFFIX, is_latency, read_bench_records
 from ..runs import is_count, is_number
 from .records import Notes, fmt, md_table, write_csv
 
@@ -105,6 +105,7 @@ class Benches:
     cpu_peaks: list[tuple[str, dict[str, Any]]]
     convnets: list[tuple[str, dict[str, Any]]]
     xnor_shares: list[tuple[str, dict[str, Any]]]
+    latency: list[tuple[str, dict[str, Any]]]
 
 
 def is_busy(data: dict[str, Any]) -> bool:
@@ -128,7 +129,7 @@ def quiet_then_latest(record: Any) -> tuple:
 
 def find_benches(results: Path, notes: Notes) -> Benches:
     """The bench records under results/bench."""
-    kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares = [], [], [], [], []
+    kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares, latency = [], [], [], [], [], []
     for path, record in read_bench_records(results / "bench"):
         rel = path.relative_to(results).as_posix()
         if isinstance(record, Exception):
@@ -138,7 +139,9 @@ def find_benches(results: Path, notes: Notes) -> Benches:
             notes.add(rel, f"a bench that failed ({record.problem}): skipped")
             continue
         data, kind = record.data, record.kind
-        if kind == "kernels":
+        if is_latency(kind):
+            latency.append((rel, data))
+        elif kind == "kernels":
             kernel_records.append(KernelRecord(rel, data))
         elif kind.endswith("-mlp"):
             device = data["device"]
@@ -156,7 +159,7 @@ def find_benches(results: Path, notes: Notes) -> Benches:
                 convnets.append((rel, data))
         else:
             notes.add(rel, f"bench record of unknown kind {kind!r}: skipped")
-    return Benches(kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares)
+    return Benches(kernel_records, mlp_records, cpu_peaks, convnets, xnor_shares, latency)
 
 
 def convnet_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str:
@@ -194,9 +197,77 @@ def convnet_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str
         "otherwise); bf16 rounds, so its differences are recorded only. CSV: `convnets.csv`."])
 
 
+def _number(value: Any) -> float | None:
+    return value if is_number(value) else None
+
+
+def latency_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str:
+    """The latency mode of the model benches (``bnnctl bench --model NAME --batch N``): each variant's median and
+    90th percentile of one call per thread count, its speed-ups over torch fp32 and the best stock path, and its
+    share of the memory floor; then, per record and thread count, the default engine variant against the fastest
+    one measured. '' when no latency record is there."""
+    if not records:
+        return ""
+    header = ["record", "model", "device", "batch", "threads", "variant", "median_ms", "p90_ms", "calls", "x_torch_fp32",
+              "x_best_torch", "floor_ms", "floor_level", "share_of_floor", "predictions_differing_from_float", "load"]
+    rows, md_rows, choices = [], [], []
+    for rel, data in records:
+        d = data["device"]
+        device = f"{d.get('hardware', d['type'])} ({d['type']})"
+        model = data["kind"].removesuffix(LATENCY_SUFFIX)
+        floors = data.get("floor", {}).get("threads", {}) if isinstance(data.get("floor"), dict) else {}
+        targets = data.get("targets", {}).get("threads", {}) if isinstance(data.get("targets"), dict) else {}
+        for name, e in data["variants"].items():
+            if e["status"] != "ok":
+                continue
+            for threads, r in e["threads"].items():
+                floor = floors.get(threads) if isinstance(floors.get(threads), dict) else {}
+                share, floor_ms = _number(r.get("share_of_floor")), _number(floor.get("floor_ms"))
+                differ = next((v for k, v in r.items() if k.startswith("predictions_differing")), None)
+                differ = differ if is_count(differ) else None
+                rows.append([rel, model, device, data.get("batch_size"), threads, name, fmt(r["median_ms"], ".6g"),
+                             fmt(r["p90_ms"], ".6g"), r["calls"], fmt(_number(r.get("x_torch")), ".4g"),
+                             fmt(_number(r.get("x_best_torch")), ".4g"), fmt(floor_ms, ".6g"), floor.get("level"),
+                             fmt(share, ".4g"), differ, load_word(data)])
+                md_rows.append([model, device, data.get("batch_size"), threads, f"{name}: {e.get('label', '')}",
+                                fmt(r["median_ms"], ".3f"), fmt(r["p90_ms"], ".3f"),
+                                fmt(_number(r.get("x_torch")), ".2f"), fmt(_number(r.get("x_best_torch")), ".2f"),
+                                f"{fmt(floor_ms, '.3f')} ({floor.get('level')})" if floor_ms else "",
+                                f"{100 * share:.0f}%" if share else "", fmt(differ, "d"), load_word(data)])
+        for threads, t in sorted(targets.items()):
+            if isinstance(t, dict) and t.get("default_engine_variant"):
+                choices.append(f"`{rel}`, {threads} thread(s): default {t['default_engine_variant']}, fastest measured "
+                               f"{t.get('fastest_engine') or 'none'}")
+    write_csv(out / "latency.csv", header, rows)
+    parts = ["### Latency: one call of a few images (`bnnctl bench --model NAME --batch N`)",
+             md_table(["model", "device", "batch", "threads", "variant", "median ms", "p90 ms", "x torch fp32",
+                       "x best torch", "floor ms (level)", "% of floor", "predictions differing from the float model",
+                       "load"], md_rows),
+             "Each call runs one batch and is timed alone; 'best torch' is the fastest torch variant at that thread "
+             "count in the same record. The floor is the model's packed weights over the read bandwidth of the "
+             "level of the memory hierarchy they fit in (`tools/cpu_peaks`); '% of floor' is the floor over the "
+             "median. The exact variants must predict the float model's classes (the command fails otherwise). "
+             "CSV: `latency.csv`."]
+    if choices:
+        parts.append("The default engine variant (`bnnctl.infer.variants`' rule) against the fastest measured: "
+                     + "; ".join(choices) + ".")
+    return "\n\n".join(parts)
+
+
+def _read_bandwidth_rows(rel: str, data: dict[str, Any]) -> list[list[Any]]:
+    """A cpu-peaks record's read bandwidth rows (records from before it was measured have none)."""
+    rows = []
+    for threads, block in sorted(data["threads"].items()):
+        for level, r in (block.get("read_bandwidth_gbs") or {}).items():
+            rows.append([f"`{rel}`", data["hardware"], threads, level,
+                         f"{r['buffer_bytes_one_thread'] / 2**20:.2f} / {r['buffer_bytes_all_threads'] / 2**20:.2f}",
+                         fmt(r["one_thread"], ".1f"), fmt(r["all_threads"], ".1f")])
+    return rows
+
+
 def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:
     """The CPU ceilings that tools/cpu_peaks/popc_peak.cpp measured (records of kind 'cpu-peaks'), or ''."""
-    md_rows = []
+    md_rows, read_rows = [], []
     for rel, data in records:
         rows = []  # all of a record's rows or none of them
         try:
@@ -205,17 +276,25 @@ def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -
                     rows.append([f"`{rel}`", data["hardware"], threads, name, fmt(rate["all_threads"], ".0f"), ""])
                 rows.append([f"`{rel}`", data["hardware"], threads, "best popcount / fp32 FMA", "",
                              fmt(block["best_popcount_over_fp32_fma"], ".1f") + "x"])
-        except (KeyError, TypeError, AttributeError):
+            reads = _read_bandwidth_rows(rel, data)
+        except (KeyError, TypeError, AttributeError, ValueError):
             notes.add(rel, "cpu-peaks record in a layout this report does not know: skipped")
             continue
         md_rows += rows
+        read_rows += reads
     if not md_rows:
         return ""
-    return "\n\n".join([
+    parts = [
         "### CPU instruction ceilings (`tools/cpu_peaks/popc_peak.cpp`)",
         "Rates from registers, all threads together, in G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s: "
         "the best popcount over the FMA rate is the largest XNOR-over-fp32 GEMM speed-up the CPU allows.",
-        md_table(["record", "hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)])
+        md_table(["record", "hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)]
+    if read_rows:
+        parts += ["Read bandwidth, GB/s: a streaming read of a buffer in each level of the memory hierarchy (MiB "
+                  "read by one thread / by all threads), the denominator of the latency floor.",
+                  md_table(["record", "hardware", "threads", "level", "buffer MiB", "one thread", "all threads"],
+                           read_rows)]
+    return "\n\n".join(parts)
 
 
 def xnor_share_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -> str:

@@ -12,6 +12,8 @@
 //   2) XOR + popcount + accumulate from registers, by each method this ISA offers:
 //      scalar 64-bit POPCNT, AVX2 nibble lookup (vpshufb), AVX2 Harley-Seal carry-save adders,
 //      and AVX-512 VPOPCNTDQ where the CPU has it.
+//   3) read bandwidth (read_bandwidth.h), in GB/s: a streaming read of a buffer that fits the L2 cache (half of
+//      it per thread), one that fits the L3 (half of it), and one of at least 64 MB and twice the L3 (memory).
 // Rates are in G binary-op/s with 2 ops per bit multiply-accumulate (the convention of `bnnctl bench`
 // and of FLOP/s), so "best popcount / fp32 FMA" is the largest XNOR-over-fp32 GEMM speed-up this core
 // can give when both kernels run at their instruction ceilings (loads, packing and cache misses only
@@ -36,6 +38,7 @@
 #include <vector>
 
 #include "peak_loops.h"
+#include "read_bandwidth.h"
 
 namespace {
 
@@ -144,6 +147,17 @@ int main(int argc, char** argv) {
     }, trials)).second);
   }
 
+  const Caches caches = read_caches();
+  const std::vector<LevelRead> reads = read_bandwidths(caches, threads, trials, quick ? 0.01 : 0.1, g_checksum);
+  if (!json) {
+    std::printf("%-34s %14s %14s\n", "read bandwidth, GB/s", "one thread", "all threads");
+    for (const LevelRead& r : reads) {
+      const std::string name = "read " + r.level + " (" + std::to_string(r.bytes_one >> 10) + " / " +
+                               std::to_string(r.bytes_all >> 10) + " KiB)";
+      std::printf("%-34s %14.1f %14.1f\n", name.c_str(), r.one / 1e9, r.all / 1e9);
+    }
+  }
+
   const CpuId id = read_cpuinfo();
   // bnnctl's hardware string for a CPU: "<model name> (<threads> threads)", threads = torch's (OMP) count
   const std::string hardware = (id.model_name.empty() ? std::string("unknown CPU") : id.model_name) + " (" +
@@ -168,7 +182,8 @@ int main(int argc, char** argv) {
   std::printf(" \"machine\": {\"model_name\": %s, \"cpu_family\": %d, \"model\": %d},\n",
               json_string(id.model_name).c_str(), id.family, id.model);
   std::printf(" \"isa\": %s,\n \"units\": \"G binary-op/s (2 per bit multiply-accumulate) or GFLOP/s (2 per FMA "
-              "lane); median of %d\",\n", json_string(isa).c_str(), trials);
+              "lane); median of %d; read_bandwidth_gbs: GB/s, best of %d\",\n", json_string(isa).c_str(), trials,
+              trials);
   std::printf(" \"threads\": {\n  \"%d\": {\n   \"rows\": {\n", threads);
   for (size_t i = 0; i < rows.size(); ++i) {
     std::printf("    %s: {\"one_thread\": %.1f, \"all_threads\": %.1f}%s\n", json_string(rows[i].name).c_str(),
@@ -176,8 +191,19 @@ int main(int argc, char** argv) {
   }
   std::printf("   },\n   \"fp32_fma_ceiling_gflops\": %.1f,\n   \"fp32_fma_ceiling_isa\": \"%s\",\n",
               fma_all / 1e9, fma_best);
-  std::printf("   \"popc_ceiling_tbops\": %.4f,\n   \"best_popcount_over_fp32_fma\": %.1f\n  }\n },\n",
+  std::printf("   \"popc_ceiling_tbops\": %.4f,\n   \"best_popcount_over_fp32_fma\": %.1f,\n",
               best_all / 1e12, fma_all > 0 ? best_all / fma_all : 0.0);
+  std::printf("   \"read_bandwidth_gbs\": {\n");
+  for (size_t i = 0; i < reads.size(); ++i) {
+    const LevelRead& r = reads[i];
+    std::printf("    \"%s\": {\"one_thread\": %.4g, \"all_threads\": %.4g, \"buffer_bytes_one_thread\": %lld, "
+                "\"buffer_bytes_all_threads\": %lld}%s\n", r.level.c_str(), r.one / 1e9, r.all / 1e9,
+                static_cast<long long>(r.bytes_one), static_cast<long long>(r.bytes_all),
+                i + 1 < reads.size() ? "," : "");
+  }
+  std::printf("   }\n  }\n },\n");
+  std::printf(" \"caches\": {\"l2_bytes_per_core\": %lld, \"l3_bytes\": %lld, \"source\": \"%s\"},\n",
+              static_cast<long long>(caches.l2), static_cast<long long>(caches.l3), caches.source.c_str());
   std::printf(" \"checksum\": %.17g\n}\n", g_checksum);
   return 0;
 }
