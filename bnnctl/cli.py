@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from . import completion
 from .allocator import use_huge_pages
 from .errors import UserError, out_of_memory_as_failure
 
@@ -31,7 +32,7 @@ class _RecordingGroup(TyperGroup):
         return super().main(args, *rest, **kwargs)
 
 
-app = typer.Typer(cls=_RecordingGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=_RecordingGroup, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Binarized Neural Networks (Courbariaux et al., 2016): train, evaluate, benchmark, report.")
 console = Console()
 err_console = Console(stderr=True)
@@ -78,9 +79,10 @@ def user_errors(fn):
 @app.command()
 @user_errors
 def train(
-    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml"),
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml",
+                                  autocompletion=completion.recipes),
     set_: List[str] = typer.Option([], "--set", help="override a recipe field: key.path=value (repeatable)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
     runs_dir: Path = typer.Option(Path("runs"), help="runs go to RUNS_DIR/<recipe name>/<run id>/ (the committed "
                                                      "results/ changes only through bnnctl record)"),
@@ -111,10 +113,11 @@ def train(
 @user_errors
 def eval_(
     run: Path = typer.Argument(..., help="run directory, best.pt, or a .bnnx export"),
-    split: str = typer.Option("test", help="test | valid"),
+    split: str = typer.Option("test", help="test | valid", autocompletion=completion.splits),
     engine: Optional[str] = typer.Option(None, help="float (simulated binary network) | xnor (bit-packed kernels); "
-                                         "default: float for a run or best.pt, xnor for a .bnnx export"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+                                         "default: float for a run or best.pt, xnor for a .bnnx export",
+                                         autocompletion=completion.engines),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
 ):
     """Test (or validation) error of a trained model; agrees with what training recorded."""
@@ -138,18 +141,21 @@ def export(
 def bench(
     kernel: Optional[str] = typer.Option(None, help="the matrix-product bench's kernels: xnor | xnor-csa | xnor-paper "
                                          "| xnor-tc | baseline | cublas | bf16 | int8 | all (default; or a comma "
-                                         "list; int8 runs on CPU only, the xnor-paper/-csa/-tc kernels on CUDA only)"),
+                                         "list; int8 runs on CPU only, the xnor-paper/-csa/-tc kernels on CUDA only)",
+                                         autocompletion=completion.bench_kernels),
     model: Optional[str] = typer.Option(None, help="time a whole model on its test images instead of one product: "
                                         "mnist-mlp (baseline, XNOR, bit-plane first layer, torch) | cifar10-convnet "
-                                        "| svhn-convnet (the packed engine against torch fp32, channels-last, bf16)"),
+                                        "| svhn-convnet (the packed engine against torch fp32, channels-last, bf16)",
+                                        autocompletion=completion.bench_models),
     variant: Optional[str] = typer.Option(None, help="with --model: the variants to time, a comma list or all "
-                                          "(default: all that run on the device)"),
+                                          "(default: all that run on the device)",
+                                          autocompletion=completion.bench_variants),
     m: Optional[int] = typer.Option(None, help="rows of A (default 8192 on a GPU, 1024 on CPU)"),
     n: Optional[int] = typer.Option(None, help="rows of B, i.e. columns of the product (default 8192 / 1024)"),
     k: Optional[int] = typer.Option(None, help="shared dimension (default 8192 / 4096)"),
     repeat: int = typer.Option(20, help="timed runs per kernel (at least 3; fewer for slow kernels past ~5 s); "
                                         "with --model, timed passes over the images per variant (while ~20 s last)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     out: Path = typer.Option(Path("runs/bench"), help="folder the JSON record is written to (the committed "
                                                       "results/bench changes only through bnnctl record)"),
     popc_peak: Optional[float] = typer.Option(None, help="measured XOR+popcount ceiling in T binary-op/s of the "
@@ -190,7 +196,8 @@ def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of rec
 
 @app.command()
 @user_errors
-def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist")):
+def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist",
+                                         autocompletion=completion.recipes)):
     """Per-layer table of a recipe's model: output shape, weight bits (binary vs float32), MACs per image."""
     from .report.summary import render, summarize
     render(summarize(recipe), console)

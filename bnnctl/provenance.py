@@ -94,6 +94,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device takes (cuda also as cuda:N)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a --device option (auto: a CUDA GPU when torch sees one, else the CPU)."""
     if name == "auto":

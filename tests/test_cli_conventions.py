@@ -35,3 +35,54 @@ def test_runs_lists_each_run_faithful_or_with_the_keys_it_changed(tmp_path):
     assert "skipped: mnist/broken/result.json" in done.output
     missing = runner.invoke(app, ["runs", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "is not a folder of runs" in missing.output
+
+
+# ---------------------------------------------------------------------------- shell completion
+
+def complete(line: str) -> list[str]:
+    """What bash completion offers for the last word of ``line``, through click's _BNNCTL_COMPLETE protocol."""
+    words = line.split(" ")
+    done = runner.invoke(app, [], prog_name="bnnctl", env={
+        "_BNNCTL_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)})
+    assert done.exit_code == 0, done.output
+    return [word for word in done.output.split("\n") if word]
+
+
+def test_completion_is_installable_and_its_script_calls_back_into_bnnctl():
+    assert "--install-completion" in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="bnnctl")
+    assert script.exit_code == 0 and "_BNNCTL_COMPLETE=complete_bash" in script.output
+
+
+def test_recipes_complete_to_the_files_under_recipes_and_the_shipped_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes" / "mine").mkdir(parents=True)
+    for name in ("mnist_wide.yaml", "cifar_small.yaml", "notes.txt"):
+        (tmp_path / "recipes" / name).write_text("name: x\n")
+    (tmp_path / "recipes" / "mine" / "deep.yaml").write_text("name: x\n")
+    shipped = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
+    assert complete("bnnctl train ") == ["recipes/cifar_small.yaml", "recipes/mnist_wide.yaml", *shipped]
+    assert complete("bnnctl train recipes/") == ["recipes/cifar_small.yaml", "recipes/mine/", "recipes/mnist_wide.yaml"]
+    assert complete("bnnctl train recipes/mine/") == ["recipes/mine/deep.yaml"]
+    assert complete("bnnctl train mnist_t") == ["mnist_torch7"]
+    assert complete("bnnctl summary recipes/m") == ["recipes/mine/", "recipes/mnist_wide.yaml"]
+    assert complete("bnnctl train nothing") == []
+
+
+def test_choices_complete_to_what_the_commands_accept():
+    from bnnctl.bench.kernels import KERNELS
+    from bnnctl.bench.model_bench import SPECS
+    from bnnctl.infer.evaluate import ENGINES, SPLITS
+    from bnnctl.provenance import DEVICES
+
+    for command in ("train r.yaml", "eval run", "bench"):
+        assert complete(f"bnnctl {command} --device ") == list(DEVICES)
+    assert complete("bnnctl train r.yaml --device c") == ["cpu", "cuda"]
+    assert complete("bnnctl eval run --engine ") == list(ENGINES)
+    assert complete("bnnctl eval run --split ") == list(SPLITS)
+    assert complete("bnnctl bench --model ") == list(SPECS)
+    variants = list(SPECS["cifar10-convnet"].variants)
+    assert complete("bnnctl bench --model cifar10-convnet --variant ") == ["all", *variants]
+    assert complete(f"bnnctl bench --model cifar10-convnet --variant {variants[0]},") == \
+        [f"{variants[0]},{v}" for v in variants[1:]]
+    assert complete("bnnctl bench --kernel xnor,xnor-") == [f"xnor,{k}" for k in KERNELS if k.startswith("xnor-")]

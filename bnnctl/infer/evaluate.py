@@ -27,6 +27,7 @@ from .exported import ExportedModel
 from .float_model import float_model_from_export
 
 ENGINES = ("float", "xnor")
+SPLITS = ("test", "valid")
 
 
 def is_export_file(path: Path) -> bool:
@@ -103,7 +104,7 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
              console: Console) -> float:
     """Evaluate a run folder, a best.pt or an export file. engine: "float", "xnor" or None (the default:
     float for a run, the packed engine for an export)."""
-    if split not in ("test", "valid"):
+    if split not in SPLITS:
         raise UserError(f"--split must be test or valid, got {split!r}.")
     if engine is not None and engine not in ENGINES:
         raise UserError(f"--engine must be float or xnor, got {engine!r}.")
