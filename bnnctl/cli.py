@@ -14,11 +14,25 @@ import sys
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import completion
 from .allocator import use_huge_pages
 from .errors import UserError, out_of_memory_as_failure
+
+
+def _flags_as_flags(params: list) -> list:
+    """The parameters, each flag (--fast, --version, --help, ...) without the '<bool>' type typer's help shows
+    after it: a flag takes no value, so its help line shows none."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
 
 
 class _RecordingGroup(TyperGroup):
@@ -31,9 +45,13 @@ class _RecordingGroup(TyperGroup):
         set_invocation(sys.argv[1:] if args is None else list(args))
         return super().main(args, *rest, **kwargs)
 
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
+
 
 app = typer.Typer(cls=_RecordingGroup, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Binarized Neural Networks (Courbariaux et al., 2016): train, evaluate, benchmark, report.")
+command = functools.partial(app.command, cls=_Command)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -76,12 +94,13 @@ def user_errors(fn):
     return wrapper
 
 
-@app.command()
+@command()
 @user_errors
 def train(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml",
                                   autocompletion=completion.recipes),
-    set_: List[str] = typer.Option([], "--set", help="override a recipe field: key.path=value (repeatable)"),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="override a recipe field: key.path=value (repeatable)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
     runs_dir: Path = typer.Option(Path("runs"), help="runs go to RUNS_DIR/<recipe name>/<run id>/ (the committed "
@@ -109,7 +128,7 @@ def train(
                  resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)
 
 
-@app.command("eval")
+@command("eval")
 @user_errors
 def eval_(
     run: Path = typer.Argument(..., help="run directory, best.pt, or a .bnnx export"),
@@ -125,7 +144,7 @@ def eval_(
     run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console)
 
 
-@app.command()
+@command()
 @user_errors
 def export(
     run: Path = typer.Argument(..., help="run directory or checkpoint file (best.pt)"),
@@ -136,7 +155,7 @@ def export(
     run_export(run=run, out=out, console=console)
 
 
-@app.command()
+@command()
 @user_errors
 def bench(
     kernel: Optional[str] = typer.Option(None, help="the matrix-product bench's kernels: xnor | xnor-csa | xnor-paper "
@@ -178,7 +197,7 @@ def bench(
               console=console)
 
 
-@app.command()
+@command()
 @user_errors
 def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of recipes (default: the shipped ones)")):
     """List the recipes and what each reproduces."""
@@ -194,7 +213,7 @@ def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of rec
     console.print(table)
 
 
-@app.command()
+@command()
 @user_errors
 def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist",
                                          autocompletion=completion.recipes)):
@@ -203,7 +222,7 @@ def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped re
     render(summarize(recipe), console)
 
 
-@app.command()
+@command()
 @user_errors
 def report(
     results: Path = typer.Option(Path("results"), help="the recorded runs and benchmarks to report"),
@@ -217,7 +236,7 @@ def report(
 
 
 
-@app.command()
+@command()
 @user_errors
 def record(
     paths: List[Path] = typer.Argument(..., help="run folders (under runs/) or bench records (runs/bench/*.json)"),
@@ -229,7 +248,7 @@ def record(
         console.print(f"recorded {target}", highlight=False)
 
 
-@app.command("runs")
+@command("runs")
 @user_errors
 def runs_(folders: Optional[List[Path]] = typer.Argument(None, help="folders of runs (default: runs and results, "
                                                                     "those that exist)")):

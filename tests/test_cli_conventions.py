@@ -86,3 +86,18 @@ def test_choices_complete_to_what_the_commands_accept():
     assert complete(f"bnnctl bench --model cifar10-convnet --variant {variants[0]},") == \
         [f"{variants[0]},{v}" for v in variants[1:]]
     assert complete("bnnctl bench --kernel xnor,xnor-") == [f"xnor,{k}" for k in KERNELS if k.startswith("xnor-")]
+
+
+# ---------------------------------------------------------------------------- flags
+
+def test_flags_read_as_plain_flags_in_every_help():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name in [None, *group.commands]:
+        shown = runner.invoke(app, [*([name] if name else []), "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert "<bool>" not in shown.output and "--no-" not in shown.output, name
+    fast = [line for line in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output.splitlines()
+            if "--fast" in line]
+    assert len(fast) == 1 and fast[0].split("--fast")[1].split()[0] == "switch", fast
