@@ -114,8 +114,16 @@ def train(
                                       "on CUDA); the recipe's batch is split across them"),
     max_restarts: int = typer.Option(0, help="with --nproc: when a process fails, restart all of them up to this "
                                              "many times; they continue from the run's last checkpoint"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved recipe (YAML), the run directory "
+                                                          "and the model's size, then exit: nothing is written "
+                                                          "or downloaded"),
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
+    if dry_run:
+        from .report.dry_run import dry_run as show_dry_run
+        show_dry_run(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
+                     resume=resume, seed=seed, run_id=run_id, fast=fast, console=console)
+        return
     if nproc != 1:
         from .provenance import command_line, invocation
         from .train.distributed import relaunch

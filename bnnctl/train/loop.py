@@ -357,6 +357,18 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
         distributed.shutdown(ranks)
 
 
+def recipe_for_run(recipe: Path, overrides: list[str], seed: int | None, fast: bool, device: torch.device,
+                   run_id: str | None) -> Recipe:
+    """The recipe a new run trains: the file, then --fast's switches for the device, then --set, then --seed;
+    its name and ``run_id`` checked as folder names."""
+    preset = FAST_PRESETS["cuda" if device.type == "cuda" else "cpu"] if fast else []
+    cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    check_name(cfg.name, "the recipe name")
+    if run_id is not None:
+        check_name(run_id, "--run-id")
+    return cfg
+
+
 def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: Recipe) -> None:
     """A resume continues exactly as recorded: the recipe named beside --resume must resolve to the one the run's
     checkpoint holds, key for key (seed and checkpoint interval included); each difference is named, and refused.
@@ -424,11 +436,7 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             state = distributed.on_main(ranks, checked_checkpoint)
             cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
         else:
-            preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
-            cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-            check_name(cfg.name, "the recipe name")
-            if run_id is not None:
-                check_name(run_id, "--run-id")
+            cfg = recipe_for_run(recipe, overrides, seed, fast, dev, run_id)
             # Restarted by torchrun after a fault: continue the run folder the job's first attempt created.
             restart = elastic.find_restart(runs_dir, cfg, ranks, console)
             if restart is not None:
