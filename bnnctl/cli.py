@@ -100,7 +100,8 @@ def train(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml",
                                   autocompletion=completion.recipes),
     set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
-                                   help="override a recipe field: key.path=value (repeatable)"),
+                                   help="override a recipe field: key.path=value (repeatable; bnnctl keys lists "
+                                        "the keys)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
     runs_dir: Path = typer.Option(Path("runs"), help="runs go to RUNS_DIR/<recipe name>/<run id>/ (the committed "
@@ -219,6 +220,31 @@ def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of rec
         paper = "" if info.paper_error is None else f"{info.paper_error:.2f}"
         table.add_row(str(info.path.name), info.reproduces, paper)
     console.print(table)
+
+
+@command()
+@user_errors
+def keys(word: Optional[str] = typer.Argument(None, help="only the keys with WORD in their name or help, e.g. "
+                                                         "optimizer, or shorten: the keys that shorten a run")):
+    """List every recipe key (for --set and recipe files): what it takes, its default and what it does."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from .recipe import flat_schema
+    shown = {key: field for key, field in flat_schema().items()
+             if word is None or word.lower() in f"{key} {field.help}".lower()}
+    if not shown:
+        raise UserError(f"no recipe key has {word!r} in its name or help; bnnctl keys lists them all.")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("key", "takes", "default"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("help")
+    for key, field in shown.items():
+        table.add_row(*map(Text, (key, field.type_text(), field.default_text(), field.help)))  # no markup
+    # A pipe or a file gets whole lines, not an 80-column squeeze.
+    wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 200))
+    wide.print(table, highlight=False)
 
 
 @command()

@@ -101,3 +101,53 @@ def test_flags_read_as_plain_flags_in_every_help():
     fast = [line for line in runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output.splitlines()
             if "--fast" in line]
     assert len(fast) == 1 and fast[0].split("--fast")[1].split()[0] == "switch", fast
+
+
+# ---------------------------------------------------------------------------- recipe keys
+
+def key_rows(*args: str) -> dict[str, list[str]]:
+    """`bnnctl keys` as {key: [takes, default, help]}: its columns are two or more spaces apart, a help that
+    goes on in the next line starts it with spaces."""
+    import re
+
+    done = runner.invoke(app, ["keys", *args])
+    assert done.exit_code == 0, done.output
+    rows = [re.split(r"\s{2,}", line.strip()) for line in done.output.splitlines()[2:] if line[:1].strip()]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_keys_lists_every_field_of_every_section_with_its_default():
+    import dataclasses
+
+    from bnnctl.recipe import REQUIRED, Recipe
+    from bnnctl.recipe.loading import RecipeLoader
+
+    rows = key_rows()
+    expected = []
+    for item in dataclasses.fields(Recipe):
+        section = Recipe.SECTIONS.get(item.name)
+        for field in dataclasses.fields(section) if section else [item]:
+            key = f"{item.name}.{field.name}" if section else field.name
+            default = field.metadata["field"].default
+            expected.append(key)
+            shown = rows[key][1]
+            if default is REQUIRED:
+                assert shown == "required", key
+            else:
+                assert RecipeLoader.read(shown, key) == (list(default) if isinstance(default, tuple) else default), key
+    assert list(rows) == expected
+    assert rows["data.dataset"][0] == "mnist | cifar10 | svhn"
+    assert rows["optimizer.betas"][0] == "[number, number], each at least 0 and less than 1"
+    assert rows["data.limit_train"][0] == "int, at least 1, or null"
+
+
+def test_keys_finds_the_keys_that_shorten_a_run_and_refuses_a_word_none_has():
+    shorten = key_rows("shorten")
+    assert {"train.epochs", "data.limit_train", "data.limit_test", "data.train_size"} == set(shorten)
+    everything = key_rows()
+    optimizer = key_rows("Optimizer")
+    assert {k for k in everything if k.startswith("optimizer.")} < set(optimizer)
+    assert all("optimizer" in f"{key} {everything[key][-1]}".lower() for key in optimizer)
+    none = runner.invoke(app, ["keys", "zzz"])
+    assert none.exit_code == 2 and "no recipe key has 'zzz'" in none.output
+    assert "keys" in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
