@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import yaml
 from typer.testing import CliRunner
 
 import bnnctl
@@ -151,3 +153,69 @@ def test_keys_finds_the_keys_that_shorten_a_run_and_refuses_a_word_none_has():
     none = runner.invoke(app, ["keys", "zzz"])
     assert none.exit_code == 2 and "no recipe key has 'zzz'" in none.output
     assert "keys" in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+
+
+# ---------------------------------------------------------------------------- did you mean
+
+MNIST = str(REPO / "recipes" / "mnist.yaml")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "recipes/mnst.yaml"], "recipe file recipes/mnst.yaml does not exist; did you mean 'recipes/mnist.yaml'?"),
+    (["train", "mnist_torch"], "recipe mnist_torch is neither a file nor a shipped recipe; did you mean 'mnist_torch7'?"),
+    (["summary", "cifar_10"], "recipe cifar_10 is neither a file nor a shipped recipe; did you mean 'cifar10'?"),
+    (["train", MNIST, "--set", "optimzer.lr=1"], "unknown key 'optimzer.lr'; did you mean 'optimizer.lr'?"),
+    (["train", MNIST, "--set", "train.epoch=1"], "unknown key 'train.epoch'; did you mean 'train.epochs'?"),
+    (["train", MNIST, "--set", "model.arch=mpl"], "'model.arch' must be one of mlp, convnet, got 'mpl'; did you mean "
+                                                  "'mlp'?"),
+    (["train", MNIST, "--set", "data.preprocess=zcaa"], "got 'zcaa'; did you mean 'zca'?"),
+    (["train", MNIST, "--device", "cpux"], "--device must be auto, cpu or cuda, got 'cpux'; did you mean 'cpu'?"),
+    (["eval", "nowhere", "--engine", "xnr"], "--engine must be float or xnor, got 'xnr'; did you mean 'xnor'?"),
+    (["eval", "nowhere", "--split", "vaild"], "--split must be test or valid, got 'vaild'; did you mean 'valid'?"),
+    (["bench", "--model", "mnist-mpl"], "unknown --model 'mnist-mpl'; choose mnist-mlp, cifar10-convnet, "
+                                        "svhn-convnet; did you mean 'mnist-mlp'?"),
+    (["bench", "--model", "mnist-mlp", "--variant", "xnor-bitplan", "--device", "cpu"],
+     "unknown variant xnor-bitplan for --variant; choose from all, ... ; did you mean 'xnor-bitplane'?"),
+])
+def test_a_mistyped_name_gets_the_closest_one_in_the_same_sentence(args, message, tmp_path, monkeypatch):
+    """(' ... ' in a message stands for any text: the list of a table that may grow.)"""
+    monkeypatch.chdir(REPO)
+    done = runner.invoke(app, [*args, *(["--runs-dir", str(tmp_path)] if args[0] == "train" else [])],
+                         env={"COLUMNS": "400"})
+    assert done.exit_code == 2, done.output
+    assert all(part in done.output for part in message.split(" ... ")), done.output
+    assert done.output.count("\n") == 1 and done.output.rstrip().endswith("?"), done.output
+
+
+def test_a_mistyped_kernel_gets_the_closest_one():
+    from bnnctl.bench.kernels import KERNELS
+    from bnnctl.bench.timing import parse_names
+    from bnnctl.errors import UserError
+
+    with pytest.raises(UserError, match=r"^unknown kernel xnr; choose from all, .*; did you mean 'xnor'\?$"):
+        parse_names("xnr", KERNELS, "kernel")
+
+
+def test_unknown_keys_in_a_recipe_file_get_the_closest_key(tmp_path):
+    recipe = yaml.safe_load((REPO / "recipes" / "mnist.yaml").read_text())
+    for typo, key, close in [("hiden", "model.hiden", "model.hidden"), (None, "optimzer", "optimizer")]:
+        broken = {**recipe, "model": {**recipe["model"], typo: [8]}} if typo else \
+            {**{k: v for k, v in recipe.items() if k != "optimizer"}, "optimzer": recipe["optimizer"]}
+        path = tmp_path / "typo.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        done = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs")])
+        assert done.exit_code == 2
+        assert f"{path}: unknown key '{key}'; did you mean '{close}'?" in done.output, done.output
+    far = {**recipe, "model": {**recipe["model"], "zzzz": 1}}
+    path.write_text(yaml.safe_dump(far))
+    done = runner.invoke(app, ["train", str(path), "--runs-dir", str(tmp_path / "runs")], env={"COLUMNS": "400"})
+    assert done.exit_code == 2 and "unknown key 'model.zzzz' (allowed here: arch, " in done.output
+    assert "did you mean" not in done.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [["train", MNIST, "--set", "zzz.q=1"], ["train", "zzzzz"],
+                                  ["bench", "--model", "resnet"], ["eval", "nowhere", "--engine", "qqq"]])
+def test_a_name_close_to_none_gets_no_guess(args, tmp_path):
+    done = runner.invoke(app, [*args, *(["--runs-dir", str(tmp_path)] if args[0] == "train" else [])])
+    assert done.exit_code == 2 and "did you mean" not in done.output and done.output.startswith("error: ")

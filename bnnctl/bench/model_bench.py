@@ -24,7 +24,7 @@ from torch import nn
 from .. import kernels
 from ..bench_records import measure_load
 from ..data import scale_to_pm1
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..infer.engine import PackedEngine
 from ..provenance import resolve_device
 from . import convnet, mlp
@@ -39,7 +39,7 @@ BUDGET_S = 20.0  # seconds per variant for all timing rounds together; a slow va
 
 def spec_of(name: str) -> ModelSpec:
     if name not in SPECS:
-        raise UserError(f"unknown --model {name!r}; choose {', '.join(SPECS)}.")
+        raise UserError(f"unknown --model {name!r}; choose {', '.join(SPECS)}{did_you_mean(name, SPECS)}")
     return SPECS[name]
 
 

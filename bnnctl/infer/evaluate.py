@@ -17,7 +17,7 @@ from rich.console import Console
 from ..checkpoints import load_model
 from ..core.losses import LOSSES
 from ..data import load_splits
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..provenance import resolve_device
 from ..recipe import DataConfig, load_recipe, resolve, resolve_data
 from ..runs import RECIPE_FILE
@@ -105,9 +105,9 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
     """Evaluate a run folder, a best.pt or an export file. engine: "float", "xnor" or None (the default:
     float for a run, the packed engine for an export)."""
     if split not in SPLITS:
-        raise UserError(f"--split must be test or valid, got {split!r}.")
+        raise UserError(f"--split must be test or valid, got {split!r}{did_you_mean(split, SPLITS)}")
     if engine is not None and engine not in ENGINES:
-        raise UserError(f"--engine must be float or xnor, got {engine!r}.")
+        raise UserError(f"--engine must be float or xnor, got {engine!r}{did_you_mean(engine, ENGINES)}")
     run = Path(run)
     dev = resolve_device(device)
     if (run.is_file() and is_export_file(run)) or (run.suffix == EXPORT_SUFFIX and not run.is_dir()):

@@ -15,7 +15,7 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 REQUIRED = object()
 NUM = (int, float)
@@ -173,7 +173,7 @@ def checked_value(spec: Field, key: str, value: Any, source: str) -> Any:
         raise RecipeError(f"{source}: every item of '{key}' must be {type_name(spec.items)}, got {excerpt(value)}.")
     if spec.choices is not None and value not in spec.choices:
         raise RecipeError(f"{source}: '{key}' must be one of {', '.join(map(str, spec.choices))}, "
-                          f"got {excerpt(value)}.")
+                          f"got {excerpt(value)}{did_you_mean(value, spec.choices) if isinstance(value, str) else '.'}")
     if isinstance(value, list):
         if spec.length is not None and len(value) != spec.length:
             raise RecipeError(f"{source}: '{key}' must list exactly {spec.length} values "

@@ -8,6 +8,7 @@ optimizer are the keys of the table that holds those entries, beside their code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -180,6 +181,22 @@ def schema_of(cls: type[Section]) -> dict[str, Any]:
 
 # The schema as nested dicts of Field, in the recipe's order (what --set and the docs walk).
 SCHEMA: dict[str, Any] = schema_of(Recipe)
+
+
+def closest_key(key: str, schema: dict[str, Any] = SCHEMA) -> str | None:
+    """The recipe key closest to a mistyped one, part by part ('optimzer.lr' -> 'optimizer.lr', 'model.hiden' ->
+    'model.hidden'): each part that is no key where it stands replaced by the closest that is
+    (``difflib.get_close_matches``); None where some part is close to none, or the key goes past a value."""
+    found = []
+    for part in key.split("."):
+        if not isinstance(schema, dict):
+            return None
+        close = [part] if part in schema else difflib.get_close_matches(part, list(schema), n=1)
+        if not close:
+            return None
+        found.append(close[0])
+        schema = schema[close[0]]
+    return ".".join(found)
 
 
 def flat_schema(schema: dict[str, Any] = SCHEMA, prefix: str = "") -> dict[str, Field]:

@@ -27,7 +27,7 @@ from torch import nn
 from ..core.layers import BinaryLayer, SignActivation
 from ..core.models import build_model
 from ..data import DATASET_CLASSES, DATASET_IMAGE_SHAPES
-from ..recipe import Recipe, RecipeError, load_recipe, recipes_dir
+from ..recipe import Recipe, RecipeError, find_recipe, load_recipe
 
 # Modules that pass ±1 values on as ±1 values (at inference).
 _KEEPS_BINARY = (nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Identity)
@@ -135,18 +135,6 @@ def summarize_recipe(recipe: Recipe, source: str = "recipe",
     with torch.device("meta"):
         model = build_model(recipe.model, input_shape, num_classes)
     return ModelSummary(recipe.name, dataset, input_shape, num_classes, summarize_model(model, input_shape))
-
-
-def find_recipe(text: str | Path) -> Path:
-    """A recipe path as given, else a shipped recipe by name ('mnist' -> recipes/mnist.yaml)."""
-    path = Path(text)
-    if path.is_file():
-        return path
-    shipped = recipes_dir() / f"{path.name}.yaml"
-    if path.suffix == "" and shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml")))
-    raise RecipeError(f"recipe {text} is neither a file nor a shipped recipe (shipped: {names}).")
 
 
 def summarize(text: str | Path) -> ModelSummary:
