@@ -17,7 +17,6 @@ from typing import Callable
 import torch
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 
@@ -26,6 +25,7 @@ from ..bench_records import measure_load
 from ..data import scale_to_pm1
 from ..errors import UserError, did_you_mean
 from ..infer.engine import PackedEngine
+from ..progress import progress_bar
 from ..provenance import resolve_device
 from . import convnet, mlp
 from .models import frozen_float_model, int8_binary_layers
@@ -62,14 +62,6 @@ def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Modul
     return lambda xb: net(scale_to_pm1(xb).to(v.dtype).contiguous(memory_format=fmt)).argmax(1)
 
 
-def _progress(console: Console | None):
-    """A transient progress bar on a terminal; nothing when the output is a file or a pipe."""
-    if console is None or not console.is_terminal:
-        return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=True)
-
-
 def bench_model(model_name: str, run: Path | None = None, device: str = "auto", data_dir: Path | None = None,
                 repeat: int = 20, images: int | None = None, results: Path = Path("results"), command: str = "",
                 console: Console | None = None, names: list[str] | None = None, budget_s: float = BUDGET_S) -> dict:
@@ -101,7 +93,7 @@ def bench_model(model_name: str, run: Path | None = None, device: str = "auto", 
             entry["status"] = f"not run: {why}" if why else "not run: not selected"
         variants[name] = entry
     make = lambda name: runner(spec, name, model, torch_model, dev)  # noqa: E731
-    progress = _progress(console)
+    progress = progress_bar(console)
     with progress or nullcontext(), measure_load(torch.get_num_threads(), on_cpu=dev.type == "cpu") as load:
         on_step = None
         if progress is not None:

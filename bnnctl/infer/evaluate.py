@@ -18,6 +18,7 @@ from ..checkpoints import load_model
 from ..core.losses import LOSSES
 from ..data import load_splits
 from ..errors import UserError, did_you_mean
+from ..progress import counting
 from ..provenance import resolve_device
 from ..recipe import DataConfig, load_recipe, resolve, resolve_data
 from ..runs import RECIPE_FILE
@@ -54,13 +55,14 @@ def _export_data(exported: ExportedModel, path: Path) -> DataConfig:
 
 def _predictions_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                        transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                       batch_size: int = 1000) -> float:
+                       on_batch: Callable[[int], object], batch_size: int = 1000) -> float:
     model = model.to(device)
     wrong = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             logits = model(transform(x[i:i + batch_size].to(device)).float())
             wrong += (logits.argmax(1).cpu() != y[i:i + batch_size].cpu()).sum().item()
+            on_batch(len(logits))
     return 100.0 * wrong / max(len(y), 1)
 
 
@@ -82,13 +84,14 @@ def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, 
     if tuple(x.shape[1:]) != tuple(exported.input_shape):
         raise UserError(f"{path} takes inputs of shape {list(exported.input_shape)}, but {splits.variant} gives "
                         f"{list(x.shape[1:])}.")
-    if engine == "xnor":
-        from .engine import export_error
-        error = export_error(exported, x, y, splits.transform, dev)
-        how = "xnor (the packed engine on the export)"
-    else:
-        error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev)
-        how = "float (the float model rebuilt from the export)"
+    with counting(console, f"{split} images", len(x)) as advance:
+        if engine == "xnor":
+            from .engine import export_error
+            error = export_error(exported, x, y, splits.transform, dev, advance)
+            how = "xnor (the packed engine on the export)"
+        else:
+            error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev, advance)
+            how = "float (the float model rebuilt from the export)"
     info = exported.info
     console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {how}, "
                   f"epoch {info.get('epoch')})", highlight=False)
@@ -119,14 +122,15 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
     if recipe.data.variant and splits.variant != recipe.data.variant:
         console.print(f"[yellow]note:[/] trained on {recipe.data.variant}, evaluating on {splits.variant}")
     x, y = splits.split(split)
-    if engine == "xnor":
-        from .engine import engine_error
+    with counting(console, f"{split} images", len(x)) as advance:
+        if engine == "xnor":
+            from .engine import engine_error
 
-        error = engine_error(record, model, x, y, splits.transform, dev)
-    else:
-        model = model.to(dev)
-        _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe.train.loss],
-                            recipe.train.eval_batch_size, dev)
+            error = engine_error(record, model, x, y, splits.transform, dev, advance)
+        else:
+            model = model.to(dev)
+            _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe.train.loss],
+                                recipe.train.eval_batch_size, dev, on_batch=advance)
     console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {engine}, "
                   f"epoch {record['epoch']})", highlight=False)
     key = "test_error_pct" if split == "test" else "valid_error_pct"

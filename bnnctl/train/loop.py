@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from ..core.evaluation import eval_sums
 from ..core.models import count_parameters
@@ -42,6 +42,7 @@ from ..allocator import use_huge_pages
 from ..checkpoints import load_run_checkpoint
 from ..files import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from ..optim import lr_at, set_lr
+from ..progress import progress_bar
 from ..provenance import command_line, environment, hardware, resolve_device
 from ..recipe import Recipe, check_memory_available, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
@@ -278,10 +279,8 @@ class Trainer:
         r = self.recipe
         epochs = r.train.epochs
         self._print_header()
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=self.console, transient=True,
-                            disable=not (interactive and self.ranks.is_main))
-        with progress:
+        progress = progress_bar(self.console, remaining=True) if interactive and self.ranks.is_main else None
+        with progress or contextlib.nullcontext():
             while self.epoch < epochs:
                 lr = lr_at(self.epoch, r.optimizer.lr, r.schedule, epochs)
                 set_lr(self.optimizer, lr)
