@@ -115,15 +115,21 @@ def train(
                                       "on CUDA); the recipe's batch is split across them"),
     max_restarts: int = typer.Option(0, help="with --nproc: when a process fails, restart all of them up to this "
                                              "many times; they continue from the run's last checkpoint"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also write each epoch's losses, errors and LR "
+                                                                  "for TensorBoard, into the run directory's "
+                                                                  "tensorboard/ (needs pip install tensorboard)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved recipe (YAML), the run directory "
                                                           "and the model's size, then exit: nothing is written "
                                                           "or downloaded"),
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
+    if tensorboard:  # before anything starts, --nproc's processes included
+        from .train.tensorboard_log import summary_writer_class
+        summary_writer_class()
     if dry_run:
         from .report.dry_run import dry_run as show_dry_run
         show_dry_run(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
-                     resume=resume, seed=seed, run_id=run_id, fast=fast, console=console)
+                     resume=resume, seed=seed, run_id=run_id, fast=fast, tensorboard=tensorboard, console=console)
         return
     if nproc != 1:
         from .provenance import command_line, invocation
@@ -134,7 +140,7 @@ def train(
         raise UserError("--max-restarts restarts the processes of a --nproc run; give --nproc 2 or more, or drop it.")
     from .train.loop import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
-                 resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)
+                 resume=resume, seed=seed, run_id=run_id, console=console, fast=fast, tensorboard=tensorboard)
 
 
 @command("eval")

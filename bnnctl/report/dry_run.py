@@ -19,6 +19,7 @@ from ..provenance import resolve_device
 from ..recipe import dump_recipe, memory_needed
 from ..runs import free_run_dir
 from ..train.loop import recipe_for_run
+from ..train.tensorboard_log import TENSORBOARD_DIR
 from .summary import summarize_recipe
 
 
@@ -28,13 +29,15 @@ def _bytes(n: float) -> str:
 
 
 def dry_run(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
-            resume: Path | None, seed: int | None, run_id: str | None, fast: bool, console: Console) -> None:
+            resume: Path | None, seed: int | None, run_id: str | None, fast: bool, console: Console,
+            tensorboard: bool = False) -> None:
     """Print the resolved recipe, the run folder a run would create and the model's size."""
     if resume is not None:
         raise UserError(f"--dry-run shows a new run; a resumed run goes on exactly as recorded in "
                         f"{resume / 'recipe.yaml'}.")
     dev = resolve_device(device)
     cfg = recipe_for_run(recipe, overrides, seed, fast, dev, run_id)
+    run_dir = free_run_dir(runs_dir, cfg.name, cfg.seed, run_id)
     shape, known_from = input_shape(cfg.data, data_dir)
     summary = summarize_recipe(cfg, str(recipe), shape)
     parameters, memory, memory_parts = memory_needed(cfg, shape, summary.num_classes)
@@ -43,7 +46,8 @@ def dry_run(recipe: Path, overrides: list[str], device: str, data_dir: Path | No
     facts = [
         "bnnctl train --dry-run: nothing was written and nothing downloaded",
         f"recipe {recipe}, resolved ({', '.join(_changes(overrides, seed, fast, dev.type))})",
-        f"run directory: {free_run_dir(runs_dir, cfg.name, cfg.seed, run_id)} (not created)",
+        f"run directory: {run_dir} (not created)",
+        *([f"tensorboard: {run_dir / TENSORBOARD_DIR} (tensorboard --logdir {runs_dir})"] if tensorboard else []),
         f"device: {dev}",
         f"images: {'x'.join(map(str, shape))} ({known_from}), {summary.num_classes} classes",
         f"parameters: {parameters:,}",

@@ -51,6 +51,7 @@ from . import distributed, elastic
 from .distributed import SINGLE, Ranks
 from .fast import FAST_PRESETS, pretransformed
 from .step import build_step
+from .tensorboard_log import TensorBoardLog
 
 
 class TrainingDiverged(UserError):
@@ -338,21 +339,27 @@ class Trainer:
 
 def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
                  resume: Path | None, seed: int | None, run_id: str | None,
-                 console: Console, fast: bool = False, on_epoch_end: Sequence[EpochEndHook] = ()) -> dict[str, Any]:
+                 console: Console, fast: bool = False, on_epoch_end: Sequence[EpochEndHook] = (),
+                 tensorboard: bool = False) -> dict[str, Any]:
     """Train a recipe, or resume a run, in this process, or as one rank of a torchrun launch.
 
     ``fast`` switches on ``FAST_PRESETS`` for the device, before ``overrides`` (which win);
-    ``on_epoch_end`` hooks are the Trainer's (see ``EpochTimes``).
+    ``on_epoch_end`` hooks are the Trainer's (see ``EpochTimes``); ``tensorboard`` adds the one that
+    writes the epochs' curves for TensorBoard (``tensorboard_log``).
     """
     use_huge_pages()
     elastic.check_store()
+    board = TensorBoardLog() if tensorboard else None
     ranks, dev = distributed.setup(resolve_device(device))
     try:
         result = _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
-                        console if ranks.is_main else Console(quiet=True), fast, ranks, on_epoch_end)
+                        console if ranks.is_main else Console(quiet=True), fast, ranks,
+                        [*on_epoch_end, *([board] if board else [])])
         distributed.finish(ranks)
         return result
     finally:
+        if board is not None:
+            board.close()
         distributed.shutdown(ranks)
 
 
