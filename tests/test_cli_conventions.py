@@ -161,8 +161,10 @@ MNIST = str(REPO / "recipes" / "mnist.yaml")
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "recipes/mnst.yaml"], "recipe file recipes/mnst.yaml does not exist; did you mean 'recipes/mnist.yaml'?"),
-    (["train", "mnist_torch"], "recipe mnist_torch is neither a file nor a shipped recipe; did you mean 'mnist_torch7'?"),
+    (["train", "recipes/mnst.yaml"], "recipe file recipes/mnst.yaml does not exist; did you mean "
+                                     "'recipes/mnist.yaml'?"),
+    (["train", "mnist_torch"], "recipe mnist_torch is neither a file nor a shipped recipe; did you mean "
+                               "'mnist_torch7'?"),
     (["summary", "cifar_10"], "recipe cifar_10 is neither a file nor a shipped recipe; did you mean 'cifar10'?"),
     (["train", MNIST, "--set", "optimzer.lr=1"], "unknown key 'optimzer.lr'; did you mean 'optimizer.lr'?"),
     (["train", MNIST, "--set", "train.epoch=1"], "unknown key 'train.epoch'; did you mean 'train.epochs'?"),

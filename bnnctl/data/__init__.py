@@ -26,8 +26,8 @@ from .mnist import MNIST_FILES, load_mnist
 from .preprocessing import available_memory, physical_memory
 
 __all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET_IMAGE_SHAPES", "DataError",
-           "RawData", "Splits", "check_arrays", "data_root", "input_shape", "load_npz", "load_splits", "physical_memory",
-           "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
+           "RawData", "Splits", "check_arrays", "data_root", "input_shape", "load_npz", "load_splits",
+           "physical_memory", "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
 
 DATASETS: dict[str, Callable[[Any, Path], RawData]] = {
     "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,

@@ -24,4 +24,5 @@ __all__ = ["MAX_PARAMETERS", "MAX_RECIPE_BYTES", "NUM", "REQUIRED", "SCHEMA", "S
            "PaperConfig", "Recipe", "RecipeError", "RecipeInfo", "ScheduleConfig", "Section", "TrainConfig",
            "apply_override", "check_consistency", "check_fits_memory", "check_memory_available", "dump_recipe",
            "estimate_parameters", "f", "memory_needed",
-           "find_recipe", "flat_schema", "list_recipes", "load_recipe", "parse_override", "recipes_dir", "resolve", "resolve_data"]
+           "find_recipe", "flat_schema", "list_recipes", "load_recipe", "parse_override", "recipes_dir", "resolve",
+           "resolve_data"]
