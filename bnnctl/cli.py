@@ -14,11 +14,26 @@ import sys
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
+from . import completion
 from .allocator import use_huge_pages
 from .errors import UserError, out_of_memory_as_failure
 from .infer.variants import help_text as engine_variants_help
+
+
+def _flags_as_flags(params: list) -> list:
+    """The parameters, each flag (--fast, --version, --help, ...) without the '<bool>' type typer's help shows
+    after it: a flag takes no value, so its help line shows none."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
 
 
 class _RecordingGroup(TyperGroup):
@@ -31,9 +46,13 @@ class _RecordingGroup(TyperGroup):
         set_invocation(sys.argv[1:] if args is None else list(args))
         return super().main(args, *rest, **kwargs)
 
+    def get_params(self, ctx):
+        return _flags_as_flags(super().get_params(ctx))
 
-app = typer.Typer(cls=_RecordingGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+app = typer.Typer(cls=_RecordingGroup, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Binarized Neural Networks (Courbariaux et al., 2016): train, evaluate, benchmark, report.")
+command = functools.partial(app.command, cls=_Command)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -76,12 +95,15 @@ def user_errors(fn):
     return wrapper
 
 
-@app.command()
+@command()
 @user_errors
 def train(
-    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml"),
-    set_: List[str] = typer.Option([], "--set", help="override a recipe field: key.path=value (repeatable)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/mnist.yaml",
+                                  autocompletion=completion.recipes),
+    set_: List[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="override a recipe field: key.path=value (repeatable; bnnctl keys lists "
+                                        "the keys)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
     runs_dir: Path = typer.Option(Path("runs"), help="runs go to RUNS_DIR/<recipe name>/<run id>/ (the committed "
                                                      "results/ changes only through bnnctl record)"),
@@ -94,8 +116,22 @@ def train(
                                       "on CUDA); the recipe's batch is split across them"),
     max_restarts: int = typer.Option(0, help="with --nproc: when a process fails, restart all of them up to this "
                                              "many times; they continue from the run's last checkpoint"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also write each epoch's losses, errors and LR "
+                                                                  "for TensorBoard, into the run directory's "
+                                                                  "tensorboard/ (needs pip install tensorboard)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved recipe (YAML), the run directory "
+                                                          "and the model's size, then exit: nothing is written "
+                                                          "or downloaded"),
 ):
     """Train a model from a recipe and record metrics, result and checkpoint."""
+    if tensorboard:  # before anything starts, --nproc's processes included
+        from .train.tensorboard_log import summary_writer_class
+        summary_writer_class()
+    if dry_run:
+        from .report.dry_run import dry_run as show_dry_run
+        show_dry_run(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
+                     resume=resume, seed=seed, run_id=run_id, fast=fast, tensorboard=tensorboard, console=console)
+        return
     if nproc != 1:
         from .provenance import command_line, invocation
         from .train.distributed import relaunch
@@ -105,19 +141,20 @@ def train(
         raise UserError("--max-restarts restarts the processes of a --nproc run; give --nproc 2 or more, or drop it.")
     from .train.loop import run_training
     run_training(recipe=recipe, overrides=set_, device=device, data_dir=data_dir, runs_dir=runs_dir,
-                 resume=resume, seed=seed, run_id=run_id, console=console, fast=fast)
+                 resume=resume, seed=seed, run_id=run_id, console=console, fast=fast, tensorboard=tensorboard)
 
 
-@app.command("eval")
+@command("eval")
 @user_errors
 def eval_(
     run: Path = typer.Argument(..., help="run directory, best.pt, or a .bnnx export"),
-    split: str = typer.Option("test", help="test | valid"),
+    split: str = typer.Option("test", help="test | valid", autocompletion=completion.splits),
     engine: Optional[str] = typer.Option(None, help="float (simulated binary network) | xnor (bit-packed kernels); "
-                                         "default: float for a run or best.pt, xnor for a .bnnx export"),
+                                         "default: float for a run or best.pt, xnor for a .bnnx export",
+                                         autocompletion=completion.engines),
     variant: Optional[str] = typer.Option(None, help="with --engine xnor, how the packed engine runs; "
-                                          + engine_variants_help()),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+                                          + engine_variants_help(), autocompletion=completion.engine_variants),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     data_dir: Optional[Path] = typer.Option(None, help="data root (default $BNNCTL_DATA, else ./data)"),
 ):
     """Test (or validation) error of a trained model; agrees with what training recorded."""
@@ -125,7 +162,7 @@ def eval_(
     run_eval(run=run, split=split, engine=engine, device=device, data_dir=data_dir, console=console, variant=variant)
 
 
-@app.command()
+@command()
 @user_errors
 def export(
     run: Path = typer.Argument(..., help="run directory or checkpoint file (best.pt)"),
@@ -136,23 +173,26 @@ def export(
     run_export(run=run, out=out, console=console)
 
 
-@app.command()
+@command()
 @user_errors
 def bench(
     kernel: Optional[str] = typer.Option(None, help="the matrix-product bench's kernels: xnor | xnor-csa | xnor-paper "
                                          "| xnor-tc | baseline | cublas | bf16 | int8 | all (default; or a comma "
-                                         "list; int8 runs on CPU only, the xnor-paper/-csa/-tc kernels on CUDA only)"),
+                                         "list; int8 runs on CPU only, the xnor-paper/-csa/-tc kernels on CUDA only)",
+                                         autocompletion=completion.bench_kernels),
     model: Optional[str] = typer.Option(None, help="time a whole model on its test images instead of one product: "
                                         "mnist-mlp (baseline, XNOR, bit-plane first layer, torch) | cifar10-convnet "
-                                        "| svhn-convnet (the packed engine against torch fp32, channels-last, bf16)"),
+                                        "| svhn-convnet (the packed engine against torch fp32, channels-last, bf16)",
+                                        autocompletion=completion.bench_models),
     variant: Optional[str] = typer.Option(None, help="with --model: the variants to time, a comma list or all "
-                                          "(default: all that run on the device)"),
+                                          "(default: all that run on the device)",
+                                          autocompletion=completion.bench_variants),
     m: Optional[int] = typer.Option(None, help="rows of A (default 8192 on a GPU, 1024 on CPU)"),
     n: Optional[int] = typer.Option(None, help="rows of B, i.e. columns of the product (default 8192 / 1024)"),
     k: Optional[int] = typer.Option(None, help="shared dimension (default 8192 / 4096)"),
     repeat: int = typer.Option(20, help="timed runs per kernel (at least 3; fewer for slow kernels past ~5 s); "
                                         "with --model, timed passes over the images per variant (while ~20 s last)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda", autocompletion=completion.devices),
     out: Path = typer.Option(Path("runs/bench"), help="folder the JSON record is written to (the committed "
                                                       "results/bench changes only through bnnctl record)"),
     popc_peak: Optional[float] = typer.Option(None, help="measured XOR+popcount ceiling in T binary-op/s of the "
@@ -180,7 +220,7 @@ def bench(
               console=console, batch=batch, threads=threads)
 
 
-@app.command()
+@command()
 @user_errors
 def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of recipes (default: the shipped ones)")):
     """List the recipes and what each reproduces."""
@@ -196,15 +236,41 @@ def recipes(directory: Optional[Path] = typer.Argument(None, help="folder of rec
     console.print(table)
 
 
-@app.command()
+@command()
 @user_errors
-def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist")):
+def keys(word: Optional[str] = typer.Argument(None, help="only the keys with WORD in their name or help, e.g. "
+                                                         "optimizer, or shorten: the keys that shorten a run")):
+    """List every recipe key (for --set and recipe files): what it takes, its default and what it does."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from .recipe import flat_schema
+    shown = {key: field for key, field in flat_schema().items()
+             if word is None or word.lower() in f"{key} {field.help}".lower()}
+    if not shown:
+        raise UserError(f"no recipe key has {word!r} in its name or help; bnnctl keys lists them all.")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("key", "takes", "default"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("help")
+    for key, field in shown.items():
+        table.add_row(*map(Text, (key, field.type_text(), field.default_text(), field.help)))  # no markup
+    # A pipe or a file gets whole lines, not an 80-column squeeze.
+    wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 200))
+    wide.print(table, highlight=False)
+
+
+@command()
+@user_errors
+def summary(recipe: str = typer.Argument(..., help="recipe file, or a shipped recipe's name, e.g. mnist",
+                                         autocompletion=completion.recipes)):
     """Per-layer table of a recipe's model: output shape, weight bits (binary vs float32), MACs per image."""
     from .report.summary import render, summarize
     render(summarize(recipe), console)
 
 
-@app.command()
+@command()
 @user_errors
 def report(
     results: Path = typer.Option(Path("results"), help="the recorded runs and benchmarks to report"),
@@ -218,7 +284,7 @@ def report(
 
 
 
-@app.command()
+@command()
 @user_errors
 def record(
     paths: List[Path] = typer.Argument(..., help="run folders (under runs/) or bench records (runs/bench/*.json)"),
@@ -230,7 +296,7 @@ def record(
         console.print(f"recorded {target}", highlight=False)
 
 
-@app.command("runs")
+@command("runs")
 @user_errors
 def runs_(folders: Optional[List[Path]] = typer.Argument(None, help="folders of runs (default: runs and results, "
                                                                     "those that exist)")):

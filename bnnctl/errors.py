@@ -10,7 +10,9 @@ Exit codes (the README lists them with what each failure leaves behind):
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
+from typing import Iterable
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -21,6 +23,18 @@ EXIT_INTERRUPTED = 130
 
 class UserError(Exception):
     exit_code = EXIT_BAD_INPUT
+
+
+def did_you_mean(word: object, choices: Iterable[object], otherwise: str = ".") -> str:
+    """The end of a sentence about an unknown ``word``: "; did you mean 'name'?" with the choice closest to it
+    (``difflib.get_close_matches``), or ``otherwise`` where none is close."""
+    close = difflib.get_close_matches(str(word), [str(choice) for choice in choices], n=1)
+    return suggestion(close[0] if close else None, otherwise)
+
+
+def suggestion(close: str | None, otherwise: str = ".") -> str:
+    """"; did you mean 'close'?", or ``otherwise`` where ``close`` is None."""
+    return f"; did you mean {close!r}?" if close is not None else otherwise
 
 
 class DamagedFile(UserError):

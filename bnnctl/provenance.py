@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 # A --nproc relaunch hands each worker the user's own command line through this variable.
 COMMAND_ENV = "BNNCTL_COMMAND"
@@ -94,6 +94,9 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device takes (cuda also as cuda:N)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a --device option (auto: a CUDA GPU when torch sees one, else the CPU)."""
     if name == "auto":
@@ -101,5 +104,5 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but torch sees no CUDA GPU on this machine.")
     if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}.")
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}{did_you_mean(name, DEVICES)}")
     return torch.device(name)

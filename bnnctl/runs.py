@@ -210,8 +210,9 @@ class RunLock:
             self.handle = None
 
 
-def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Path:
-    """A fresh folder runs_dir/name/run_id (run_id-2, -3, ... when taken); both names checked."""
+def free_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Path:
+    """The folder a run started now gets: runs_dir/name/run_id (default: date-time and seed), or run_id-2, -3,
+    ... where that is taken; both names checked. Nothing is created."""
     check_name(name, "the recipe name")
     if run_id is not None:
         check_name(run_id, "--run-id")
@@ -222,6 +223,15 @@ def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Pat
         while path.exists():
             i += 1
             path = base / f"{run_id}-{i}"
+    except OSError as e:
+        raise environment_failure(path, e) from None
+    return path
+
+
+def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Path:
+    """A fresh folder ``free_run_dir`` names, created."""
+    path = free_run_dir(runs_dir, name, seed, run_id)
+    try:
         path.mkdir(parents=True)
     except OSError as e:
         raise environment_failure(path, e) from None

@@ -265,9 +265,9 @@ def test_the_model_table_fits_80_columns_without_json_and_progress_only_on_a_ter
     model_bench.print_model_table(result, console)
     text = assert_fits(console, ["xnor-integer", "xnor-bitplane", "torch", "torch-bf16"])
     assert "torch-channels-last" not in text and "{" not in text and "fastest packed engine:" in text
-    assert model_bench._progress(Console(file=io.StringIO())) is None  # a file or a pipe: no progress
+    assert model_bench.progress_bar(Console(file=io.StringIO())) is None  # a file or a pipe: no progress
     terminal = Console(file=io.StringIO(), force_terminal=True, width=80)
-    assert model_bench._progress(terminal) is not None
+    assert model_bench.progress_bar(terminal) is not None
     model_bench.bench_model("svhn-convnet", None, "cpu", tmp_path / "no-data", repeat=1, images=4,
                             names=["xnor-integer"], console=terminal)
     assert "svhn-convnet" in terminal.file.getvalue()

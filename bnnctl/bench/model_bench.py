@@ -18,16 +18,16 @@ from typing import Callable
 import torch
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 
 from .. import kernels
 from ..bench_records import measure_load
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..infer.engine import make_engine
 from ..infer.exported import ExportedModel
 from ..infer.variants import ENGINE_VARIANTS
+from ..progress import progress_bar
 from ..provenance import resolve_device
 from . import convnet, mlp
 from .models import frozen_float_model, int8_binary_layers
@@ -41,7 +41,7 @@ BUDGET_S = 20.0  # seconds per variant for all timing rounds together; a slow va
 
 def spec_of(name: str) -> ModelSpec:
     if name not in SPECS:
-        raise UserError(f"unknown --model {name!r}; choose {', '.join(SPECS)}.")
+        raise UserError(f"unknown --model {name!r}; choose {', '.join(SPECS)}{did_you_mean(name, SPECS)}")
     return SPECS[name]
 
 
@@ -83,14 +83,6 @@ def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Modul
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format
     net = net.to(device=device, dtype=v.dtype).to(memory_format=fmt)
     return lambda xb: net(transform(xb).to(v.dtype).contiguous(memory_format=fmt)).argmax(1)
-
-
-def _progress(console: Console | None):
-    """A transient progress bar on a terminal; nothing when the output is a file or a pipe."""
-    if console is None or not console.is_terminal:
-        return None
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=True)
 
 
 @dataclass
@@ -160,7 +152,7 @@ def bench_model(model_name: str, run: Path | None = None, device: str = "auto", 
                       f"{p.model.info['source'] or 'random weights'}; {dev.type}, batches of {batch:,}",
                       highlight=False)
     variants = p.entries()
-    progress = _progress(console)
+    progress = progress_bar(console)
     with progress or nullcontext(), measure_load(torch.get_num_threads(), on_cpu=dev.type == "cpu") as load:
         on_step = None
         if progress is not None:

@@ -36,7 +36,7 @@ import torch
 
 from .. import kernels
 from ..bench_records import write_bench_record
-from ..errors import EnvironmentFailure, UserError
+from ..errors import EnvironmentFailure, UserError, did_you_mean
 from ..allocator import reuse_freed_memory
 from ..provenance import environment, hardware
 
@@ -90,7 +90,7 @@ def parse_names(spec: str, known: Iterable[str], what: str, where: str = "") -> 
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise UserError(f"unknown {what} {', '.join(unknown) or repr(spec)}{where}; choose from all, "
-                        f"{', '.join(known)}.")
+                        f"{', '.join(known)}{did_you_mean(unknown[0] if unknown else spec, known)}")
     return [n for n in known if n in names]
 
 

@@ -21,20 +21,34 @@ import torch
 
 from . import cifar_svhn, preprocessing
 from .common import (DATASET_CLASSES, DATASET_IMAGE_SHAPES, DataError, RawData, Splits, check_arrays, data_root,
-                     load_npz, preprocess_scale, scale_to_pm1, tail_split, wants_npz)
+                     load_npz, npz_image_shape, npz_path, preprocess_scale, scale_to_pm1, tail_split, wants_npz)
 from .mnist import MNIST_FILES, load_mnist
 from .preprocessing import available_memory, physical_memory
 
 __all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET_IMAGE_SHAPES", "DataError",
-           "RawData", "Splits", "check_arrays", "data_root", "input_transform", "load_npz", "load_splits",
-           "physical_memory",
-           "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES", "load_mnist"]
+           "RawData", "Splits", "check_arrays", "data_root", "input_shape", "input_transform", "load_npz",
+           "load_splits", "physical_memory", "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES",
+           "load_mnist"]
 
 DATASETS: dict[str, Callable[[Any, Path], RawData]] = {
     "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,
 }
 SPLITTERS: dict[str, Callable] = {"tail": tail_split, "pylearn2_svhn": cifar_svhn.pylearn2_svhn_split}
 PREPROCESSORS: dict[str, Callable] = {"scale": preprocess_scale, **preprocessing.PREPROCESSORS}
+
+
+def input_shape(cfg: Any, root: str | Path | None = None) -> tuple[tuple[int, int, int], str]:
+    """(C, H, W) of the images ``load_splits`` gives for the recipe's ``data`` section, and what says so, read
+    without loading them: a staged .npz's header, else the shape of the dataset's original images (every
+    preprocessing keeps the shape)."""
+    originals = DATASET_IMAGE_SHAPES[cfg.dataset]
+    if not wants_npz(cfg):
+        return originals, f"{cfg.dataset}'s original images"
+    path = npz_path(cfg, data_root(root))
+    found = npz_image_shape(path) if path.is_file() else None
+    if found is None:
+        return originals, f"{cfg.dataset}'s original images; {path} cannot be read"
+    return found, f"the header of {path}"
 
 
 def load_splits(cfg: Any, root: str | Path | None = None) -> Splits:

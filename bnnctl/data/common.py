@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,15 +80,36 @@ class Splits:
 
 # ---------------------------------------------------------------------------- checking arrays
 
+def _layout(shape: tuple[int, ...]) -> str | None:
+    """How an array of images of this shape is laid out: 'NHW', 'NHWC' (channels last, 1 or 3 of them),
+    'NCHW', or None for no layout of images."""
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3):
+        return "NHWC"
+    return "NCHW" if len(shape) == 4 else None
+
+
 def to_nchw(x: np.ndarray, where: str = "images") -> np.ndarray:
     """(N,H,W) -> (N,1,H,W); (N,H,W,C) with C in {1,3} -> (N,C,H,W); NCHW stays."""
-    if x.ndim == 3:
+    layout = _layout(x.shape)
+    if layout == "NHW":
         return x[:, None]
-    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+    if layout == "NHWC":
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if x.ndim == 4:
+    if layout == "NCHW":
         return x
     raise DataError(f"{where} has shape {tuple(x.shape)}; images must be (N, H, W), (N, C, H, W) or (N, H, W, C).")
+
+
+def image_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(C, H, W) of one image of an array of this shape, as ``to_nchw`` lays it out (None: no images)."""
+    layout = _layout(shape)
+    if layout == "NHW":
+        return (1, *shape[1:])
+    if layout == "NHWC":
+        return (shape[3], shape[1], shape[2])
+    return tuple(shape[1:]) if layout == "NCHW" else None
 
 
 def _check_images(x: np.ndarray, where: str) -> np.ndarray:
@@ -197,6 +219,20 @@ def npz_path(cfg: Any, root: Path) -> Path:
     if given.is_absolute() or given.exists() or not (root / given).exists():
         return given
     return root / given
+
+
+def npz_image_shape(path: Path) -> tuple[int, int, int] | None:
+    """(C, H, W) of the training images of a staged .npz, from the header of its x_train alone (no image is
+    read); None where the file or that header cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x_train.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(member)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return image_shape(shape)
 
 
 def _read_npz(path: Path, keys: tuple[str, ...], optional: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Any]:

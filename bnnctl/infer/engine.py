@@ -513,10 +513,15 @@ class PackedEngine:
         return outputs
 
     def predict(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                batch_size: int = 1000) -> torch.Tensor:
-        """Predicted classes (int64, on the engine's device) for raw inputs, in batches."""
-        return torch.cat([self.logits(x[i:i + batch_size], transform).argmax(1)
-                          for i in range(0, len(x), batch_size)])
+                batch_size: int = 1000, on_batch: Callable[[int], object] | None = None) -> torch.Tensor:
+        """Predicted classes (int64, on the engine's device) for raw inputs, in batches; ``on_batch`` is told
+        each batch's number of images once it is done."""
+        predicted = []
+        for i in range(0, len(x), batch_size):
+            predicted.append(self.logits(x[i:i + batch_size], transform).argmax(1))
+            if on_batch is not None:
+                on_batch(len(predicted[-1]))
+        return torch.cat(predicted)
 
 
 def torch_int8_is_fast() -> bool:
@@ -562,21 +567,23 @@ def default_batch_size(exported: ExportedModel) -> int:
 
 def export_error(exported: ExportedModel, x: torch.Tensor, y: torch.Tensor,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None, device: torch.device,
-                 variant: str = AUTO) -> float:
-    """Test error in % of an exported model run by the packed engine (``variant``: a row of ENGINE_VARIANTS or auto)."""
+                 variant: str = AUTO, on_batch: Callable[[int], object] | None = None) -> float:
+    """Test error in % of an exported model run by the packed engine (``variant``: a row of ENGINE_VARIANTS or auto;
+    ``on_batch`` as for ``predict``)."""
     if device.type == "cuda" and not kernels.available()["cuda"]:
         raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
     if tuple(x.shape[1:]) != tuple(exported.input_shape):
         raise EngineError(f"the model takes inputs of shape {list(exported.input_shape)}, but the data has "
                           f"{list(x.shape[1:])}.")
     engine = make_engine(exported, device, variant)
-    predicted = engine.predict(x, transform, default_batch_size(exported))
+    predicted = engine.predict(x, transform, default_batch_size(exported), on_batch)
     return 100.0 * (predicted.cpu() != y.cpu()).sum().item() / max(len(y), 1)
 
 
 def engine_error(record: dict, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device, variant: str = AUTO) -> float:
+                 transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device, variant: str = AUTO,
+                 on_batch: Callable[[int], object] | None = None) -> float:
     """Test error in % of the model run by the packed engine (``bnnctl eval --engine xnor [--variant NAME]``)."""
     if device.type == "cuda" and not kernels.available()["cuda"]:
         raise EngineError("the CUDA kernels are not available here; run the engine with --device cpu.")
-    return export_error(export_model(record, model), x, y, transform, device, variant)
+    return export_error(export_model(record, model), x, y, transform, device, variant, on_batch)

@@ -17,7 +17,8 @@ from rich.console import Console
 from ..checkpoints import load_model
 from ..core.losses import LOSSES
 from ..data import load_splits
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
+from ..progress import counting
 from ..provenance import resolve_device
 from ..recipe import DataConfig, load_recipe, resolve, resolve_data
 from ..runs import RECIPE_FILE
@@ -28,6 +29,7 @@ from .float_model import float_model_from_export
 from .variants import AUTO, ENGINE_VARIANTS, default_variant
 
 ENGINES = ("float", "xnor")
+SPLITS = ("test", "valid")
 
 
 def is_export_file(path: Path) -> bool:
@@ -54,13 +56,14 @@ def _export_data(exported: ExportedModel, path: Path) -> DataConfig:
 
 def _predictions_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                        transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                       batch_size: int = 1000) -> float:
+                       on_batch: Callable[[int], object], batch_size: int = 1000) -> float:
     model = model.to(device)
     wrong = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             logits = model(transform(x[i:i + batch_size].to(device)).float())
             wrong += (logits.argmax(1).cpu() != y[i:i + batch_size].cpu()).sum().item()
+            on_batch(len(logits))
     return 100.0 * wrong / max(len(y), 1)
 
 
@@ -91,13 +94,14 @@ def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, 
     if tuple(x.shape[1:]) != tuple(exported.input_shape):
         raise UserError(f"{path} takes inputs of shape {list(exported.input_shape)}, but {splits.variant} gives "
                         f"{list(x.shape[1:])}.")
-    if engine == "xnor":
-        from .engine import export_error
-        error = export_error(exported, x, y, splits.transform, dev, variant or AUTO)
-        how = f"xnor (the packed engine on the export, {_variant_words(exported, variant, dev)})"
-    else:
-        error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev)
-        how = "float (the float model rebuilt from the export)"
+    with counting(console, f"{split} images", len(x)) as advance:
+        if engine == "xnor":
+            from .engine import export_error
+            error = export_error(exported, x, y, splits.transform, dev, variant or AUTO, advance)
+            how = f"xnor (the packed engine on the export, {_variant_words(exported, variant, dev)})"
+        else:
+            error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev, advance)
+            how = "float (the float model rebuilt from the export)"
     info = exported.info
     console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {how}, "
                   f"epoch {info.get('epoch')})", highlight=False)
@@ -114,12 +118,13 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
     """Evaluate a run folder, a best.pt or an export file. engine: "float", "xnor" or None (the default:
     float for a run, the packed engine for an export); variant: the packed engine's (``variants.ENGINE_VARIANTS``,
     None or "auto": the rule's choice for the batch)."""
-    if split not in ("test", "valid"):
-        raise UserError(f"--split must be test or valid, got {split!r}.")
+    if split not in SPLITS:
+        raise UserError(f"--split must be test or valid, got {split!r}{did_you_mean(split, SPLITS)}")
     if engine is not None and engine not in ENGINES:
-        raise UserError(f"--engine must be float or xnor, got {engine!r}.")
+        raise UserError(f"--engine must be float or xnor, got {engine!r}{did_you_mean(engine, ENGINES)}")
     if variant is not None and variant != AUTO and variant not in ENGINE_VARIANTS:
-        raise UserError(f"unknown --variant {variant!r}; choose {AUTO} or one of {', '.join(ENGINE_VARIANTS)}.")
+        raise UserError(f"unknown --variant {variant!r}; choose {AUTO} or one of {', '.join(ENGINE_VARIANTS)}"
+                        f"{did_you_mean(variant, [AUTO, *ENGINE_VARIANTS])}")
     variant = None if variant == AUTO else variant
     run = Path(run)
     export = (run.is_file() and is_export_file(run)) or (run.suffix == EXPORT_SUFFIX and not run.is_dir())
@@ -136,17 +141,18 @@ def run_eval(run: Path, split: str, engine: str | None, device: str, data_dir: P
         console.print(f"[yellow]note:[/] trained on {recipe.data.variant}, evaluating on {splits.variant}")
     x, y = splits.split(split)
     how = engine
-    if engine == "xnor":
-        from .engine import export_error
-        from .fold import export_model
+    with counting(console, f"{split} images", len(x)) as advance:
+        if engine == "xnor":
+            from .engine import export_error
+            from .fold import export_model
 
-        exported = export_model(record, model)
-        error = export_error(exported, x, y, splits.transform, dev, variant or AUTO)
-        how = f"xnor ({_variant_words(exported, variant, dev)})"
-    else:
-        model = model.to(dev)
-        _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe.train.loss],
-                            recipe.train.eval_batch_size, dev)
+            exported = export_model(record, model)
+            error = export_error(exported, x, y, splits.transform, dev, variant or AUTO, advance)
+            how = f"xnor ({_variant_words(exported, variant, dev)})"
+        else:
+            model = model.to(dev)
+            _, error = evaluate(model, x, y, splits.transform, LOSSES[recipe.train.loss],
+                                recipe.train.eval_batch_size, dev, on_batch=advance)
     console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {how}, "
                   f"epoch {record['epoch']})", highlight=False)
     key = "test_error_pct" if split == "test" else "valid_error_pct"

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from ..errors import EnvironmentFailure
 from ..files import atomic_write_text, remove_stale_temporaries
+from ..progress import counting
 from ..provenance import git_commit
 from .bnnx import EXPORT_SUFFIX, EXPORT_VERSION, load_export, save_export
 from .exported import ExportError
@@ -81,9 +82,13 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
     record_path = out.parent / f"{out.stem}.export.json"
     _check_replaceable(out, record_path)
     remove_stale_temporaries(out.parent, [out.name, record_path.name])  # of an export killed while writing
-    exported = export_model(record, model)
-    size = save_export(exported, out)
-    load_export(out)  # what was written reads back
+    with counting(console, "folding layer 1", None) as advance:  # then writing and reading back: 2 more steps
+        exported = export_model(record, model, on_layer=lambda done, layers: advance(
+            description=f"folding layer {done + 1}" if done < layers else f"writing {out.name}", total=layers + 2))
+        size = save_export(exported, out)
+        advance(description=f"reading {out.name} back")
+        load_export(out)  # what was written reads back
+        advance()
     float_params = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
     binary_layer_float_bytes = 4 * exported.binary_weights
     summary = {

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -246,8 +246,10 @@ def _pack_signs(weight: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export_model(record: dict[str, Any], model: nn.Sequential) -> ExportedModel:
-    """Fold a trained model (eval mode) and its ``best.pt`` record into an ExportedModel."""
+def export_model(record: dict[str, Any], model: nn.Sequential,
+                 on_layer: Callable[[int, int], object] | None = None) -> ExportedModel:
+    """Fold a trained model (eval mode) and its ``best.pt`` record into an ExportedModel; ``on_layer`` is told
+    (layers folded, layers) after each binary layer."""
     input_shape = tuple(record["input_shape"])
     encoding = input_encoding(record.get("recipe", {}))
     model.eval()
@@ -274,6 +276,8 @@ def export_model(record: dict[str, Any], model: nn.Sequential) -> ExportedModel:
             else:
                 layer.tensors["threshold"] = _int32(integer_thresholds(direction, threshold, 1, layer.fan_in))
         layers.append(layer)
+        if on_layer is not None:
+            on_layer(len(layers), len(blocks))
     recipe = record.get("recipe", {})
     info = {"recipe": recipe.get("name"), "dataset": record.get("dataset"), "variant": record.get("variant"),
             "epoch": record.get("epoch"), "test_error_pct": record.get("test_error_pct")}

@@ -13,9 +13,9 @@ import dataclasses
 from typing import Any
 
 from ..data import DATASET_CLASSES, DATASET_IMAGE_SHAPES, available_memory, physical_memory, wants_npz
-from ..errors import EnvironmentFailure
+from ..errors import EnvironmentFailure, suggestion
 from .fields import REQUIRED, RecipeError, checked_value, clipped, excerpt
-from .schema import DataConfig, ModelConfig, Recipe, Section
+from .schema import DataConfig, ModelConfig, Recipe, Section, closest_key
 
 
 def build_section(cls: type[Section], node: Any, where: str, source: str) -> Section:
@@ -26,7 +26,8 @@ def build_section(cls: type[Section], node: Any, where: str, source: str) -> Sec
     unknown = sorted(set(node) - set(fields), key=str)
     if unknown:
         key = clipped(f"{where}.{unknown[0]}" if where else str(unknown[0]))
-        raise RecipeError(f"{source}: unknown key '{key}' (allowed here: {', '.join(sorted(fields))}).")
+        allowed = f" (allowed here: {', '.join(sorted(fields))})."
+        raise RecipeError(f"{source}: unknown key '{key}'{suggestion(closest_key(key), allowed)}")
     sections = getattr(cls, "SECTIONS", {})
     values: dict[str, Any] = {}
     for name, item in fields.items():

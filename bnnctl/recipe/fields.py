@@ -9,12 +9,13 @@ holds the ``Field``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 REQUIRED = object()
 NUM = (int, float)
@@ -53,6 +54,27 @@ class Field:
         if self.high is not None:
             parts.append(bound(self.high, self.high_open, "less than", "at most"))
         return " and ".join(parts)
+
+    def type_text(self) -> str:
+        """What the value may be, briefly: 'int, at least 1', 'mnist | cifar10 | svhn', '[number, number], each ...'."""
+        if self.choices is not None:
+            text = " | ".join(map(str, self.choices))
+        elif self.items is not None:
+            item = _short_type(self.items)
+            text = f"[{', '.join([item] * self.length)}]" if self.length is not None else f"[{item}, ...]"
+        else:
+            text = _short_type(self.types)
+        bounds = self.range_text()
+        text += f", {'each ' if self.items is not None else ''}{bounds}" if bounds else ""
+        return text + (", or null" if self.nullable else "")
+
+    def default_text(self) -> str:
+        """The default as YAML writes it ('null', 'true', '[0.9, 0.999]'), or 'required'."""
+        if self.default is REQUIRED:
+            return "required"
+        if isinstance(self.default, str):
+            return self.default or '""'
+        return json.dumps(list(self.default) if isinstance(self.default, tuple) else self.default)
 
     def in_range(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -115,6 +137,13 @@ def _finite(value: Any) -> bool:
         return False
 
 
+def _short_type(types: tuple[type, ...]) -> str:
+    """'int', 'number' (an int or a float), 'str', 'bool', 'list', 'int or str'."""
+    names = {int: "int", float: "number", str: "str", bool: "bool", list: "list"}
+    shown = [t for t in types if not (t is int and float in types)]
+    return " or ".join(names.get(t, t.__name__) for t in shown)
+
+
 def type_name(types: tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
@@ -144,7 +173,7 @@ def checked_value(spec: Field, key: str, value: Any, source: str) -> Any:
         raise RecipeError(f"{source}: every item of '{key}' must be {type_name(spec.items)}, got {excerpt(value)}.")
     if spec.choices is not None and value not in spec.choices:
         raise RecipeError(f"{source}: '{key}' must be one of {', '.join(map(str, spec.choices))}, "
-                          f"got {excerpt(value)}.")
+                          f"got {excerpt(value)}{did_you_mean(value, spec.choices) if isinstance(value, str) else '.'}")
     if isinstance(value, list):
         if spec.length is not None and len(value) != spec.length:
             raise RecipeError(f"{source}: '{key}' must list exactly {spec.length} values "

@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from ..errors import did_you_mean, suggestion
 from ..resources import shipped_dir
 from .checks import check_fits_memory, resolve
 from .fields import RecipeError, clipped, excerpt
-from .schema import SCHEMA, Recipe
+from .schema import SCHEMA, Recipe, closest_key
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -43,7 +44,8 @@ def apply_override(raw: dict[str, Any], key: str, value: Any, source: str) -> No
     node, schema = raw, SCHEMA
     for i, part in enumerate(parts):
         if not isinstance(schema, dict) or part not in schema:
-            raise RecipeError(f"{source}: --set names unknown key '{key}'.")
+            raise RecipeError(f"{source}: --set names unknown key '{key}'"
+                              f"{suggestion(closest_key(key), ' (bnnctl keys lists them).')}")
         schema = schema[part]
         if i < len(parts) - 1:
             node = node.setdefault(part, {})
@@ -144,7 +146,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if path.is_dir():
         find_recipe(path)  # says it is a folder
     if not path.is_file():
-        raise RecipeError(f"recipe file {source} does not exist.")
+        raise RecipeError(f"recipe file {source} does not exist{_closest_recipe(path, '.')}")
     try:
         raw = _yaml_load(path)
     except yaml.YAMLError as e:
@@ -193,8 +195,22 @@ def find_recipe(text: str | Path) -> Path:
     shipped = recipes_dir() / f"{path.name}.yaml"
     if path.suffix == "" and len(path.parts) == 1 and shipped.is_file():
         return shipped
-    names = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml")))
-    raise RecipeError(f"recipe {text} is neither a file nor a shipped recipe (shipped: {names}).")
+    shipped = f" (shipped: {', '.join(_shipped_names())})."
+    raise RecipeError(f"recipe {text} is neither a file nor a shipped recipe{_closest_recipe(path, shipped)}")
+
+
+def _shipped_names() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def _closest_recipe(path: Path, otherwise: str) -> str:
+    """'; did you mean ...?' with the recipe file in the folder ``path`` names that is closest to it, else the
+    shipped recipe whose name is closest to its name; ``otherwise`` where none is close."""
+    try:
+        beside = [str(path.parent / p.name) for p in sorted(path.parent.iterdir()) if p.suffix in (".yaml", ".yml")]
+    except OSError:
+        beside = []
+    return did_you_mean(path, beside, "") or did_you_mean(path.stem, _shipped_names(), otherwise)
 
 
 def list_recipes(directory: Path | None = None) -> list[RecipeInfo]:

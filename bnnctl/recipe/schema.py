@@ -8,6 +8,7 @@ optimizer are the keys of the table that holds those entries, beside their code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ from ..core.models import ARCHITECTURES
 from ..core.norms import NORMS
 from ..data import DATASETS, PREPROCESSORS, SPLITTERS
 from ..optim import OPTIMIZERS
-from .fields import FRACTION, NUM, POSITIVE, option
+from .fields import FRACTION, NUM, POSITIVE, Field, option
 
 SEED_MAX = 2**63 - 2  # torch seeds are 64-bit; the data order's generator is seeded with seed + 1
 
@@ -57,13 +58,14 @@ class DataConfig(Section):
     npz: str | None = option(str, None, nullable=True, help="path of a pre-staged .npz (x_train, y_train, x_test, "
                                                               "y_test)")
     train_size: int | None = option(int, None, nullable=True, ge=1, help="training images taken from the start of "
-                                                                          "train")
+                                                                          "train (fewer shorten a run)")
     valid_size: int = option(int, ge=1, help="validation images")
     split: str = option(str, "tail", choices=tuple(SPLITTERS), help="how the validation set is cut from train")
     preprocess: str = option(str, "scale", choices=tuple(PREPROCESSORS), help="scale: pixels to [-1, 1]")
-    limit_train: int | None = option(int, None, nullable=True, ge=1, help="debug: use only the first N training "
-                                                                           "images")
-    limit_test: int | None = option(int, None, nullable=True, ge=1, help="debug: use only the first N test images")
+    limit_train: int | None = option(int, None, nullable=True, ge=1, help="shortens a run: only the first N "
+                                                                           "training and validation images")
+    limit_test: int | None = option(int, None, nullable=True, ge=1, help="shortens a run: only the first N test "
+                                                                          "images")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +75,8 @@ class ModelConfig(Section):
     conv: tuple[int | str, ...] = option(list, [], items=(int, str), ge=1,
                                          help="ConvNet: channel widths, 'M' = 2x2 max-pool")
     fc: tuple[int, ...] = option(list, [], items=(int,), ge=1, help="ConvNet: hidden fully connected widths")
-    kernel_size: int = option(int, 3, ge=1, rule=_odd)
+    kernel_size: int = option(int, 3, ge=1, rule=_odd, help="ConvNet: an odd size (the convolutions pad by "
+                                                            "kernel_size // 2)")
     dropout_in: float = option(NUM, 0.0, **FRACTION)
     dropout_hidden: float = option(NUM, 0.0, **FRACTION)
     bias: bool = option(bool, True)
@@ -88,7 +91,8 @@ class ModelConfig(Section):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Section):
-    epochs: int = option(int, ge=1)
+    epochs: int = option(int, ge=1, help="epochs to train; fewer shorten a run (the LR schedule is compressed to "
+                                         "fit, see schedule.epochs)")
     batch_size: int = option(int, ge=1)
     eval_batch_size: int = option(int, 1000, ge=1)
     loss: str = option(str, "squared_hinge", choices=tuple(LOSSES))
@@ -178,3 +182,30 @@ def schema_of(cls: type[Section]) -> dict[str, Any]:
 
 # The schema as nested dicts of Field, in the recipe's order (what --set and the docs walk).
 SCHEMA: dict[str, Any] = schema_of(Recipe)
+
+
+def closest_key(key: str, schema: dict[str, Any] = SCHEMA) -> str | None:
+    """The recipe key closest to a mistyped one, part by part ('optimzer.lr' -> 'optimizer.lr', 'model.hiden' ->
+    'model.hidden'): each part that is no key where it stands replaced by the closest that is
+    (``difflib.get_close_matches``); None where some part is close to none, or the key goes past a value."""
+    found = []
+    for part in key.split("."):
+        if not isinstance(schema, dict):
+            return None
+        close = [part] if part in schema else difflib.get_close_matches(part, list(schema), n=1)
+        if not close:
+            return None
+        found.append(close[0])
+        schema = schema[close[0]]
+    return ".".join(found)
+
+
+def flat_schema(schema: dict[str, Any] = SCHEMA, prefix: str = "") -> dict[str, Field]:
+    """Every value of the recipe by its dotted key ('train.epochs'), in the recipe's order."""
+    flat: dict[str, Field] = {}
+    for name, item in schema.items():
+        if isinstance(item, dict):
+            flat.update(flat_schema(item, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = item
+    return flat

@@ -26,15 +26,8 @@ from torch import nn
 
 from ..core.layers import BinaryLayer, SignActivation
 from ..core.models import build_model
-from ..recipe import Recipe, RecipeError, load_recipe, recipes_dir
-
-# Image shape (C, H, W) and class count of each dataset the recipes name; the model's size depends
-# on them and the summary must not need the data on disk.
-DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "svhn": ((3, 32, 32), 10),
-}
+from ..data import DATASET_CLASSES, DATASET_IMAGE_SHAPES
+from ..recipe import Recipe, RecipeError, find_recipe, load_recipe
 
 # Modules that pass ±1 values on as ±1 values (at inference).
 _KEEPS_BINARY = (nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.Dropout, nn.Identity)
@@ -125,30 +118,23 @@ def summarize_model(model: nn.Sequential, input_shape: tuple[int, ...]) -> tuple
 
 
 def dataset_shape(dataset: str, source: str) -> tuple[tuple[int, int, int], int]:
-    if dataset not in DATASET_SHAPES:
+    """The image shape (C, H, W) of the dataset's original files and its class count: the model's size depends
+    on them, and the summary must not need the data on disk."""
+    if dataset not in DATASET_IMAGE_SHAPES:
         raise RecipeError(f"{source}: no image shape is known for dataset '{dataset}' "
-                          f"(known: {', '.join(sorted(DATASET_SHAPES))}).")
-    return DATASET_SHAPES[dataset]
+                          f"(known: {', '.join(sorted(DATASET_IMAGE_SHAPES))}).")
+    return DATASET_IMAGE_SHAPES[dataset], DATASET_CLASSES[dataset]
 
 
-def summarize_recipe(recipe: Recipe, source: str = "recipe") -> ModelSummary:
+def summarize_recipe(recipe: Recipe, source: str = "recipe",
+                     input_shape: tuple[int, int, int] | None = None) -> ModelSummary:
+    """The recipe's model on images of ``input_shape`` (default: the dataset's originals)."""
     dataset = recipe.data.dataset
-    input_shape, num_classes = dataset_shape(dataset, source)
+    originals, num_classes = dataset_shape(dataset, source)
+    input_shape = input_shape or originals
     with torch.device("meta"):
         model = build_model(recipe.model, input_shape, num_classes)
     return ModelSummary(recipe.name, dataset, input_shape, num_classes, summarize_model(model, input_shape))
-
-
-def find_recipe(text: str | Path) -> Path:
-    """A recipe path as given, else a shipped recipe by name ('mnist' -> recipes/mnist.yaml)."""
-    path = Path(text)
-    if path.is_file():
-        return path
-    shipped = recipes_dir() / f"{path.name}.yaml"
-    if path.suffix == "" and shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml")))
-    raise RecipeError(f"recipe {text} is neither a file nor a shipped recipe (shipped: {names}).")
 
 
 def summarize(text: str | Path) -> ModelSummary:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from ..core.evaluation import eval_sums
 from ..core.models import count_parameters
@@ -42,6 +42,7 @@ from ..allocator import use_huge_pages
 from ..checkpoints import load_run_checkpoint
 from ..files import atomic_torch_save, atomic_write_text, remove_stale_temporaries
 from ..optim import lr_at, set_lr
+from ..progress import progress_bar
 from ..provenance import command_line, environment, hardware, resolve_device
 from ..recipe import Recipe, check_memory_available, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
@@ -50,6 +51,7 @@ from . import distributed, elastic
 from .distributed import SINGLE, Ranks
 from .fast import FAST_PRESETS, pretransformed
 from .step import build_step
+from .tensorboard_log import TensorBoardLog
 
 
 class TrainingDiverged(UserError):
@@ -278,10 +280,8 @@ class Trainer:
         r = self.recipe
         epochs = r.train.epochs
         self._print_header()
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=self.console, transient=True,
-                            disable=not (interactive and self.ranks.is_main))
-        with progress:
+        progress = progress_bar(self.console, remaining=True) if interactive and self.ranks.is_main else None
+        with progress or contextlib.nullcontext():
             while self.epoch < epochs:
                 lr = lr_at(self.epoch, r.optimizer.lr, r.schedule, epochs)
                 set_lr(self.optimizer, lr)
@@ -339,22 +339,40 @@ class Trainer:
 
 def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path | None, runs_dir: Path,
                  resume: Path | None, seed: int | None, run_id: str | None,
-                 console: Console, fast: bool = False, on_epoch_end: Sequence[EpochEndHook] = ()) -> dict[str, Any]:
+                 console: Console, fast: bool = False, on_epoch_end: Sequence[EpochEndHook] = (),
+                 tensorboard: bool = False) -> dict[str, Any]:
     """Train a recipe, or resume a run, in this process, or as one rank of a torchrun launch.
 
     ``fast`` switches on ``FAST_PRESETS`` for the device, before ``overrides`` (which win);
-    ``on_epoch_end`` hooks are the Trainer's (see ``EpochTimes``).
+    ``on_epoch_end`` hooks are the Trainer's (see ``EpochTimes``); ``tensorboard`` adds the one that
+    writes the epochs' curves for TensorBoard (``tensorboard_log``).
     """
     use_huge_pages()
     elastic.check_store()
+    board = TensorBoardLog() if tensorboard else None
     ranks, dev = distributed.setup(resolve_device(device))
     try:
         result = _train(recipe, overrides, dev, data_dir, runs_dir, resume, seed, run_id,
-                        console if ranks.is_main else Console(quiet=True), fast, ranks, on_epoch_end)
+                        console if ranks.is_main else Console(quiet=True), fast, ranks,
+                        [*on_epoch_end, *([board] if board else [])])
         distributed.finish(ranks)
         return result
     finally:
+        if board is not None:
+            board.close()
         distributed.shutdown(ranks)
+
+
+def recipe_for_run(recipe: Path, overrides: list[str], seed: int | None, fast: bool, device: torch.device,
+                   run_id: str | None) -> Recipe:
+    """The recipe a new run trains: the file, then --fast's switches for the device, then --set, then --seed;
+    its name and ``run_id`` checked as folder names."""
+    preset = FAST_PRESETS["cuda" if device.type == "cuda" else "cpu"] if fast else []
+    cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    check_name(cfg.name, "the recipe name")
+    if run_id is not None:
+        check_name(run_id, "--run-id")
+    return cfg
 
 
 def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: Recipe) -> None:
@@ -424,11 +442,7 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             state = distributed.on_main(ranks, checked_checkpoint)
             cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
         else:
-            preset = FAST_PRESETS["cuda" if dev.type == "cuda" else "cpu"] if fast else []
-            cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-            check_name(cfg.name, "the recipe name")
-            if run_id is not None:
-                check_name(run_id, "--run-id")
+            cfg = recipe_for_run(recipe, overrides, seed, fast, dev, run_id)
             # Restarted by torchrun after a fault: continue the run folder the job's first attempt created.
             restart = elastic.find_restart(runs_dir, cfg, ranks, console)
             if restart is not None:
