@@ -18,7 +18,6 @@ from bnnctl.kernels import KernelError, words_for
 # the CUDA kernels must build, and a failed build fails these tests rather than skipping them.
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-ALL_ISAS = ["scalar", "avx2", "avx512vpopcntdq"]
 
 
 def pm1(x: torch.Tensor) -> torch.Tensor:
@@ -49,14 +48,6 @@ def signed_inputs(rows: int, k: int, seed: int, device="cpu") -> torch.Tensor:
 
 def expected_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (pm1(a).double() @ pm1(b).double().T).to(torch.int32).cpu()
-
-
-@pytest.fixture(params=ALL_ISAS)
-def isa(request):
-    if request.param not in kernels.supported_cpu_isas():
-        pytest.skip(f"this CPU has no {request.param}")
-    with kernels.use_cpu_isa(request.param):
-        yield request.param
 
 
 # (m, n, k): single rows and columns, k around the 32/64-bit word edges, the AVX2 vector (256 bits),

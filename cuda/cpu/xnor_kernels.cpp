@@ -155,6 +155,11 @@ void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, in
   }
 }
 
+void xnor_few_rows(Isa isa, const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
+                   int64_t n0, int64_t n1, const FewRowsOutput& out) {
+  kernels_for(isa).few_rows(a, rows, words, k, b_panels, n0, n1, out);
+}
+
 void conv_threshold_rows(Isa isa, const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out) {
   kernels_for(isa).conv_threshold_rows(t, r0, r1, scratch, out);
 }
