@@ -50,6 +50,9 @@ from .fold import export_model
 
 HIDDEN_MODES = ("xnor", "float")
 PLANES = 8
+# How a batch runs: the Python loop over the layers below, or the whole network in one native call
+# (native_engine.NativePlan: XNOR hidden layers on a CPU, first layer bitplane or float; the same results).
+VARIANTS = ("layers", "plan")
 
 
 class EngineError(UserError):
@@ -437,11 +440,13 @@ class PackedEngine:
     first_layer: one of FIRST_LAYERS ("bitplane" and "integer" for 8-bit inputs only) or "auto"
     (bitplane when the model takes 8-bit inputs, else float). hidden: "xnor" (packed bits) or "float"
     (the baseline float kernel on +/-1 floats). xnor_impl: which ``kernels.xnor_gemm`` (``impl=``:
-    "tuned", "csa", "paper", "tc"; on CPU they are one kernel).
+    "tuned", "csa", "paper", "tc"; on CPU they are one kernel). variant: "layers" (this module's loop over the
+    layers) or "plan" (the whole network in one native call, ``native_engine.NativePlan``; CPU, hidden "xnor",
+    first layer bitplane or float).
     """
 
     def __init__(self, exported: ExportedModel, device: torch.device | str = "cpu", first_layer: str = "auto",
-                 hidden: str = "xnor", xnor_impl: str = "tuned"):
+                 hidden: str = "xnor", xnor_impl: str = "tuned", variant: str = "layers"):
         if first_layer != "auto" and first_layer not in FIRST_LAYERS:
             raise EngineError(f"first_layer must be auto, {', '.join(FIRST_LAYERS)}, got {first_layer!r}.")
         if hidden not in HIDDEN_MODES:
@@ -453,7 +458,18 @@ class PackedEngine:
             raise EngineError(f"the {first_layer} first layer needs a model trained on 8-bit images scaled as "
                               "2x/255 - 1; this one takes other inputs, so use the float first layer.")
         self.exported, self.device = exported, torch.device(device)
-        self.first_layer, self.hidden = first_layer, hidden
+        self.first_layer, self.hidden, self.variant = first_layer, hidden, variant
+        self.plan = None
+        if variant not in VARIANTS:
+            raise EngineError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
+        if variant == "plan":
+            if self.device.type != "cpu" or hidden != "xnor" or first_layer not in ("bitplane", "float"):
+                raise EngineError("the plan variant runs XNOR hidden layers on a CPU, with a bitplane or float first "
+                                  f"layer; this engine asks for {first_layer} first and {hidden} hidden layers on "
+                                  f"{self.device.type}.")
+            from .native_engine import NativePlan
+            self.plan = NativePlan(exported, first_layer)
+            return
         packed = hidden == "xnor"
         first, *rest = exported.layers
         self.first = _FirstLayer(first, self.device, packed, xnor_impl, first_layer)
@@ -463,6 +479,9 @@ class PackedEngine:
 
     def _outputs(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None):
         """Each layer's output in the engine's own form (packed words or +/-1 floats), then the logits."""
+        if self.plan is not None:
+            yield from self.plan.outputs(x, transform)
+            return
         x = x.to(self.device)
         if transform is None:
             transform = scale_to_pm1 if self.exported.input_encoding == UINT8_SCALE else (lambda t: t.float())
@@ -476,6 +495,8 @@ class PackedEngine:
     def logits(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """float64 logits of a batch of raw inputs. ``transform`` maps them to the float model's inputs
         (default: 2x/255 - 1 for 8-bit models, else the inputs as floats)."""
+        if self.plan is not None:
+            return self.plan.logits(x, transform)
         *_, logits = self._outputs(x, transform)
         return logits
 

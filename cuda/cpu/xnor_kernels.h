@@ -54,6 +54,9 @@ struct ConvInput {
 };
 // pack_panels for that im2col matrix, gathered straight from the image: no im2col copy in memory.
 void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uint64_t* out);
+// The same for im2col rows [row0, row0 + rows) only, into panels numbered from 0 (row row0 + p * width + i is row i
+// of panel p; rows past the range are zero).
+void pack_conv_rows(const ConvInput& x, int width, int64_t row0, int64_t rows, uint64_t* out);
 
 // Panels [p0, p1) of b's rows for isa's micro-kernel: panel_shape(isa).cols rows each, in pack_panels' layout or,
 // for AVX2, 32-bit half-words interleaved (half h of word w of the panel's row i at uint32 [(w * 2 + h) * cols + i]).
