@@ -30,7 +30,8 @@ from ..resources import shipped_dir
 SOURCE_DIR = shipped_dir("cuda")
 # Paths below cuda/. The CPU XNOR kernels (packing, the GEMM's macro-kernel, one file of micro-kernels per
 # instruction set, the few-row kernels), the native plan with its .bnnx reader, and the fused training step's
-# kernels: plain C++ without torch headers, seconds to compile.
+# kernels: plain C++ without torch headers, seconds to compile. cuda/CMakeLists.txt builds the same plan and kernels
+# into the C library.
 CPU_KERNEL_SOURCES = ["cpu/xnor_kernels.cpp", "cpu/xnor_scalar.cpp", "cpu/xnor_avx2.cpp", "cpu/xnor_avx512.cpp",
                       "cpu/xnor_rows.cpp", "cpu/xnor_plan.cpp", "cpu/bnnx_reader.cpp", "cpu/bnnx_json.cpp",
                       "cpu/sha256.cpp"]
