@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_images_the_model_cannot_take_are_refused(build, tmp_path):
                           ("ragged.raw", "takes 63 per image"), ("absent.raw", "cannot be read")]:
         done = classify(build, tmp_path / "m.bnnx", tmp_path / name)
         assert done.returncode == 2 and message in done.stderr, (name, done.stderr)
+
+
+def test_the_readme_example_builds_and_classifies(build, tmp_path):
+    """The C example of the README's "embedding it in C" section, compiled against the library as it says."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("embedding it in C"):]
+    source = re.search(r"```c\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "classify.c").write_text(source)
+    done = subprocess.run([C_COMPILER, "-std=c99", "-Wall", "-Werror", str(tmp_path / "classify.c"), "-I",
+                           str(REPO / "cuda" / "c"), "-L", str(build), "-lbnnctl", f"-Wl,-rpath,{build}", "-o",
+                           str(tmp_path / "classify")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    exported, shape = odd_model("convnet-odd")
+    save_export(exported, tmp_path / "m.bnnx")
+    x = images(9, shape, 8)
+    (tmp_path / "x.raw").write_bytes(x.numpy().tobytes())
+    run = subprocess.run([str(tmp_path / "classify"), str(tmp_path / "m.bnnx"), str(tmp_path / "x.raw")],
+                         capture_output=True, text=True)
+    assert torch.equal(classes_of(run), PackedEngine(exported).logits(x).argmax(1))
