@@ -19,13 +19,15 @@
 
 namespace {
 
-// The plan's loops on OpenMP threads: one contiguous chunk of the tasks per thread.
+// The plan's loops on OpenMP threads, one contiguous chunk of the tasks per thread; on the calling thread alone in a
+// build without OpenMP.
 class OpenMpParallel final : public bnn_cpu::Parallel {
  public:
   explicit OpenMpParallel(int threads) : threads_(threads) {}
 
   void run(int64_t tasks, int64_t grain, const std::function<void(int64_t, int64_t)>& body) const override {
     if (tasks <= 0) return;
+    (void)grain;  // without OpenMP every task runs here
 #ifdef _OPENMP
     const int64_t wanted = threads_ > 0 ? threads_ : omp_get_max_threads();
     const int64_t threads = std::min<int64_t>(wanted, (tasks + grain - 1) / std::max<int64_t>(grain, 1));
