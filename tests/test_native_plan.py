@@ -29,10 +29,11 @@ from tests.test_export_engine import REPO, images, perturb_norms, prepared, quan
 from tests.test_kernels import expected_product, signed_inputs
 
 # Models with layer widths off the panel (4, 8, 32 columns) and word (64) edges, odd input sizes (63 inputs: a
-# ragged last word) and a max-pool that drops a ragged edge (5 x 5 pooled by 2).
+# ragged last word), convolutions with and without a max-pool after them (the comparison flipped after the max, or
+# the weights negated), and a max-pool that drops a ragged edge (5 x 5 pooled by 2).
 ODD_ARCHS = {
     "mlp-odd": ("mnist.yaml", ["model.hidden=[100,37]"], (1, 9, 7)),
-    "convnet-odd": ("cifar10.yaml", ["model.conv=[5,M,33,M,70]", "model.fc=[65]"], (3, 10, 10)),
+    "convnet-odd": ("cifar10.yaml", ["model.conv=[5,33,M,70,M]", "model.fc=[65]"], (3, 10, 10)),
 }
 BATCHES = list(range(1, 10)) + [40]
 
