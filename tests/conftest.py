@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# The CPU kernels' instruction sets (bnnctl.kernels.supported_cpu_isas: those this CPU runs).
+ALL_ISAS = ["scalar", "avx2", "avx512vpopcntdq"]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -77,3 +79,14 @@ def mnist_raw(tmp_path: Path, monkeypatch) -> Path:
     md5s = {name: hashlib.md5((raw / name).read_bytes()).hexdigest() for name in files}
     monkeypatch.setattr("bnnctl.data.mnist._mnist_md5s", lambda: md5s)
     return root
+
+
+@pytest.fixture(params=ALL_ISAS)
+def isa(request):
+    """The test once per instruction set, the CPU kernels forced onto it (kernels.use_cpu_isa); the ones this CPU
+    cannot run skip."""
+    from bnnctl import kernels  # here, so that collecting the tests needs no torch
+    if request.param not in kernels.supported_cpu_isas():
+        pytest.skip(f"this CPU has no {request.param}")
+    with kernels.use_cpu_isa(request.param):
+        yield request.param

@@ -27,7 +27,8 @@ def test_the_wheel_holds_every_subpackage_the_recipes_and_the_kernel_sources(whe
         assert init.relative_to(REPO).as_posix() in names
     for recipe in (REPO / "recipes").glob("*.yaml"):
         assert f"bnnctl/recipes/{recipe.name}" in names
-    sources = [path for pattern in ("*.cpp", "*.cu", "*.h") for path in (REPO / "cuda").rglob(pattern)]
+    sources = [path for pattern in ("*.cpp", "*.cu", "*.h", "*.c", "CMakeLists.txt")
+               for path in (REPO / "cuda").rglob(pattern)]
     assert any(source.parent != REPO / "cuda" for source in sources)  # the subfolders are searched
     for source in sources:
         assert f"bnnctl/cuda/{source.relative_to(REPO / 'cuda').as_posix()}" in names

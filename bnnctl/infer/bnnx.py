@@ -61,6 +61,13 @@ def _digest(fixed: bytes, rest: bytes | memoryview) -> bytes:
 def save_export(exported: ExportedModel, path: Path | str) -> int:
     """Write the export file (format version EXPORT_VERSION, with its checksum) atomically; returns its
     size in bytes."""
+    data = export_bytes(exported)
+    atomic_write_bytes(Path(path), data)
+    return len(data)
+
+
+def export_bytes(exported: ExportedModel) -> bytes:
+    """The export file's bytes, as ``save_export`` writes them (the native plan is built from them)."""
     blobs: list[bytes] = []
     offset = 0
 
@@ -87,9 +94,7 @@ def save_export(exported: ExportedModel, path: Path | str) -> int:
     text += b" " * (-(_FIXED + _DIGEST + len(text)) % ALIGN)
     fixed = MAGIC + struct.pack("<II", EXPORT_VERSION, len(text))
     rest = text + b"".join(blobs)
-    data = fixed + _digest(fixed, rest) + rest
-    atomic_write_bytes(Path(path), data)
-    return len(data)
+    return fixed + _digest(fixed, rest) + rest
 
 
 def _damaged(path: Path, what: str) -> DamagedExport:

@@ -37,7 +37,7 @@ answers are too.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,9 @@ from .variants import AUTO, ENGINE_VARIANTS, EngineVariant, check_variant, defau
 
 HIDDEN_MODES = ("xnor", "float")
 PLANES = 8
+# How a batch runs: the Python loop over the layers below, or the whole network in one native call
+# (native_engine.NativePlan: XNOR hidden layers on a CPU, first layer bitplane or float; the same results).
+VARIANTS = ("layers", "plan")
 
 
 class EngineError(UserError):
@@ -436,14 +439,17 @@ class PackedEngine:
     """An exported model prepared on a device.
 
     first_layer: one of FIRST_LAYERS ("bitplane", "integer" and "int8" for 8-bit inputs only) or "auto": for
-    each batch, the first layer of the variant ``variants.default_variant`` picks for that many images among
-    those this engine's hidden layers and kernel run (the fallback, xnor, has the float first layer). hidden:
-    "xnor" (packed bits) or "float" (the baseline float kernel on +/-1 floats). xnor_impl: which
-    ``kernels.xnor_gemm`` (``impl=``: "tuned", "csa", "paper", "tc"; on CPU they are one kernel).
+    each batch, the variant ``variants.default_variant`` picks for that many images among those this engine can
+    run (the fallback, xnor, has the float first layer). hidden: "xnor" (packed bits) or "float" (the baseline
+    float kernel on +/-1 floats). xnor_impl: which ``kernels.xnor_gemm`` (``impl=``: "tuned", "csa", "paper",
+    "tc"; on CPU they are one kernel). variant: "layers" (this module's loop over the layers, or, with the first
+    layer "auto" on a CPU, the native plan for the batches the rule gives to it) or "plan" (always the whole
+    network in one native call, ``native_engine.NativePlan``; CPU, hidden "xnor", first layer auto, bitplane or
+    float).
     """
 
     def __init__(self, exported: ExportedModel, device: torch.device | str = "cpu", first_layer: str = "auto",
-                 hidden: str = "xnor", xnor_impl: str = "tuned"):
+                 hidden: str = "xnor", xnor_impl: str = "tuned", variant: str = "layers"):
         if first_layer != "auto" and first_layer not in FIRST_LAYERS:
             raise EngineError(f"first_layer must be auto, {', '.join(FIRST_LAYERS)}, got {first_layer!r}.")
         if hidden not in HIDDEN_MODES:
@@ -453,7 +459,19 @@ class PackedEngine:
             raise EngineError(f"the {first_layer} first layer needs a model trained on 8-bit images scaled as "
                               "2x/255 - 1; this one takes other inputs, so use the float first layer.")
         self.exported, self.device = exported, torch.device(device)
-        self.first_layer, self.hidden, self.xnor_impl = first_layer, hidden, xnor_impl
+        self.first_layer, self.hidden, self.xnor_impl, self.variant = first_layer, hidden, xnor_impl, variant
+        self.plan = None
+        self._plans: dict[str, Any] = {}  # first layer -> NativePlan, built when the rule first picks it
+        if variant not in VARIANTS:
+            raise EngineError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
+        if variant == "plan":
+            if self.device.type != "cpu" or hidden != "xnor" or first_layer not in ("auto", "bitplane", "float"):
+                raise EngineError("the plan variant runs XNOR hidden layers on a CPU, with a bitplane or float first "
+                                  f"layer; this engine asks for {first_layer} first and {hidden} hidden layers on "
+                                  f"{self.device.type}.")
+            from .native_engine import NativePlan
+            self.plan = NativePlan(exported, first_layer)
+            return
         packed = hidden == "xnor"
         first, *rest = exported.layers
         self._firsts: dict[str, _FirstLayer] = {}
@@ -470,22 +488,48 @@ class PackedEngine:
         return self._firsts[mode]
 
     def _runs(self, name: str) -> bool:
-        """Whether this engine runs the named variant (same hidden layers and kernel; only its first layer differs)."""
+        """Whether this engine runs the named variant: its own layers with another first layer (same hidden
+        layers and kernel), or, choosing per batch on a CPU, the native plan (the tuned XNOR kernel)."""
         v = ENGINE_VARIANTS[name]
+        if v.builder == "plan":
+            return (self.first_layer == "auto" and self.device.type == "cpu" and self.hidden == "xnor"
+                    and self.xnor_impl == "tuned")
         return v.builder == "packed" and v.hidden == self.hidden and v.xnor_impl == self.xnor_impl
+
+    def variant_for(self, batch: int) -> str | None:
+        """The row of ``variants.ENGINE_VARIANTS`` this engine runs a batch of ``batch`` images as (None: an
+        explicit first layer or variant given when it was built)."""
+        if self.first_layer != "auto" or self.plan is not None:
+            return None
+        return default_variant(self.exported, self.device.type, batch, torch_int8_is_fast(), among=self._runs)
 
     def first_layer_for(self, batch: int) -> str:
         """The first layer this engine runs a batch of ``batch`` images on."""
-        if self.first_layer != "auto":
-            return self.first_layer
-        name = default_variant(self.exported, self.device.type, batch, torch_int8_is_fast(), among=self._runs)
-        return ENGINE_VARIANTS[name].first_layer
+        name = self.variant_for(batch)
+        return self.first_layer if name is None else ENGINE_VARIANTS[name].first_layer
+
+    def _plan_for(self, batch: int):
+        """The native plan that runs a batch of ``batch`` images, or None where this engine's own layers do."""
+        if self.plan is not None:
+            return self.plan
+        name = self.variant_for(batch)
+        if name is None or ENGINE_VARIANTS[name].builder != "plan":
+            return None
+        first_layer = ENGINE_VARIANTS[name].first_layer
+        if first_layer not in self._plans:
+            from .native_engine import NativePlan
+            self._plans[first_layer] = NativePlan(self.exported, first_layer)
+        return self._plans[first_layer]
 
     def _outputs(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None):
         """Each layer's output in the engine's own form (packed words or +/-1 floats), then the logits."""
-        x = x.to(self.device)
         if transform is None:
             transform = own_transform(self.exported)
+        plan = self._plan_for(len(x))
+        if plan is not None:
+            yield from plan.outputs(x, transform)
+            return
+        x = x.to(self.device)
         out = self._first(self.first_layer_for(len(x)))(x, lambda: transform(x).float().contiguous())
         yield out
         for layer in self.rest:
@@ -496,6 +540,9 @@ class PackedEngine:
     def logits(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """float64 logits of a batch of raw inputs. ``transform`` maps them to the float model's inputs (the
         model's own preprocessing, ``data.input_transform``; default: 2x/255 - 1, for 8-bit models only)."""
+        plan = self._plan_for(len(x))
+        if plan is not None:  # the logits alone, without every layer's outputs
+            return plan.logits(x, own_transform(self.exported) if transform is None else transform)
         *_, logits = self._outputs(x, transform)
         return logits
 
@@ -545,6 +592,7 @@ def own_transform(exported: ExportedModel) -> Callable[[torch.Tensor], torch.Ten
 # EngineVariant.builder -> (exported, device, variant) -> an engine with logits(x, transform) and predict().
 BUILDERS: dict[str, Callable[[ExportedModel, torch.device, EngineVariant], "PackedEngine"]] = {
     "packed": lambda exported, device, v: PackedEngine(exported, device, v.first_layer, v.hidden, v.xnor_impl),
+    "plan": lambda exported, device, v: PackedEngine(exported, device, v.first_layer, variant="plan"),
 }
 
 

@@ -21,7 +21,11 @@ timing is taken at run time); ``DEFAULT_RULE`` says it in words, and each branch
   ``xnor-integer``: without VNNI torch's ``_int_mm`` is a plain loop (on an AVX2 Zen 3, 1,000 rows of
   784 x 4096 took 21 s where the fp32 matmul takes tens of ms), and the integer first layer beat the bit
   planes there (3.8 s against 5.5 s, ``results/bench/20261127T132144-cpu-mnist-mlp.json``).
-* On a CPU, smaller batches: ``xnor-bitplane``. A few rows of 784 pixels are too little work for a GEMM
+* On a CPU, smaller batches: the native plan (``plan-bitplane`` for 8-bit models, else ``plan``), the whole
+  network in one native call with few-row XNOR kernels that threshold and pack the next layer's input in
+  their output: one image of the MNIST MLP 784-4096x3-10 in 0.38 ms against 2.16 for the per-layer loop
+  (AVX2 Zen 3, one thread, loaded machine, ``scripts/plan_latency.py``). Where the plan cannot run (a GPU, or
+  the engine built with another kernel), ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM
   library to amortise its call (and for an int8 one without VNNI, a plain loop per row); eight bit-plane rows
   on the XNOR kernel read the first layer's weights as 1 bit each. On the AVX2 Zen 3, one thread, a loaded
   machine (``bnnctl bench --model mnist-mlp --batch 1``): 1.8 ms median against 3.9 for the integer, 9.8 for
@@ -114,6 +118,11 @@ ENGINE_VARIANTS: dict[str, EngineVariant] = {
     "xnor-bitplane": EngineVariant("XNOR kernels; first layer on the 8 bit planes (the paper's Algorithm 5)",
                                    "bitplane", models=_EIGHT_BIT_MODELS, fits=(_eight_bit,)),
     "xnor": EngineVariant("XNOR kernels; first layer on the float baseline kernel (the paper's setup)", "float"),
+    "plan-bitplane": EngineVariant("the whole network in one native call (few-row XNOR kernels, threshold and "
+                                   "packing in their output); first layer on the 8 bit planes", "bitplane",
+                                   devices=("cpu",), models=_EIGHT_BIT_MODELS, fits=(_eight_bit,), builder="plan"),
+    "plan": EngineVariant("the whole network in one native call; first layer on the float baseline kernel", "float",
+                          devices=("cpu",), builder="plan"),
     "baseline": EngineVariant("every layer on the float baseline kernel, +/-1 floats (the paper's reference)",
                               "float", hidden="float", fits=(_float_fits,)),
     "xnor-paper": EngineVariant("as xnor, XNOR on the paper-style 16x16 tiled kernel", "float", xnor_impl="paper",
@@ -128,7 +137,8 @@ ENGINE_VARIANTS: dict[str, EngineVariant] = {
 AUTO = "auto"
 
 DEFAULT_RULE = (f"the fastest exact variant for the batch: xnor for a model not trained on 8-bit images scaled to "
-                f"[-1, 1]; on a GPU xnor-integer; on a CPU xnor-bitplane below {LARGE_BATCH} images per call, "
+                f"[-1, 1] (plan on a CPU below {LARGE_BATCH} images per call); on a GPU xnor-integer; on a CPU "
+                f"plan-bitplane below {LARGE_BATCH} images per call, "
                 f"from {LARGE_BATCH} xnor-int8 where torch's int8 matmul has VNNI or AMX, else xnor-integer")
 
 
@@ -137,7 +147,7 @@ def _preferences(device_type: str, batch: int, fast_int8: bool) -> tuple[str, ..
     if device_type != "cpu":
         return "xnor-integer", "xnor-bitplane", "xnor"
     if batch < LARGE_BATCH:
-        return "xnor-bitplane", "xnor-integer", "xnor"
+        return "plan-bitplane", "plan", "xnor-bitplane", "xnor-integer", "xnor"
     return ("xnor-int8", "xnor-integer", "xnor-bitplane", "xnor") if fast_int8 else \
         ("xnor-integer", "xnor-bitplane", "xnor")
 

@@ -29,8 +29,9 @@ from ..errors import UserError
 from .build import KernelBuildError, LoadedExtension, load_extension
 
 __all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "pack_ge", "threshold_bounds", "xnor_gemm",
-           "baseline_gemm", "conv_threshold", "xnor_conv", "available", "words_for", "cpu_isa", "supported_cpu_isas",
-           "use_cpu_isa", "native_ops", "XNOR_IMPLS", "MAX_K"]
+           "baseline_gemm", "conv_threshold", "xnor_conv", "xnor_few_rows", "available", "words_for", "cpu_isa",
+           "supported_cpu_isas", "use_cpu_isa", "native_ops", "PlanRefused", "create_plan", "release_plan", "plan_info",
+           "plan_logits", "plan_trace", "XNOR_IMPLS", "MAX_K", "MAX_FEW_ROWS"]
 
 # xnor_gemm(impl=...) -> the torch.ops.bnnctl op that implements it.
 XNOR_IMPLS = {"tuned": "xnor_gemm", "csa": "xnor_gemm_csa", "paper": "xnor_gemm_paper", "tc": "xnor_tc_gemm"}
@@ -41,6 +42,8 @@ MAX_K = 2 ** 31 - 2
 CUDA_MAX_ROWS = {"tuned": 65535 * 128, "csa": 65535 * 128, "paper": 65535 * 16, "tc": 65535 * 128,
                  "baseline": 65535 * 16}
 CUDA_TC_MAX_K = 2 ** 29
+# Rows the few-row kernels take at once (cuda/cpu/xnor_kernels.h kMaxFewRows).
+MAX_FEW_ROWS = 8
 
 
 class KernelError(UserError):
@@ -262,6 +265,69 @@ def xnor_conv(x: torch.Tensor, b: torch.Tensor, kernel: int, padding: int) -> to
         raise KernelError(f"xnor_conv() takes x (N, H, W, words) and b (out, words), got {_describe(x)} and "
                           f"{_describe(b)}")
     return native_ops().xnor_conv(x.contiguous(), b.contiguous(), int(kernel), int(padding))
+
+
+def xnor_few_rows(a: torch.Tensor, b: torch.Tensor, k: int, bound: torch.Tensor | None = None, planes: bool = False,
+                  words_per_call: int = 1) -> torch.Tensor:
+    """The few-row XNOR kernel (GEMV-shaped, for 1 to MAX_FEW_ROWS rows of a) with its fused epilogue, on a CPU:
+    int32 (rows, n) = xnor_gemm(a, b, k); with ``bound`` (n int32) the packed bits (rows, ceil(n / 64)) of
+    ``product >= bound`` straight from the kernel's outputs; with ``planes`` a's rows are bit planes 0, 1, ... of
+    one input and the one output row is sum over r of 2^r times row r's products. The plan runs dense layers on it;
+    ``words_per_call`` (64 outputs each) sets how the columns are split between calls, as the plan's threads split
+    them."""
+    k = _check_packed(a, k, "xnor_few_rows()", "a")
+    _check_packed(b, k, "xnor_few_rows()", "b")
+    if a.device.type != "cpu" or b.device.type != "cpu" or not 1 <= a.shape[0] <= MAX_FEW_ROWS:
+        raise KernelError(f"xnor_few_rows() takes 1 to {MAX_FEW_ROWS} rows of a and b on the CPU, got "
+                          f"{a.shape[0]} rows on {a.device.type} and b on {b.device.type}")
+    if bound is not None and (not _is_dense(bound) or bound.dtype != torch.int32 or bound.shape != (b.shape[0],)):
+        raise KernelError(f"xnor_few_rows() takes bound as {b.shape[0]} int32 values, got {_describe(bound)}")
+    return native_ops().xnor_few_rows(a.contiguous(), b.contiguous(), k,
+                                      None if bound is None else bound.contiguous(), bool(planes), int(words_per_call))
+
+
+# plan_create's statuses (cuda/glue/plan_ops.cpp PlanStatus): why an export was refused.
+_PLAN_REFUSALS = {1: "not_export", 2: "version", 3: "damaged", 4: "cannot_run"}
+
+
+class PlanRefused(KernelError):
+    """The native plan refused an export: ``reason`` is not_export, version, damaged (the checks of
+    ``infer.bnnx.read_export``, made by the native reader) or cannot_run (the plan cannot run the model as asked)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def create_plan(data: bytes, name: str, first_layer: str = "auto") -> int:
+    """A native plan (``cuda/cpu/xnor_plan.h``) of a .bnnx file's bytes, for the CPU instruction set in use now;
+    returns its handle (``release_plan`` frees it). ``name`` names the file in messages; first_layer: "bitplane",
+    "float" or "auto". The bytes are checked as ``infer.bnnx.read_export`` checks them: PlanRefused otherwise."""
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    handle, status, message = native_ops().plan_create(raw, str(name), first_layer)
+    if status:
+        raise PlanRefused(_PLAN_REFUSALS[status], message)
+    return handle
+
+
+def release_plan(handle: int) -> None:
+    native_ops().plan_release(handle)
+
+
+def plan_info(handle: int) -> tuple[str, str, int, int]:
+    """(instruction set, first layer, values per input, classes) of a plan."""
+    return tuple(native_ops().plan_info(handle))
+
+
+def plan_logits(handle: int, x: torch.Tensor) -> torch.Tensor:
+    """float64 logits (n, classes) of a batch x (n, ...): contiguous uint8 (bitplane) or float32 (float) on the CPU."""
+    return native_ops().plan_logits(handle, x)
+
+
+def plan_trace(handle: int, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each binarizing layer's packed output (int64 words: (n, words) dense, (n, H, W, words) conv), then the
+    logits."""
+    return list(native_ops().plan_trace(handle, x))
 
 
 def baseline_gemm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -29,11 +29,15 @@ from ..resources import shipped_dir
 
 SOURCE_DIR = shipped_dir("cuda")
 # Paths below cuda/. The CPU XNOR kernels (packing, the GEMM's macro-kernel, one file of micro-kernels per
-# instruction set) and the fused training step's kernels: plain C++ without torch headers, seconds to compile.
-CPU_KERNEL_SOURCES = ["cpu/xnor_kernels.cpp", "cpu/xnor_scalar.cpp", "cpu/xnor_avx2.cpp", "cpu/xnor_avx512.cpp"]
+# instruction set, the few-row kernels), the native plan with its .bnnx reader, and the fused training step's
+# kernels: plain C++ without torch headers, seconds to compile. cuda/CMakeLists.txt builds the same plan and kernels
+# into the C library.
+CPU_KERNEL_SOURCES = ["cpu/xnor_kernels.cpp", "cpu/xnor_scalar.cpp", "cpu/xnor_avx2.cpp", "cpu/xnor_avx512.cpp",
+                      "cpu/xnor_rows.cpp", "cpu/xnor_plan.cpp", "cpu/bnnx_reader.cpp", "cpu/bnnx_json.cpp",
+                      "cpu/sha256.cpp"]
 TRAIN_KERNEL_SOURCES = ["train/train_kernels.cpp"]
-# The torch glue of the inference and of the training ops: the slow translation units.
-CPU_GLUE_SOURCES = ["glue/inference_ops.cpp", "glue/training_ops.cpp"]
+# The torch glue of the inference, plan and training ops: the slow translation units.
+CPU_GLUE_SOURCES = ["glue/inference_ops.cpp", "glue/plan_ops.cpp", "glue/training_ops.cpp"]
 # In both variants.
 CPU_SOURCES = CPU_GLUE_SOURCES + CPU_KERNEL_SOURCES + TRAIN_KERNEL_SOURCES
 # Added in the CUDA variant, together with every cuda/*.cu.

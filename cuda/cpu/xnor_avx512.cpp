@@ -1,10 +1,9 @@
 // The AVX-512 VPOPCNTDQ CPU XNOR kernels: xor + vpopcntq per word, and packing 16 lanes at a time. Compiled
 // for any x86-64 target: each function carries its own target attribute (BNN_TARGET_AVX512) and runs only
 // where kernels_for picks this table.
-#include "xnor_isa.h"
+#include "xnor_counts.h"
 
 #if BNN_X86
-#include <immintrin.h>
 
 namespace bnn_cpu {
 namespace detail {
@@ -42,28 +41,17 @@ BNN_TARGET_AVX512 void pack_row_avx512(const float* x, int64_t k, uint64_t* out)
   if (k % 64) out[full_words] = pack_word_scalar(x + full_words * 64, k % 64);
 }
 
-// AVX-512 VPOPCNTDQ: eight columns per vector, xor + vpopcntq + add per word, 64-bit counters.
-// MR x NV = 24 accumulators, NV b vectors and a broadcast word of a in the 32 zmm registers. 32 columns
-// per panel rather than 24 (8 x 3): channel counts are powers of two, so no panel is part padding (a
-// 128-wide conv layer computed 144 columns), and the CIFAR-10 ConvNet ran 12% faster.
-constexpr int kAvx512MR = 6, kAvx512NV = 4, kAvx512NR = 8 * kAvx512NV;
+// AVX-512 VPOPCNTDQ: MR x NV = 24 accumulators, NV b vectors and a broadcast word of a in the 32 zmm registers
+// (avx512_counts). 32 columns per panel rather than 24 (8 x 3): channel counts are powers of two, so no panel is
+// part padding (a 128-wide conv layer computed 144 columns), and the CIFAR-10 ConvNet ran 12% faster.
+constexpr int kAvx512MR = 6;
 
+// k - 2 * popcount in 64-bit lanes, narrowed to int32 on the store; lanes past cols are not written.
 template <int MR, int NV>
 BNN_TARGET_AVX512 BNN_INLINE void micro_avx512(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k,
                                                int rows, int cols, int32_t* c, int64_t ldc) {
-  constexpr int NR = 8 * NV;
   __m512i acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
-  for (int64_t w = 0; w < words; ++w) {
-    __m512i bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + w * NR + 8 * v);
-    for (int r = 0; r < MR; ++r) {
-      const __m512i av = _mm512_set1_epi64((int64_t)ap[w * MR + r]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_xor_si512(av, bv[v])));
-    }
-  }
-  // k - 2 * popcount in 64-bit lanes, narrowed to int32 on the store; lanes past cols are not written.
+  avx512_counts<MR, NV>(ap, {MR, 1}, bp, words, acc);
   const __m512i kv = _mm512_set1_epi64(k);
   for (int r = 0; r < rows; ++r)
     for (int v = 0; v < NV; ++v) {
@@ -85,7 +73,8 @@ BNN_TARGET_AVX512 void conv_threshold_rows_avx512(const ConvThreshold& t, int64_
 }
 
 constexpr IsaKernels kAvx512Kernels{{kAvx512MR, kAvx512NR}, micro_avx512_full, pack_word_panels<kAvx512NR>, false,
-                                    pack_row_avx512, pack_ge_row_i32_avx512, conv_threshold_rows_avx512};
+                                    pack_row_avx512, pack_ge_row_i32_avx512, conv_threshold_rows_avx512,
+                                    few_rows_avx512};
 
 }  // namespace
 

@@ -104,6 +104,9 @@ using RowPacker = void (*)(const float* x, int64_t k, uint64_t* out);
 using GeRowPacker = void (*)(const int32_t* value, const int32_t* bound, int64_t n, uint64_t* out);
 // conv_threshold_rows for one instruction set.
 using ConvThresholdRows = void (*)(const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out);
+// xnor_few_rows for one instruction set.
+using FewRowsKernel = void (*)(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
+                               int64_t n0, int64_t n1, const FewRowsOutput& out);
 
 // Everything that differs by instruction set: the GEMM's micro-kernel with its panel shape and b's packing, and
 // the vector forms of packing and of the convolution's epilogue.
@@ -118,7 +121,20 @@ struct IsaKernels {
   RowPacker pack_row;
   GeRowPacker pack_ge_row_i32;
   ConvThresholdRows conv_threshold_rows;
+  FewRowsKernel few_rows;
 };
+
+// The few-row kernels (xnor_rows.cpp), which the tables name.
+void few_rows_scalar(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels, int64_t n0,
+                     int64_t n1, const FewRowsOutput& out);
+#if BNN_X86
+void few_rows_scalar_popcnt(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
+                            int64_t n0, int64_t n1, const FewRowsOutput& out);
+void few_rows_avx2(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels, int64_t n0,
+                   int64_t n1, const FewRowsOutput& out);
+void few_rows_avx512(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels, int64_t n0,
+                     int64_t n1, const FewRowsOutput& out);
+#endif
 
 // Each instruction set's table, defined in its own file.
 const IsaKernels& scalar_kernels();

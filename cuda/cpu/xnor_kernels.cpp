@@ -21,6 +21,23 @@ const IsaKernels& kernels_for(Isa isa) {
   return scalar_kernels();
 }
 
+// One panel of x's im2col rows: rows first_row .. first_row + width - 1, those at or past end_row all zero.
+void conv_panel(const ConvInput& x, int width, int64_t first_row, int64_t end_row, uint64_t* panel) {
+  const int64_t taps = (int64_t)x.kernel * x.kernel;
+  for (int i = 0; i < width; ++i) {
+    const int64_t row = first_row + i;
+    const int64_t image = row / (x.height * x.width), pixel = row % (x.height * x.width);
+    const int64_t y = pixel / x.width, xx = pixel % x.width;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t yy = y + t / x.kernel - x.padding, xt = xx + t % x.kernel - x.padding;
+      const bool inside = row < end_row && yy >= 0 && yy < x.height && xt >= 0 && xt < x.width;
+      const uint64_t* src = inside ? x.words + ((image * x.height + yy) * x.width + xt) * x.channel_words : nullptr;
+      uint64_t* dst = panel + t * x.channel_words * width + i;
+      for (int64_t j = 0; j < x.channel_words; ++j) dst[j * width] = inside ? src[j] : 0;
+    }
+  }
+}
+
 }  // namespace
 
 const char* isa_name(Isa isa) {
@@ -105,23 +122,14 @@ void pack_panels(const uint64_t* src, int64_t rows, int64_t words, int64_t k, in
 }
 
 void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uint64_t* out) {
-  const int64_t rows = x.images * x.height * x.width, taps = (int64_t)x.kernel * x.kernel;
-  const int64_t words = taps * x.channel_words;
-  for (int64_t p = p0; p < p1; ++p) {
-    uint64_t* panel = out + p * words * width;
-    for (int i = 0; i < width; ++i) {
-      const int64_t row = p * width + i;
-      const int64_t image = row / (x.height * x.width), pixel = row % (x.height * x.width);
-      const int64_t y = pixel / x.width, xx = pixel % x.width;
-      for (int64_t t = 0; t < taps; ++t) {
-        const int64_t yy = y + t / x.kernel - x.padding, xt = xx + t % x.kernel - x.padding;
-        const bool inside = row < rows && yy >= 0 && yy < x.height && xt >= 0 && xt < x.width;
-        const uint64_t* src = inside ? x.words + ((image * x.height + yy) * x.width + xt) * x.channel_words : nullptr;
-        uint64_t* dst = panel + t * x.channel_words * width + i;
-        for (int64_t j = 0; j < x.channel_words; ++j) dst[j * width] = inside ? src[j] : 0;
-      }
-    }
-  }
+  const int64_t rows = x.images * x.height * x.width, words = (int64_t)x.kernel * x.kernel * x.channel_words;
+  for (int64_t p = p0; p < p1; ++p) conv_panel(x, width, p * width, rows, out + p * words * width);
+}
+
+void pack_conv_rows(const ConvInput& x, int width, int64_t row0, int64_t rows, uint64_t* out) {
+  const int64_t words = (int64_t)x.kernel * x.kernel * x.channel_words;
+  for (int64_t p = 0; p * width < rows; ++p)
+    conv_panel(x, width, row0 + p * width, row0 + rows, out + p * words * width);
 }
 
 PanelShape xnor_tile(Isa isa, int64_t words) {
@@ -153,6 +161,11 @@ void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, in
     for (int64_t j = n0; j < n1; j += nr)
       for (int64_t i = m0; i < m1; i += mr) block(i, j);
   }
+}
+
+void xnor_few_rows(Isa isa, const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
+                   int64_t n0, int64_t n1, const FewRowsOutput& out) {
+  kernels_for(isa).few_rows(a, rows, words, k, b_panels, n0, n1, out);
 }
 
 void conv_threshold_rows(Isa isa, const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out) {

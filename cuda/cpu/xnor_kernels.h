@@ -54,6 +54,9 @@ struct ConvInput {
 };
 // pack_panels for that im2col matrix, gathered straight from the image: no im2col copy in memory.
 void pack_conv_panels(const ConvInput& x, int width, int64_t p0, int64_t p1, uint64_t* out);
+// The same for im2col rows [row0, row0 + rows) only, into panels numbered from 0 (row row0 + p * width + i is row i
+// of panel p; rows past the range are zero).
+void pack_conv_rows(const ConvInput& x, int width, int64_t row0, int64_t rows, uint64_t* out);
 
 // Panels [p0, p1) of b's rows for isa's micro-kernel: panel_shape(isa).cols rows each, in pack_panels' layout or,
 // for AVX2, 32-bit half-words interleaved (half h of word w of the panel's row i at uint32 [(w * 2 + h) * cols + i]).
@@ -69,6 +72,29 @@ PanelShape xnor_tile(Isa isa, int64_t words);
 // multiples of the panel shape.
 void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, int64_t words, int64_t k, int64_t m0,
                  int64_t m1, int64_t n0, int64_t n1, int32_t* c, int64_t ldc);
+
+// ---- Few rows: the GEMV-shaped XNOR product, with the layer's epilogue on its outputs -------------------------
+// For 1 to kMaxFewRows rows of a, as they are (row-major, no panels), against b's panels (pack_b_panels): each b
+// panel is read once for all the rows, and the outputs go, while in registers, either to int32 values or through
+// the threshold straight into packed bits (as the next layer reads them).
+constexpr int kMaxFewRows = 8;
+
+struct FewRowsOutput {
+  // values[r * ld + j] = k - 2 * popcount(a_r XOR b_j), when bound is null.
+  int32_t* values;
+  // Else bit j % 64 of bits[r * ld + j / 64] set when that value >= bound[j]; bound has an entry for every column
+  // below n1 rounded up to a multiple of 64 (the kernels read whole vectors of it), and bits past n1 are cleared.
+  uint64_t* bits;
+  const int32_t* bound;
+  int64_t ld;
+  // a's rows are bit planes 0, 1, ... of one input: a single output row, value = sum over r of 2^r times row r's.
+  bool planes;
+};
+
+// Columns [n0, n1) (n0 a multiple of 64) of rows [0, rows) of a (rows, words), whose bits past k are zero (as pack
+// and pack_ge leave them), times b's panels for isa.
+void xnor_few_rows(Isa isa, const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
+                   int64_t n0, int64_t n1, const FewRowsOutput& out);
 
 // A binary convolution's epilogue on its XNOR products d (images, height, width, channels), channels-last
 // int32: out bit (image, i2, j2, ch) = direction[ch] * max over the pool x pool window at (i2, j2) of

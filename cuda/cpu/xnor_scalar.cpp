@@ -1,10 +1,6 @@
 // The scalar CPU XNOR kernels: plain C++ for any CPU, and the micro-kernel with the POPCNT instruction where
 // an x86-64 CPU has it (picked once, when the table is first used).
-#include "xnor_isa.h"
-
-#if BNN_X86
-#include <immintrin.h>
-#endif
+#include "xnor_counts.h"
 
 namespace bnn_cpu {
 namespace detail {
@@ -17,23 +13,14 @@ BNN_INLINE void store_block(const int64_t (&popc)[MR][NR], int64_t k, int rows, 
     for (int j = 0; j < cols; ++j) c[r * ldc + j] = (int32_t)(k - 2 * popc[r][j]);
 }
 
-// Scalar: MR x NR 64-bit counters in general registers, one POPCNT per word and output.
+// Scalar: a panel of MR rows against one of NR columns (scalar_counts), stored.
 template <int MR, int NR, typename Popcount>
 BNN_INLINE void micro_scalar(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows, int cols,
                              int32_t* c, int64_t ldc, Popcount popcount) {
   int64_t popc[MR][NR] = {};
-  for (int64_t w = 0; w < words; ++w) {
-    uint64_t bw[NR];
-    for (int j = 0; j < NR; ++j) bw[j] = bp[w * NR + j];
-    for (int r = 0; r < MR; ++r) {
-      const uint64_t aw = ap[w * MR + r];
-      for (int j = 0; j < NR; ++j) popc[r][j] += popcount(aw ^ bw[j]);
-    }
-  }
+  scalar_counts<MR, NR>(ap, {MR, 1}, bp, words, popc, popcount);
   store_block<MR, NR>(popc, k, rows, cols, c, ldc);
 }
-
-constexpr int kScalarMR = 2, kScalarNR = 4;  // 8 counters + 4 b words + 2 a words in 16 registers
 
 void micro_scalar_portable(const uint64_t* ap, const uint64_t* bp, int64_t words, int64_t k, int rows, int cols,
                            int32_t* c, int64_t ldc) {
@@ -62,9 +49,12 @@ __attribute__((target("popcnt"))) void micro_scalar_popcnt(const uint64_t* ap, c
 const IsaKernels& scalar_kernels() {
   static const IsaKernels table = [] {
     IsaKernels kernels{{kScalarMR, kScalarNR}, micro_scalar_portable, pack_word_panels<kScalarNR>, false,
-                       pack_row_scalar<float>, pack_ge_row<int32_t>, conv_threshold_rows_portable};
+                       pack_row_scalar<float>, pack_ge_row<int32_t>, conv_threshold_rows_portable, few_rows_scalar};
 #if BNN_X86
-    if (__builtin_cpu_init(), __builtin_cpu_supports("popcnt")) kernels.micro = micro_scalar_popcnt;
+    if (__builtin_cpu_init(), __builtin_cpu_supports("popcnt")) {
+      kernels.micro = micro_scalar_popcnt;
+      kernels.few_rows = few_rows_scalar_popcnt;
+    }
 #endif
     return kernels;
   }();

@@ -16,14 +16,15 @@
 
 #include "../cpu/xnor_kernels.h"
 #include "op_checks.h"
+#include "torch_cpu.h"
 
 namespace {
 
-// The instruction set the CPU kernels use: the best this CPU has unless set_cpu_isa chose another
-// (the tests run every supported one).
-std::atomic<int> g_isa{-1};
+std::atomic<int> g_isa{-1};  // see current_isa
 
-bnn_cpu::Isa current_isa() {
+}  // namespace
+
+bnn_cpu::Isa bnn_glue::current_isa() {
   int isa = g_isa.load();
   if (isa < 0) {
     isa = (int)bnn_cpu::best_isa();
@@ -31,6 +32,10 @@ bnn_cpu::Isa current_isa() {
   }
   return (bnn_cpu::Isa)isa;
 }
+
+namespace {
+
+using bnn_glue::current_isa;
 
 std::string cpu_isa() { return bnn_cpu::isa_name(current_isa()); }
 
@@ -97,17 +102,11 @@ at::Tensor pack_ge_cpu(const at::Tensor& value, const at::Tensor& bound) {
   return out;
 }
 
-// Runs block(m0, m1, n0, n1) over an (m, n) output cut into tiles of tile_m x tile_n, in parallel.
+// Runs block(m0, m1, n0, n1) over an (m, n) output cut into tiles of tile_m x tile_n, on torch's threads.
 // Within a tile the kernels sweep a's rows past the tile's rows of b, which stay in the L1 cache.
 template <typename Block>
 void for_each_tile(int64_t m, int64_t n, int64_t tile_m, int64_t tile_n, const Block& block) {
-  const int64_t tiles_m = (m + tile_m - 1) / tile_m, tiles_n = (n + tile_n - 1) / tile_n;
-  at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t m0 = (t % tiles_m) * tile_m, n0 = (t / tiles_m) * tile_n;
-      block(m0, std::min(m, m0 + tile_m), n0, std::min(n, n0 + tile_n));
-    }
-  });
+  bnn_cpu::for_each_tile(bnn_glue::TorchParallel(), m, n, tile_m, tile_n, block);
 }
 
 // The binary convolution's epilogue (bnn_cpu::conv_threshold_rows), in parallel over output rows.
