@@ -46,8 +46,8 @@ def fake_model(encoding="uint8_scale", kind="dense", fan_in=784, padding=1, kern
 
 
 @pytest.mark.parametrize("device,batch,fast_int8,expected", [
-    ("cpu", 1, False, "xnor-bitplane"), ("cpu", 1, True, "xnor-bitplane"),
-    ("cpu", LARGE_BATCH - 1, True, "xnor-bitplane"),
+    ("cpu", 1, False, "plan-bitplane"), ("cpu", 1, True, "plan-bitplane"),
+    ("cpu", LARGE_BATCH - 1, True, "plan-bitplane"),
     ("cpu", LARGE_BATCH, True, "xnor-int8"), ("cpu", 1000, True, "xnor-int8"),
     ("cpu", LARGE_BATCH, False, "xnor-integer"), ("cpu", 1000, False, "xnor-integer"),
     ("cuda", 1, True, "xnor-integer"), ("cuda", 10000, True, "xnor-integer"),
@@ -56,10 +56,10 @@ def test_the_default_is_the_documented_rule(device, batch, fast_int8, expected):
     assert default_variant(fake_model(), device, batch, fast_int8) == expected
 
 
-@pytest.mark.parametrize("device,batch", [("cpu", 1), ("cpu", 1000), ("cuda", 1000)])
-def test_a_model_on_other_inputs_defaults_to_the_float_first_layer(device, batch):
+@pytest.mark.parametrize("device,batch,expected", [("cpu", 1, "plan"), ("cpu", 1000, "xnor"), ("cuda", 1000, "xnor")])
+def test_a_model_on_other_inputs_defaults_to_the_float_first_layer(device, batch, expected):
     model = fake_model(encoding="float", preprocess="standardize")
-    assert default_variant(model, device, batch, True) == "xnor"
+    assert default_variant(model, device, batch, True) == expected
     with pytest.raises(VariantRefused, match="trained on inputs preprocessed as 'standardize'"):
         check_variant("xnor-integer", model, device)
 
@@ -80,6 +80,13 @@ def test_the_engine_picks_its_first_layer_for_each_batch(monkeypatch):
     for fast, large in ((True, "int8"), (False, "integer")):
         monkeypatch.setattr(engine_module, "torch_int8_is_fast", lambda fast=fast: fast)
         assert engine.first_layer_for(1) == "bitplane" and engine.first_layer_for(LARGE_BATCH) == large
+        assert engine.variant_for(1) == "plan-bitplane" and engine._plan_for(1) is not None
+        assert engine._plan_for(LARGE_BATCH) is None  # its own layers
+    x = torch.randint(0, 256, (LARGE_BATCH + 3, 1, 8, 8), dtype=torch.uint8)
+    by_plan = torch.cat([engine.logits(x[i:i + 1]) for i in range(len(x))])
+    assert torch.equal(by_plan, engine.logits(x))  # one image at a time on the plan, all at once on the layers
+    layered = PackedEngine(export_model(record, model), xnor_impl="csa")  # another kernel: no plan
+    assert not layered.variant_for(1).startswith("plan") and layered._plan_for(1) is None
     float_hidden = PackedEngine(export_model(record, model), hidden="float")
     assert float_hidden.first_layer_for(1000) == "float"  # no row of the rule has float hidden layers but xnor's
     assert PackedEngine(export_model(record, model), first_layer="integer").first_layer_for(1) == "integer"

@@ -90,7 +90,7 @@ def test_float_input_models_take_float_npy_files(build, tmp_path, arch):
     exported, shape = odd_model(arch, "standardize")
     save_export(exported, tmp_path / "m.bnnx")
     x = float_inputs(12, shape, 3)
-    expected = PackedEngine(exported).logits(x)
+    expected = PackedEngine(exported).logits(x, lambda t: t.float())  # already the model's inputs, as the CLI takes
     for dtype in (np.float32, np.float64):  # float64 values become float32 first, as the engine's .float() does
         np.save(tmp_path / "x.npy", x.numpy().astype(dtype))
         done = classify(build, tmp_path / "m.bnnx", tmp_path / "x.npy", "--logits", "--batch", 5)
