@@ -29,9 +29,7 @@ Each name is imported on first use (PEP 562), so ``import bnnctl`` and ``bnnctl 
 torch. Importing the package changes nothing in the process (no environment variable, no allocator
 setting); bnnctl's commands apply those where they start (``bnnctl.allocator``).
 """
-from __future__ import annotations
-
-import importlib
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
@@ -69,7 +67,7 @@ def __getattr__(name: str):
     if module is None:
         # also how ``from bnnctl import kernels`` falls through to importing the submodule
         raise AttributeError(f"module 'bnnctl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_import_module(module), name)
     globals()[name] = value
     return value
 

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bnnctl.infer.bnnx import load_export
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,7 +17,6 @@ def _run_example(name: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.quick
 def test_own_bnn_trains_exports_and_the_packed_engine_predicts_what_the_float_model_predicts(tmp_path):
     out = tmp_path / "own.bnnx"
     done = _run_example("own_bnn.py", "--out", str(out))

@@ -82,8 +82,8 @@ def test_no_public_name_shadows_a_submodule_and_submodules_still_import_from_the
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
         bnnctl.Nonexistent
-    with pytest.raises(ImportError):
-        from bnnctl import Nonexistent  # noqa: F401
+    with pytest.raises(ImportError, match="cannot import name 'Nonexistent'"):
+        exec("from bnnctl import Nonexistent", {})
 
 
 def _tiny_mlp(bias: bool = True) -> nn.Sequential:
