@@ -12,12 +12,16 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it: the command line records its invocation here before it
+# parses its arguments, and ``bnnctl --help`` should not wait seconds for torch.
 
 # A --nproc relaunch hands each worker the user's own command line through this variable.
 COMMAND_ENV = "BNNCTL_COMMAND"
@@ -74,6 +78,7 @@ def command_line() -> str:
 
 def hardware(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name and torch's thread count."""
+    import torch
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
@@ -87,6 +92,7 @@ def hardware(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """The versions, device, hardware and commit a record was made with."""
+    import torch
     return {
         "bnnctl": __version__, "torch": str(torch.__version__), "cuda": torch.version.cuda,
         "python": platform.python_version(), "device": str(device), "hardware": hardware(device),
@@ -99,6 +105,7 @@ DEVICES = ("auto", "cpu", "cuda")  # what --device takes (cuda also as cuda:N)
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for a --device option (auto: a CUDA GPU when torch sees one, else the CPU)."""
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

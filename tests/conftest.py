@@ -14,6 +14,20 @@ REPO = Path(__file__).resolve().parent.parent
 # The CPU kernels' instruction sets (bnnctl.kernels.supported_cpu_isas: those this CPU runs).
 ALL_ISAS = ["scalar", "avx2", "avx512vpopcntdq"]
 
+# The quick subset, ``python3 -m pytest -m quick`` (about a minute on 2 cores): the binarized core, the
+# optimizers and recipes, export files, the public API and its example, the README runner's own tests. The
+# marker only selects; every test still runs by default.
+QUICK = ("tests/test_binarize.py", "tests/test_shift.py", "tests/test_layers_models.py", "tests/test_recipe_typed.py",
+         "tests/test_export_file.py", "tests/test_faithful.py", "tests/test_public_api.py", "tests/test_examples.py",
+         "tests/test_readme.py::test_the_parser", "tests/test_readme.py::test_the_runner",
+         "tests/test_readme.py::test_every_")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.nodeid.startswith(QUICK):
+            item.add_marker(pytest.mark.quick)
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write an MNIST idx file (gzip): magic 0x0000 08 <ndim>, big-endian dims, uint8 data."""

@@ -57,6 +57,12 @@ class BinaryLayer:
 
 
 class BinaryLinear(nn.Linear, BinaryLayer):
+    """A linear layer with +1/-1 weights: sign(W) forward, the gradient straight through to the latent W.
+
+    W starts uniform in [-clip_value, clip_value]; ``clip_weights_`` keeps it there after each step.
+    ``stochastic``: binarize W stochastically while training (+1 with probability hard_sigmoid(W)).
+    """
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  stochastic: bool = False, clip_value: float = 1.0):
         super().__init__(in_features, out_features, bias=bias)
@@ -80,6 +86,9 @@ class BinaryLinear(nn.Linear, BinaryLayer):
 
 
 class BinaryConv2d(nn.Conv2d, BinaryLayer):
+    """A square 2-D convolution with +1/-1 weights, stride 1; as ``BinaryLinear`` otherwise. ``padding``
+    defaults to 1, "same" for the default 3 x 3 kernel (export takes odd kernels with padding kernel_size // 2)."""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 1,
                  bias: bool = True, stochastic: bool = False, clip_value: float = 1.0):
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
@@ -115,6 +124,7 @@ class SignActivation(nn.Module):
 
 
 def binary_layers(model: nn.Module) -> list[BinaryLayer]:
+    """The model's binary layers (``BinaryLinear``, ``BinaryConv2d``), in module order."""
     return [m for m in model.modules() if isinstance(m, BinaryLayer)]
 
 

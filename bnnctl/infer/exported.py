@@ -80,6 +80,9 @@ class ExportedLayer:
 
 @dataclass
 class ExportedModel:
+    """A deployable 1-bit model: its binary layers in order (``ExportedLayer``, the first takes the inputs, the
+    last gives the logits), one input's shape, how inputs reach the first layer (``input_encoding``: "uint8_scale"
+    for 8-bit images scaled as 2x/255 - 1, else "float") and the number of classes."""
     layers: list[ExportedLayer]
     input_shape: tuple[int, ...]
     input_encoding: str

@@ -32,7 +32,8 @@ from .. import kernels
 from ..core.binarize import ap2, sign_pm1
 from ..core.layers import BinaryConv2d, BinaryLinear
 from ..core.norms import ShiftBatchNorm
-from .exported import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel, ExportError, input_encoding
+from .exported import (FLOAT_INPUT, INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel, ExportError,
+                       input_encoding)
 
 
 # ---------------------------------------------------------------------------- reading the model
@@ -246,12 +247,25 @@ def _pack_signs(weight: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def export_model(record: dict[str, Any], model: nn.Sequential,
-                 on_layer: Callable[[int, int], object] | None = None) -> ExportedModel:
-    """Fold a trained model (eval mode) and its ``best.pt`` record into an ExportedModel; ``on_layer`` is told
-    (layers folded, layers) after each binary layer."""
-    input_shape = tuple(record["input_shape"])
-    encoding = input_encoding(record.get("recipe", {}))
+def export_sequential(model: nn.Sequential, input_shape: tuple[int, ...], num_classes: int,
+                      input_encoding: str = FLOAT_INPUT, info: dict[str, Any] | None = None,
+                      data: dict[str, Any] | None = None,
+                      on_layer: Callable[[int, int], object] | None = None) -> ExportedModel:
+    """Fold a trained binarized ``nn.Sequential`` into an ExportedModel (the model is put in eval mode).
+
+    The model is bnnctl's layer order: [Flatten,] [Dropout,] then per binary layer (``BinaryLinear`` or
+    ``BinaryConv2d``) an optional ``MaxPool2d``, a BatchNorm (``nn.BatchNorm1d``/``2d`` or ``ShiftBatchNorm``)
+    and a ``SignActivation`` (none after the last layer, whose norm gives the logits), Dropout anywhere.
+    ``input_shape`` is one input's shape, e.g. (1, 28, 28). ``input_encoding``: "float" (the engine takes
+    the model's own float inputs) or "uint8_scale" (the model was trained on 8-bit images scaled as
+    2x/255 - 1; the engine takes the uint8 images and runs the first layer exactly on their bit planes).
+    ``info`` (provenance) and ``data`` (the recipe's data section) are stored in the export as given.
+    ``on_layer`` is told (layers folded, layers) after each binary layer.
+    A model export cannot fold raises ExportError, one sentence.
+    """
+    if input_encoding not in (UINT8_SCALE, FLOAT_INPUT):
+        raise ExportError(f"input_encoding must be {UINT8_SCALE!r} or {FLOAT_INPUT!r}, got {input_encoding!r}.")
+    input_shape = tuple(input_shape)
     model.eval()
     blocks = _blocks(model, input_shape)
     layers = []
@@ -270,7 +284,7 @@ def export_model(record: dict[str, Any], model: nn.Sequential,
             layer.tensors["direction"] = direction
             if role == "first":
                 layer.tensors["float_threshold"] = threshold
-                if encoding == UINT8_SCALE:
+                if input_encoding == UINT8_SCALE:
                     layer.tensors["threshold"] = _int32(integer_thresholds(
                         direction, threshold, INPUT_LEVELS, INPUT_LEVELS * layer.fan_in))
             else:
@@ -278,12 +292,20 @@ def export_model(record: dict[str, Any], model: nn.Sequential,
         layers.append(layer)
         if on_layer is not None:
             on_layer(len(layers), len(blocks))
+    return ExportedModel(layers, input_shape, input_encoding, int(num_classes), dict(info or {}), data)
+
+
+def export_model(record: dict[str, Any], model: nn.Sequential,
+                 on_layer: Callable[[int, int], object] | None = None) -> ExportedModel:
+    """Fold a trained model and its ``best.pt`` record (input shape, classes, recipe) into an ExportedModel;
+    ``on_layer`` is told (layers folded, layers) after each binary layer."""
     recipe = record.get("recipe", {})
     info = {"recipe": recipe.get("name"), "dataset": record.get("dataset"), "variant": record.get("variant"),
             "epoch": record.get("epoch"), "test_error_pct": record.get("test_error_pct")}
     data = recipe.get("data")
     data = json.loads(json.dumps(data, default=str)) if isinstance(data, dict) else None
-    return ExportedModel(layers, input_shape, encoding, int(record["num_classes"]), info, data)
+    return export_sequential(model, tuple(record["input_shape"]), int(record["num_classes"]),
+                             input_encoding(recipe), info, data, on_layer)
 
 
 def _int32(t: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,13 @@ from ..core.layers import binary_layers
 from .shift_adamax import make_shift_adamax
 
 
-def param_groups(model: nn.Module, use_lr_scale: bool) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, use_lr_scale: bool = True, lr: float | None = None) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: one per binary layer's latent weights, with ``lr_scale`` its Glorot scale
+    (1 without ``use_lr_scale``), then one for every other parameter (``lr_scale`` 1).
+
+    With ``lr``, each group's ``lr`` is already ``lr * lr_scale``, so the groups go straight into an optimizer,
+    ``ShiftAdaMax(param_groups(model, lr=2**-6))`` or ``torch.optim.Adam(param_groups(model, lr=3e-3))``; without
+    it, call ``set_lr(optimizer, lr)`` once the optimizer is built (and at every LR change)."""
     groups, seen = [], set()
     for layer in binary_layers(model):
         groups.append({"params": [layer.weight], "lr_scale": layer.lr_scale if use_lr_scale else 1.0})
@@ -25,6 +31,9 @@ def param_groups(model: nn.Module, use_lr_scale: bool) -> list[dict[str, Any]]:
     rest = [p for p in model.parameters() if id(p) not in seen]
     if rest:
         groups.append({"params": rest, "lr_scale": 1.0})
+    if lr is not None:
+        for group in groups:
+            group["lr"] = lr * group["lr_scale"]
     return groups
 
 
@@ -68,6 +77,7 @@ def lr_at(epoch: int, lr: float, schedule: Any, epochs: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's LR to ``lr`` times its ``lr_scale`` (the schedule's LR of an epoch)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
 
