@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported to {path if args.out else 'a temporary .bnnx'}: {size} bytes, "
               f"{loaded.binary_weights} binary weights ({loaded.binary_weights * 4} bytes as float32)")
 
-    engine = bnnctl.PackedEngine(loaded, device="cpu")  # first layer on the 8 bit planes, the rest XNOR-popcount
+    engine = bnnctl.PackedEngine(loaded, device="cpu")  # XNOR-popcount; the fastest exact variant for each batch
     packed_predictions = engine.predict(x_test).cpu()
-    print(f"packed engine ({engine.first_layer} first layer, {engine.hidden} hidden layers): test error "
+    print(f"packed engine (variant {engine.variant_for(len(x_test))}, {engine.hidden} hidden layers): test error "
           f"{100.0 * (packed_predictions != y_test).float().mean():.2f}%")
 
     differ = int((packed_predictions != float_predictions).sum())
