@@ -17,7 +17,7 @@ from bnnctl.report.records import Notes
 from tests.test_bench import _small_mnist_mlp
 from tests.test_bench_convnet import predict_other_classes
 
-VARIANTS = "xnor-bitplane,xnor-integer,xnor,torch"
+VARIANTS = "xnor-bitplane,plan-bitplane,xnor-integer,xnor,torch"
 
 
 @pytest.fixture
@@ -72,12 +72,12 @@ def test_the_latency_record_per_variant_and_thread_count(tmp_path, small_mlp):
         assert row["x_best_torch"] == row["x_torch"]  # torch fp32 is the only torch variant timed
         assert row["share_of_floor"] == pytest.approx(floor["floor_ms"] / row["median_ms"])
     targets = rec["targets"]["threads"]["1"]
-    assert targets["best_torch"] == "torch" and targets["default_engine_variant"] == "xnor-bitplane"
+    assert targets["best_torch"] == "torch" and targets["default_engine_variant"] == "plan-bitplane"
     assert targets["fastest_engine"] in ran and targets["default_engine_variant_ran"] is True
     assert rec["targets"]["exact_variants_same_predictions"] is True
     assert rec["variants"]["torch-bf16"]["status"] == "not run: not selected"
     assert "median ms" in res.output and "p90 ms" in res.output and "floor at 1 thread(s)" in res.output
-    assert "default engine variant for 1 image(s) per call: xnor-bitplane" in res.output
+    assert "default engine variant for 1 image(s) per call: plan-bitplane" in res.output
 
 
 def test_several_images_per_call_and_two_thread_counts(tmp_path, small_mlp):
