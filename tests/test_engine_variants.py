@@ -56,6 +56,12 @@ def test_the_default_is_the_documented_rule(device, batch, fast_int8, expected):
     assert default_variant(fake_model(), device, batch, fast_int8) == expected
 
 
+@pytest.mark.parametrize("batch,expected", [(1, "xnor-integer"), (LARGE_BATCH - 1, "xnor-integer"),
+                                            (LARGE_BATCH, "xnor-integer")])
+def test_a_convolution_first_takes_the_integer_first_layer_for_few_images(batch, expected):
+    assert default_variant(fake_model(kind="conv", fan_in=27), "cpu", batch, False) == expected
+
+
 @pytest.mark.parametrize("device,batch,expected", [("cpu", 1, "plan"), ("cpu", 1000, "xnor"), ("cuda", 1000, "xnor")])
 def test_a_model_on_other_inputs_defaults_to_the_float_first_layer(device, batch, expected):
     model = fake_model(encoding="float", preprocess="standardize")

@@ -21,7 +21,9 @@ VARIANTS = "xnor-bitplane,plan-bitplane,xnor-integer,xnor,torch"
 
 
 @pytest.fixture
-def small_mlp(monkeypatch):
+def small_mlp(monkeypatch, tmp_path):
+    # the bench also reads ./results/bench: from a folder of its own, only the records a test writes are found
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(mlp, "load_bench_model", _small_mnist_mlp)
     monkeypatch.setattr(latency, "LATENCY_BUDGET_S", 0.01)
     monkeypatch.setattr(latency, "LATENCY_BLOCK", 3)

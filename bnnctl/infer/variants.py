@@ -24,8 +24,13 @@ timing is taken at run time); ``DEFAULT_RULE`` says it in words, and each branch
 * On a CPU, smaller batches: the native plan (``plan-bitplane`` for 8-bit models, else ``plan``), the whole
   network in one native call with few-row XNOR kernels that threshold and pack the next layer's input in
   their output: one image of the MNIST MLP 784-4096x3-10 in 0.38 ms against 2.16 for the per-layer loop
-  (AVX2 Zen 3, one thread, loaded machine, ``scripts/plan_latency.py``). Where the plan cannot run (a GPU, or
-  the engine built with another kernel), ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM
+  (AVX2 Zen 3, one thread, loaded machine, ``scripts/plan_latency.py``; idle: 0.43 ms against 1.99 at one
+  thread, 0.27 against 1.30 at two, ``results/bench/20261207T024539-cpu-mnist-mlp-latency.json``). A model whose
+  first layer is a convolution takes ``xnor-integer`` first: on three colour channels the 8 bit planes fill a
+  64-bit word with 3 bits, and one fp32 convolution beats eight XNOR ones (CIFAR-10 ConvNet, one image: 4.8 ms
+  against 7.4 for the plan at one thread, 2.9 against 3.9 at two; SVHN: 1.6 against 2.5 and 2.1,
+  ``results/bench/*-cpu-{cifar10,svhn}-convnet-latency.json`` of 2026-12-07). Where the plan cannot run (a GPU,
+  or the engine built with another kernel), ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM
   library to amortise its call (and for an int8 one without VNNI, a plain loop per row); eight bit-plane rows
   on the XNOR kernel read the first layer's weights as 1 bit each. On the AVX2 Zen 3, one thread, a loaded
   machine (``bnnctl bench --model mnist-mlp --batch 1``): 1.8 ms median against 3.9 for the integer, 9.8 for
@@ -138,14 +143,16 @@ AUTO = "auto"
 
 DEFAULT_RULE = (f"the fastest exact variant for the batch: xnor for a model not trained on 8-bit images scaled to "
                 f"[-1, 1] (plan on a CPU below {LARGE_BATCH} images per call); on a GPU xnor-integer; on a CPU "
-                f"plan-bitplane below {LARGE_BATCH} images per call, "
+                f"below {LARGE_BATCH} images per call plan-bitplane (xnor-integer for a convolution first), "
                 f"from {LARGE_BATCH} xnor-int8 where torch's int8 matmul has VNNI or AMX, else xnor-integer")
 
 
-def _preferences(device_type: str, batch: int, fast_int8: bool) -> tuple[str, ...]:
+def _preferences(device_type: str, batch: int, fast_int8: bool, conv_first: bool) -> tuple[str, ...]:
     """The variants the rule prefers, best first (see the module's docstring); xnor last, as it runs everything."""
     if device_type != "cpu":
         return "xnor-integer", "xnor-bitplane", "xnor"
+    if batch < LARGE_BATCH and conv_first:
+        return "xnor-integer", "plan-bitplane", "plan", "xnor-bitplane", "xnor"
     if batch < LARGE_BATCH:
         return "plan-bitplane", "plan", "xnor-bitplane", "xnor-integer", "xnor"
     return ("xnor-int8", "xnor-integer", "xnor-bitplane", "xnor") if fast_int8 else \
@@ -158,7 +165,8 @@ def default_variant(exported: Any, device_type: str, batch: int, fast_int8: bool
 
     ``fast_int8``: whether torch's int8 matmul has a fast kernel on this CPU (``engine.torch_int8_is_fast``);
     ``among``: the variants a caller can build (``PackedEngine`` chooses among its own first layers)."""
-    for name in _preferences(device_type, batch, fast_int8):
+    conv_first = bool(exported.layers) and exported.layers[0].kind == "conv"
+    for name in _preferences(device_type, batch, fast_int8, conv_first):
         if among(name) and ENGINE_VARIANTS[name].refusal(exported, device_type) is None:
             return name
     return "xnor"
