@@ -1,14 +1,16 @@
 // Fused training-step kernels (see train_kernels.h). Compiled with -ffp-contract=off so that the
 // compiler adds no fused multiply-adds of its own: where torch's kernel uses one (lerp_, addcmul_), so does
-// this file, explicitly, and nowhere else. Each loop is cloned for AVX-512, AVX2 and baseline x86-64
-// and the best clone is picked when the library loads.
+// this file, explicitly, and nowhere else. Each loop is cloned for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 and
+// FMA) and baseline x86-64, and the best clone is picked when the library loads.
 #include "train_kernels.h"
 
 #include <cmath>
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define BNN_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+// One clone per x86-64 level: in target_clones a comma separates clones, so "avx2,fma" would make an AVX2
+// clone without FMA (std::fma a libm call, the loop left scalar) and an FMA clone without AVX2.
+#define BNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define BNN_CLONES
 #endif
