@@ -126,7 +126,8 @@ def write_cpu_peaks(folder, name, threads, rows, **fields):
     (folder / name).write_text(json.dumps(rec))
 
 
-def test_a_cpu_peaks_record_of_this_cpu_gives_the_ceiling_without_popc_peak(tmp_path):
+def test_a_cpu_peaks_record_of_this_cpu_gives_the_ceiling_without_popc_peak(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the bench also reads ./results/bench: only the records written here are found
     threads = torch.get_num_threads()
     rows = {"fp32 FMA avx2 (registers)": {"one_thread": 50.0, "all_threads": 100.0},
             "xor+popcount avx2 lookup": {"one_thread": 200.0, "all_threads": 400.0},
@@ -153,9 +154,10 @@ def test_a_cpu_peaks_record_of_this_cpu_gives_the_ceiling_without_popc_peak(tmp_
     assert timing.recorded_cpu_peak([tmp_path / "none"], torch.device("cpu")) is None
 
 
-def test_every_cpu_instruction_set_path_is_timed_against_its_own_ceiling(tmp_path):
+def test_every_cpu_instruction_set_path_is_timed_against_its_own_ceiling(tmp_path, monkeypatch):
     """xnor (the dispatched path), xnor-avx2 and xnor-scalar: exact, and each row's share is of its own
     instruction set's best cpu_peaks row (AVX2: the better of lookup and Harley-Seal)."""
+    monkeypatch.chdir(tmp_path)  # only the cpu-peaks records written here, not ./results/bench's
     from bnnctl import kernels
     threads = torch.get_num_threads()
     rows = {"xor+popcnt scalar": {"one_thread": 100.0, "all_threads": 200.0},
