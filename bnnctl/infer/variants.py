@@ -11,7 +11,8 @@ The default, ``default_variant``, is the fastest exact variant for the batch at 
 timing is taken at run time); ``DEFAULT_RULE`` says it in words, and each branch rests on recorded timings:
 
 * A model trained on inputs other than 8-bit images scaled as 2x/255 - 1 runs ``xnor`` (the float first
-  layer), the only exact first layer for real-valued inputs.
+  layer), the only exact first layer for real-valued inputs; on a CPU below ``LARGE_BATCH`` images per call,
+  ``plan``, the same first layer in the native plan.
 * On a GPU: ``xnor-integer`` (H200, MNIST MLP, 10,000 images per call: 4.96 ms against 7.69 for the bit
   planes and 11.4 for the float first layer, ``results/bench/20261127T134744-nvidia-h200-mnist-mlp.json``).
   The int8 first layer is never the GPU default: torch's CUDA int8 matmul wants more than 16 rows per call.
@@ -38,7 +39,7 @@ timing is taken at run time); ``DEFAULT_RULE`` says it in words, and each branch
   confirmed on an idle machine and on AVX-512: the latency records name the rule's choice beside the fastest.
 
 Where the preferred variant cannot run the model (the integer first layer past 2^24 / 510 inputs per unit, the
-int8 one on a convolution that changes the image size), the next in ``_PREFERENCES`` that can is taken, ending
+int8 one on a convolution that changes the image size), the next in ``_preferences`` that can is taken, ending
 with ``xnor``, which runs every model.
 """
 from __future__ import annotations
