@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from .errors import DamagedFile, RunBusy, UserError
 from .files import atomic_write_text, environment_failure
+from .recipe import FAST_PRESETS, Recipe, load_recipe
 
 RECIPE_FILE, METRICS_FILE, RESULT_FILE = "recipe.yaml", "metrics.csv", "result.json"
 CHECKPOINT_FILE, BEST_FILE = "checkpoint.pt", "best.pt"
@@ -47,6 +48,7 @@ READABLE_RESULT_VERSIONS = (2, 3)
 CHECKSUMMED_RESULT_FIELDS = ("format", "version", "sha256", "experiment_sha256", "run_uid", "metrics_sha256")
 # The key of a checkpoint or model record holding its run's identity: {"id", "uid", "experiment_sha256"}.
 RUN_IDENTITY = "run"
+TENSORBOARD_DIR = "tensorboard"  # a run's TensorBoard event files, with --tensorboard
 
 
 # ---------------------------------------------------------------------------- result.json
@@ -236,3 +238,15 @@ def new_run_dir(runs_dir: Path, name: str, seed: int, run_id: str | None) -> Pat
     except OSError as e:
         raise environment_failure(path, e) from None
     return path
+
+
+def recipe_for_run(recipe: Path, overrides: list[str], seed: int | None, fast: bool, device_type: str,
+                   run_id: str | None) -> Recipe:
+    """The recipe a new run trains: the file, then --fast's switches for the device, then --set, then --seed;
+    its name and ``run_id`` checked as folder names."""
+    preset = FAST_PRESETS["cuda" if device_type == "cuda" else "cpu"] if fast else []
+    cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+    check_name(cfg.name, "the recipe name")
+    if run_id is not None:
+        check_name(run_id, "--run-id")
+    return cfg

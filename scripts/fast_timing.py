@@ -45,7 +45,8 @@ from bnnctl.bench_records import measure_load  # noqa: E402
 from bnnctl.data import load_splits  # noqa: E402
 from bnnctl.recipe import load_recipe  # noqa: E402
 from bnnctl.provenance import environment, resolve_device  # noqa: E402
-from bnnctl.train.fast import FAST_PRESETS, pretransformed  # noqa: E402
+from bnnctl.recipe import FAST_PRESETS  # noqa: E402
+from bnnctl.train.fast import pretransformed  # noqa: E402
 from bnnctl.train.loop import EpochTimes, Trainer, run_training  # noqa: E402
 
 use_huge_pages()  # as bnnctl's commands do, before the first tensor: the steps timed here get the same pages

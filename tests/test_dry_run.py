@@ -40,7 +40,7 @@ def test_dry_run_prints_the_resolved_recipe_run_folder_and_sizes_and_writes_noth
     assert done.exit_code == 0, done.output
     assert tree(tmp_path) == before
     # The output is YAML: the recipe as the run would record it, every --set, --seed and --fast applied.
-    from bnnctl.train.fast import FAST_PRESETS
+    from bnnctl.recipe import FAST_PRESETS
     expected = load_recipe(tiny_recipe, [*FAST_PRESETS["cpu"], "model.hidden=[16,16]", "train.epochs=1", "seed=7"])
     assert yaml.safe_load(done.output) == expected.to_dict()
     shown = facts(done.output)

@@ -222,7 +222,7 @@ def test_cuda_train_step_never_synchronizes(tiny_recipe, tmp_path):
 
     from bnnctl.data import load_splits
     from bnnctl.recipe import load_recipe
-    from bnnctl.train.fast import FAST_PRESETS
+    from bnnctl.recipe import FAST_PRESETS
 
     cfg = load_recipe(tiny_recipe, FAST_PRESETS["cuda"])
     device = torch.device("cuda")

@@ -43,8 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from ..data import scale_to_pm1
-from ..errors import UserError
+from .engine_inputs import EngineError, own_transform
 from .exported import INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel
 from .fold import export_model
 from .variants import AUTO, ENGINE_VARIANTS, EngineVariant, check_variant, default_variant
@@ -54,10 +53,6 @@ PLANES = 8
 # How a batch runs: the Python loop over the layers below, or the whole network in one native call
 # (native_engine.NativePlan: XNOR hidden layers on a CPU, first layer bitplane or float; the same results).
 VARIANTS = ("layers", "plan")
-
-
-class EngineError(UserError):
-    """The engine cannot run this model or input the way it was asked to."""
 
 
 def _words(channels: int) -> int:
@@ -576,17 +571,6 @@ def torch_int8_is_fast() -> bool:
     own CPU checks. Without one it is a plain loop, slower than the fp32 matmul by two orders of magnitude."""
     cpu = getattr(torch, "cpu", None)
     return any(bool(getattr(cpu, check, lambda: False)()) for check in ("_is_vnni_supported", "_is_amx_tile_supported"))
-
-
-def own_transform(exported: ExportedModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The preprocessing the engine applies by itself: 2x/255 - 1, for a model trained on 8-bit images scaled so.
-    Any other is fitted on the model's training images (``data.input_transform``), so it must be given."""
-    if exported.input_encoding == UINT8_SCALE:
-        return scale_to_pm1
-    preprocess = exported.data.get("preprocess") if isinstance(exported.data, dict) else None
-    raise EngineError(f"this model was trained on inputs preprocessed as {preprocess or 'unknown'!r}, which is fitted "
-                      "on its training images, so the engine needs that transform given (bnnctl.data.input_transform "
-                      "of the model's data section), as bnnctl eval and bench give it.")
 
 
 # EngineVariant.builder -> (exported, device, variant) -> an engine with logits(x, transform) and predict().

@@ -25,7 +25,7 @@ import torch
 
 from .. import kernels
 from .bnnx import DamagedExport, export_bytes
-from .engine import EngineError, own_transform
+from .engine_inputs import EngineError, own_transform
 from .exported import ExportedModel, ExportError
 
 PLAN_FIRST_LAYERS = ("bitplane", "float")

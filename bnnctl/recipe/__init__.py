@@ -14,12 +14,13 @@ sentence that names the file and the key, and says what is allowed.
 from .checks import (MAX_PARAMETERS, TRAINING_BYTES_PER_PARAMETER, check_consistency, check_fits_memory,
                      check_memory_available, estimate_parameters, memory_needed, resolve, resolve_data)
 from .fields import NUM, REQUIRED, Field, RecipeError, f
+from .presets import FAST_PRESETS
 from .loading import (MAX_RECIPE_BYTES, RecipeInfo, apply_override, dump_recipe, find_recipe, list_recipes,
                       load_recipe, parse_override, recipes_dir)
 from .schema import (SCHEMA, SEED_MAX, DataConfig, FastConfig, ModelConfig, OptimizerConfig, PaperConfig, Recipe,
                      ScheduleConfig, Section, TrainConfig, flat_schema)
 
-__all__ = ["MAX_PARAMETERS", "MAX_RECIPE_BYTES", "NUM", "REQUIRED", "SCHEMA", "SEED_MAX",
+__all__ = ["FAST_PRESETS", "MAX_PARAMETERS", "MAX_RECIPE_BYTES", "NUM", "REQUIRED", "SCHEMA", "SEED_MAX",
            "TRAINING_BYTES_PER_PARAMETER", "DataConfig", "FastConfig", "Field", "ModelConfig", "OptimizerConfig",
            "PaperConfig", "Recipe", "RecipeError", "RecipeInfo", "ScheduleConfig", "Section", "TrainConfig",
            "apply_override", "check_consistency", "check_fits_memory", "check_memory_available", "dump_recipe",

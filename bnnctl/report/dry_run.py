@@ -17,9 +17,7 @@ from ..data import input_shape, physical_memory
 from ..errors import UserError
 from ..provenance import resolve_device
 from ..recipe import dump_recipe, memory_needed
-from ..runs import free_run_dir
-from ..train.loop import recipe_for_run
-from ..train.tensorboard_log import TENSORBOARD_DIR
+from ..runs import TENSORBOARD_DIR, free_run_dir, recipe_for_run
 from .summary import summarize_recipe
 
 
@@ -36,7 +34,7 @@ def dry_run(recipe: Path, overrides: list[str], device: str, data_dir: Path | No
         raise UserError(f"--dry-run shows a new run; a resumed run goes on exactly as recorded in "
                         f"{resume / 'recipe.yaml'}.")
     dev = resolve_device(device)
-    cfg = recipe_for_run(recipe, overrides, seed, fast, dev, run_id)
+    cfg = recipe_for_run(recipe, overrides, seed, fast, dev.type, run_id)
     run_dir = free_run_dir(runs_dir, cfg.name, cfg.seed, run_id)
     shape, known_from = input_shape(cfg.data, data_dir)
     summary = summarize_recipe(cfg, str(recipe), shape)

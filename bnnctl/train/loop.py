@@ -46,10 +46,10 @@ from ..progress import progress_bar
 from ..provenance import command_line, environment, hardware, resolve_device
 from ..recipe import Recipe, check_memory_available, dump_recipe, load_recipe, resolve
 from ..runs import (BEST_FILE, CHECKPOINT_FILE, CHECKPOINT_FORMAT, FORMAT_VERSION, METRICS_FILE, MODEL_FORMAT,
-                    RECIPE_FILE, RESULT_FILE, RUN_IDENTITY, RunLock, check_name, new_run_dir, write_result)
+                    RECIPE_FILE, RESULT_FILE, RUN_IDENTITY, RunLock, new_run_dir, recipe_for_run, write_result)
 from . import distributed, elastic
 from .distributed import SINGLE, Ranks
-from .fast import FAST_PRESETS, pretransformed
+from .fast import pretransformed
 from .step import build_step
 from .tensorboard_log import TensorBoardLog
 
@@ -363,18 +363,6 @@ def run_training(recipe: Path, overrides: list[str], device: str, data_dir: Path
         distributed.shutdown(ranks)
 
 
-def recipe_for_run(recipe: Path, overrides: list[str], seed: int | None, fast: bool, device: torch.device,
-                   run_id: str | None) -> Recipe:
-    """The recipe a new run trains: the file, then --fast's switches for the device, then --set, then --seed;
-    its name and ``run_id`` checked as folder names."""
-    preset = FAST_PRESETS["cuda" if device.type == "cuda" else "cpu"] if fast else []
-    cfg = load_recipe(recipe, preset + (overrides or []) + ([f"seed={seed}"] if seed is not None else []))
-    check_name(cfg.name, "the recipe name")
-    if run_id is not None:
-        check_name(run_id, "--run-id")
-    return cfg
-
-
 def _check_resume_recipe(recipe: Path, run_dir: Path, recorded: Recipe) -> None:
     """A resume continues exactly as recorded: the recipe named beside --resume must resolve to the one the run's
     checkpoint holds, key for key (seed and checkpoint interval included); each difference is named, and refused.
@@ -442,7 +430,7 @@ def _train(recipe: Path, overrides: list[str], dev: torch.device, data_dir: Path
             state = distributed.on_main(ranks, checked_checkpoint)
             cfg = resolve(state["recipe"], str(resume / RECIPE_FILE))
         else:
-            cfg = recipe_for_run(recipe, overrides, seed, fast, dev, run_id)
+            cfg = recipe_for_run(recipe, overrides, seed, fast, dev.type, run_id)
             # Restarted by torchrun after a fault: continue the run folder the job's first attempt created.
             restart = elastic.find_restart(runs_dir, cfg, ranks, console)
             if restart is not None:

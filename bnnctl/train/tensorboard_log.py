@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UserError
+from ..runs import TENSORBOARD_DIR
 
-TENSORBOARD_DIR = "tensorboard"
 # TensorBoard tag -> the metrics.csv column it plots
 SCALARS = {"loss/train": "train_loss", "loss/valid": "valid_loss", "error_pct/valid": "valid_error_pct",
            "error_pct/test": "test_error_pct", "lr": "lr"}

@@ -1,0 +1,26 @@
+"""What both engines (the per-layer ``engine`` and the ``native_engine`` plan) share about their inputs: the
+error they raise, and the only preprocessing they apply by themselves."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..data import scale_to_pm1
+from ..errors import UserError
+from .exported import UINT8_SCALE, ExportedModel
+
+
+class EngineError(UserError):
+    """The engine cannot run this model or input the way it was asked to."""
+
+
+def own_transform(exported: ExportedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The preprocessing the engine applies by itself: 2x/255 - 1, for a model trained on 8-bit images scaled so.
+    Any other is fitted on the model's training images (``data.input_transform``), so it must be given."""
+    if exported.input_encoding == UINT8_SCALE:
+        return scale_to_pm1
+    preprocess = exported.data.get("preprocess") if isinstance(exported.data, dict) else None
+    raise EngineError(f"this model was trained on inputs preprocessed as {preprocess or 'unknown'!r}, which is fitted "
+                      "on its training images, so the engine needs that transform given (bnnctl.data.input_transform "
+                      "of the model's data section), as bnnctl eval and bench give it.")
