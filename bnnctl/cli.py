@@ -167,10 +167,14 @@ def eval_(
 def export(
     run: Path = typer.Argument(..., help="run directory or checkpoint file (best.pt)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="export file (default: model.bnnx beside best.pt)"),
+    data_dir: Optional[Path] = typer.Option(None, help="data root holding the training images a fitted "
+                                            "preprocessing (standardize, zca, gcn_lcn) is refitted on, to go in the "
+                                            "file (default $BNNCTL_DATA, else ./data)"),
 ):
-    """Write a deployable 1-bit model: packed weights, BN + sign folded into integer thresholds."""
+    """Write a deployable 1-bit model: packed weights, BN + sign folded into integer thresholds, and the input
+    preprocessing, so that it runs on raw images alone."""
     from .infer.export import run_export
-    run_export(run=run, out=out, console=console)
+    run_export(run=run, out=out, console=console, data_dir=data_dir)
 
 
 @command()

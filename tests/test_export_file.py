@@ -66,10 +66,17 @@ def build_file(header: dict, body: bytes, version: int = EXPORT_VERSION) -> byte
     return fixed + hashlib.sha256(fixed + text + body).digest() + text + body
 
 
+def layers_end(header: dict) -> int:
+    """Where the layers' tensors end in the data section: files before version 3 end there."""
+    entries = [e for layer in header["layers"] for e in layer["tensors"].values()]
+    return max(e["offset"] + e["nbytes"] + (-e["nbytes"] % 64) for e in entries)
+
+
 def as_version_1(data: bytes) -> bytes:
     """The same model as a version 1 file: no checksum, no data section in the header."""
     _, header, body = split_file(data)
-    header = {k: v for k, v in header.items() if k != "data"}
+    header = {k: v for k, v in header.items() if k not in ("data", "preprocessing")}
+    body = body[:layers_end(header)]
     header["version"] = 1
     return build_file(header, body, version=1)
 
@@ -85,9 +92,24 @@ def assert_one_sentence(e: BaseException, path: Path) -> None:
 def test_files_carry_the_format_version_and_a_checksum_of_everything(good):
     data = good.read_bytes()
     version, header, _ = split_file(data)
-    assert version == EXPORT_VERSION == 2 and header["version"] == 2 and header["format"] == "bnnctl-export"
+    assert version == EXPORT_VERSION == 3 and header["version"] == 3 and header["format"] == "bnnctl-export"
     assert data[16:48] == hashlib.sha256(data[:16] + data[48:]).digest()
     assert header["data"]["dataset"] == "mnist" and header["data"]["preprocess"] == "scale"
+
+
+def test_version_2_files_without_a_preprocessing_are_read_as_they_are(good, mlp):
+    """Files of the format before the preprocessing went in (version 2) still load, checksum checked, and run."""
+    _, header, body = split_file(good.read_bytes())
+    assert header["preprocessing"] is None  # written by export_model alone, without the run's data
+    v2 = good.with_name("v2.bnnx")
+    v2.write_bytes(build_file({k: v for k, v in header.items() if k != "preprocessing"} | {"version": 2},
+                              body[:layers_end(header)], 2))
+    exported = load_export(v2, QUIET)
+    assert exported.preprocessing is None and exported.data == header["data"]
+    x = torch.randint(0, 256, (5, *exported.input_shape), dtype=torch.uint8)
+    assert torch.equal(PackedEngine(exported).logits(x), PackedEngine(load_export(good, QUIET)).logits(x))
+    with pytest.raises(DamagedExport, match="unknown fields preprocessing"):  # a version 2 header has none
+        read_export(build_file(header | {"version": 2}, body, 2), v2)
 
 
 def flipped(data: bytes, i: int, flip: int = 0xFF) -> bytes:
@@ -188,7 +210,7 @@ HEADER_DAMAGE = {
     "a dense layer with a kernel": (_layer(1, kernel_size=3, padding=1), "is dense"),
     "an unknown header field": (lambda h, b: h.update(extra=1), "unknown fields extra"),
     "a missing header field": (lambda h, b: h.pop("layers"), "lacks layers"),
-    "the header's own version": (lambda h, b: h.update(version=1), "preamble says 2"),
+    "the header's own version": (lambda h, b: h.update(version=1), f"preamble says {EXPORT_VERSION}"),
     "the input encoding": (lambda h, b: h.update(input_encoding="uint9"), "input encoding 'uint9'"),
     "a float where an integer goes": (_layer(1, out_features=64.0), "not an integer"),
     "a boolean where an integer goes": (_layer(0, pool=True), "not an integer"),
@@ -206,12 +228,12 @@ def test_a_header_that_disagrees_with_its_data_is_refused(good, case):
     change, message = HEADER_DAMAGE[case]
     _, header, body = split_file(good.read_bytes())
     header, body = _edit(header, body, change)
-    for v in (2, 1):  # checksummed or not, the header checks hold
+    for v in (EXPORT_VERSION, 1):  # checksummed or not, the header checks hold
         if v == 1 and case == "the header's own version":
             continue  # as a version 1 file, that header agrees with its preamble
         if v == 1:
-            header = {k: val for k, val in header.items() if k != "data"} | ({"version": 1} if "version" in header
-                                                                               else {})
+            header = {k: val for k, val in header.items() if k not in ("data", "preprocessing")} | (
+                {"version": 1} if "version" in header else {})
         bad = good.with_name(f"bad-v{v}.bnnx")
         bad.write_bytes(build_file(header, body, v))
         with pytest.raises(DamagedExport, match=re.escape(message)) as info:

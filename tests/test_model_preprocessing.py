@@ -2,23 +2,31 @@
 Torch7-style model (standardized inputs, fitted on its training images) and a Theano-style one (2x/255 - 1)."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
+from rich.console import Console
 
 from bnnctl.bench import model_bench
 from bnnctl.bench.models import calibrate_norms
 from bnnctl.core.models import build_model
 from bnnctl.data import DataError, input_transform, load_splits, scale_to_pm1
-from bnnctl.data.preprocessing import Standardize, fit_standardize
+from bnnctl.data.preprocessing import (EXPORTED_PREPROCESSING, GCNLCN, Standardize, ZCAWhiten, fit_gcn_lcn,
+                                       fit_standardize, fit_zca, pixel_table, preprocessing_tensors)
 from bnnctl.errors import UserError
 from bnnctl.files import atomic_torch_save
 from bnnctl.infer.engine import EngineError, PackedEngine
+from bnnctl.infer.bnnx import load_export, save_export
+from bnnctl.infer.export import run_export
+from bnnctl.infer.exported import ExportedPreprocessing
 from bnnctl.infer.fold import export_model
 from bnnctl.infer.variants import ENGINE_VARIANTS
 from bnnctl.recipe import load_recipe, recipes_dir
 from bnnctl.runs import FORMAT_VERSION, MODEL_FORMAT
 
 SHAPE = (1, 28, 28)
+QUIET = Console(file=io.StringIO())
 EIGHT_BIT_ONLY = {name for name, v in ENGINE_VARIANTS.items() if v.first_layer != "float" and "cpu" in v.devices}
 
 
@@ -106,8 +114,70 @@ def test_the_engine_applies_only_the_preprocessing_it_knows_without_fitting(tmp_
     record = {"recipe": recipe.to_dict(), "input_shape": list(SHAPE), "num_classes": 10}
     engine = PackedEngine(export_model(record, model))
     x = torch.randint(0, 256, (4, *SHAPE), dtype=torch.uint8)
-    with pytest.raises(EngineError, match="preprocessed as 'standardize', which is fitted on its training images"):
+    with pytest.raises(EngineError, match="preprocessed as 'standardize', which is fitted on its training images and "
+                                          "not carried by its export"):
         engine.logits(x)
     standardize = Standardize(0.13, 0.31)
     with torch.no_grad():
         assert torch.equal(engine.predict(x, standardize), model(standardize(x)).argmax(1))
+
+
+# ---------------------------------------------------------------------------- the preprocessing in the export
+
+def _raw_images(n: int = 12) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+
+
+def test_an_export_carries_its_fitted_preprocessing_and_runs_on_raw_images(tmp_path, mnist_raw):
+    run, recipe, model = write_run(tmp_path, "mnist_torch7.yaml")
+    summary = run_export(run, tmp_path / "m.bnnx", QUIET, data_dir=mnist_raw)
+    exported = load_export(tmp_path / "m.bnnx")
+    assert summary["preprocessing"] == exported.preprocessing.kind == "standardize"
+    fitted = input_transform(recipe.data, mnist_raw)
+    assert torch.equal(exported.preprocessing.tensors["table"], pixel_table(fitted))
+    x = _raw_images(40)
+    with torch.no_grad():
+        expected = model(fitted(x)).argmax(1)
+    assert not torch.equal(expected, model(scale_to_pm1(x)).argmax(1))  # the preprocessing matters: the check can fail
+    engine = PackedEngine(exported)
+    for n in (1, 3, 40):  # the plan below 16 images per call, the layers above
+        assert torch.equal(engine.logits(x[:n]).argmax(1), expected[:n]), n
+    assert torch.equal(engine.predict(x), expected)
+    assert torch.equal(engine.logits(x[:5]), engine.logits(x[:5], fitted))  # the table is the transform, to the bit
+
+
+def test_an_export_without_its_training_images_says_so_and_the_engine_asks_for_the_transform(tmp_path):
+    run, _, _ = write_run(tmp_path, "mnist_torch7.yaml")
+    out = io.StringIO()
+    summary = run_export(run, tmp_path / "m.bnnx", Console(file=out, width=400), data_dir=tmp_path / "no-data")
+    assert summary["preprocessing"] is None
+    assert "the export carries no standardize preprocessing" in out.getvalue()
+    with pytest.raises(EngineError, match="not carried by its export"):
+        PackedEngine(load_export(tmp_path / "m.bnnx")).logits(_raw_images(2))
+
+
+def test_a_scaled_models_export_needs_no_data_for_its_preprocessing(tmp_path):
+    run, _, _ = write_run(tmp_path, "mnist.yaml")
+    summary = run_export(run, tmp_path / "m.bnnx", QUIET, data_dir=tmp_path / "no-data")
+    exported = load_export(tmp_path / "m.bnnx")
+    assert summary["preprocessing"] == "scale"
+    x = _raw_images(3)
+    assert torch.equal(exported.preprocessing.transform(x), scale_to_pm1(x))
+
+
+@pytest.mark.parametrize("kind", ["zca", "gcn_lcn", "standardize"])
+def test_every_fitted_preprocessing_survives_the_file(tmp_path, kind):
+    """Written into a .bnnx and read back, each preprocessing gives the transform it was made from, bit for bit."""
+    images = torch.randint(0, 256, (200, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    fitted = {"zca": lambda a: ZCAWhiten(**fit_zca(a)), "gcn_lcn": lambda a: GCNLCN(**fit_gcn_lcn(a)),
+              "standardize": lambda a: Standardize(**fit_standardize(a))}[kind](images.numpy())
+    _, recipe, model = write_run(tmp_path, "mnist_torch7.yaml")
+    data = {**recipe.to_dict()["data"], "preprocess": kind}
+    exported = export_model({"recipe": {**recipe.to_dict(), "data": data}, "input_shape": list(SHAPE),
+                             "num_classes": 10}, model)
+    exported.preprocessing = ExportedPreprocessing(kind, preprocessing_tensors(kind, fitted))
+    save_export(exported, tmp_path / "m.bnnx")
+    back = load_export(tmp_path / "m.bnnx").preprocessing
+    assert back.kind == kind and back.tensors.keys() == EXPORTED_PREPROCESSING[kind].keys()
+    x = _raw_images(6)
+    assert torch.equal(back.transform(x), fitted(x))

@@ -20,7 +20,7 @@ from bnnctl.bench.models import calibrate_norms
 from bnnctl.core.models import build_model
 from bnnctl.infer.bnnx import export_bytes, read_export, save_export
 from bnnctl.infer.engine import PackedEngine
-from bnnctl.infer.exported import ExportError
+from bnnctl.infer.exported import ExportedPreprocessing, ExportError
 from bnnctl.infer.fold import export_model
 from bnnctl.recipe import load_recipe
 from tests.test_export_engine import REPO, images
@@ -86,7 +86,7 @@ def test_logits_equal_the_engine_on_every_instruction_set(build, tmp_path, arch)
 
 
 @pytest.mark.parametrize("arch", list(ODD_ARCHS))
-def test_float_input_models_take_float_npy_files(build, tmp_path, arch):
+def test_float_input_models_take_float_npy_files_and_pixels_their_export_preprocesses(build, tmp_path, arch):
     exported, shape = odd_model(arch, "standardize")
     save_export(exported, tmp_path / "m.bnnx")
     x = float_inputs(12, shape, 3)
@@ -95,9 +95,18 @@ def test_float_input_models_take_float_npy_files(build, tmp_path, arch):
         np.save(tmp_path / "x.npy", x.numpy().astype(dtype))
         done = classify(build, tmp_path / "m.bnnx", tmp_path / "x.npy", "--logits", "--batch", 5)
         assert torch.equal(logits_of(done), expected), dtype
-    (tmp_path / "x.raw").write_bytes(bytes(12 * x[0].numel()))
-    refused = classify(build, tmp_path / "m.bnnx", tmp_path / "x.raw")
-    assert refused.returncode == 2 and "takes float inputs" in refused.stderr
+    # Raw pixels: preprocessed by the table the export carries, to the engine's logits with the model's own transform.
+    pixels = images(12, shape, 4)
+    expected = PackedEngine(exported).logits(pixels)
+    for images_file in ("x.raw", "x8.npy"):
+        (tmp_path / "x.raw").write_bytes(pixels.numpy().tobytes())
+        np.save(tmp_path / "x8.npy", pixels.numpy())
+        done = classify(build, tmp_path / "m.bnnx", tmp_path / images_file, "--logits", "--batch", 5)
+        assert torch.equal(logits_of(done), expected), images_file
+    # An export without its preprocessing takes only preprocessed floats.
+    save_export(odd_model(arch, "standardize", carry=False)[0], tmp_path / "bare.bnnx")
+    refused = classify(build, tmp_path / "bare.bnnx", tmp_path / "x.raw")
+    assert refused.returncode == 2 and "takes float inputs" in refused.stderr and "no preprocessing" in refused.stderr
 
 
 def read_idx_images(path: Path) -> np.ndarray:
@@ -154,6 +163,13 @@ def test_images_the_model_cannot_take_are_refused(build, tmp_path):
                           ("ragged.raw", "takes 63 per image"), ("absent.raw", "cannot be read")]:
         done = classify(build, tmp_path / "m.bnnx", tmp_path / name)
         assert done.returncode == 2 and message in done.stderr, (name, done.stderr)
+    # Whitening is not per pixel: such a model takes its preprocessed floats, never pixels.
+    whitened, _ = odd_model("mlp-odd", "zca", carry=False)
+    whitened.preprocessing = ExportedPreprocessing("zca", {"mean": torch.zeros(63), "matrix": torch.eye(63)})
+    save_export(whitened, tmp_path / "zca.bnnx")
+    (tmp_path / "pixels.raw").write_bytes(bytes(2 * 63))
+    done = classify(build, tmp_path / "zca.bnnx", tmp_path / "pixels.raw")
+    assert done.returncode == 2 and "its export carries zca preprocessing, which is not a per-pixel table" in done.stderr
 
 
 def test_the_readme_example_builds_and_classifies(build, tmp_path):
@@ -166,10 +182,11 @@ def test_the_readme_example_builds_and_classifies(build, tmp_path):
                            str(REPO / "cuda" / "c"), "-L", str(build), "-lbnnctl", f"-Wl,-rpath,{build}", "-o",
                            str(tmp_path / "classify")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    exported, shape = odd_model("convnet-odd")
-    save_export(exported, tmp_path / "m.bnnx")
-    x = images(9, shape, 8)
-    (tmp_path / "x.raw").write_bytes(x.numpy().tobytes())
-    run = subprocess.run([str(tmp_path / "classify"), str(tmp_path / "m.bnnx"), str(tmp_path / "x.raw")],
-                         capture_output=True, text=True)
-    assert torch.equal(classes_of(run), PackedEngine(exported).logits(x).argmax(1))
+    # An 8-bit ConvNet takes its pixels as they are; a standardized (Torch7-style) MLP through its export's table.
+    for name, (exported, shape) in {"m": odd_model("convnet-odd"), "s": odd_model("mlp-odd", "standardize")}.items():
+        save_export(exported, tmp_path / f"{name}.bnnx")
+        x = images(9, shape, 8)
+        (tmp_path / f"{name}.raw").write_bytes(x.numpy().tobytes())
+        run = subprocess.run([str(tmp_path / "classify"), str(tmp_path / f"{name}.bnnx"), str(tmp_path / f"{name}.raw")],
+                             capture_output=True, text=True)
+        assert torch.equal(classes_of(run), PackedEngine(exported).logits(x).argmax(1)), name

@@ -20,7 +20,10 @@ from bnnctl import kernels
 from bnnctl.core.models import build_model
 from bnnctl.infer.bnnx import DamagedExport, MAGIC, export_bytes, read_export
 from bnnctl.infer.engine import EngineError, PackedEngine
-from bnnctl.infer.exported import ExportError
+from bnnctl.data import scale_to_pm1
+from bnnctl.data.preprocessing import Standardize, pixel_table
+from bnnctl.infer.bnnx import EXPORT_VERSION
+from bnnctl.infer.exported import ExportedPreprocessing, ExportError
 from bnnctl.infer.fold import export_model
 from bnnctl.infer.native_engine import NativePlan, native_plan_handle
 from bnnctl.recipe import load_recipe
@@ -38,8 +41,13 @@ ODD_ARCHS = {
 BATCHES = list(range(1, 10)) + [40]
 
 
-def odd_model(arch: str, preprocess: str = "scale"):
-    """An untrained model of ODD_ARCHS with perturbed norms (negative, zero and huge BN scales)."""
+# The per-pixel preprocessings an odd model's export carries: 2x/255 - 1, and a standardization of made-up statistics.
+ODD_PIXEL_TRANSFORMS = {"scale": scale_to_pm1, "standardize": Standardize(0.13, 0.31)}
+
+
+def odd_model(arch: str, preprocess: str = "scale", carry: bool = True):
+    """An untrained model of ODD_ARCHS with perturbed norms (negative, zero and huge BN scales); its export carries
+    its per-pixel preprocessing, unless ``carry`` is False (as an export written without its training images)."""
     recipe, overrides, shape = ODD_ARCHS[arch]
     cfg = load_recipe(REPO / "recipes" / recipe, overrides)
     torch.manual_seed(1)
@@ -49,7 +57,10 @@ def odd_model(arch: str, preprocess: str = "scale"):
     record = {"format": MODEL_FORMAT, "version": FORMAT_VERSION, "recipe": cfg.to_dict(), "input_shape": list(shape),
               "num_classes": 10}
     record["recipe"]["data"]["preprocess"] = preprocess
-    return export_model(record, model), shape
+    exported = export_model(record, model)
+    if carry:
+        exported.preprocessing = ExportedPreprocessing(preprocess, {"table": pixel_table(ODD_PIXEL_TRANSFORMS[preprocess])})
+    return exported, shape
 
 
 def float_inputs(n: int, shape, seed: int) -> torch.Tensor:
@@ -226,13 +237,13 @@ def test_plans_are_released_with_their_owner(models):
 # ---------------------------------------------------------------------------- the native reader
 
 def parts(data: bytes) -> tuple[dict, bytes]:
-    """(header, data section) of a version 2 export file."""
+    """(header, data section) of a version 2 or 3 export file."""
     header_len = struct.unpack_from("<I", data, 12)[0]
     return json.loads(data[48:48 + header_len]), data[48 + header_len:]
 
 
-def file_of(text: bytes, body: bytes, version: int = 2, header_len: int | None = None) -> bytes:
-    """An export file of this header text and data section, with a right checksum (version 2)."""
+def file_of(text: bytes, body: bytes, version: int = EXPORT_VERSION, header_len: int | None = None) -> bytes:
+    """An export file of this header text and data section, with a right checksum (from version 2)."""
     if version == 1:
         return MAGIC + struct.pack("<II", 1, len(text)) + text + body
     text += b" " * (-(48 + len(text)) % 64)
@@ -255,6 +266,12 @@ def entry(h: dict, layer: int, name: str) -> dict:
     return h["layers"][layer]["tensors"][name]
 
 
+def _layers_end(h: dict) -> int:
+    """Where the layers' tensors end in the data section (a version 2 file ends there)."""
+    last = entry(h, len(h["layers"]) - 1, "shift")
+    return last["offset"] + last["nbytes"] + (-last["nbytes"] % 64)
+
+
 def body_with(data: bytes, offset: int, value: bytes) -> bytes:
     """The data section with value written at offset."""
     body = bytearray(parts(data)[1])
@@ -269,7 +286,7 @@ def damaged_files(data: bytes) -> dict[str, bytes]:
         "missing field": lambda h: h.pop("num_classes"),
         "unknown field": lambda h: h.update(extra=1),
         "format": lambda h: h.update(format="other"),
-        "version": lambda h: h.update(version=3),
+        "version": lambda h: h.update(version=EXPORT_VERSION + 1),
         "input shape": lambda h: h.update(input_shape=[1, 0, 7]),
         "input shape type": lambda h: h.update(input_shape="big"),
         "encoding": lambda h: h.update(input_encoding="rgb"),
@@ -294,6 +311,19 @@ def damaged_files(data: bytes) -> dict[str, bytes]:
         "nbytes": lambda h: entry(h, 1, "threshold").update(nbytes=1),
         "offset": lambda h: entry(h, 1, "threshold").update(offset=0),
         "classes": lambda h: h.update(num_classes=11),
+        "preprocessing not object": lambda h: h.update(preprocessing=[1]),
+        "preprocessing fields": lambda h: h["preprocessing"].pop("tensors"),
+        "preprocessing kind": lambda h: h["preprocessing"].update(kind="pca"),
+        "preprocessing kind type": lambda h: h["preprocessing"].update(kind=5),
+        "preprocessing encoding": lambda h: h["preprocessing"].update(kind="standardize"),
+        "preprocessing data": lambda h: h["data"].update(preprocess="zca"),
+        "preprocessing tensors": lambda h: h["preprocessing"]["tensors"].update(mean=h["preprocessing"]["tensors"]["table"]),
+        "preprocessing tensors type": lambda h: h["preprocessing"].update(tensors=[]),
+        "preprocessing dtype": lambda h: h["preprocessing"]["tensors"]["table"].update(dtype="float64"),
+        "preprocessing shape": lambda h: h["preprocessing"]["tensors"]["table"].update(shape=[255]),
+        "preprocessing nbytes": lambda h: h["preprocessing"]["tensors"]["table"].update(nbytes=4),
+        "preprocessing offset": lambda h: h["preprocessing"]["tensors"]["table"].update(offset=0),
+        "preprocessing entry fields": lambda h: h["preprocessing"]["tensors"]["table"].pop("dtype"),
     }
     files = {name: rebuilt(data, change) for name, change in changes.items()}
     text = json.dumps(h).encode()
@@ -306,7 +336,7 @@ def damaged_files(data: bytes) -> dict[str, bytes]:
         "short signature": MAGIC[:5],
         "cut short": data[:12],
         "cut in the digest": data[:40],
-        "other version": MAGIC + struct.pack("<I", 3) + data[12:],
+        "other version": MAGIC + struct.pack("<I", EXPORT_VERSION + 1) + data[12:],
         "checksum": data[:-1] + bytes([data[-1] ^ 1]),
         "flipped header bit": data[:60] + bytes([data[60] ^ 4]) + data[61:],
         "data section too long": rebuilt(data, body=body + bytes(64)),
@@ -319,6 +349,8 @@ def damaged_files(data: bytes) -> dict[str, bytes]:
         "float threshold": rebuilt(data, body=body_with(data, entry(h, 0, "float_threshold")["offset"],
                                                         struct.pack("<f", float("nan")))),
         "scale": rebuilt(data, body=body_with(data, scale["offset"], struct.pack("<d", float("inf")))),
+        "preprocessing NaN": rebuilt(data, body=body_with(data, h["preprocessing"]["tensors"]["table"]["offset"] + 8,
+                                                          struct.pack("<f", float("nan")))),
     })
     return files
 
@@ -348,13 +380,16 @@ def test_native_reader_accepts_what_the_python_reader_accepts(odd_export):
     reference = PackedEngine(read_export(odd_export, "m.bnnx")).logits(x)
     h, body = parts(odd_export)
     v1 = dict(h)
-    del v1["data"]
+    del v1["data"], v1["preprocessing"]
+    v2 = dict(h)
+    del v2["preprocessing"]
     repeated = json.dumps(h).encode().replace(b'"num_classes": 10', b'"num_classes": 3, "num_classes": 10')
     variants = {
-        "float version": rebuilt(odd_export, lambda h: h.update(version=2.0)),
+        "float version": rebuilt(odd_export, lambda h: h.update(version=float(EXPORT_VERSION))),
+        "version 2": file_of(json.dumps({**v2, "version": 2}).encode(), body[:_layers_end(h)], version=2),
         "bool offset": rebuilt(odd_export, lambda h: entry(h, 0, "weight_bits").update(offset=False)),
         "repeated key": file_of(repeated, body),
-        "version 1": file_of(json.dumps({**v1, "version": 1}).encode(), body, version=1),
+        "version 1": file_of(json.dumps({**v1, "version": 1}).encode(), body[:_layers_end(h)], version=1),
     }
     for name, data in variants.items():
         exported = read_export(data, "m.bnnx")

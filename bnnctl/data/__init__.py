@@ -23,12 +23,14 @@ from . import cifar_svhn, preprocessing
 from .common import (DATASET_CLASSES, DATASET_IMAGE_SHAPES, DataError, RawData, Splits, check_arrays, data_root,
                      load_npz, npz_image_shape, npz_path, preprocess_scale, scale_to_pm1, tail_split, wants_npz)
 from .mnist import MNIST_FILES, load_mnist
-from .preprocessing import available_memory, physical_memory
+from .preprocessing import (EXPORTED_PREPROCESSING, available_memory, exported_shape, physical_memory,
+                            preprocessing_from_tensors, preprocessing_tensors)
 
 __all__ = ["DATASETS", "SPLITTERS", "PREPROCESSORS", "DATASET_CLASSES", "DATASET_IMAGE_SHAPES", "DataError",
            "RawData", "Splits", "check_arrays", "data_root", "input_shape", "input_transform", "load_npz",
            "load_splits", "physical_memory", "available_memory", "scale_to_pm1", "wants_npz", "MNIST_FILES",
-           "load_mnist"]
+           "load_mnist", "EXPORTED_PREPROCESSING", "exported_shape", "exported_preprocessing",
+           "preprocessing_from_tensors"]
 
 DATASETS: dict[str, Callable[[Any, Path], RawData]] = {
     "mnist": load_mnist, "cifar10": cifar_svhn.load_cifar10, "svhn": cifar_svhn.load_svhn,
@@ -85,3 +87,10 @@ def input_transform(cfg: Any, root: str | Path | None = None) -> Callable[[torch
         raise DataError(f"the model was trained on inputs preprocessed as {cfg.preprocess!r}, which this bnnctl does "
                         f"not know ({', '.join(PREPROCESSORS)}).")
     return load_splits(cfg, root).transform
+
+
+def exported_preprocessing(cfg: Any, root: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """What an export of a model trained on the recipe data section ``cfg`` carries of its preprocessing, so that it
+    runs without the training images: the 256 values of a per-pixel one, the fitted constants of the others
+    (``EXPORTED_PREPROCESSING``), fitted as ``input_transform`` fits them (a DataError when they cannot be)."""
+    return preprocessing_tensors(cfg.preprocess, input_transform(cfg, root))

@@ -80,6 +80,10 @@ class ZCAWhiten:
         self._fitted = _DeviceCache(mean=torch.from_numpy(mean.astype(np.float32)),
                                     matrix=torch.from_numpy(matrix.astype(np.float32)))
 
+    def on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The fitted float32 mean and matrix on ``device``."""
+        return self._fitted.on(device)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         fitted = self._fitted.on(x.device)
         flat = unit_scale(x).reshape(len(x), -1)
@@ -130,6 +134,72 @@ class GCNLCN:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (self.contrast_normalize(x) - self.mean) / self.std
+
+
+# ---------------------------------------------------------------------------- carried by an export
+
+PIXEL_VALUES = 256  # an 8-bit pixel's values
+
+
+class PixelTable:
+    """A per-pixel preprocessing held as the float32 value it gives each byte 0..255: what an export carries for
+    ``scale`` and ``standardize``, so that the engines (and the C runner) need neither the training images nor the
+    transform's code. It gives, value for value, what the transform it was made from gives (``pixel_table``)."""
+
+    def __init__(self, table: torch.Tensor):
+        if table.shape != (PIXEL_VALUES,) or table.dtype != torch.float32:
+            raise ValueError(f"a pixel table holds {PIXEL_VALUES} float32 values, not {tuple(table.shape)} "
+                             f"{table.dtype}")
+        self._table = _DeviceCache(table=table)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise DataError(f"a per-pixel preprocessing takes 8-bit pixels (uint8), not {x.dtype}.")
+        return self._table.on(x.device)["table"][x.long()]
+
+
+def pixel_table(transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The float32 values a per-pixel transform gives the bytes 0..255 (elementwise operations give each byte the
+    same value whatever the batch around it, so the table is exact)."""
+    return transform(torch.arange(PIXEL_VALUES, dtype=torch.uint8)).float().contiguous()
+
+
+# What an export carries of each preprocessing: tensor names, dtypes and shapes (D: values per image).
+EXPORTED_PREPROCESSING: dict[str, dict[str, tuple[torch.dtype, str]]] = {
+    "scale": {"table": (torch.float32, "pixels")},
+    "standardize": {"table": (torch.float32, "pixels")},
+    "zca": {"mean": (torch.float32, "D"), "matrix": (torch.float32, "DxD")},
+    "gcn_lcn": {"mean": (torch.float64, "1"), "std": (torch.float64, "1")},
+}
+
+
+def exported_shape(rule: str, values_per_image: int) -> list[int]:
+    """The shape a tensor of EXPORTED_PREPROCESSING has for images of values_per_image values."""
+    return {"pixels": [PIXEL_VALUES], "D": [values_per_image], "DxD": [values_per_image, values_per_image],
+            "1": [1]}[rule]
+
+
+def preprocessing_tensors(kind: str, transform: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What an export carries of the fitted preprocessing ``transform`` of kind ``kind`` (EXPORTED_PREPROCESSING);
+    ``preprocessing_from_tensors`` rebuilds it."""
+    if "table" in EXPORTED_PREPROCESSING[kind]:
+        return {"table": pixel_table(transform)}
+    if isinstance(transform, ZCAWhiten):
+        fitted = transform.on(torch.device("cpu"))
+        return {"mean": fitted["mean"].clone(), "matrix": fitted["matrix"].clone()}
+    if isinstance(transform, GCNLCN):
+        return {"mean": torch.tensor([transform.mean], dtype=torch.float64),
+                "std": torch.tensor([transform.std], dtype=torch.float64)}
+    raise ValueError(f"no exported form of the {kind!r} preprocessing from {type(transform).__name__}")
+
+
+def preprocessing_from_tensors(kind: str, tensors: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The transform an export's preprocessing tensors (``preprocessing_tensors``) stand for."""
+    if "table" in EXPORTED_PREPROCESSING[kind]:
+        return PixelTable(tensors["table"])
+    if kind == "zca":
+        return ZCAWhiten(tensors["mean"].numpy(), tensors["matrix"].numpy())
+    return GCNLCN(float(tensors["mean"][0]), float(tensors["std"][0]))
 
 
 # ---------------------------------------------------------------------------- fitting and caching

@@ -1,19 +1,22 @@
 """The ``.bnnx`` file: an ExportedModel written whole, checksummed, and checked field by field when read.
 
-File format (version 2), little-endian:
+File format (version 3), little-endian:
     8 bytes   MAGIC
     4 bytes   uint32 format version
     4 bytes   uint32 length of the JSON header
     32 bytes  SHA-256 of every other byte of the file: the 16 above, the header and the data
     header    UTF-8 JSON: model description, layers, the recipe's data section (what ``bnnctl eval``
-              evaluates an export on), and for every tensor its dtype, shape, byte offset in the data
+              evaluates an export on), the fitted input preprocessing (null when the export was written
+              without the training images), and for every tensor its dtype, shape, byte offset in the data
               section and size
-    data      the tensors, each aligned to 64 bytes from the start of the data section
+    data      the tensors, each aligned to 64 bytes from the start of the data section: the layers' in
+              order, then the preprocessing's
 
 Reading a file checks the checksum, then every header field against the data (roles, shapes, the
 layer chain, sizes, offsets, dtypes, the values a threshold or direction can take): a damaged file is
-one sentence (``DamagedExport``), never a crash or a wrong answer. Version 1 files (no checksum field,
-no data section) are still read, with a note that they cannot be verified.
+one sentence (``DamagedExport``), never a crash or a wrong answer. Version 2 files (no preprocessing)
+are read as they are; version 1 files (no checksum field, no data section) with a note that they
+cannot be verified.
 """
 from __future__ import annotations
 
@@ -28,15 +31,16 @@ from typing import Any
 import torch
 
 from .. import __version__, kernels
+from ..data import EXPORTED_PREPROCESSING, exported_shape
 from ..errors import DamagedFile
 from ..files import atomic_write_bytes
-from .exported import (FLOAT_INPUT, INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel, ExportError,
-                       layer_tensor_names)
+from .exported import (FLOAT_INPUT, INPUT_LEVELS, UINT8_SCALE, ExportedLayer, ExportedModel, ExportedPreprocessing,
+                       ExportError, layer_tensor_names)
 
 MAGIC = b"BNNCTLX\x00"
 EXPORT_FORMAT = "bnnctl-export"
-EXPORT_VERSION = 2
-READABLE_EXPORT_VERSIONS = (1, 2)
+EXPORT_VERSION = 3
+READABLE_EXPORT_VERSIONS = (1, 2, 3)
 EXPORT_SUFFIX = ".bnnx"
 ALIGN = 64
 _FIXED = len(MAGIC) + 8  # magic, version, header length
@@ -87,9 +91,13 @@ def export_bytes(exported: ExportedModel) -> bytes:
         entry["tensors"] = {"weight_bits": add(layer.weight_bits),
                             **{name: add(t) for name, t in layer.tensors.items()}}
         layers.append(entry)
+    preprocessing = None
+    if exported.preprocessing is not None:
+        kind, tensors = exported.preprocessing.kind, exported.preprocessing.tensors
+        preprocessing = {"kind": kind, "tensors": {name: add(tensors[name]) for name in EXPORTED_PREPROCESSING[kind]}}
     header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "bnnctl": __version__,
               "input_shape": list(exported.input_shape), "input_encoding": exported.input_encoding,
-              "num_classes": exported.num_classes, "info": exported.info, "data": exported.data, "layers": layers}
+              "num_classes": exported.num_classes, "info": exported.info, "data": exported.data, "layers": layers, "preprocessing": preprocessing}
     text = json.dumps(header, indent=1, default=str).encode()
     text += b" " * (-(_FIXED + _DIGEST + len(text)) % ALIGN)
     fixed = MAGIC + struct.pack("<II", EXPORT_VERSION, len(text))
@@ -105,11 +113,11 @@ def _damaged(path: Path, what: str) -> DamagedExport:
 # Header fields, per format version; the tensors each role carries and their dtypes.
 _HEADER_FIELDS = {1: {"format", "version", "bnnctl", "input_shape", "input_encoding", "num_classes", "info", "layers"}}
 _HEADER_FIELDS[2] = _HEADER_FIELDS[1] | {"data"}
+_HEADER_FIELDS[3] = _HEADER_FIELDS[2] | {"preprocessing"}
 _LAYER_FIELDS = {"kind", "role", "in_shape", "out_features", "kernel_size", "padding", "pool", "tensors"}
 _ENTRY_FIELDS = {"dtype", "shape", "offset", "nbytes"}
 _TENSOR_DTYPES = {"weight_bits": "int64", "direction": "int8", "threshold": "int32", "float_threshold": "float32",
                   "scale": "float64", "shift": "float64"}
-_DTYPES = {name: getattr(torch, name) for name in set(_TENSOR_DTYPES.values())}
 _INPUT_ENCODINGS = (UINT8_SCALE, FLOAT_INPUT)
 
 
@@ -170,13 +178,46 @@ class _HeaderReader:
             layer = self.layer(entry, i, count, input_shape, h["input_encoding"], previous_out)
             layers.append(layer)
             previous_out = layer.out_shape
+        preprocessing = self.preprocessing(h["preprocessing"], h["input_encoding"], data,
+                                           math.prod(input_shape)) if self.version >= 3 else None
         if layers[-1].out_features != num_classes:
             raise self.fail(f"its last layer has {layers[-1].out_features} outputs but the header says "
                             f"{num_classes} classes")
         if self.offset != len(self.body):
             raise self.fail(f"its data section holds {len(self.body)} bytes where its header describes "
                             f"{self.offset}")
-        return ExportedModel(layers, input_shape, h["input_encoding"], num_classes, h["info"], data)
+        return ExportedModel(layers, input_shape, h["input_encoding"], num_classes, h["info"], data, preprocessing)
+
+    def preprocessing(self, p: Any, encoding: str, data: dict[str, Any] | None,
+                      values: int) -> ExportedPreprocessing | None:
+        if p is None:
+            return None
+        if not isinstance(p, dict) or set(p) != {"kind", "tensors"}:
+            raise self.fail("its preprocessing field is neither null nor an object of kind and tensors")
+        kind = p["kind"]
+        if not isinstance(kind, str) or kind not in EXPORTED_PREPROCESSING:
+            raise self.fail(f"its preprocessing {kind!r} is not one of {', '.join(EXPORTED_PREPROCESSING)}")
+        if (kind == "scale") != (encoding == UINT8_SCALE):
+            raise self.fail(f"its preprocessing {kind!r} does not go with the input encoding {encoding!r}")
+        if data is not None and "preprocess" in data and data["preprocess"] != kind:
+            raise self.fail(f"its preprocessing {kind!r} is not the {data['preprocess']!r} its data section names")
+        expected = EXPORTED_PREPROCESSING[kind]
+        tensors = p["tensors"]
+        if not isinstance(tensors, dict) or set(tensors) != set(expected):
+            found = sorted(tensors) if isinstance(tensors, dict) else tensors
+            raise self.fail(f"its preprocessing ({kind}) carries the tensors {found!r}, not "
+                            f"{', '.join(sorted(expected))}")
+        out: dict[str, torch.Tensor] = {}
+        for name, entry in tensors.items():
+            dtype, rule = expected[name]
+            what = f"the preprocessing's {name}"
+            t = self.entry(entry, what, str(dtype).replace("torch.", ""), exported_shape(rule, values))
+            if not bool(torch.isfinite(t).all()):
+                raise self.fail(f"{what} holds NaN or infinite values")
+            out[name] = t
+        if "std" in out and not float(out["std"][0]) > 0:
+            raise self.fail("the preprocessing's std is not positive")
+        return ExportedPreprocessing(kind, out)
 
     def layer(self, e: Any, i: int, count: int, input_shape: tuple[int, ...], encoding: str,
               previous_out: tuple[int, ...] | None) -> ExportedLayer:
@@ -231,16 +272,18 @@ class _HeaderReader:
         return layer
 
     def tensor(self, entry: Any, name: str, layer: ExportedLayer, where: str) -> torch.Tensor:
-        what = f"the {name} of {where}"
+        shape = [layer.out_features, kernels.words_for(layer.fan_in)] if name == "weight_bits" else [layer.out_features]
+        return self.entry(entry, f"the {name} of {where}", _TENSOR_DTYPES[name], shape, "the layer")
+
+    def entry(self, entry: Any, what: str, dtype: str, shape: list[int], owner: str = "it") -> torch.Tensor:
+        """The tensor a header entry describes, checked against its place in the data section."""
         if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
             raise self.fail(f"{what} is not described by {', '.join(sorted(_ENTRY_FIELDS))}")
-        dtype = _TENSOR_DTYPES[name]
         if entry["dtype"] != dtype:
             raise self.fail(f"{what} is stored as {entry['dtype']!r}, not {dtype}")
-        shape = [layer.out_features, kernels.words_for(layer.fan_in)] if name == "weight_bits" else [layer.out_features]
         if entry["shape"] != shape:
-            raise self.fail(f"{what} has the shape {entry['shape']!r} where the layer needs {shape}")
-        itemsize = torch.empty(0, dtype=_DTYPES[dtype]).element_size()
+            raise self.fail(f"{what} has the shape {entry['shape']!r} where {owner} needs {shape}")
+        itemsize = torch.empty(0, dtype=getattr(torch, dtype)).element_size()
         nbytes = math.prod(shape) * itemsize
         if entry["nbytes"] != nbytes:
             raise self.fail(f"{what} says it takes {entry['nbytes']!r} bytes where its shape takes {nbytes}")
@@ -256,7 +299,7 @@ class _HeaderReader:
             raise self.fail(f"the padding after {what} is not zero")
         raw = bytearray(self.body[self.offset:end])
         self.offset = padded
-        t = torch.frombuffer(raw, dtype=_DTYPES[dtype]) if raw else torch.empty(0, dtype=_DTYPES[dtype])
+        t = torch.frombuffer(raw, dtype=getattr(torch, dtype)) if raw else torch.empty(0, dtype=getattr(torch, dtype))
         return t.reshape(shape)
 
     def values(self, layer: ExportedLayer, where: str) -> None:
@@ -276,6 +319,11 @@ class _HeaderReader:
         for name in ("scale", "shift"):
             if name in t and not bool(torch.isfinite(t[name]).all()):
                 raise self.fail(f"the output {name} of {where} holds NaN or infinite values")
+
+
+def _versions_text() -> str:
+    *most, last = map(str, READABLE_EXPORT_VERSIONS)
+    return f"{', '.join(most)} and {last}" if most else last
 
 
 def _note(console, text: str) -> None:
@@ -315,7 +363,7 @@ def read_export(data: bytes, path: Path | str, console=None) -> ExportedModel:
     version, header_len = struct.unpack_from("<II", data, len(MAGIC))
     if version not in READABLE_EXPORT_VERSIONS:
         raise ExportError(f"{path} is a bnnctl export of format version {version}; this bnnctl reads versions "
-                          f"{' and '.join(map(str, READABLE_EXPORT_VERSIONS))}, so export the run again with it "
+                          f"{_versions_text()}, so export the run again with it "
                           "(or restore the file, if it is damaged).")
     start = _FIXED
     if version >= 2:

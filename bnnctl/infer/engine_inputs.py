@@ -16,11 +16,15 @@ class EngineError(UserError):
 
 
 def own_transform(exported: ExportedModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The preprocessing the engine applies by itself: 2x/255 - 1, for a model trained on 8-bit images scaled so.
-    Any other is fitted on the model's training images (``data.input_transform``), so it must be given."""
+    """The preprocessing the engine applies by itself: 2x/255 - 1 for a model trained on 8-bit images scaled so,
+    else the fitted one its export carries. An export written without it (before format version 3, or without the
+    training images at hand) needs it given (``data.input_transform``)."""
     if exported.input_encoding == UINT8_SCALE:
         return scale_to_pm1
+    if exported.preprocessing is not None:
+        return exported.preprocessing.transform
     preprocess = exported.data.get("preprocess") if isinstance(exported.data, dict) else None
     raise EngineError(f"this model was trained on inputs preprocessed as {preprocess or 'unknown'!r}, which is fitted "
-                      "on its training images, so the engine needs that transform given (bnnctl.data.input_transform "
-                      "of the model's data section), as bnnctl eval and bench give it.")
+                      "on its training images and not carried by its export, so the engine needs that transform "
+                      "given (bnnctl.data.input_transform of the model's data section, as bnnctl eval and bench give "
+                      "it), or the model exported again with its training images at hand.")

@@ -94,13 +94,15 @@ def _eval_export(path: Path, split: str, engine: str | None, dev: torch.device, 
     if tuple(x.shape[1:]) != tuple(exported.input_shape):
         raise UserError(f"{path} takes inputs of shape {list(exported.input_shape)}, but {splits.variant} gives "
                         f"{list(x.shape[1:])}.")
+    # The preprocessing the export carries, where it does: what a deployment of the file applies.
+    transform = exported.preprocessing.transform if exported.preprocessing is not None else splits.transform
     with counting(console, f"{split} images", len(x)) as advance:
         if engine == "xnor":
             from .engine import export_error
-            error = export_error(exported, x, y, splits.transform, dev, variant or AUTO, advance)
+            error = export_error(exported, x, y, transform, dev, variant or AUTO, advance)
             how = f"xnor (the packed engine on the export, {_variant_words(exported, variant, dev)})"
         else:
-            error = _predictions_error(float_model_from_export(exported), x, y, splits.transform, dev, advance)
+            error = _predictions_error(float_model_from_export(exported), x, y, transform, dev, advance)
             how = "float (the float model rebuilt from the export)"
     info = exported.info
     console.print(f"{split} error: [bold]{error:.2f}%[/] ({len(x)} images of {splits.variant}, engine {how}, "

@@ -1,7 +1,9 @@
 """``bnnctl export``: a trained run as a deployable 1-bit model, written as a ``.bnnx`` file.
 
-The folding is ``fold``'s, the file ``bnnx``'s; this module is the command: it loads the run, writes
-and reads back the file, and records its size against the float32 checkpoint. It replaces only what an
+The folding is ``fold``'s, the file ``bnnx``'s; this module is the command: it loads the run, adds the
+model's fitted input preprocessing (refitted from the training split exactly as training fitted it, so
+that the file runs on raw images alone), writes and reads back the file, and records its size against
+the float32 checkpoint. It replaces only what an
 export wrote: an existing file at ``-o`` must be a readable bnnctl export (and the record beside it an
 export record), never a run's checkpoint, best model, metrics or result, nor any file of the user's.
 """
@@ -17,12 +19,14 @@ from .. import __version__
 from ..checkpoints import load_model
 from rich.console import Console
 
+from ..data import DataError, exported_preprocessing
 from ..errors import EnvironmentFailure
 from ..files import atomic_write_text, remove_stale_temporaries
 from ..progress import counting
+from ..recipe import resolve_data
 from ..provenance import git_commit
 from .bnnx import EXPORT_SUFFIX, EXPORT_VERSION, load_export, save_export
-from .exported import ExportError
+from .exported import ExportedModel, ExportedPreprocessing, ExportError
 from .fold import export_model
 
 
@@ -71,11 +75,26 @@ def _check_replaceable(out: Path, record_path: Path) -> None:
                               f"(or move that file away).")
 
 
-def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
-    """``bnnctl export RUN [-o FILE]``: export, write, print and record the size against best.pt.
+def _preprocessing(exported: ExportedModel, data_dir: Path | None, console) -> ExportedPreprocessing | None:
+    """The model's fitted preprocessing for its export, or None (with a note) where the training images it is
+    fitted on are not at hand: such an export runs only where its preprocessing is given."""
+    if exported.data is None:
+        return None
+    cfg = resolve_data(exported.data, "the run's recipe")
+    try:
+        return ExportedPreprocessing(cfg.preprocess, exported_preprocessing(cfg, data_dir))
+    except DataError as e:
+        console.print(f"[yellow]note:[/] the export carries no {cfg.preprocess} preprocessing, which is fitted on the "
+                      f"training images ({e}); engines will need it given, so export again with --data-dir naming "
+                      "them.", highlight=False, soft_wrap=True)
+        return None
+
+
+def run_export(run: Path, out: Path | None, console, data_dir: Path | None = None) -> dict[str, Any]:
+    """``bnnctl export RUN [-o FILE] [--data-dir DIR]``: export, write, print and record the size against best.pt.
 
     ``-o`` may name a file in a folder that does not exist yet (it is created) or a folder (the export
-    goes there as model.bnnx)."""
+    goes there as model.bnnx). ``data_dir`` holds the training images a fitted preprocessing is refitted on."""
     record, model, _ = load_model(run)
     checkpoint = run / "best.pt" if run.is_dir() else run
     out = _output_path(Path(out)) if out is not None else checkpoint.parent / f"model{EXPORT_SUFFIX}"
@@ -85,6 +104,7 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
     with counting(console, "folding layer 1", None) as advance:  # then writing and reading back: 2 more steps
         exported = export_model(record, model, on_layer=lambda done, layers: advance(
             description=f"folding layer {done + 1}" if done < layers else f"writing {out.name}", total=layers + 2))
+        exported.preprocessing = _preprocessing(exported, data_dir, console)
         size = save_export(exported, out)
         advance(description=f"reading {out.name} back")
         load_export(out)  # what was written reads back
@@ -99,7 +119,9 @@ def run_export(run: Path, out: Path | None, console) -> dict[str, Any]:
         "binary_weights": exported.binary_weights,
         "binary_weights_bytes_packed": sum(layer.weight_bits.numel() * 8 for layer in exported.layers),
         "binary_weights_bytes_float32": binary_layer_float_bytes,
-        "input_encoding": exported.input_encoding, "layers": [layer.describe() for layer in exported.layers],
+        "input_encoding": exported.input_encoding,
+        "preprocessing": exported.preprocessing.kind if exported.preprocessing is not None else None,
+        "layers": [layer.describe() for layer in exported.layers],
         "epoch": record.get("epoch"), "bnnctl": __version__, "commit": git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

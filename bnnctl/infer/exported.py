@@ -13,12 +13,14 @@ it on packed bits and ``float_model`` rebuilds a float torch model from it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ..data import preprocessing_from_tensors
 from ..errors import UserError
 
 # 8-bit inputs scaled to [-1, 1] by 2x/255 - 1 (the "scale" preprocessing): the engine may run the
@@ -79,6 +81,19 @@ class ExportedLayer:
 
 
 @dataclass
+class ExportedPreprocessing:
+    """A model's input preprocessing as its export carries it: the recipe's ``data.preprocess`` kind and its fitted
+    tensors (``bnnctl.data.EXPORTED_PREPROCESSING``: the 256 values of a per-pixel one, else its constants)."""
+    kind: str
+    tensors: dict[str, torch.Tensor]
+
+    @functools.cached_property
+    def transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The transform of raw uint8 images these tensors stand for, built once."""
+        return preprocessing_from_tensors(self.kind, self.tensors)
+
+
+@dataclass
 class ExportedModel:
     """A deployable 1-bit model: its binary layers in order (``ExportedLayer``, the first takes the inputs, the
     last gives the logits), one input's shape, how inputs reach the first layer (``input_encoding``: "uint8_scale"
@@ -91,6 +106,9 @@ class ExportedModel:
     # The recipe's data section (dataset, split, preprocessing): what ``bnnctl eval`` evaluates it on.
     # None when unknown (version 1 files, records without a recipe).
     data: dict[str, Any] | None = None
+    # The fitted preprocessing, so that engines run the model on raw images alone; None in files before version 3
+    # and in exports written without the training images at hand.
+    preprocessing: ExportedPreprocessing | None = None
 
     @property
     def binary_weights(self) -> int:

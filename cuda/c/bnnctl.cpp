@@ -88,9 +88,12 @@ int guarded(char* error, size_t error_size, F f) {
 
 struct bnnctl_model {
   bnnctl_model(const bnnx::Model& m, bnn_cpu::FirstLayer mode, bnn_cpu::Isa isa, int threads)
-      : plan(m, mode, isa), parallel(threads) {}
+      : plan(m, mode, isa), parallel(threads), preprocessing(m.preprocessing), pixel_table(m.pixel_table) {}
   bnn_cpu::Plan plan;
   OpenMpParallel parallel;
+  std::string preprocessing;       // the export's fitted preprocessing, empty where it carries none
+  std::vector<float> pixel_table;  // a per-pixel one's value for each byte, empty otherwise
+  std::vector<float> floats;       // pixels mapped through the table, reused from call to call
 };
 
 namespace {
@@ -146,6 +149,14 @@ const char* bnnctl_first_layer(const bnnctl_model* model) {
   return bnn_cpu::first_layer_name(model->plan.first_layer());
 }
 
+int bnnctl_takes_pixels(const bnnctl_model* model) {
+  return bnnctl_input_is_uint8(model) || !model->pixel_table.empty();
+}
+
+const char* bnnctl_preprocessing(const bnnctl_model* model) {
+  return model->preprocessing.empty() ? nullptr : model->preprocessing.c_str();
+}
+
 int bnnctl_logits(bnnctl_model* model, const void* inputs, size_t n, double* logits, char* error, size_t error_size) {
   return guarded(error, error_size, [&] { model->plan.run(inputs, (int64_t)n, logits, model->parallel); });
 }
@@ -161,6 +172,44 @@ int bnnctl_classify(bnnctl_model* model, const void* inputs, size_t n, int32_t* 
       classes[i] = (int32_t)(std::max_element(row, row + c) - row);  // the first largest, as torch's argmax
     }
   });
+}
+
+int bnnctl_logits_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, double* logits, char* error,
+                         size_t error_size) {
+  return guarded(error, error_size, [&] {
+    if (bnnctl_input_is_uint8(model)) return model->plan.run(pixels, (int64_t)n, logits, model->parallel);
+    if (model->pixel_table.empty())
+      throw bnn_cpu::PlanError(model->preprocessing.empty()
+                                   ? "this export carries no preprocessing (it was written without its training "
+                                     "images, or before format version 3), so give the model its preprocessed float "
+                                     "inputs, or export it again with its training images at hand"
+                                   : "this model's " + model->preprocessing + " preprocessing is not a per-pixel "
+                                     "table, so give the model its preprocessed float inputs");
+    const size_t count = n * bnnctl_input_size(model);
+    model->floats.resize(count);
+    const float* table = model->pixel_table.data();
+    for (size_t i = 0; i < count; ++i) model->floats[i] = table[pixels[i]];
+    model->plan.run(model->floats.data(), (int64_t)n, logits, model->parallel);
+  });
+}
+
+int bnnctl_classify_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, int32_t* classes, char* error,
+                           size_t error_size) {
+  const size_t c = bnnctl_num_classes(model);
+  std::vector<double> logits;
+  try {
+    logits.resize(n * c);
+  } catch (const std::bad_alloc&) {
+    set_error(error, error_size, "the machine ran out of memory; use smaller batches.");
+    return BNNCTL_ENVIRONMENT;
+  }
+  const int status = bnnctl_logits_pixels(model, pixels, n, logits.data(), error, error_size);
+  if (status != BNNCTL_OK) return status;
+  for (size_t i = 0; i < n; ++i) {
+    const double* row = logits.data() + i * c;
+    classes[i] = (int32_t)(std::max_element(row, row + c) - row);  // the first largest, as torch's argmax
+  }
+  return BNNCTL_OK;
 }
 
 }  // extern "C"

@@ -16,7 +16,9 @@
  *     bnnctl_close(model);
  *
  * Inputs: models trained on 8-bit images scaled as 2x/255 - 1 (the MNIST MLP) take the raw pixels as uint8;
- * others take the float32 values the model was trained on (after its preprocessing). One model's calls take turns
+ * others take the float32 values the model was trained on (after its preprocessing), or, through the _pixels calls,
+ * raw uint8 pixels where the export carries a per-pixel preprocessing (standardize: each byte's value, as
+ * bnnctl computed it, so the results are bnnctl's to the bit). One model's calls take turns
  * (its buffers are reused); open one model per thread to run in parallel, or let a call use several threads.
  */
 #ifndef BNNCTL_H
@@ -75,6 +77,18 @@ BNNCTL_API int bnnctl_logits(bnnctl_model* model, const void* inputs, size_t n, 
 /* Their classes (the first largest logit), into classes (n). */
 BNNCTL_API int bnnctl_classify(bnnctl_model* model, const void* inputs, size_t n, int32_t* classes, char* error,
                                size_t error_size);
+
+/* Whether the model takes raw uint8 pixels through the _pixels calls: 8-bit models, and float-input models whose
+ * export carries a per-pixel preprocessing. */
+BNNCTL_API int bnnctl_takes_pixels(const bnnctl_model* model);
+/* The export's fitted preprocessing ("scale", "standardize", "zca", "gcn_lcn"), or NULL where it carries none. */
+BNNCTL_API const char* bnnctl_preprocessing(const bnnctl_model* model);
+/* bnnctl_logits and bnnctl_classify on n images of raw uint8 pixels (n * input_size bytes), preprocessed as the
+ * export says; a model that cannot take pixels (bnnctl_takes_pixels) is refused (BNNCTL_BAD_INPUT). */
+BNNCTL_API int bnnctl_logits_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, double* logits,
+                                    char* error, size_t error_size);
+BNNCTL_API int bnnctl_classify_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, int32_t* classes,
+                                      char* error, size_t error_size);
 
 #ifdef __cplusplus
 }

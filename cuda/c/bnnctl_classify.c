@@ -3,7 +3,9 @@
  *   bnnctl-classify MODEL.bnnx IMAGES [--logits] [--threads N] [--isa NAME] [--first-layer MODE] [--batch N]
  *
  * IMAGES: a .npy array (uint8 pixels, or float32/float64 values for models that take floats) of shape (N, ...)
- * with input-size values per image, or any other file read as raw uint8 pixels, input-size bytes per image.
+ * with input-size values per image, or any other file read as raw uint8 pixels, input-size bytes per image. Pixels
+ * given to a model that takes floats are preprocessed as its export says (standardize), where the export carries a
+ * per-pixel preprocessing; otherwise that model needs its preprocessed floats.
  * Prints one line per image: its class, or with --logits its logits. Errors: one sentence on stderr, and bnnctl's
  * exit codes (2 bad input, 4 environment).
  */
@@ -183,11 +185,17 @@ int main(int argc, char** argv) {
     return fail(status, error);
   }
   const size_t per_image = bnnctl_input_size(model), classes = bnnctl_num_classes(model);
-  const int wants_uint8 = bnnctl_input_is_uint8(model);
-  if (wants_uint8 != (images.item == 1)) {
-    snprintf(error, sizeof error, "%s holds %s values, but this model (first layer %s) takes %s.", images_path,
-             images.item == 1 ? "uint8" : "float", bnnctl_first_layer(model),
-             wants_uint8 ? "8-bit pixels (uint8)" : "float inputs (a float32 or float64 .npy file)");
+  /* Raw pixels go through the _pixels calls (the export's per-pixel preprocessing, where the model takes floats). */
+  const int pixels = images.item == 1;
+  if (pixels && !bnnctl_takes_pixels(model)) {
+    const char* kind = bnnctl_preprocessing(model);
+    snprintf(error, sizeof error, "%s holds uint8 pixels, but this model takes float inputs (a float32 or float64 "
+             ".npy file, preprocessed): its export carries %s%s.", images_path,
+             kind ? kind : "no preprocessing", kind ? " preprocessing, which is not a per-pixel table" : "");
+    status = BNNCTL_BAD_INPUT;
+  } else if (!pixels && bnnctl_input_is_uint8(model)) {
+    snprintf(error, sizeof error, "%s holds float values, but this model (first layer %s) takes 8-bit pixels "
+             "(uint8).", images_path, bnnctl_first_layer(model));
     status = BNNCTL_BAD_INPUT;
   } else if ((images.per_image && images.per_image != per_image) || images.count % per_image) {
     snprintf(error, sizeof error, "%s holds %zu values (%zu per image), but this model takes %zu per image.",
@@ -219,11 +227,13 @@ int main(int argc, char** argv) {
     const size_t count = n - i < (size_t)batch ? n - i : (size_t)batch;
     const void* first = values + i * stride;
     if (print_logits) {
-      status = bnnctl_logits(model, first, count, logits, error, sizeof error);
+      status = pixels ? bnnctl_logits_pixels(model, first, count, logits, error, sizeof error)
+                      : bnnctl_logits(model, first, count, logits, error, sizeof error);
       for (size_t r = 0; status == BNNCTL_OK && r < count; ++r)
         for (size_t j = 0; j < classes; ++j) printf("%.17g%c", logits[r * classes + j], j + 1 < classes ? ' ' : '\n');
     } else {
-      status = bnnctl_classify(model, first, count, predicted, error, sizeof error);
+      status = pixels ? bnnctl_classify_pixels(model, first, count, predicted, error, sizeof error)
+                      : bnnctl_classify(model, first, count, predicted, error, sizeof error);
       for (size_t r = 0; status == BNNCTL_OK && r < count; ++r) printf("%d\n", (int)predicted[r]);
     }
   }

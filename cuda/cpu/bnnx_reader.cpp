@@ -64,6 +64,16 @@ Json string_json(const std::string& s) {
   return j;
 }
 
+// The tensor names a header's tensors field holds, as Python's repr of sorted(field) (or of the field itself, where it
+// is not an object).
+std::string found_names(const Json& tensors) {
+  if (tensors.type != Json::Type::object) return py_repr(tensors);
+  Json sorted;
+  sorted.type = Json::Type::array;
+  for (const auto& name : keys(tensors)) sorted.items.push_back(string_json(name));
+  return py_repr(sorted);
+}
+
 ExportError damaged(const std::string& path, const std::string& what) {
   return ExportError(Refusal::damaged, path + " is a damaged bnnctl export file: " + what +
                                            "; export the run again or restore it from a copy.");
@@ -99,6 +109,7 @@ class HeaderReader {
     std::set<std::string> expected = {"format", "version", "bnnctl", "input_shape", "input_encoding",
                                       "num_classes", "info", "layers"};
     if (version_ >= 2) expected.insert("data");
+    if (version_ >= 3) expected.insert("preprocessing");
     const std::set<std::string> found = keys(h_);
     if (found != expected) {
       std::set<std::string> missing, unknown;
@@ -138,6 +149,7 @@ class HeaderReader {
       previous = model.layers.back().out_shape();
       previous_out = &previous;
     }
+    if (version_ >= 3) preprocessing(*h_.find("preprocessing"), data, model);
     if (model.layers.back().out_features != model.num_classes)
       throw fail("its last layer has " + std::to_string(model.layers.back().out_features) +
                  " outputs but the header says " + std::to_string(model.num_classes) + " classes");
@@ -230,42 +242,55 @@ class HeaderReader {
     }
     const Json& tensors = *e.find("tensors");
     const std::set<std::string> names = tensor_names(layer.role, model.input_encoding);
-    if (tensors.type != Json::Type::object || keys(tensors) != names) {
-      std::string found;
-      if (tensors.type == Json::Type::object) {
-        Json sorted;
-        sorted.type = Json::Type::array;
-        for (const auto& name : keys(tensors)) sorted.items.push_back(string_json(name));
-        found = py_repr(sorted);
-      } else {
-        found = py_repr(tensors);
-      }
-      throw fail(where + " (" + layer.role + ") carries the tensors " + found + ", not " + join(names));
-    }
+    if (tensors.type != Json::Type::object || keys(tensors) != names)
+      throw fail(where + " (" + layer.role + ") carries the tensors " + found_names(tensors) + ", not " + join(names));
     for (const auto& member : tensors.members) tensor(member.second, member.first, layer, where);
     values(layer, where);
     return layer;
   }
 
   void tensor(const Json& entry, const std::string& name, Layer& layer, const std::string& where) {
-    const std::string what = "the " + name + " of " + where;
-    if (entry.type != Json::Type::object || keys(entry) != kEntryFields)
-      throw fail(what + " is not described by " + join(kEntryFields));
     const TensorKind* kind = nullptr;
     for (const auto& k : kTensorKinds)
       if (name == k.name) kind = &k;
-    const Json& dtype = *entry.find("dtype");
-    if (!py_equal(dtype, string_json(kind->dtype)))
-      throw fail(what + " is stored as " + py_repr(dtype) + ", not " + kind->dtype);
     std::vector<int64_t> shape = {layer.out_features};
     if (name == "weight_bits") shape.push_back(words_for(layer.fan_in()));
+    const Raw raw = read_entry(entry, "the " + name + " of " + where, kind->dtype, kind->itemsize, shape, "the layer",
+                               where);
+    auto copy = [&](auto& out) {
+      out.resize((size_t)(raw.nbytes / kind->itemsize));
+      if (raw.nbytes) std::memcpy(out.data(), raw.data, (size_t)raw.nbytes);
+    };
+    if (name == "weight_bits") copy(layer.weight_bits);
+    else if (name == "direction") copy(layer.direction);
+    else if (name == "threshold") copy(layer.threshold);
+    else if (name == "float_threshold") copy(layer.float_threshold);
+    else if (name == "scale") copy(layer.scale);
+    else copy(layer.shift);
+  }
+
+  struct Raw {
+    const uint8_t* data;
+    int64_t nbytes;
+  };
+
+  // The bytes a header entry describes, checked against its place in the data section (bnnx.py's entry()).
+  Raw read_entry(const Json& entry, const std::string& what, const char* dtype, int64_t itemsize,
+                 const std::vector<int64_t>& shape, const std::string& owner, const std::string& where) {
+    if (entry.type != Json::Type::object || keys(entry) != kEntryFields)
+      throw fail(what + " is not described by " + join(kEntryFields));
+    const Json& entry_dtype = *entry.find("dtype");
+    if (!py_equal(entry_dtype, string_json(dtype)))
+      throw fail(what + " is stored as " + py_repr(entry_dtype) + ", not " + dtype);
     Json shape_json;
     shape_json.type = Json::Type::array;
     for (int64_t d : shape) shape_json.items.push_back(int_json(d));
     const Json& entry_shape = *entry.find("shape");
     if (!py_equal(entry_shape, shape_json))
-      throw fail(what + " has the shape " + py_repr(entry_shape) + " where the layer needs " + shape_text(shape));
-    const int64_t nbytes = product(shape, where) * kind->itemsize;
+      throw fail(what + " has the shape " + py_repr(entry_shape) + " where " + owner + " needs " + shape_text(shape));
+    std::vector<int64_t> dims = shape;
+    dims.push_back(itemsize);
+    const int64_t nbytes = product(dims, where);
     const Json& entry_nbytes = *entry.find("nbytes");
     if (!py_equal(entry_nbytes, int_json(nbytes)))
       throw fail(what + " says it takes " + py_repr(entry_nbytes) + " bytes where its shape takes " +
@@ -280,18 +305,89 @@ class HeaderReader {
                  std::to_string(offset_) + " to " + std::to_string(end) + ")");
     for (int64_t b = end; b < padded; ++b)
       if (body_[b]) throw fail("the padding after " + what + " is not zero");
-    const uint8_t* raw = body_ + offset_;
+    const Raw raw = {body_ + offset_, nbytes};
     offset_ = padded;
-    auto copy = [&](auto& out) {
-      out.resize((size_t)(nbytes / kind->itemsize));
-      if (nbytes) std::memcpy(out.data(), raw, (size_t)nbytes);
+    return raw;
+  }
+
+  // The fitted input preprocessing (format version 3): bnnx.py's _HeaderReader.preprocessing, check for check.
+  void preprocessing(const Json& p, const Json* data, Model& model) {
+    if (p.type == Json::Type::null) return;
+    if (p.type != Json::Type::object || keys(p) != std::set<std::string>{"kind", "tensors"})
+      throw fail("its preprocessing field is neither null nor an object of kind and tensors");
+    const Json& kind = *p.find("kind");
+    struct Expected {
+      const char* name;
+      const char* dtype;
+      int64_t itemsize;
+      const char* rule;  // "pixels" (256), "D" (values per image), "DxD", "1"
     };
-    if (name == "weight_bits") copy(layer.weight_bits);
-    else if (name == "direction") copy(layer.direction);
-    else if (name == "threshold") copy(layer.threshold);
-    else if (name == "float_threshold") copy(layer.float_threshold);
-    else if (name == "scale") copy(layer.scale);
-    else copy(layer.shift);
+    struct Kind {
+      const char* name;
+      std::vector<Expected> tensors;
+    };
+    static const Kind kinds[] = {
+        {"scale", {{"table", "float32", 4, "pixels"}}},
+        {"standardize", {{"table", "float32", 4, "pixels"}}},
+        {"zca", {{"mean", "float32", 4, "D"}, {"matrix", "float32", 4, "DxD"}}},
+        {"gcn_lcn", {{"mean", "float64", 8, "1"}, {"std", "float64", 8, "1"}}},
+    };
+    const Kind* known = nullptr;
+    for (const auto& k : kinds)
+      if (py_equal(kind, string_json(k.name))) known = &k;
+    if (!known) throw fail("its preprocessing " + py_repr(kind) + " is not one of scale, standardize, zca, gcn_lcn");
+    const std::string name = known->name;
+    if ((name == "scale") != model.eight_bit())
+      throw fail("its preprocessing '" + name + "' does not go with the input encoding '" + model.input_encoding +
+                 "'");
+    if (data && data->type == Json::Type::object) {
+      const Json* named = data->find("preprocess");
+      if (named && !py_equal(*named, string_json(name)))
+        throw fail("its preprocessing '" + name + "' is not the " + py_repr(*named) + " its data section names");
+    }
+    std::set<std::string> expected;
+    for (const auto& t : known->tensors) expected.insert(t.name);
+    const Json& tensors = *p.find("tensors");
+    if (tensors.type != Json::Type::object || keys(tensors) != expected)
+      throw fail("its preprocessing (" + name + ") carries the tensors " + found_names(tensors) + ", not " +
+                 join(expected));
+    const int64_t values = product(model.input_shape, "its input shape");
+    double std_value = 1.0;
+    for (const auto& member : tensors.members) {
+      const Expected* e = nullptr;
+      for (const auto& t : known->tensors)
+        if (member.first == t.name) e = &t;
+      const std::string rule = e->rule, what = "the preprocessing's " + member.first;
+      std::vector<int64_t> shape;
+      if (rule == "pixels") shape = {256};
+      else if (rule == "D") shape = {values};
+      else if (rule == "DxD") shape = {values, values};
+      else shape = {1};
+      const Raw raw = read_entry(member.second, what, e->dtype, e->itemsize, shape, "it", what);
+      const int64_t count = raw.nbytes / e->itemsize;
+      bool finite = true;
+      std::vector<double> as_double;
+      for (int64_t i = 0; i < count; ++i) {
+        double v;
+        if (e->itemsize == 4) {
+          float f;
+          std::memcpy(&f, raw.data + 4 * i, 4);
+          v = f;
+        } else {
+          std::memcpy(&v, raw.data + 8 * i, 8);
+        }
+        finite = finite && std::isfinite(v);
+        if (rule == "pixels" || rule == "1") as_double.push_back(v);
+      }
+      if (!finite) throw fail(what + " holds NaN or infinite values");
+      if (rule == "pixels") {
+        model.pixel_table.resize(256);
+        std::memcpy(model.pixel_table.data(), raw.data, 256 * sizeof(float));
+      }
+      if (member.first == "std") std_value = as_double[0];
+    }
+    if (!(std_value > 0)) throw fail("the preprocessing's std is not positive");
+    model.preprocessing = name;
   }
 
   // What the values themselves can be: padding bits zero, directions +/-1, thresholds in range.
@@ -349,10 +445,10 @@ Model read_export(const uint8_t* data, size_t size, const std::string& path) {
   uint32_t version, header_len;
   std::memcpy(&version, data + 8, 4);
   std::memcpy(&header_len, data + 12, 4);
-  if (version != 1 && version != 2)
+  if (version < 1 || version > (uint32_t)kExportVersion)
     throw ExportError(Refusal::version, path + " is a bnnctl export of format version " + std::to_string(version) +
-                                            "; this bnnctl reads versions 1 and 2, so export the run again with it "
-                                            "(or restore the file, if it is damaged).");
+                                            "; this bnnctl reads versions 1, 2 and 3, so export the run again with "
+                                            "it (or restore the file, if it is damaged).");
   size_t start = kFixed;
   if (version >= 2) {
     start += kDigest;

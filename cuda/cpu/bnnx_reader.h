@@ -10,7 +10,7 @@
 
 namespace bnnx {
 
-constexpr int kExportVersion = 2;
+constexpr int kExportVersion = 3;
 
 // Why a file was refused: not an export at all (or missing, unreadable), a version this reader does not read, or
 // damaged (checksum, a header that disagrees with the data).
@@ -45,6 +45,10 @@ struct Model {
   std::string input_encoding;  // "uint8_scale" | "float"
   int64_t num_classes = 0;
   std::vector<Layer> layers;
+  // The fitted input preprocessing the file carries (format version 3; empty kind: none): "scale", "standardize",
+  // "zca" or "gcn_lcn". A per-pixel one ("scale", "standardize") comes as the float32 value of each byte 0..255.
+  std::string preprocessing;
+  std::vector<float> pixel_table;  // 256 values, or empty
   bool eight_bit() const { return input_encoding == "uint8_scale"; }
 };
 
