@@ -115,6 +115,28 @@ int open_model(const bnnx::Model& m, const bnnctl_options* options, bnnctl_model
   return BNNCTL_OK;
 }
 
+// The classes of n images (the first largest logit, as torch's argmax), from the logits logits_of(buffer) writes
+// (a status): what bnnctl_classify and bnnctl_classify_pixels share.
+template <typename LogitsOf>
+int classify_with(bnnctl_model* model, size_t n, int32_t* classes, char* error, size_t error_size,
+                  LogitsOf logits_of) {
+  const size_t c = (size_t)model->plan.num_classes();
+  std::vector<double> logits;
+  try {
+    logits.resize(n * c);
+  } catch (const std::bad_alloc&) {
+    set_error(error, error_size, "the machine ran out of memory; use smaller batches.");
+    return BNNCTL_ENVIRONMENT;
+  }
+  const int status = logits_of(logits.data());
+  if (status != BNNCTL_OK) return status;
+  for (size_t i = 0; i < n; ++i) {
+    const double* row = logits.data() + i * c;
+    classes[i] = (int32_t)(std::max_element(row, row + c) - row);
+  }
+  return BNNCTL_OK;
+}
+
 }  // namespace
 
 extern "C" {
@@ -163,15 +185,8 @@ int bnnctl_logits(bnnctl_model* model, const void* inputs, size_t n, double* log
 
 int bnnctl_classify(bnnctl_model* model, const void* inputs, size_t n, int32_t* classes, char* error,
                     size_t error_size) {
-  return guarded(error, error_size, [&] {
-    const size_t c = bnnctl_num_classes(model);
-    std::vector<double> logits(n * c);
-    model->plan.run(inputs, (int64_t)n, logits.data(), model->parallel);
-    for (size_t i = 0; i < n; ++i) {
-      const double* row = logits.data() + i * c;
-      classes[i] = (int32_t)(std::max_element(row, row + c) - row);  // the first largest, as torch's argmax
-    }
-  });
+  return classify_with(model, n, classes, error, error_size,
+                       [&](double* logits) { return bnnctl_logits(model, inputs, n, logits, error, error_size); });
 }
 
 int bnnctl_logits_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, double* logits, char* error,
@@ -195,21 +210,9 @@ int bnnctl_logits_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, d
 
 int bnnctl_classify_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, int32_t* classes, char* error,
                            size_t error_size) {
-  const size_t c = bnnctl_num_classes(model);
-  std::vector<double> logits;
-  try {
-    logits.resize(n * c);
-  } catch (const std::bad_alloc&) {
-    set_error(error, error_size, "the machine ran out of memory; use smaller batches.");
-    return BNNCTL_ENVIRONMENT;
-  }
-  const int status = bnnctl_logits_pixels(model, pixels, n, logits.data(), error, error_size);
-  if (status != BNNCTL_OK) return status;
-  for (size_t i = 0; i < n; ++i) {
-    const double* row = logits.data() + i * c;
-    classes[i] = (int32_t)(std::max_element(row, row + c) - row);  // the first largest, as torch's argmax
-  }
-  return BNNCTL_OK;
+  return classify_with(model, n, classes, error, error_size, [&](double* logits) {
+    return bnnctl_logits_pixels(model, pixels, n, logits, error, error_size);
+  });
 }
 
 }  // extern "C"
