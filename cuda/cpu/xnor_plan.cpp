@@ -50,9 +50,11 @@ struct Layer {
   std::vector<int32_t> correction;  // conv: (height * width, out), subtracted from the products
   std::vector<int32_t> direction;   // conv under a max-pool: multiplied after the max; empty: folded into weights
   int32_t pad_agreements = 0;       // dense on channels-last bits: the padding bits' agreements in every product
-  // The float first layer: +/-1 weights, the model's column order, (out, fan_in) for a convolution and
-  // (fan_in, out) for a dense layer (float_dense_rows); its bounds; conv's directions.
+  // The float first layer. A convolution's +/-1 weights as floats (out, fan_in), the model's column order; a
+  // dense layer's as sign bits (fan_in, words(out)), bit o of row j set where unit o's weight j is -1, 32 times
+  // fewer bytes to read per image than floats (float_dense_rows). Its bounds; conv's directions.
   std::vector<float> weight_f, bound_f, direction_f;
+  std::vector<uint64_t> negative;
   // The output layer: logits = pre-activation * scale + shift (scale over the pre-activation's own scale).
   std::vector<double> scale, shift;
   // The output per image: (out_h, out_w, words(out)) packed bits, out_words in all.
@@ -91,10 +93,17 @@ Layer prepare(const bnnx::Layer& e, size_t index, FirstLayer mode, Isa isa) {
   const int64_t taps = L.conv ? L.kernel * L.kernel : L.height * L.width;
 
   if (L.input == Input::floats) {
-    L.weight_f.resize((size_t)(L.out * L.fan_in));
-    for (int64_t o = 0; o < L.out; ++o)
-      for (int64_t j = 0; j < L.fan_in; ++j)
-        L.weight_f[L.conv ? o * L.fan_in + j : j * L.out + o] = sign(o, j) ? 1.0f : -1.0f;
+    if (L.conv) {
+      L.weight_f.resize((size_t)(L.out * L.fan_in));
+      for (int64_t o = 0; o < L.out; ++o)
+        for (int64_t j = 0; j < L.fan_in; ++j) L.weight_f[o * L.fan_in + j] = sign(o, j) ? 1.0f : -1.0f;
+    } else {
+      const int64_t out_words = words_for(L.out);
+      L.negative.assign((size_t)(L.fan_in * out_words), 0);
+      for (int64_t o = 0; o < L.out; ++o)
+        for (int64_t j = 0; j < L.fan_in; ++j)
+          if (!sign(o, j)) L.negative[j * out_words + o / 64] |= uint64_t{1} << (o % 64);
+    }
     if (!L.output)
       for (int64_t o = 0; o < L.out; ++o) {
         L.bound_f.push_back((float)e.direction[o] * e.float_threshold[o]);
@@ -336,32 +345,42 @@ void Plan::Impl::conv(const Layer& L, const uint64_t* a, int64_t n, bool planes,
   });
 }
 
-// y (n, out), columns j0..j1 (at most 64) of x (n, k) times the +/-1 weights wt (k, out): the baseline kernel's
-// values to the bit, as each output sums its products over the inputs in order from +0.0 as float_gemm_block does,
-// but vectorized across the outputs (wt's rows are contiguous), which one image per call needs: the baseline's one
-// row is a single dependent chain per output. A product with a +/-1 weight is exact, so no contraction into a fused
-// multiply-add could round it differently either.
+// y (n, out), the 64 columns of word wd (fewer in the last word) of x (n, k) times the +/-1 weights whose sign bits
+// are `negative` (k, words): the baseline kernel's values to the bit. Each output sums its products over the inputs
+// in order from +0.0, as float_gemm_block does, but the outputs run side by side in vector registers (one image per
+// call gives the baseline a single dependent chain per output). A product with a +/-1 weight is the input with its
+// sign bit flipped or not, exactly what the multiplication gives (a NaN's sign aside, which no threshold reads).
 template <int Width>
-inline void float_dense_block(const float* xi, const float* wt, int64_t k, int64_t out, int64_t j, int64_t m,
-                              float* y) {
+inline void float_sign_block(const float* xi, const uint64_t* negative, int64_t k, int64_t words, int64_t wd,
+                             int shift, int m, float* y) {
   float acc[Width] = {};  // a fixed width the compiler keeps in vector registers, one dependent chain each
   for (int64_t p = 0; p < k; ++p) {
-    const float a = xi[p];
-    const float* w = wt + p * out + j;
-    for (int q = 0; q < Width; ++q) acc[q] += a * w[q];
+    uint32_t a;
+    std::memcpy(&a, xi + p, sizeof a);
+    const uint64_t signs = negative[p * words + wd] >> shift;
+    const uint32_t low = (uint32_t)signs, high = (uint32_t)(signs >> 32);  // 32-bit lanes' shifts
+    for (int q = 0; q < Width; ++q) {
+      const uint32_t product = a ^ (((q < 32 ? low : high) >> (q % 32)) << 31);
+      float f;
+      std::memcpy(&f, &product, sizeof f);
+      acc[q] += f;
+    }
   }
-  std::copy(acc, acc + m, y + j);
+  std::copy(acc, acc + m, y);
 }
 
-BNN_PLAN_CLONES static void float_dense_rows(const float* x, const float* wt, int64_t k, int64_t n, int64_t out,
-                                             int64_t j0, int64_t j1, float* y) {
-  constexpr int kWidth = 32;
+BNN_PLAN_CLONES static void float_dense_rows(const float* x, const uint64_t* negative, int64_t k, int64_t n,
+                                             int64_t out, int64_t wd, float* y) {
+  const int64_t words = words_for(out), j0 = 64 * wd, cols = std::min<int64_t>(64, out - j0);
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * k;
-    float* yi = y + i * out;
-    int64_t j = j0;
-    for (; j + kWidth <= j1; j += kWidth) float_dense_block<kWidth>(xi, wt, k, out, j, kWidth, yi);
-    for (; j < j1; ++j) float_dense_block<1>(xi, wt, k, out, j, 1, yi);
+    float* yi = y + i * out + j0;
+    if (cols == 64) {
+      float_sign_block<64>(xi, negative, k, words, wd, 0, 64, yi);
+    } else {
+      for (int c = 0; c < cols; c += 8)
+        float_sign_block<8>(xi, negative, k, words, wd, c, (int)std::min<int64_t>(8, cols - c), yi + c);
+    }
   }
 }
 
@@ -373,7 +392,7 @@ void Plan::Impl::float_dense(const Layer& L, const float* x, int64_t n, uint64_t
   float* y = pre ? pre : sized(floats, n * L.out);
   parallel.run(out_words, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t wd = w0; wd < w1; ++wd)
-      float_dense_rows(x, L.weight_f.data(), L.fan_in, n, L.out, 64 * wd, std::min(L.out, 64 * wd + 64), y);
+      float_dense_rows(x, L.negative.data(), L.fan_in, n, L.out, wd, y);
     if (!bits) return;
     for (int64_t i = 0; i < n; ++i)
       for (int64_t wd = w0; wd < w1; ++wd)
