@@ -37,6 +37,8 @@ from tests.test_kernels import expected_product, signed_inputs
 ODD_ARCHS = {
     "mlp-odd": ("mnist.yaml", ["model.hidden=[100,37]"], (1, 9, 7)),
     "convnet-odd": ("cifar10.yaml", ["model.conv=[5,33,M,70,M]", "model.fc=[65]"], (3, 10, 10)),
+    # more inputs than one pass of the nibble-table first layer's 16-bit sums takes (4,096)
+    "mlp-long": ("mnist.yaml", ["model.hidden=[37]"], (1, 67, 67)),
 }
 BATCHES = list(range(1, 10)) + [40]
 
@@ -162,7 +164,7 @@ def assert_same_outputs(engine: PackedEngine, plan: NativePlan, x: torch.Tensor,
     assert torch.equal(plan.logits(x, transform), expected[-1]), what
 
 
-@pytest.mark.parametrize("name", ["mlp", "convnet", "mlp-shift-bn", "mlp-odd", "convnet-odd"])
+@pytest.mark.parametrize("name", ["mlp", "convnet", "mlp-shift-bn", "mlp-odd", "convnet-odd", "mlp-long"])
 @pytest.mark.parametrize("first_layer", ["bitplane", "float"])
 def test_plan_equals_the_engine_on_8_bit_models(isa, models, name, first_layer):
     """Every layer's packed activations and the logits, for every batch size: the bit-plane first layer (the

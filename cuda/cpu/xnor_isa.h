@@ -107,6 +107,10 @@ using ConvThresholdRows = void (*)(const ConvThreshold& t, int64_t r0, int64_t r
 // xnor_few_rows for one instruction set.
 using FewRowsKernel = void (*)(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
                                int64_t n0, int64_t n1, const FewRowsOutput& out);
+// nibble_tables and nibble_row for one instruction set (null where it has none).
+using NibbleTables = int64_t (*)(const uint8_t* x, int64_t k, uint8_t* tables);
+using NibbleRow = void (*)(const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
+                           const int32_t* offset, int32_t bias, const FewRowsOutput& out);
 
 // Everything that differs by instruction set: the GEMM's micro-kernel with its panel shape and b's packing, and
 // the vector forms of packing and of the convolution's epilogue.
@@ -122,6 +126,8 @@ struct IsaKernels {
   GeRowPacker pack_ge_row_i32;
   ConvThresholdRows conv_threshold_rows;
   FewRowsKernel few_rows;
+  NibbleTables nibble_tables;
+  NibbleRow nibble_row;
 };
 
 // The few-row kernels (xnor_rows.cpp), which the tables name.
@@ -134,6 +140,11 @@ void few_rows_avx2(const uint64_t* a, int rows, int64_t words, int64_t k, const 
                    int64_t n1, const FewRowsOutput& out);
 void few_rows_avx512(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels, int64_t n0,
                      int64_t n1, const FewRowsOutput& out);
+// The nibble-table first layer (xnor_rows.cpp) on AVX2, which the AVX-512 table names too: every CPU with
+// AVX-512 has AVX2, and the tables' 16 entries fill a 128-bit lane whatever the vector width.
+int64_t nibble_tables_avx2(const uint8_t* x, int64_t k, uint8_t* tables);
+void nibble_row_avx2(const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
+                     const int32_t* offset, int32_t bias, const FewRowsOutput& out);
 #endif
 
 // Each instruction set's table, defined in its own file.

@@ -5,6 +5,8 @@
 
 #include "xnor_isa.h"
 
+#include <cstring>
+
 namespace bnn_cpu {
 using namespace detail;
 
@@ -166,6 +168,27 @@ void xnor_panels(Isa isa, const uint64_t* a_panels, const uint64_t* b_panels, in
 void xnor_few_rows(Isa isa, const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
                    int64_t n0, int64_t n1, const FewRowsOutput& out) {
   kernels_for(isa).few_rows(a, rows, words, k, b_panels, n0, n1, out);
+}
+
+bool nibble_rows_available(Isa isa) { return kernels_for(isa).nibble_row != nullptr; }
+
+void pack_nibble_weights(const uint64_t* rows, int64_t out, int64_t words, int64_t k, uint8_t* dst) {
+  const int64_t octets = nibble_inputs(k) / 8;
+  std::memset(dst, 0, (size_t)nibble_weight_bytes(out, k));
+  for (int64_t j = 0; j < out; ++j) {
+    uint8_t* column = dst + (j / kNibbleOutputs) * octets * kNibbleOutputs + j % kNibbleOutputs;
+    for (int64_t i = 0; i < k; ++i)
+      if ((rows[j * words + i / 64] >> (i % 64)) & 1) column[(i / 8) * kNibbleOutputs] |= (uint8_t)(1u << (i % 8));
+  }
+}
+
+int64_t nibble_tables(Isa isa, const uint8_t* x, int64_t k, uint8_t* tables) {
+  return kernels_for(isa).nibble_tables(x, k, tables);
+}
+
+void nibble_row(Isa isa, const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
+                const int32_t* offset, int32_t bias, const FewRowsOutput& out) {
+  kernels_for(isa).nibble_row(tables, k, weights, n0, n1, offset, bias, out);
 }
 
 void conv_threshold_rows(Isa isa, const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out) {

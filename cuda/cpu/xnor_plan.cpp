@@ -55,6 +55,11 @@ struct Layer {
   // fewer bytes to read per image than floats (float_dense_rows). Its bounds; conv's directions.
   std::vector<float> weight_f, bound_f, direction_f;
   std::vector<uint64_t> negative;
+  // The bit-plane first layer, dense, where the instruction set has the nibble-table kernel: its +1 bits in
+  // pack_nibble_weights' layout, and -255 times each row's sum of +/-1 weights (nibble_row's offset), padded to a
+  // multiple of 64 with zeros. Empty otherwise.
+  std::vector<uint8_t> nibble_weights;
+  std::vector<int32_t> nibble_offset;
   // The output layer: logits = pre-activation * scale + shift (scale over the pre-activation's own scale).
   std::vector<double> scale, shift;
   // The output per image: (out_h, out_w, words(out)) packed bits, out_words in all.
@@ -131,6 +136,16 @@ Layer prepare(const bnnx::Layer& e, size_t index, FirstLayer mode, Isa isa) {
         row[bit / 64] |= uint64_t{1} << (bit % 64);
       }
     }
+    if (L.input == Input::bitplane && !L.conv && !L.channels_last && nibble_rows_available(isa)) {
+      L.nibble_weights.resize((size_t)nibble_weight_bytes(L.out, L.k));
+      pack_nibble_weights(rows.data(), L.out, L.words, L.k, L.nibble_weights.data());
+      L.nibble_offset.assign((size_t)((L.out + 63) / 64 * 64), 0);
+      for (int64_t o = 0; o < L.out; ++o) {
+        int64_t positive = 0;
+        for (int64_t w = 0; w < L.words; ++w) positive += __builtin_popcountll(rows[o * L.words + w]);
+        L.nibble_offset[o] = (int32_t)(-kInputLevels * (2 * positive - L.k));
+      }
+    }
     const int64_t nr = panel_shape(isa).cols, panels = (L.out + nr - 1) / nr;
     L.panels.resize((size_t)(panels * L.words * nr));
     pack_b_panels(isa, rows.data(), L.out, L.words, L.k, 0, panels, L.panels.data());
@@ -195,6 +210,7 @@ struct Plan::Impl {
 
   std::mutex mutex;  // run() takes turns: the buffers below are shared
   std::vector<uint64_t> activations[2], planes, a_panels;
+  std::vector<uint8_t> nibble_tables;
   std::vector<int32_t> products, values;
   std::vector<float> floats;
 
@@ -203,6 +219,8 @@ struct Plan::Impl {
   const uint64_t* bit_planes(const uint8_t* x, const Layer& L, int64_t n, const Parallel& parallel);
   void dense(const Layer& L, const uint64_t* a, int64_t n, bool planes, uint64_t* bits, int32_t* pre,
              const Parallel& parallel);
+  void nibble_dense(const Layer& L, const uint8_t* x, int64_t n, uint64_t* bits, int32_t* pre,
+                    const Parallel& parallel);
   void gemm(const Layer& L, const uint64_t* a, int64_t m, int32_t* c, const Parallel& parallel);
   void conv(const Layer& L, const uint64_t* a, int64_t n, bool planes, uint64_t* bits, const Parallel& parallel);
   void float_dense(const Layer& L, const float* x, int64_t n, uint64_t* bits, float* pre, const Parallel& parallel);
@@ -251,6 +269,28 @@ const uint64_t* Plan::Impl::bit_planes(const uint8_t* x, const Layer& L, int64_t
     }
   });
   return out;
+}
+
+// The bit-plane first layer, dense, on 1 to kMaxFewRows images of 8-bit inputs x (n, fan_in): the bit planes' value
+// (see dense) from nibble tables, which is sum over p of 2^p (sum over i of (2 b_pi - 1) w_i) = sum over i of
+// w_i (2 x_i - 255) = 4 S - 2 sum(x) - 255 sum(w) with S the sum of x_i over the +1 weights (nibble_row): the
+// same integer, so the same bits. One task per image and 64 outputs, threshold and packing in the kernel.
+void Plan::Impl::nibble_dense(const Layer& L, const uint8_t* x, int64_t n, uint64_t* bits, int32_t* pre,
+                              const Parallel& parallel) {
+  const int64_t out_words = words_for(L.out), table_bytes = nibble_table_bytes(L.k);
+  uint8_t* tables = sized(nibble_tables, n * table_bytes);
+  int32_t bias[kMaxFewRows];
+  for (int64_t i = 0; i < n; ++i)
+    bias[i] = (int32_t)(-2 * bnn_cpu::nibble_tables(isa, x + i * L.fan_in, L.k, tables + i * table_bytes));
+  parallel.run(n * out_words, std::max<int64_t>(1, kTaskWork / L.k), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / out_words, w = t % out_words;
+      const FewRowsOutput o{bits ? nullptr : pre + i * L.out, bits ? bits + i * out_words : nullptr,
+                            bits ? L.bound.data() : nullptr, bits ? out_words : L.out, false};
+      nibble_row(isa, tables + i * table_bytes, L.k, L.nibble_weights.data(), 64 * w, std::min(L.out, 64 * w + 64),
+                 L.nibble_offset.data(), bias[i], o);
+    }
+  });
 }
 
 // The many-row XNOR GEMM: c (m, out) int32 from m rows of a (row-major) and the layer's weight panels.
@@ -452,6 +492,8 @@ void Plan::Impl::run(const void* inputs, int64_t n, double* logits, const Parall
         pre_f = L.output ? sized(floats, n * L.out) : nullptr;
         float_dense(L, x, n, bits, pre_f, parallel);
       }
+    } else if (L.input == Input::bitplane && !L.nibble_weights.empty() && n <= kMaxFewRows) {
+      nibble_dense(L, static_cast<const uint8_t*>(inputs), n, bits, pre, parallel);
     } else {
       const bool planes = L.input == Input::bitplane;
       if (planes) a = bit_planes(static_cast<const uint8_t*>(inputs), L, n, parallel);

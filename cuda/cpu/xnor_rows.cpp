@@ -2,7 +2,8 @@
 // attribute; the tables of xnor_{scalar,avx2,avx512}.cpp name them. a's rows are read as they are (row-major),
 // so a batch of one image is not copied into panels; each panel of b (the layout of the many-row kernels, so one
 // copy of the weights serves both) is read once for all the rows, and its outputs leave the registers through
-// the epilogue: int32 values, or the threshold compared and packed into the next layer's bits.
+// the epilogue: int32 values, or the threshold compared and packed into the next layer's bits. And, beside them,
+// the nibble-table first layer on 8-bit inputs (nibble_tables, nibble_row), with the same epilogue.
 #include "xnor_counts.h"
 
 namespace bnn_cpu {
@@ -85,6 +86,16 @@ BNN_TARGET_AVX2 BNN_INLINE void avx2_put_row(const FewRowsOutput& out, int64_t r
   }
 }
 
+// ---- The nibble-table first layer: see nibble_row in xnor_kernels.h ---------------------------------------------
+
+// Octets of inputs per pass of 16-bit sums: each pair of octets adds at most 4 * 60 = 240 to a lane, and 256 pairs
+// make 61,440 <= 65,535.
+constexpr int64_t kNibbleOctetsPerPass = 512;
+
+BNN_TARGET_AVX2 BNN_INLINE __m256i lane_table(const uint8_t* sixteen) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sixteen)));
+}
+
 // ---- AVX-512 VPOPCNTDQ: panels of 32 columns, rows four at a time (16 accumulators) -----------------------------
 
 constexpr int kAvx512FewMR = 4;
@@ -152,6 +163,89 @@ BNN_TARGET_AVX2 void few_rows_avx2(const uint64_t* a, int rows, int64_t words, i
         avx2_put_row(out, r, j0, cols, v);
     }
     if (out.planes) avx2_put_row(out, 0, j0, cols, sum);
+  }
+}
+
+// The nibble-table first layer (nibble_row in xnor_kernels.h).
+BNN_TARGET_AVX2 int64_t nibble_tables_avx2(const uint8_t* x, int64_t k, uint8_t* tables) {
+  // Entry m of a group's tables sums its inputs i with bit i of m set: vpshufb picks byte i of the group's nibbles
+  // through pick[i] where bit i of m is set, and zero (index 0x80) elsewhere.
+  const __m256i entry = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                         0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m256i pick[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m256i bit = _mm256_set1_epi8((char)(1 << i));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(entry, bit), bit);
+    pick[i] = _mm256_blendv_epi8(_mm256_set1_epi8((char)0x80), _mm256_set1_epi8((char)i), set);
+  }
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  int64_t total = 0;
+  for (int64_t g = 0; g < nibble_inputs(k) / 4; ++g) {
+    uint32_t group = 0;  // inputs 4g .. 4g + 3, zero past k
+    if (4 * g + 4 <= k) {
+      std::memcpy(&group, x + 4 * g, sizeof group);
+    } else {
+      for (int64_t i = 4 * g; i < k; ++i) group |= (uint32_t)x[i] << (8 * (i - 4 * g));
+    }
+    total += (group & 0xff) + ((group >> 8) & 0xff) + ((group >> 16) & 0xff) + (group >> 24);
+    const __m256i bytes = _mm256_set1_epi32((int32_t)group);
+    // The low nibbles in the low lane (the first 16 entries), the high nibbles in the high lane.
+    const __m256i nibbles = _mm256_blend_epi32(_mm256_and_si256(bytes, low4),
+                                               _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4), 0xf0);
+    __m256i sums = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) sums = _mm256_add_epi8(sums, _mm256_shuffle_epi8(nibbles, pick[i]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tables + 32 * g), sums);
+  }
+  return total;
+}
+
+BNN_TARGET_AVX2 void nibble_row_avx2(const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
+                                     const int32_t* offset, int32_t bias, const FewRowsOutput& out) {
+  const int64_t octets = nibble_inputs(k) / 8;  // even: kNibbleInputs is 16
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  for (int64_t j0 = n0; j0 < n1; j0 += kNibbleOutputs) {
+    const uint8_t* block = weights + (j0 / kNibbleOutputs) * octets * kNibbleOutputs;
+    // 32-bit sums of the low and the high nibbles, outputs 8v .. 8v + 7 of the block in vector v.
+    __m256i lows[4], highs[4];
+    for (int v = 0; v < 4; ++v) lows[v] = highs[v] = _mm256_setzero_si256();
+    for (int64_t q0 = 0; q0 < octets; q0 += kNibbleOctetsPerPass) {
+      const int64_t q1 = std::min(octets, q0 + kNibbleOctetsPerPass);
+      __m256i lows16[2], highs16[2];  // outputs 0-15 and 16-31
+      lows16[0] = lows16[1] = highs16[0] = highs16[1] = _mm256_setzero_si256();
+      for (int64_t q = q0; q < q1; q += 2) {
+        __m256i lows8 = _mm256_setzero_si256(), highs8 = lows8;  // 4 groups: at most 240 per byte
+        for (int h = 0; h < 2; ++h) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + (q + h) * kNibbleOutputs));
+          const __m256i first = _mm256_and_si256(w, low4), second = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+          const uint8_t* t = tables + (q + h) * 64;  // groups 2(q + h) (bits 0-3) and 2(q + h) + 1 (bits 4-7)
+          lows8 = _mm256_add_epi8(lows8, _mm256_add_epi8(_mm256_shuffle_epi8(lane_table(t), first),
+                                                         _mm256_shuffle_epi8(lane_table(t + 32), second)));
+          highs8 = _mm256_add_epi8(highs8, _mm256_add_epi8(_mm256_shuffle_epi8(lane_table(t + 16), first),
+                                                           _mm256_shuffle_epi8(lane_table(t + 48), second)));
+        }
+        lows16[0] = _mm256_add_epi16(lows16[0], _mm256_cvtepu8_epi16(_mm256_castsi256_si128(lows8)));
+        lows16[1] = _mm256_add_epi16(lows16[1], _mm256_cvtepu8_epi16(_mm256_extracti128_si256(lows8, 1)));
+        highs16[0] = _mm256_add_epi16(highs16[0], _mm256_cvtepu8_epi16(_mm256_castsi256_si128(highs8)));
+        highs16[1] = _mm256_add_epi16(highs16[1], _mm256_cvtepu8_epi16(_mm256_extracti128_si256(highs8, 1)));
+      }
+      for (int half = 0; half < 2; ++half) {
+        lows[2 * half] = _mm256_add_epi32(lows[2 * half], _mm256_cvtepu16_epi32(_mm256_castsi256_si128(lows16[half])));
+        lows[2 * half + 1] =
+            _mm256_add_epi32(lows[2 * half + 1], _mm256_cvtepu16_epi32(_mm256_extracti128_si256(lows16[half], 1)));
+        highs[2 * half] =
+            _mm256_add_epi32(highs[2 * half], _mm256_cvtepu16_epi32(_mm256_castsi256_si128(highs16[half])));
+        highs[2 * half + 1] =
+            _mm256_add_epi32(highs[2 * half + 1], _mm256_cvtepu16_epi32(_mm256_extracti128_si256(highs16[half], 1)));
+      }
+    }
+    // value = 4 * (16 * highs + lows) + offset + bias, wrapping as int32 arithmetic in vectors does.
+    const __m256i b = _mm256_set1_epi32(bias);
+    for (int v = 0; v < 4 && j0 + 8 * v < n1; ++v) {
+      const __m256i s = _mm256_add_epi32(_mm256_slli_epi32(highs[v], 6), _mm256_slli_epi32(lows[v], 2));
+      const __m256i o = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(offset + j0 + 8 * v));
+      const int cols = (int)std::min<int64_t>(8, n1 - j0 - 8 * v);
+      avx2_put_row(out, 0, j0 + 8 * v, cols, _mm256_add_epi32(s, _mm256_add_epi32(o, b)));
+    }
   }
 }
 
