@@ -143,6 +143,36 @@ def test_the_floor_is_the_level_the_weights_fit_in():
     assert "why" in timing.weight_floor(10, 1, None)
 
 
+def test_the_floor_reads_the_ladder_at_the_weights_size():
+    """With a ladder of buffer sizes, the rate of the largest buffer not above the weights (a bound: a larger one
+    reads slower), its smallest where all are larger; the level is still named. Other thread counts: the levels."""
+    ladder = [(1 << 20, 60.0), (2 << 20, 55.0), (4 << 20, 50.0), (8 << 20, 30.0)]
+    bw = timing.ReadBandwidth(source=timing.Path("peaks.json"), l2_bytes=1 << 19, l3_bytes=32 << 20,
+                              gbs={1: {"l2": 80.0, "l3": 20.0, "memory": 8.0}, 2: {"l3": 35.0}},
+                              by_size={1: ladder})
+    weights = (5 << 20) + 3
+    assert timing.weight_floor(weights, 1, bw) == {"level": "l3", "read_bytes": 4 << 20, "read_gbs": 50.0,
+                                                   "floor_ms": weights / 50e9 * 1e3, "source": "peaks.json"}
+    assert timing.weight_floor(4 << 20, 1, bw)["read_gbs"] == 50.0
+    assert timing.weight_floor((4 << 20) - 1, 1, bw)["read_gbs"] == 55.0
+    assert timing.weight_floor(1000, 1, bw)["read_bytes"] == 1 << 20
+    assert timing.weight_floor(64 << 20, 1, bw)["read_gbs"] == 30.0
+    assert timing.weight_floor(weights, 2, bw) == {"level": "l3", "read_gbs": 35.0,
+                                                   "floor_ms": weights / 35e9 * 1e3, "source": "peaks.json"}
+
+
+def test_a_records_ladder_is_read_per_thread_count(tmp_path):
+    path = write_peaks(tmp_path, threads=2)
+    rec = json.loads(path.read_text())
+    rec["threads"]["2"]["read_bandwidth_by_size_gbs"] = [
+        {"bytes": 2 << 20, "one_thread": 40.0, "all_threads": 70.0},
+        {"bytes": 1 << 20, "one_thread": 50.0, "all_threads": 0},  # a starved all-threads read: not a rate
+        {"bytes": "big", "one_thread": 1.0, "all_threads": 1.0}]   # damaged: skipped
+    path.write_text(json.dumps(rec))
+    bw = timing.recorded_read_bandwidth([tmp_path], torch.device("cpu"))
+    assert bw.by_size == {1: [(1 << 20, 50.0), (2 << 20, 40.0)], 2: [(2 << 20, 70.0)]}
+
+
 def test_the_newest_read_bandwidth_of_this_cpu_is_used(tmp_path):
     cpu = torch.device("cpu")
     write_peaks(tmp_path, "20260101T000000-cpu-peaks.json", reads={"l2": (1.0, 2.0)})

@@ -35,6 +35,12 @@ def test_popc_peak_quick_json_record(tmp_path):
     caches = record["caches"]
     assert set(reads) == {"memory"} | {level for level, key in (("l2", "l2_bytes_per_core"), ("l3", "l3_bytes"))
                                        if caches[key] > 0}
+    ladder = block["read_bandwidth_by_size_gbs"]  # from 256 KiB to the memory buffer, in steps of sqrt(2)
+    sizes = [step["bytes"] for step in ladder]
+    assert sizes[0] >= 256 << 10 and sizes[-1] <= reads["memory"]["buffer_bytes_one_thread"]
+    assert sizes[-1] * 1.5 > reads["memory"]["buffer_bytes_one_thread"]
+    assert all(1.3 < b / a < 1.5 for a, b in zip(sizes, sizes[1:]))
+    assert all(step["one_thread"] > 0 and step["all_threads"] >= 0 for step in ladder)
 
 
 @needs_gxx

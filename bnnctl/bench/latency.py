@@ -12,9 +12,9 @@ classes the fp32 float model predicts for the same images in calls of the same s
 thread count, over every image the timed calls reached); one that differs, or fails, fails the command.
 
 The floor: a call reads the model's packed weights at least once, so it takes at least their bytes over the read
-bandwidth of the level of the memory hierarchy they fit in (``timing.weight_floor``, from the newest
-``tools/cpu_peaks`` record of this CPU in ``--out`` or ``results/bench``). Each latency's ``share_of_floor`` is
-floor / median: 1 at the floor. The default engine variant for the batch (``infer.variants.default_variant``) is
+bandwidth of a buffer their size, or of the level of the memory hierarchy they fit in where the record has no
+ladder of sizes (``timing.weight_floor``, from the newest ``tools/cpu_peaks`` record of this CPU in ``--out`` or
+``results/bench``). Each latency's ``share_of_floor`` is floor / median: 1 at the floor. The default engine variant for the batch (``infer.variants.default_variant``) is
 named per thread count beside the fastest one measured, so a record shows where the rule and the clock part.
 """
 from __future__ import annotations
@@ -183,8 +183,10 @@ def print_latency_table(result: dict, console: Console) -> None:
         console.print(table)
         floor = result["floor"]["threads"][t]
         if "floor_ms" in floor:
+            read = (f"a read of {floor['read_bytes'] / 1e6:.2f} MB" if "read_bytes" in floor
+                    else f"{floor['level']} read")
             console.print(f"floor at {t} thread(s): {result['floor']['packed_weight_bytes'] / 1e6:.2f} MB of packed "
-                          f"weights / {floor['read_gbs']:.1f} GB/s ({floor['level']} read, {floor['source']}) = "
+                          f"weights / {floor['read_gbs']:.1f} GB/s ({read}, {floor['source']}) = "
                           f"{floor['floor_ms']:.3f} ms", highlight=False)
         else:
             console.print(f"floor at {t} thread(s): not known ({floor['why']})", highlight=False)

@@ -27,7 +27,7 @@ import os
 import re
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -430,11 +430,13 @@ def cpu_peak_rows(path: Path | str, threads: int | None = None) -> dict[str, flo
 @dataclass(frozen=True)
 class ReadBandwidth:
     """What a ``tools/cpu_peaks`` record measured of this CPU's memory hierarchy: the per-core L2 and the L3 in
-    bytes, and the read bandwidth of each level (l2, l3, memory) in GB/s by thread count."""
+    bytes, the read bandwidth of each level (l2, l3, memory) in GB/s by thread count, and, from records that
+    measured the ladder of buffer sizes, by thread count the (buffer bytes, GB/s) pairs in order of size."""
     source: Path
     l2_bytes: int
     l3_bytes: int
     gbs: dict[int, dict[str, float]]
+    by_size: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 def _positive(value) -> bool:
@@ -448,7 +450,17 @@ def _read_bandwidth_of(rec: dict, path: Path) -> ReadBandwidth | None:
     if not isinstance(caches, dict) or not isinstance(blocks, dict):
         return None
     gbs: dict[int, dict[str, float]] = {}
+    by_size: dict[int, list[tuple[int, float]]] = {}
     for threads, block in blocks.items():
+        ladder = block.get("read_bandwidth_by_size_gbs") if isinstance(block, dict) else None
+        if isinstance(threads, str) and threads.isdigit() and isinstance(ladder, list):
+            for step in ladder:
+                size = step.get("bytes") if isinstance(step, dict) else None
+                if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+                    continue
+                for count, key in ((1, "one_thread"), (int(threads), "all_threads")):
+                    if _positive(step.get(key)):
+                        by_size.setdefault(count, []).append((size, float(step[key])))
         levels = block.get("read_bandwidth_gbs") if isinstance(block, dict) else None
         if not (isinstance(threads, str) and threads.isdigit()) or not isinstance(levels, dict):
             continue
@@ -461,7 +473,7 @@ def _read_bandwidth_of(rec: dict, path: Path) -> ReadBandwidth | None:
     sizes = [caches.get(k) for k in ("l2_bytes_per_core", "l3_bytes")]
     if not gbs or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes):
         return None
-    return ReadBandwidth(path, sizes[0], sizes[1], gbs)
+    return ReadBandwidth(path, sizes[0], sizes[1], gbs, {t: sorted(set(steps)) for t, steps in by_size.items()})
 
 
 def recorded_read_bandwidth(directories: Iterable[Path | str], device: torch.device) -> ReadBandwidth | None:
@@ -478,13 +490,22 @@ def recorded_read_bandwidth(directories: Iterable[Path | str], device: torch.dev
 
 
 def weight_floor(weight_bytes: int, threads: int, bandwidth: ReadBandwidth | None) -> dict:
-    """The floor of a call that reads ``weight_bytes`` of weights once on ``threads`` threads: the level of the
-    memory hierarchy they fit in (the threads' L2s together, the L3, else memory), its recorded read bandwidth
-    at that thread count, and bytes / bandwidth in ms; ``why`` instead where no bandwidth is recorded."""
+    """The floor of a call that reads ``weight_bytes`` of weights once on ``threads`` threads: bytes / bandwidth
+    in ms, with the level of the memory hierarchy they fit in (the threads' L2s together, the L3, else memory).
+    The bandwidth is, where the record has the ladder of buffer sizes for that thread count, the rate of its
+    largest buffer not above the weights' bytes (``read_bytes``; its smallest where all are larger): reads slow
+    down as a buffer outgrows each cache, so that rate is at least what the weights' own size gets and the floor
+    stays a bound, where a level's one figure (a buffer of half the cache) can be half the rate the weights see.
+    Else the level's recorded bandwidth. ``why`` instead where no bandwidth is recorded."""
     if bandwidth is None:
         return {"why": "no tools/cpu_peaks record of this CPU with its read bandwidth"}
     capacities = (("l2", bandwidth.l2_bytes * threads), ("l3", bandwidth.l3_bytes))
     level = next((name for name, capacity in capacities if 0 < weight_bytes <= capacity), "memory")
+    ladder = bandwidth.by_size.get(threads)
+    if ladder:
+        size, gbs = next((step for step in reversed(ladder) if step[0] <= weight_bytes), ladder[0])
+        return {"level": level, "read_bytes": size, "read_gbs": gbs, "floor_ms": weight_bytes / (gbs * 1e9) * 1e3,
+                "source": str(bandwidth.source)}
     gbs = bandwidth.gbs.get(threads, {}).get(level)
     if gbs is None:
         return {"level": level, "why": f"{bandwidth.source} has no {level} read bandwidth for {threads} threads"}

@@ -232,7 +232,7 @@ def latency_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str
                 md_rows.append([model, device, data.get("batch_size"), threads, f"{name}: {e.get('label', '')}",
                                 fmt(r["median_ms"], ".3f"), fmt(r["p90_ms"], ".3f"),
                                 fmt(_number(r.get("x_torch")), ".2f"), fmt(_number(r.get("x_best_torch")), ".2f"),
-                                f"{fmt(floor_ms, '.3f')} ({floor.get('level')})" if floor_ms else "",
+                                f"{fmt(floor_ms, '.3f')} ({_floor_read(floor)})" if floor_ms else "",
                                 f"{100 * share:.0f}%" if share else "", fmt(differ, "d"), load_word(data)])
         for threads, t in sorted(targets.items()):
             if isinstance(t, dict) and t.get("default_engine_variant"):
@@ -244,9 +244,9 @@ def latency_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str
                        "x best torch", "floor ms (level)", "% of floor", "predictions differing from the float model",
                        "load"], md_rows),
              "Each call runs one batch and is timed alone; 'best torch' is the fastest torch variant at that thread "
-             "count in the same record. The floor is the model's packed weights over the read bandwidth of the "
-             "level of the memory hierarchy they fit in (`tools/cpu_peaks`); '% of floor' is the floor over the "
-             "median. The exact variants must predict the float model's classes (the command fails otherwise). "
+             "count in the same record. The floor is the model's packed weights over the read bandwidth of a "
+             "buffer of at most their size (older records: of the level of the memory hierarchy they fit in; "
+             "`tools/cpu_peaks`); '% of floor' is the floor over the median. The exact variants must predict the float model's classes (the command fails otherwise). "
              "CSV: `latency.csv`."]
     if choices:
         parts.append("The default engine variant (`bnnctl.infer.variants`' rule) against the fastest measured: "
@@ -254,13 +254,23 @@ def latency_section(records: list[tuple[str, dict[str, Any]]], out: Path) -> str
     return "\n\n".join(parts)
 
 
+def _floor_read(floor: dict) -> str:
+    """What a latency floor's bandwidth was read from: the level, and the ladder's buffer where it has one."""
+    size = floor.get("read_bytes")
+    return f"{floor.get('level')}, a read of {size / 1e6:.2f} MB" if is_count(size) else str(floor.get("level"))
+
+
 def _read_bandwidth_rows(rel: str, data: dict[str, Any]) -> list[list[Any]]:
-    """A cpu-peaks record's read bandwidth rows (records from before it was measured have none)."""
+    """A cpu-peaks record's read bandwidth rows: per level, then the ladder of buffer sizes (records from before
+    either was measured have none)."""
     rows = []
     for threads, block in sorted(data["threads"].items()):
         for level, r in (block.get("read_bandwidth_gbs") or {}).items():
             rows.append([f"`{rel}`", data["hardware"], threads, level,
                          f"{r['buffer_bytes_one_thread'] / 2**20:.2f} / {r['buffer_bytes_all_threads'] / 2**20:.2f}",
+                         fmt(r["one_thread"], ".1f"), fmt(r["all_threads"], ".1f")])
+        for r in block.get("read_bandwidth_by_size_gbs") or []:
+            rows.append([f"`{rel}`", data["hardware"], threads, "ladder", f"{r['bytes'] / 2**20:.2f}",
                          fmt(r["one_thread"], ".1f"), fmt(r["all_threads"], ".1f")])
     return rows
 
@@ -291,7 +301,8 @@ def cpu_peaks_section(records: list[tuple[str, dict[str, Any]]], notes: Notes) -
         md_table(["record", "hardware", "threads", "loop", "G ops/s", "ratio"], md_rows)]
     if read_rows:
         parts += ["Read bandwidth, GB/s: a streaming read of a buffer in each level of the memory hierarchy (MiB "
-                  "read by one thread / by all threads), the denominator of the latency floor.",
+                  "read by one thread / by all threads), then of a ladder of buffer sizes (one buffer, read by one "
+                  "thread, and shared by all): the denominator of the latency floor.",
                   md_table(["record", "hardware", "threads", "level", "buffer MiB", "one thread", "all threads"],
                            read_rows)]
     return "\n\n".join(parts)

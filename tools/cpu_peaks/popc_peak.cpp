@@ -13,7 +13,9 @@
 //      scalar 64-bit POPCNT, AVX2 nibble lookup (vpshufb), AVX2 Harley-Seal carry-save adders,
 //      and AVX-512 VPOPCNTDQ where the CPU has it.
 //   3) read bandwidth (read_bandwidth.h), in GB/s: a streaming read of a buffer that fits the L2 cache (half of
-//      it per thread), one that fits the L3 (half of it), and one of at least 64 MB and twice the L3 (memory).
+//      it per thread), one that fits the L3 (half of it), and one of at least 64 MB and twice the L3 (memory);
+//      then a ladder of buffer sizes from 256 KiB to the memory one in steps of sqrt(2), which bnnctl bench reads
+//      a model's floor from (the rate of a buffer the size of its weights).
 // Rates are in G binary-op/s with 2 ops per bit multiply-accumulate (the convention of `bnnctl bench`
 // and of FLOP/s), so "best popcount / fp32 FMA" is the largest XNOR-over-fp32 GEMM speed-up this core
 // can give when both kernels run at their instruction ceilings (loads, packing and cache misses only
@@ -149,11 +151,16 @@ int main(int argc, char** argv) {
 
   const Caches caches = read_caches();
   const std::vector<LevelRead> reads = read_bandwidths(caches, threads, trials, quick ? 0.01 : 0.1, g_checksum);
+  const std::vector<SizedRead> ladder = read_bandwidth_ladder(caches, threads, trials, quick ? 0.01 : 0.05, g_checksum);
   if (!json) {
     std::printf("%-34s %14s %14s\n", "read bandwidth, GB/s", "one thread", "all threads");
     for (const LevelRead& r : reads) {
       const std::string name = "read " + r.level + " (" + std::to_string(r.bytes_one >> 10) + " / " +
                                std::to_string(r.bytes_all >> 10) + " KiB)";
+      std::printf("%-34s %14.1f %14.1f\n", name.c_str(), r.one / 1e9, r.all / 1e9);
+    }
+    for (const SizedRead& r : ladder) {
+      const std::string name = "read " + std::to_string(r.bytes >> 10) + " KiB";
       std::printf("%-34s %14.1f %14.1f\n", name.c_str(), r.one / 1e9, r.all / 1e9);
     }
   }
@@ -201,7 +208,13 @@ int main(int argc, char** argv) {
                 static_cast<long long>(r.bytes_one), static_cast<long long>(r.bytes_all),
                 i + 1 < reads.size() ? "," : "");
   }
-  std::printf("   }\n  }\n },\n");
+  std::printf("   },\n   \"read_bandwidth_by_size_gbs\": [\n");
+  for (size_t i = 0; i < ladder.size(); ++i) {
+    std::printf("    {\"bytes\": %lld, \"one_thread\": %.4g, \"all_threads\": %.4g}%s\n",
+                static_cast<long long>(ladder[i].bytes), ladder[i].one / 1e9, ladder[i].all / 1e9,
+                i + 1 < ladder.size() ? "," : "");
+  }
+  std::printf("   ]\n  }\n },\n");
   std::printf(" \"caches\": {\"l2_bytes_per_core\": %lld, \"l3_bytes\": %lld, \"source\": \"%s\"},\n",
               static_cast<long long>(caches.l2), static_cast<long long>(caches.l3), caches.source.c_str());
   std::printf(" \"checksum\": %.17g\n}\n", g_checksum);

@@ -180,5 +180,31 @@ std::vector<LevelRead> read_bandwidths(const Caches& caches, int threads, int tr
   return out;
 }
 
+// One read of the ladder: a buffer of `bytes` read by one thread, and shared by all threads.
+struct SizedRead {
+  int64_t bytes = 0;
+  double one = 0, all = 0;  // bytes/s
+};
+
+// The read bandwidth along a ladder of buffer sizes, from 256 KiB to the memory buffer's size in steps of sqrt(2):
+// a model's weights are read at the rate of a buffer their size, which a level's one figure (half the cache) can
+// miss by a factor of two or more where the cache, a VM's share of it, holds less than its nominal size.
+std::vector<SizedRead> read_bandwidth_ladder(const Caches& caches, int threads, int trials, double seconds,
+                                             double& checksum) {
+  const int64_t big = std::max<int64_t>(64LL << 20, 2 * caches.l3);
+  std::vector<SizedRead> out;
+  for (int step = 0;; ++step) {
+    // 2^18 times sqrt(2)^step, rounded to whole chunks per thread
+    const int64_t wanted = static_cast<int64_t>((256LL << 10) * (step % 2 ? 1.4142135623730951 : 1.0)) << (step / 2);
+    if (wanted > big) break;
+    SizedRead r;
+    r.bytes = slice_bytes(wanted, threads) * threads;
+    r.one = read_rate(r.bytes, 1, trials, seconds, checksum);
+    r.all = read_rate(r.bytes, threads, trials, seconds, checksum);
+    out.push_back(r);
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace cpu_peaks
