@@ -56,9 +56,9 @@ def test_the_default_is_the_documented_rule(device, batch, fast_int8, expected):
     assert default_variant(fake_model(), device, batch, fast_int8) == expected
 
 
-@pytest.mark.parametrize("batch,expected", [(1, "xnor-integer"), (LARGE_BATCH - 1, "xnor-integer"),
+@pytest.mark.parametrize("batch,expected", [(1, "plan-bitplane"), (LARGE_BATCH - 1, "plan-bitplane"),
                                             (LARGE_BATCH, "xnor-integer")])
-def test_a_convolution_first_takes_the_integer_first_layer_for_few_images(batch, expected):
+def test_a_convolution_first_runs_on_the_plan_for_few_images(batch, expected):
     assert default_variant(fake_model(kind="conv", fan_in=27), "cpu", batch, False) == expected
 
 

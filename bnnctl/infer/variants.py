@@ -24,19 +24,18 @@ timing is taken at run time); ``DEFAULT_RULE`` says it in words, and each branch
   planes there (3.8 s against 5.5 s, ``results/bench/20261127T132144-cpu-mnist-mlp.json``).
 * On a CPU, smaller batches: the native plan (``plan-bitplane`` for 8-bit models, else ``plan``), the whole
   network in one native call with few-row XNOR kernels that threshold and pack the next layer's input in
-  their output: one image of the MNIST MLP 784-4096x3-10 in 0.38 ms against 2.16 for the per-layer loop
-  (AVX2 Zen 3, one thread, loaded machine, ``scripts/plan_latency.py``; idle: 0.43 ms against 1.99 at one
-  thread, 0.27 against 1.30 at two, ``results/bench/20261207T024539-cpu-mnist-mlp-latency.json``). A model whose
-  first layer is a convolution takes ``xnor-integer`` first: on three colour channels the 8 bit planes fill a
-  64-bit word with 3 bits, and one fp32 convolution beats eight XNOR ones (CIFAR-10 ConvNet, one image: 4.8 ms
-  against 7.4 for the plan at one thread, 2.9 against 3.9 at two; SVHN: 1.6 against 2.5 and 2.1,
-  ``results/bench/*-cpu-{cifar10,svhn}-convnet-latency.json`` of 2026-12-07). Where the plan cannot run (a GPU,
-  or the engine built with another kernel), ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM
-  library to amortise its call (and for an int8 one without VNNI, a plain loop per row); eight bit-plane rows
-  on the XNOR kernel read the first layer's weights as 1 bit each. On the AVX2 Zen 3, one thread, a loaded
-  machine (``bnnctl bench --model mnist-mlp --batch 1``): 1.8 ms median against 3.9 for the integer, 9.8 for
-  the float and 26 for the int8 first layer; the bit planes stayed ahead up to 64 images per call. To be
-  confirmed on an idle machine and on AVX-512: the latency records name the rule's choice beside the fastest.
+  their output, and its first layer from nibble tables (exact integers, no bit planes). On the AVX2 Zen 3, one
+  image per call, the 1-minute load 1.6-2.1 (``results/bench/20261207T1233*-cpu-*-latency.json``): the MNIST MLP
+  784-4096x3-10 in 0.26 ms against 1.86 for the per-layer loop at one thread, 0.19 against 1.10 at two; the
+  CIFAR-10 ConvNet in 4.3 ms against 5.7 for ``xnor-integer`` (one fp32 convolution first) at one thread, 2.5
+  against 3.1 at two; SVHN 1.4 against 2.2 and 0.83 against 1.45; at 15 images per call, CIFAR-10 37 against 63
+  ms and 21 against 24. Where the plan cannot run (a GPU, or the engine built with another kernel),
+  ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM library to amortise its call (and
+  for an int8 one without VNNI, a plain loop per row); eight bit-plane rows on the XNOR kernel read the first
+  layer's weights as 1 bit each. On the AVX2 Zen 3, one thread, a loaded machine (``bnnctl bench --model
+  mnist-mlp --batch 1``): 1.8 ms median against 3.9 for the integer, 9.8 for the float and 26 for the int8 first
+  layer; the bit planes stayed ahead up to 64 images per call. To be confirmed on AVX-512: the latency records
+  name the rule's choice beside the fastest.
 
 Where the preferred variant cannot run the model (the integer first layer past 2^24 / 510 inputs per unit, the
 int8 one on a convolution that changes the image size), the next in ``_preferences`` that can is taken, ending
@@ -144,16 +143,14 @@ AUTO = "auto"
 
 DEFAULT_RULE = (f"the fastest exact variant for the batch: xnor for a model not trained on 8-bit images scaled to "
                 f"[-1, 1] (plan on a CPU below {LARGE_BATCH} images per call); on a GPU xnor-integer; on a CPU "
-                f"below {LARGE_BATCH} images per call plan-bitplane (xnor-integer for a convolution first), "
+                f"below {LARGE_BATCH} images per call plan-bitplane, "
                 f"from {LARGE_BATCH} xnor-int8 where torch's int8 matmul has VNNI or AMX, else xnor-integer")
 
 
-def _preferences(device_type: str, batch: int, fast_int8: bool, conv_first: bool) -> tuple[str, ...]:
+def _preferences(device_type: str, batch: int, fast_int8: bool) -> tuple[str, ...]:
     """The variants the rule prefers, best first (see the module's docstring); xnor last, as it runs everything."""
     if device_type != "cpu":
         return "xnor-integer", "xnor-bitplane", "xnor"
-    if batch < LARGE_BATCH and conv_first:
-        return "xnor-integer", "plan-bitplane", "plan", "xnor-bitplane", "xnor"
     if batch < LARGE_BATCH:
         return "plan-bitplane", "plan", "xnor-bitplane", "xnor-integer", "xnor"
     return ("xnor-int8", "xnor-integer", "xnor-bitplane", "xnor") if fast_int8 else \
@@ -166,8 +163,7 @@ def default_variant(exported: Any, device_type: str, batch: int, fast_int8: bool
 
     ``fast_int8``: whether torch's int8 matmul has a fast kernel on this CPU (``engine.torch_int8_is_fast``);
     ``among``: the variants a caller can build (``PackedEngine`` chooses among its own first layers)."""
-    conv_first = bool(exported.layers) and exported.layers[0].kind == "conv"
-    for name in _preferences(device_type, batch, fast_int8, conv_first):
+    for name in _preferences(device_type, batch, fast_int8):
         if among(name) and ENGINE_VARIANTS[name].refusal(exported, device_type) is None:
             return name
     return "xnor"

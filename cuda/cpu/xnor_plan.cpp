@@ -293,8 +293,8 @@ const uint64_t* Plan::Impl::bit_planes(const uint8_t* x, const Layer& L, int64_t
 // The bit-plane first layer from nibble tables (nibble_row), a dense layer on images of 8-bit inputs x (n, fan_in):
 // the planes' value (see dense), sum over p of 2^p (sum over i of (2 b_pi - 1) w_i) = sum over i of w_i (2 x_i - 255)
 // = 4 S - 2 sum(x) - 255 sum(w), S the sum of x_i over the +1 weights: the same integer, so the same bits. One task
-// per image and 64 outputs, threshold and packing in the kernel. About 3 times faster than the planes at one image
-// (MNIST MLP, AVX2), and ahead at any batch: the planes do 8 XNOR rows per image.
+// per image and 64 outputs, threshold and packing in the kernel. Ahead of the planes at any batch, which do 8 XNOR
+// rows per image.
 void Plan::Impl::nibble_dense(const Layer& L, const uint8_t* x, int64_t n, uint64_t* bits, int32_t* pre,
                               const Parallel& parallel) {
   const int64_t out_words = words_for(L.out), table_bytes = nibble_table_bytes(L.fan_in);
