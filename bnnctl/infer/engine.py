@@ -457,6 +457,8 @@ class PackedEngine:
         self.first_layer, self.hidden, self.xnor_impl, self.variant = first_layer, hidden, xnor_impl, variant
         self.plan = None
         self._plans: dict[str, Any] = {}  # first layer -> NativePlan, built when the rule first picks it
+        # (batch, torch_int8_is_fast()) -> the rule's variant: a call of one image pays a lookup, not the rule
+        self._chosen: dict[tuple[int, bool], str] = {}
         if variant not in VARIANTS:
             raise EngineError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
         if variant == "plan":
@@ -496,7 +498,10 @@ class PackedEngine:
         explicit first layer or variant given when it was built)."""
         if self.first_layer != "auto" or self.plan is not None:
             return None
-        return default_variant(self.exported, self.device.type, batch, torch_int8_is_fast(), among=self._runs)
+        key = (batch, torch_int8_is_fast())
+        if key not in self._chosen:
+            self._chosen[key] = default_variant(self.exported, self.device.type, batch, key[1], among=self._runs)
+        return self._chosen[key]
 
     def first_layer_for(self, batch: int) -> str:
         """The first layer this engine runs a batch of ``batch`` images on."""
