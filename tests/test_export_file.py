@@ -6,6 +6,8 @@ one sentence naming the file and exit code 2, never a crash or a model with othe
 """
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import io
 import json
@@ -25,6 +27,7 @@ from bnnctl.errors import DamagedFile, UserError
 from bnnctl.infer.engine import EngineError, PackedEngine, _FloatDense, _pack_ge, _pm1_ge
 from bnnctl.infer.bnnx import EXPORT_VERSION, MAGIC, DamagedExport, load_export, read_export, save_export
 from bnnctl.infer.exported import ExportedLayer, ExportError
+from bnnctl.data import scale_to_pm1
 from bnnctl.infer.float_model import ThresholdSign, float_model_from_export
 from bnnctl.infer.fold import export_model, integer_thresholds
 from bnnctl.recipe import dump_recipe, load_recipe
@@ -408,6 +411,19 @@ def test_float_reconstruction_predicts_what_the_engine_does(mlp):
     with torch.no_grad():
         rebuilt = float_model_from_export(exported)(scale_to_pm1(x)).argmax(1)
     assert torch.equal(rebuilt, PackedEngine(exported).predict(x))
+
+
+def test_the_float_reconstruction_runs_in_the_dtype_it_is_given(mlp):
+    """bnnctl bench --run X.bnnx times it in bfloat16 (torch-bf16): each layer hands the next its own dtype."""
+    record, model = mlp
+    rebuilt = float_model_from_export(export_model(record, model))
+    x = scale_to_pm1(images(20, (1, 8, 8), 5))
+    with torch.no_grad():
+        fp32 = rebuilt(x)
+        for dtype in (torch.bfloat16, torch.float64):
+            low = copy.deepcopy(rebuilt).to(dtype)(x.to(dtype))
+            assert low.shape == fp32.shape and low.dtype == torch.float64  # the output affine's logits
+        assert torch.equal(copy.deepcopy(rebuilt).to(torch.float64)(x.double()).argmax(1), fp32.argmax(1))
 
 
 def test_the_float_kernel_refuses_layers_float32_cannot_sum_exactly():

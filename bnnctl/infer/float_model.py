@@ -13,7 +13,8 @@ from ..errors import UserError
 from .exported import ExportedModel
 
 class ThresholdSign(nn.Module):
-    """+1 where direction * y >= direction * threshold, else -1: a folded BN + sign, in float.
+    """+1 where direction * y >= direction * threshold, else -1, in y's dtype (so the model runs in bfloat16
+    too): a folded BN + sign, in float.
 
     Compared in float64, where the float32 pre-activation, the float32 first-layer threshold and the
     integer thresholds are all exact: no float32 rounding of an integer threshold past 2^24."""
@@ -24,7 +25,7 @@ class ThresholdSign(nn.Module):
         self.register_buffer("threshold", direction.to(torch.float64) * threshold.to(torch.float64))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.where(y.to(torch.float64) * self.direction >= self.threshold, 1.0, -1.0)
+        return torch.where(y.to(torch.float64) * self.direction >= self.threshold, 1.0, -1.0).to(y.dtype)
 
 
 class OutputAffine(nn.Module):
