@@ -24,15 +24,15 @@ timing is taken at run time); ``DEFAULT_RULE`` says it in words, and each branch
   planes there (3.8 s against 5.5 s, ``results/bench/20261127T132144-cpu-mnist-mlp.json``).
 * On a CPU, smaller batches: the native plan (``plan-bitplane`` for 8-bit models, else ``plan``), the whole
   network in one native call with few-row XNOR kernels that threshold and pack the next layer's input in
-  their output, and its first layer from nibble tables (exact integers, no bit planes). On the AVX2 Zen 3, one
-  image per call, the 1-minute load 1.6-2.1 (``results/bench/20261207T1233*-cpu-*-latency.json``): the MNIST MLP
-  784-4096x3-10 in 0.26 ms against 1.86 for the per-layer loop at one thread, 0.19 against 1.10 at two; the
-  CIFAR-10 ConvNet in 4.3 ms against 5.7 for ``xnor-integer`` (one fp32 convolution first) at one thread, 2.5
-  against 3.1 at two; SVHN 1.4 against 2.2 and 0.83 against 1.45; at 15 images per call, CIFAR-10 37 against 63
-  ms and 21 against 24. Where the plan cannot run (a GPU, or the engine built with another kernel),
-  ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM library to amortise its call (and
-  for an int8 one without VNNI, a plain loop per row); eight bit-plane rows on the XNOR kernel read the first
-  layer's weights as 1 bit each. On the AVX2 Zen 3, one thread, a loaded machine (``bnnctl bench --model
+  their output, and its first layer from nibble tables (exact integers, no bit planes). On the AVX2 Zen 3, idle,
+  one image per call (``results/bench/20261207T12{4024,4848,5059}-cpu-*-latency.json``): the MNIST MLP
+  784-4096x3-10 in 0.24 ms against 1.43 for the per-layer loop (``xnor-bitplane``) at one thread, 0.18 against
+  1.14 at two; the CIFAR-10 ConvNet in 3.1 ms against 4.6 for ``xnor-integer`` (one fp32 convolution first) at
+  one thread, 2.4 against 3.5 at two; SVHN 1.2 against 2.0 and 0.75 against 1.56; at 15 images per call
+  (``20261207T123802``), CIFAR-10 37 against 63 ms and 21 against 24. Where the plan cannot run (a GPU, or the
+  engine built with another kernel), ``xnor-bitplane``: a few rows of 784 pixels are too little work for a GEMM
+  library to amortise its call (and for an int8 one without VNNI, a plain loop per row); eight bit-plane rows
+  on the XNOR kernel read the first layer's weights as 1 bit each. On the AVX2 Zen 3, one thread, a loaded machine (``bnnctl bench --model
   mnist-mlp --batch 1``): 1.8 ms median against 3.9 for the integer, 9.8 for the float and 26 for the int8 first
   layer; the bit planes stayed ahead up to 64 images per call. To be confirmed on AVX-512: the latency records
   name the rule's choice beside the fastest.
