@@ -89,7 +89,7 @@ BNN_TARGET_AVX2 void conv_threshold_rows_avx2(const ConvThreshold& t, int64_t r0
 
 constexpr IsaKernels kAvx2Kernels{{kAvx2MR, kAvx2NR}, micro_avx2, pack_half_word_panels, true,
                                   pack_row_avx2, pack_ge_row_i32_avx2, conv_threshold_rows_avx2, few_rows_avx2,
-                                  nibble_tables_avx2, nibble_row_avx2};
+                                  nibble_tables_avx2, nibble_row_avx2, float_sign_word_avx2};
 
 }  // namespace
 

@@ -74,7 +74,8 @@ BNN_TARGET_AVX512 void conv_threshold_rows_avx512(const ConvThreshold& t, int64_
 
 constexpr IsaKernels kAvx512Kernels{{kAvx512MR, kAvx512NR}, micro_avx512_full, pack_word_panels<kAvx512NR>, false,
                                     pack_row_avx512, pack_ge_row_i32_avx512, conv_threshold_rows_avx512,
-                                    few_rows_avx512, nibble_tables_avx2, nibble_row_avx2};
+                                    few_rows_avx512, nibble_tables_avx2, nibble_row_avx2,
+                                    float_sign_word_avx2};
 
 }  // namespace
 

@@ -111,6 +111,9 @@ using FewRowsKernel = void (*)(const uint64_t* a, int rows, int64_t words, int64
 using NibbleTables = int64_t (*)(const uint8_t* x, int64_t k, uint8_t* tables);
 using NibbleRow = void (*)(const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
                            const int32_t* offset, int32_t bias, const FewRowsOutput& out);
+// float_sign_word for one instruction set (null where it has none).
+using FloatSignWord = void (*)(const float* x, int64_t n, int64_t k, const uint64_t* negative, int64_t words,
+                               int64_t wd, float* y, int64_t ldy);
 
 // Everything that differs by instruction set: the GEMM's micro-kernel with its panel shape and b's packing, and
 // the vector forms of packing and of the convolution's epilogue.
@@ -128,6 +131,7 @@ struct IsaKernels {
   FewRowsKernel few_rows;
   NibbleTables nibble_tables;
   NibbleRow nibble_row;
+  FloatSignWord float_sign_word;
 };
 
 // The few-row kernels (xnor_rows.cpp), which the tables name.
@@ -140,11 +144,13 @@ void few_rows_avx2(const uint64_t* a, int rows, int64_t words, int64_t k, const 
                    int64_t n1, const FewRowsOutput& out);
 void few_rows_avx512(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels, int64_t n0,
                      int64_t n1, const FewRowsOutput& out);
-// The nibble-table first layer (xnor_rows.cpp) on AVX2, which the AVX-512 table names too: every CPU with
-// AVX-512 has AVX2, and the tables' 16 entries fill a 128-bit lane whatever the vector width.
+// The nibble-table first layer and the float one's sign word (xnor_rows.cpp) on AVX2, which the AVX-512 table names
+// too: every CPU with AVX-512 has AVX2 (the tables' 16 entries fill a 128-bit lane whatever the vector width).
 int64_t nibble_tables_avx2(const uint8_t* x, int64_t k, uint8_t* tables);
 void nibble_row_avx2(const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
                      const int32_t* offset, int32_t bias, const FewRowsOutput& out);
+void float_sign_word_avx2(const float* x, int64_t n, int64_t k, const uint64_t* negative, int64_t words, int64_t wd,
+                          float* y, int64_t ldy);
 #endif
 
 // Each instruction set's table, defined in its own file.

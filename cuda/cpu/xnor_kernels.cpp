@@ -191,6 +191,13 @@ void nibble_row(Isa isa, const uint8_t* tables, int64_t k, const uint8_t* weight
   kernels_for(isa).nibble_row(tables, k, weights, n0, n1, offset, bias, out);
 }
 
+bool float_sign_word_available(Isa isa) { return kernels_for(isa).float_sign_word != nullptr; }
+
+void float_sign_word(Isa isa, const float* x, int64_t n, int64_t k, const uint64_t* negative, int64_t words,
+                     int64_t wd, float* y, int64_t ldy) {
+  kernels_for(isa).float_sign_word(x, n, k, negative, words, wd, y, ldy);
+}
+
 void conv_threshold_rows(Isa isa, const ConvThreshold& t, int64_t r0, int64_t r1, int32_t* scratch, uint64_t* out) {
   kernels_for(isa).conv_threshold_rows(t, r0, r1, scratch, out);
 }

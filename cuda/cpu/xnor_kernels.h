@@ -129,6 +129,15 @@ int64_t nibble_tables(Isa isa, const uint8_t* x, int64_t k, uint8_t* tables);
 void nibble_row(Isa isa, const uint8_t* tables, int64_t k, const uint8_t* weights, int64_t n0, int64_t n1,
                 const int32_t* offset, int32_t bias, const FewRowsOutput& out);
 
+// ---- The float first layer, dense: one 64-output word of the baseline kernel's sums -----------------------------
+// y[i * ldy + j] for rows i < n of x (n, k) and the 64 outputs j of word wd: the sum over p in order, from +0.0, of
+// x[i, p] with its sign flipped where bit j of negative[p * words + wd] is set (the product with a -1 weight): the
+// baseline kernel's float32 values to the bit, the outputs side by side in vector lanes. Instruction sets without a
+// kernel for it (float_sign_word_available) leave it to the plan's portable loop.
+bool float_sign_word_available(Isa isa);
+void float_sign_word(Isa isa, const float* x, int64_t n, int64_t k, const uint64_t* negative, int64_t words,
+                     int64_t wd, float* y, int64_t ldy);
+
 // A binary convolution's epilogue on its XNOR products d (images, height, width, channels), channels-last
 // int32: out bit (image, i2, j2, ch) = direction[ch] * max over the pool x pool window at (i2, j2) of
 // (d - correction[pixel, ch]) >= bound[ch], packed along the channels like pack_ge. correction (height * width,

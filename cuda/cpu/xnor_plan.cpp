@@ -487,8 +487,12 @@ void Plan::Impl::float_dense(const Layer& L, const float* x, int64_t n, uint64_t
   const int64_t out_words = words_for(L.out);
   float* y = pre ? pre : sized(floats, n * L.out);
   parallel.run(out_words, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t wd = w0; wd < w1; ++wd)
-      float_dense_rows(x, L.negative.data(), L.fan_in, n, L.out, wd, y);
+    for (int64_t wd = w0; wd < w1; ++wd) {
+      if (64 * wd + 64 <= L.out && float_sign_word_available(isa))
+        float_sign_word(isa, x, n, L.fan_in, L.negative.data(), words_for(L.out), wd, y, L.out);
+      else
+        float_dense_rows(x, L.negative.data(), L.fan_in, n, L.out, wd, y);
+    }
     if (!bits) return;
     for (int64_t i = 0; i < n; ++i)
       for (int64_t wd = w0; wd < w1; ++wd)

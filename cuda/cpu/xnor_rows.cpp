@@ -249,6 +249,32 @@ BNN_TARGET_AVX2 void nibble_row_avx2(const uint8_t* tables, int64_t k, const uin
   }
 }
 
+// The float first layer's word (float_sign_word in xnor_kernels.h): a lane's product is x or -x as blendv picks by
+// the lane's top bit, where vpsllv moved its output's sign bit (the bits below it are ignored): three instructions
+// per 8 outputs and input, the sums in input order.
+BNN_TARGET_AVX2 void float_sign_word_avx2(const float* x, int64_t n, int64_t k, const uint64_t* negative,
+                                          int64_t words, int64_t wd, float* y, int64_t ldy) {
+  __m256i to_top[4];  // lane l of vector v (output 8v + l) takes bit 8(v % 4) + l of its 32-bit half to bit 31
+  for (int r = 0; r < 4; ++r)
+    to_top[r] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * k;
+    __m256 acc[8];
+    for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < k; ++p) {
+      const uint64_t w = negative[p * words + wd];
+      const __m256i low = _mm256_set1_epi32((int32_t)(uint32_t)w), high = _mm256_set1_epi32((int32_t)(uint32_t)(w >> 32));
+      const __m256 a = _mm256_broadcast_ss(xi + p), negated = _mm256_xor_ps(a, sign);
+      for (int v = 0; v < 8; ++v) {
+        const __m256i top = _mm256_sllv_epi32(v < 4 ? low : high, to_top[v % 4]);
+        acc[v] = _mm256_add_ps(acc[v], _mm256_blendv_ps(a, negated, _mm256_castsi256_ps(top)));
+      }
+    }
+    for (int v = 0; v < 8; ++v) _mm256_storeu_ps(y + i * ldy + 64 * wd + 8 * v, acc[v]);
+  }
+}
+
 BNN_TARGET_AVX512 void few_rows_avx512(const uint64_t* a, int rows, int64_t words, int64_t k, const uint64_t* b_panels,
                                        int64_t n0, int64_t n1, const FewRowsOutput& out) {
   for (int64_t j0 = n0; j0 < n1; j0 += kAvx512NR) {

@@ -50,7 +50,7 @@ const IsaKernels& scalar_kernels() {
   static const IsaKernels table = [] {
     IsaKernels kernels{{kScalarMR, kScalarNR}, micro_scalar_portable, pack_word_panels<kScalarNR>, false,
                        pack_row_scalar<float>, pack_ge_row<int32_t>, conv_threshold_rows_portable, few_rows_scalar,
-                       nullptr, nullptr};
+                       nullptr, nullptr, nullptr};
 #if BNN_X86
     if (__builtin_cpu_init(), __builtin_cpu_supports("popcnt")) {
       kernels.micro = micro_scalar_popcnt;
