@@ -187,6 +187,22 @@ def test_plan_equals_the_engine_on_float_input_models(isa, models, name):
         assert_same_outputs(engine, plan, x[:n], f"{name}, {n} inputs")
 
 
+def test_a_float_first_layer_maps_pixels_natively_through_its_exports_table(models):
+    """A float-input model whose export carries its per-pixel preprocessing takes uint8 pixels in the plan, mapped by
+    the native op through the same table: the logits the Python transform and the engine's own layers give."""
+    exported, _ = models["mlp-odd-float"]
+    x = images(9, ODD_ARCHS["mlp-odd"][2], 3)
+    plan = NativePlan(exported)
+    assert plan._native_pixels and kernels.plan_takes_pixels(plan._handle)
+    expected = PackedEngine(exported, first_layer="float").logits(x)
+    assert torch.equal(plan.logits(x), expected)
+    assert torch.equal(plan.logits(x, exported.preprocessing.transform), expected)
+    assert torch.equal(kernels.plan_logits(plan._handle, x.reshape(9, -1).contiguous()), expected)
+    assert torch.equal(PackedEngine(exported).logits(x[:1]), expected[:1])  # the default: the plan, on pixels
+    bitplane = NativePlan(models["mlp-odd"][0], "float")  # 8-bit: its own transform is 2x/255 - 1, in Python
+    assert not bitplane._native_pixels
+
+
 def test_plan_keeps_nan_and_infinite_inputs_as_the_engine_does(models):
     """NaN fails every threshold and survives the max-pool (torch's amax keeps it); infinities compare as numbers."""
     for name in ("convnet-odd-float", "mlp-float"):

@@ -541,8 +541,8 @@ class PackedEngine:
         """float64 logits of a batch of raw inputs. ``transform`` maps them to the float model's inputs (the
         model's own preprocessing, ``data.input_transform``; default: 2x/255 - 1, for 8-bit models only)."""
         plan = self._plan_for(len(x))
-        if plan is not None:  # the logits alone, without every layer's outputs
-            return plan.logits(x, own_transform(self.exported) if transform is None else transform)
+        if plan is not None:  # the logits alone, without every layer's outputs; its own transform where none given
+            return plan.logits(x, transform)
         *_, logits = self._outputs(x, transform)
         return logits
 

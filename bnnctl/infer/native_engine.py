@@ -65,6 +65,11 @@ class NativePlan:
         self._handle = native_plan_handle(export_bytes(exported), "the exported model", first_layer)
         weakref.finalize(self, kernels.release_plan, self._handle)
         self.isa, self.first_layer, self.input_size, _ = kernels.plan_info(self._handle)
+        # A float first layer whose own transform is its export's per-pixel table maps pixels natively through it
+        # (the same table, so the same floats) instead of by torch ops on every call.
+        self._native_pixels = (self.first_layer == "float" and exported.preprocessing is not None
+                               and own_transform(exported) is exported.preprocessing.transform
+                               and kernels.plan_takes_pixels(self._handle))
 
     def _inputs(self, x: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """What the native plan reads: the 8-bit images themselves (bitplane), or the model's float inputs."""
@@ -75,7 +80,7 @@ class NativePlan:
             if x.dtype != torch.uint8:
                 raise EngineError(f"the bitplane first layer takes 8-bit images, got "
                                   f"{str(x.dtype).replace('torch.', '')}.")
-        else:
+        elif not (transform is None and self._native_pixels and x.dtype == torch.uint8):
             x = (own_transform(self.exported) if transform is None else transform)(x).float()
         if x.dim() == 0 or x.numel() != x.shape[0] * self.input_size:
             raise EngineError(f"the model takes inputs of {self.input_size} values each, got a tensor of shape "

@@ -31,7 +31,7 @@ from .build import KernelBuildError, LoadedExtension, load_extension
 __all__ = ["KernelError", "KernelBuildError", "pack", "unpack", "pack_ge", "threshold_bounds", "xnor_gemm",
            "baseline_gemm", "conv_threshold", "xnor_conv", "xnor_few_rows", "available", "words_for", "cpu_isa",
            "supported_cpu_isas", "use_cpu_isa", "native_ops", "PlanRefused", "create_plan", "release_plan", "plan_info",
-           "plan_logits", "plan_trace", "XNOR_IMPLS", "MAX_K", "MAX_FEW_ROWS"]
+           "plan_logits", "plan_trace", "plan_takes_pixels", "XNOR_IMPLS", "MAX_K", "MAX_FEW_ROWS"]
 
 # xnor_gemm(impl=...) -> the torch.ops.bnnctl op that implements it.
 XNOR_IMPLS = {"tuned": "xnor_gemm", "csa": "xnor_gemm_csa", "paper": "xnor_gemm_paper", "tc": "xnor_tc_gemm"}
@@ -320,8 +320,15 @@ def plan_info(handle: int) -> tuple[str, str, int, int]:
 
 
 def plan_logits(handle: int, x: torch.Tensor) -> torch.Tensor:
-    """float64 logits (n, classes) of a batch x (n, ...): contiguous uint8 (bitplane) or float32 (float) on the CPU."""
+    """float64 logits (n, classes) of a batch x (n, ...): contiguous uint8 (bitplane) or float32 (float) on the CPU,
+    or uint8 pixels for a float first layer whose export carries a per-pixel preprocessing (plan_takes_pixels),
+    mapped through it natively."""
     return native_ops().plan_logits(handle, x)
+
+
+def plan_takes_pixels(handle: int) -> bool:
+    """Whether a float first layer's plan maps uint8 pixels through its export's per-pixel preprocessing."""
+    return bool(native_ops().plan_takes_pixels(handle))
 
 
 def plan_trace(handle: int, x: torch.Tensor) -> list[torch.Tensor]:
