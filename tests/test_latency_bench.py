@@ -129,6 +129,22 @@ def test_bad_latency_arguments_are_one_sentence(tmp_path, small_mlp, args, messa
     assert "Traceback" not in res.output and not (tmp_path / "out").exists()
 
 
+def test_engine_variants_get_the_exports_own_per_pixel_table_where_it_equals_the_transform():
+    """A deployed export maps pixels through the table it carries (natively, on the plan): the bench gives the
+    engine no transform where that table gives every byte the value the model's fitted transform gives it."""
+    from bnnctl.bench.model_bench import engine_transform
+    from bnnctl.data import scale_to_pm1
+    from tests.test_native_plan import ODD_PIXEL_TRANSFORMS, odd_model
+    exported, _ = odd_model("mlp-odd", "standardize")
+    fitted = ODD_PIXEL_TRANSFORMS["standardize"]
+    assert engine_transform(exported, fitted) is None
+    assert engine_transform(exported, scale_to_pm1) is scale_to_pm1  # another transform: kept
+    bare, _ = odd_model("mlp-odd", "standardize", carry=False)
+    assert engine_transform(bare, fitted) is fitted
+    eight_bit, _ = odd_model("mlp-odd")  # 2x/255 - 1: the engine computes it, no table needed
+    assert engine_transform(eight_bit, scale_to_pm1) is scale_to_pm1
+
+
 def test_the_floor_is_the_level_the_weights_fit_in():
     bw = timing.ReadBandwidth(source=timing.Path("peaks.json"), l2_bytes=1 << 20, l3_bytes=32 << 20,
                               gbs={1: {"l2": 40.0, "l3": 20.0, "memory": 8.0}, 2: {"l2": 70.0, "l3": 35.0}})

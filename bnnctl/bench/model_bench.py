@@ -10,6 +10,7 @@ record is written with status "failed".
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .. import kernels
 from ..bench_records import measure_load
 from ..errors import UserError, did_you_mean
 from ..infer.engine import make_engine
-from ..infer.exported import ExportedModel
+from ..infer.exported import UINT8_SCALE, ExportedModel
 from ..infer.variants import ENGINE_VARIANTS
 from ..progress import progress_bar
 from ..provenance import resolve_device
@@ -71,6 +72,23 @@ def choose_variants(spec: ModelSpec, names: list[str] | None, why: dict[str, str
     return names
 
 
+def engine_transform(exported: ExportedModel, transform: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the engine variants get as the transform: None, the engine's own preprocessing (which the native plan
+    applies to pixels natively), where the export carries a per-pixel table giving every byte the value
+    ``transform`` gives it, as a deployed model runs; else ``transform`` itself."""
+    carried = exported.preprocessing
+    if carried is None or "table" not in carried.tensors or exported.input_encoding == UINT8_SCALE:
+        return transform
+    per_image = math.prod(exported.input_shape)
+    probe = (torch.arange(-(-256 // per_image) * per_image) % 256).to(torch.uint8).view(-1, *exported.input_shape)
+    try:
+        same = torch.equal(transform(probe).float(), carried.transform(probe).float())
+    except (RuntimeError, ValueError, TypeError):
+        return transform
+    return None if same else transform
+
+
 def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Module, device: torch.device,
            transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from one batch of 8-bit images (on the device) to predicted classes; ``transform`` is the
@@ -78,7 +96,8 @@ def runner(spec: ModelSpec, name: str, model: LoadedModel, torch_model: nn.Modul
     v = spec.variants[name]
     if v.engine:
         engine = make_engine(model.exported, device, v.engine_variant)
-        return lambda xb: engine.logits(xb, transform).argmax(1)
+        own = engine_transform(model.exported, transform)
+        return lambda xb: engine.logits(xb, own).argmax(1)
     net = int8_binary_layers(torch_model) if v.int8_hidden else copy.deepcopy(torch_model)
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format
     net = net.to(device=device, dtype=v.dtype).to(memory_format=fmt)
