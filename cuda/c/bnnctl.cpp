@@ -88,12 +88,10 @@ int guarded(char* error, size_t error_size, F f) {
 
 struct bnnctl_model {
   bnnctl_model(const bnnx::Model& m, bnn_cpu::FirstLayer mode, bnn_cpu::Isa isa, int threads)
-      : plan(m, mode, isa), parallel(threads), preprocessing(m.preprocessing), pixel_table(m.pixel_table) {}
+      : plan(m, mode, isa), parallel(threads), preprocessing(m.preprocessing) {}
   bnn_cpu::Plan plan;
   OpenMpParallel parallel;
-  std::string preprocessing;       // the export's fitted preprocessing, empty where it carries none
-  std::vector<float> pixel_table;  // a per-pixel one's value for each byte, empty otherwise
-  std::vector<float> floats;       // pixels mapped through the table, reused from call to call
+  std::string preprocessing;  // the export's fitted preprocessing, empty where it carries none
 };
 
 namespace {
@@ -171,9 +169,7 @@ const char* bnnctl_first_layer(const bnnctl_model* model) {
   return bnn_cpu::first_layer_name(model->plan.first_layer());
 }
 
-int bnnctl_takes_pixels(const bnnctl_model* model) {
-  return bnnctl_input_is_uint8(model) || !model->pixel_table.empty();
-}
+int bnnctl_takes_pixels(const bnnctl_model* model) { return model->plan.takes_pixels(); }
 
 const char* bnnctl_preprocessing(const bnnctl_model* model) {
   return model->preprocessing.empty() ? nullptr : model->preprocessing.c_str();
@@ -192,19 +188,14 @@ int bnnctl_classify(bnnctl_model* model, const void* inputs, size_t n, int32_t* 
 int bnnctl_logits_pixels(bnnctl_model* model, const uint8_t* pixels, size_t n, double* logits, char* error,
                          size_t error_size) {
   return guarded(error, error_size, [&] {
-    if (bnnctl_input_is_uint8(model)) return model->plan.run(pixels, (int64_t)n, logits, model->parallel);
-    if (model->pixel_table.empty())
+    if (!model->plan.takes_pixels())
       throw bnn_cpu::PlanError(model->preprocessing.empty()
                                    ? "this export carries no preprocessing (it was written without its training "
                                      "images, or before format version 3), so give the model its preprocessed float "
                                      "inputs, or export it again with its training images at hand"
                                    : "this model's " + model->preprocessing + " preprocessing is not a per-pixel "
                                      "table, so give the model its preprocessed float inputs");
-    const size_t count = n * bnnctl_input_size(model);
-    model->floats.resize(count);
-    const float* table = model->pixel_table.data();
-    for (size_t i = 0; i < count; ++i) model->floats[i] = table[pixels[i]];
-    model->plan.run(model->floats.data(), (int64_t)n, logits, model->parallel);
+    model->plan.run_pixels(pixels, (int64_t)n, logits, model->parallel);
   });
 }
 

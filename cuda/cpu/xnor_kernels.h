@@ -102,7 +102,7 @@ void xnor_few_rows(Isa isa, const uint64_t* a, int rows, int64_t words, int64_t 
 // in groups of 4, each with two 16-entry tables holding, for every subset of the group, the sum of its inputs' low
 // nibbles and of their high nibbles (at most 60, a byte); output j's 4 weight bits of a group index both (vpshufb:
 // 32 outputs per instruction). S_j = 16 * highs + lows, an exact integer, so any order of the sums gives the
-// same value; about 5 times fewer instructions than the 8 planes' popcounts. Instruction sets without a kernel
+// same value; by instruction count about 4 times fewer than the 8 planes' popcounts. Instruction sets without a kernel
 // for it (nibble_rows_available) keep the bit planes.
 constexpr int64_t kNibbleInputs = 16;   // inputs per step of the kernel: x and the weights padded with zeros to it
 constexpr int64_t kNibbleOutputs = 32;  // outputs per block of the weights' layout

@@ -129,17 +129,25 @@ Layer prepare(const bnnx::Layer& e, size_t index, FirstLayer mode, Isa isa) {
                       "int32; use the float first layer");
     L.words = words_for(L.k);
     const int64_t pad_agreements = L.channels_last ? taps * (channel_words * 64 - L.channels) : 0;
-    std::vector<uint64_t> rows((size_t)(L.out * L.words), 0);
-    for (int64_t o = 0; o < L.out; ++o) {
-      uint64_t* row = rows.data() + o * L.words;
-      for (int64_t j = 0; j < L.fan_in; ++j) {
-        if (!sign(o, j)) continue;
-        // The model's column order: channel, then tap (kh, kw; or y, x after the convolutions).
-        const int64_t bit = L.channels_last ? (j % taps) * channel_words * 64 + j / taps : j;
-        row[bit / 64] |= uint64_t{1} << (bit % 64);
+    // A convolution's weights per tap summed over the channels, and those of the taps that fall outside the image
+    // at pixel px (zero padding): what the packed convolution's border correction and the nibble tables' offsets
+    // are made of.
+    auto tap_sums = [&](int64_t o) {
+      std::vector<int64_t> sum((size_t)taps, 0);
+      for (int64_t j = 0; j < L.fan_in; ++j) sum[j % taps] += sign(o, j) ? 1 : -1;
+      return sum;
+    };
+    auto outside = [&](const std::vector<int64_t>& tap_sum, int64_t px) {
+      int64_t total = 0;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t yy = px / L.width + t / L.kernel - L.padding, xx = px % L.width + t % L.kernel - L.padding;
+        if (yy < 0 || yy >= L.height || xx < 0 || xx >= L.width) total += tap_sum[t];
       }
-    }
+      return total;
+    };
+    const int64_t pixels = L.conv ? L.height * L.width : 1;
     if (L.input == Input::bitplane && (L.conv || !L.channels_last) && nibble_rows_available(isa)) {
+      // The nibble tables replace the bit planes at every batch size (nibble_dense, nibble_conv): no panels.
       std::vector<uint64_t> model_rows((size_t)(L.out * row_words), 0);
       for (int64_t o = 0; o < L.out; ++o)
         for (int64_t j = 0; j < L.fan_in; ++j)
@@ -147,44 +155,42 @@ Layer prepare(const bnnx::Layer& e, size_t index, FirstLayer mode, Isa isa) {
       L.nibble_weights.resize((size_t)nibble_weight_bytes(L.out, L.fan_in));
       pack_nibble_weights(model_rows.data(), L.out, row_words, L.fan_in, L.nibble_weights.data());
       L.nibble_stride = (L.out + 63) / 64 * 64;
-      const int64_t pixels = L.conv ? L.height * L.width : 1;
       L.nibble_offset.assign((size_t)(pixels * L.nibble_stride), 0);
       for (int64_t o = 0; o < L.out; ++o) {
-        std::vector<int64_t> tap_sum((size_t)taps, 0);  // a tap's +/-1 weights summed over the channels
-        for (int64_t j = 0; j < L.fan_in; ++j) tap_sum[L.conv ? j % taps : 0] += sign(o, j) ? 1 : -1;
+        int64_t positive = 0;  // the row's +1 weights: its +/-1 weights sum to 2 positive - fan_in
+        for (int64_t w = 0; w < row_words; ++w) positive += __builtin_popcountll(model_rows[o * row_words + w]);
+        const std::vector<int64_t> tap_sum = L.conv ? tap_sums(o) : std::vector<int64_t>();
         for (int64_t px = 0; px < pixels; ++px) {
-          int64_t inside = 0;
-          for (int64_t t = 0; t < (L.conv ? taps : 1); ++t) {
-            const int64_t yy = px / L.width + t / std::max<int64_t>(L.kernel, 1) - L.padding;
-            const int64_t xx = px % L.width + t % std::max<int64_t>(L.kernel, 1) - L.padding;
-            if (!L.conv || (yy >= 0 && yy < L.height && xx >= 0 && xx < L.width)) inside += tap_sum[t];
-          }
+          const int64_t inside = 2 * positive - L.fan_in - (L.conv ? outside(tap_sum, px) : 0);
           L.nibble_offset[px * L.nibble_stride + o] = (int32_t)(-kInputLevels * inside);
         }
       }
+    } else {
+      std::vector<uint64_t> rows((size_t)(L.out * L.words), 0);
+      for (int64_t o = 0; o < L.out; ++o) {
+        uint64_t* row = rows.data() + o * L.words;
+        for (int64_t j = 0; j < L.fan_in; ++j) {
+          if (!sign(o, j)) continue;
+          // The model's column order: channel, then tap (kh, kw; or y, x after the convolutions).
+          const int64_t bit = L.channels_last ? (j % taps) * channel_words * 64 + j / taps : j;
+          row[bit / 64] |= uint64_t{1} << (bit % 64);
+        }
+      }
+      const int64_t nr = panel_shape(isa).cols, panels = (L.out + nr - 1) / nr;
+      L.panels.resize((size_t)(panels * L.words * nr));
+      pack_b_panels(isa, rows.data(), L.out, L.words, L.k, 0, panels, L.panels.data());
     }
-    const int64_t nr = panel_shape(isa).cols, panels = (L.out + nr - 1) / nr;
-    L.panels.resize((size_t)(panels * L.words * nr));
-    pack_b_panels(isa, rows.data(), L.out, L.words, L.k, 0, panels, L.panels.data());
-    if (L.conv) {
+    if (L.conv && L.nibble_weights.empty()) {
       // What the packed convolution adds to the model's pre-activation at each pixel: taps outside the image
       // read all-zero words (-1 for every channel) where the model reads 0, and the padding bits agree.
-      const int64_t pixels = L.height * L.width, scale = L.input == Input::bitplane ? kInputLevels : 1;
+      const int64_t scale = L.input == Input::bitplane ? kInputLevels : 1;
       L.correction.assign((size_t)(pixels * L.out), 0);
       for (int64_t o = 0; o < L.out; ++o) {
-        std::vector<int64_t> tap_sum((size_t)taps, 0);  // the tap's weights summed over the channels
-        for (int64_t j = 0; j < L.fan_in; ++j) tap_sum[j % taps] += sign(o, j) ? 1 : -1;
-        for (int64_t y = 0; y < L.height; ++y)
-          for (int64_t x = 0; x < L.width; ++x) {
-            int64_t outside = 0;
-            for (int64_t t = 0; t < taps; ++t) {
-              const int64_t yy = y + t / L.kernel - L.padding, xx = x + t % L.kernel - L.padding;
-              if (yy < 0 || yy >= L.height || xx < 0 || xx >= L.width) outside += tap_sum[t];
-            }
-            L.correction[(y * L.width + x) * L.out + o] = (int32_t)(scale * (pad_agreements - outside));
-          }
+        const std::vector<int64_t> tap_sum = tap_sums(o);
+        for (int64_t px = 0; px < pixels; ++px)
+          L.correction[px * L.out + o] = (int32_t)(scale * (pad_agreements - outside(tap_sum, px)));
       }
-    } else if (L.channels_last) {
+    } else if (!L.conv && L.channels_last) {
       L.pad_agreements = (int32_t)pad_agreements;
     }
     if (!L.output) {
@@ -231,9 +237,12 @@ struct Plan::Impl {
   std::vector<int32_t> nibble_bias;
   std::vector<int32_t> products, values;
   std::vector<float> floats;
+  std::vector<float> pixel_table, pixel_values;  // the export's per-pixel preprocessing; run_pixels' floats
 
   void run(const void* inputs, int64_t n, double* logits, const Parallel& parallel,
            std::vector<std::vector<uint64_t>>* trace);
+  void run_locked(const void* inputs, int64_t n, double* logits, const Parallel& parallel,
+                  std::vector<std::vector<uint64_t>>* trace);  // run() with the mutex held
   const uint64_t* bit_planes(const uint8_t* x, const Layer& L, int64_t n, const Parallel& parallel);
   void dense(const Layer& L, const uint64_t* a, int64_t n, bool planes, uint64_t* bits, int32_t* pre,
              const Parallel& parallel);
@@ -486,9 +495,10 @@ void Plan::Impl::float_dense(const Layer& L, const float* x, int64_t n, uint64_t
                              const Parallel& parallel) {
   const int64_t out_words = words_for(L.out);
   float* y = pre ? pre : sized(floats, n * L.out);
+  const bool sign_words = float_sign_word_available(isa);
   parallel.run(out_words, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t wd = w0; wd < w1; ++wd) {
-      if (64 * wd + 64 <= L.out && float_sign_word_available(isa))
+      if (64 * wd + 64 <= L.out && sign_words)
         float_sign_word(isa, x, n, L.fan_in, L.negative.data(), words_for(L.out), wd, y, L.out);
       else
         float_dense_rows(x, L.negative.data(), L.fan_in, n, L.out, wd, y);
@@ -537,6 +547,11 @@ void Plan::Impl::float_conv(const Layer& L, const float* x, int64_t n, uint64_t*
 void Plan::Impl::run(const void* inputs, int64_t n, double* logits, const Parallel& parallel,
                      std::vector<std::vector<uint64_t>>* trace) {
   std::lock_guard<std::mutex> lock(mutex);
+  run_locked(inputs, n, logits, parallel, trace);
+}
+
+void Plan::Impl::run_locked(const void* inputs, int64_t n, double* logits, const Parallel& parallel,
+                            std::vector<std::vector<uint64_t>>* trace) {
   if (n <= 0) return;
   const uint64_t* a = nullptr;  // the layer's input bits
   for (size_t li = 0; li < layers.size(); ++li) {
@@ -587,6 +602,7 @@ Plan::Plan(const bnnx::Model& model, FirstLayer first_layer, Isa isa) : impl_(ne
   impl_->input_shape = model.input_shape;
   for (int64_t d : model.input_shape) impl_->input_size *= d;
   impl_->num_classes = model.num_classes;
+  if (first_layer == FirstLayer::floats) impl_->pixel_table = model.pixel_table;
   for (size_t i = 0; i < model.layers.size(); ++i)
     impl_->layers.push_back(prepare(model.layers[i], i, first_layer, isa));
 }
@@ -613,6 +629,18 @@ std::vector<std::vector<int64_t>> Plan::trace_shapes() const {
 void Plan::run(const void* inputs, int64_t n, double* logits, const Parallel& parallel,
                std::vector<std::vector<uint64_t>>* trace) {
   impl_->run(inputs, n, logits, parallel, trace);
+}
+
+bool Plan::takes_pixels() const { return impl_->mode == FirstLayer::bitplane || !impl_->pixel_table.empty(); }
+
+void Plan::run_pixels(const uint8_t* pixels, int64_t n, double* logits, const Parallel& parallel,
+                      std::vector<std::vector<uint64_t>>* trace) {
+  if (impl_->mode == FirstLayer::bitplane) return impl_->run(pixels, n, logits, parallel, trace);
+  std::lock_guard<std::mutex> lock(impl_->mutex);  // the mapped values are a buffer of the plan's
+  const float* table = impl_->pixel_table.data();
+  float* values = sized(impl_->pixel_values, n * impl_->input_size);
+  for (int64_t i = 0; i < n * impl_->input_size; ++i) values[i] = table[pixels[i]];
+  impl_->run_locked(values, n, logits, parallel, trace);
 }
 
 }  // namespace bnn_cpu

@@ -57,6 +57,14 @@ class Plan {
   void run(const void* inputs, int64_t n, double* logits, const Parallel& parallel,
            std::vector<std::vector<uint64_t>>* trace = nullptr);
 
+  // Whether run_pixels takes uint8 pixels: always for the bitplane first layer, which reads them as they are; for
+  // the float one where the export carries a per-pixel preprocessing (the float32 value of each byte).
+  bool takes_pixels() const;
+  // run() on n images of uint8 pixels, a float first layer's mapped through the export's per-pixel table first (the
+  // values its preprocessing gives them, so the same logits); only where takes_pixels().
+  void run_pixels(const uint8_t* pixels, int64_t n, double* logits, const Parallel& parallel,
+                  std::vector<std::vector<uint64_t>>* trace = nullptr);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

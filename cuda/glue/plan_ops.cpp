@@ -23,29 +23,19 @@
 
 namespace {
 
-// A plan, and the export's per-pixel preprocessing as the float32 value of each byte (empty where it carries none,
-// or another kind): a float first layer then takes uint8 pixels, mapped here as the C library's
-// bnnctl_logits_pixels maps them, rather than by torch ops in Python on every call.
-struct PlanEntry {
-  std::shared_ptr<bnn_cpu::Plan> plan;
-  std::vector<float> pixel_table;
-};
-
 std::mutex g_plans_mutex;
-std::unordered_map<int64_t, std::shared_ptr<PlanEntry>> g_plans;
+std::unordered_map<int64_t, std::shared_ptr<bnn_cpu::Plan>> g_plans;
 int64_t g_next_plan = 1;
 
 // Why plan_create refused, as its status: which Python error the caller raises.
 enum PlanStatus : int64_t { kCreated = 0, kNotExport = 1, kVersion = 2, kDamaged = 3, kCannotRun = 4 };
 
-std::shared_ptr<PlanEntry> entry_of(int64_t handle) {
+std::shared_ptr<bnn_cpu::Plan> plan_of(int64_t handle) {
   std::lock_guard<std::mutex> lock(g_plans_mutex);
   const auto it = g_plans.find(handle);
   TORCH_CHECK(it != g_plans.end(), "bnnctl: no native plan ", handle, " (released, or never created)");
   return it->second;
 }
-
-std::shared_ptr<bnn_cpu::Plan> plan_of(int64_t handle) { return entry_of(handle)->plan; }
 
 // (handle, status, message): a plan of the export in `data` (uint8 bytes of a .bnnx file, `name` naming it in
 // messages) for the current instruction set; handle 0 and the reason when the file or the model is refused.
@@ -57,12 +47,11 @@ std::tuple<int64_t, int64_t, std::string> plan_create(const at::Tensor& data, co
   bnn_cpu::FirstLayer mode = bnn_cpu::FirstLayer::floats;
   TORCH_CHECK(first_layer == "auto" || bnn_cpu::parse_first_layer(first_layer, &mode),
               "bnnctl::plan_create: unknown first layer '", first_layer, "' (expected auto, bitplane or float)");
-  auto entry = std::make_shared<PlanEntry>();
+  std::shared_ptr<bnn_cpu::Plan> plan;
   try {
     const bnnx::Model model = bnnx::read_export(data.data_ptr<uint8_t>(), (size_t)data.numel(), name);
     if (first_layer == "auto") mode = model.eight_bit() ? bnn_cpu::FirstLayer::bitplane : bnn_cpu::FirstLayer::floats;
-    entry->plan = std::make_shared<bnn_cpu::Plan>(model, mode, bnn_glue::current_isa());
-    if (mode == bnn_cpu::FirstLayer::floats) entry->pixel_table = model.pixel_table;
+    plan = std::make_shared<bnn_cpu::Plan>(model, mode, bnn_glue::current_isa());
   } catch (const bnnx::ExportError& e) {
     const PlanStatus status = e.refusal == bnnx::Refusal::damaged ? kDamaged
                               : e.refusal == bnnx::Refusal::version ? kVersion : kNotExport;
@@ -72,7 +61,7 @@ std::tuple<int64_t, int64_t, std::string> plan_create(const at::Tensor& data, co
   }
   std::lock_guard<std::mutex> lock(g_plans_mutex);
   const int64_t handle = g_next_plan++;
-  g_plans.emplace(handle, std::move(entry));
+  g_plans.emplace(handle, std::move(plan));
   return {handle, kCreated, ""};
 }
 
@@ -92,28 +81,23 @@ std::tuple<std::string, std::string, int64_t, int64_t> plan_info(int64_t handle)
 // the bitplane first layer; float32 for the float one, or uint8 pixels where the export carries a per-pixel
 // preprocessing (plan_takes_pixels).
 std::vector<at::Tensor> run_plan(int64_t handle, const at::Tensor& x, bool trace) {
-  const auto entry = entry_of(handle);
-  const auto& plan = entry->plan;
+  const auto plan = plan_of(handle);
   const bool eight_bit = plan->first_layer() == bnn_cpu::FirstLayer::bitplane;
-  const bool pixels = !eight_bit && !entry->pixel_table.empty() && x.scalar_type() == at::kByte;
+  const bool pixels = x.scalar_type() == at::kByte && plan->takes_pixels();
   TORCH_CHECK(x.dim() >= 1 && x.device().is_cpu() && x.is_contiguous() &&
-                  x.scalar_type() == (eight_bit || pixels ? at::kByte : at::kFloat),
+                  (pixels || (!eight_bit && x.scalar_type() == at::kFloat)),
               "bnnctl::plan_logits expects a contiguous CPU tensor of ", eight_bit ? "uint8" : "float32",
-              " inputs (n, ...)", entry->pixel_table.empty() ? "" : " or uint8 pixels");
+              " inputs (n, ...)", !eight_bit && plan->takes_pixels() ? " or uint8 pixels" : "");
   const int64_t n = x.size(0);
   TORCH_CHECK(x.numel() == n * plan->input_size(), "bnnctl::plan_logits: the model takes ", plan->input_size(),
               " values per input, got ", n ? x.numel() / n : 0);
-  at::Tensor input = x;
-  if (pixels) {
-    input = at::empty(x.sizes(), x.options().dtype(at::kFloat));
-    const uint8_t* from = x.data_ptr<uint8_t>();
-    float* to = input.data_ptr<float>();
-    const float* table = entry->pixel_table.data();
-    for (int64_t i = 0; i < x.numel(); ++i) to[i] = table[from[i]];
-  }
   at::Tensor logits = at::empty({n, plan->num_classes()}, x.options().dtype(at::kDouble));
   std::vector<std::vector<uint64_t>> layers;
-  plan->run(input.data_ptr(), n, logits.data_ptr<double>(), bnn_glue::TorchParallel(), trace ? &layers : nullptr);
+  if (pixels)
+    plan->run_pixels(x.data_ptr<uint8_t>(), n, logits.data_ptr<double>(), bnn_glue::TorchParallel(),
+                     trace ? &layers : nullptr);
+  else
+    plan->run(x.data_ptr(), n, logits.data_ptr<double>(), bnn_glue::TorchParallel(), trace ? &layers : nullptr);
   std::vector<at::Tensor> out;
   if (trace) {
     const auto shapes = plan->trace_shapes();
@@ -133,8 +117,8 @@ at::Tensor plan_logits(int64_t handle, const at::Tensor& x) { return run_plan(ha
 
 // Whether a float first layer's plan takes uint8 pixels (its export carries a per-pixel preprocessing).
 bool plan_takes_pixels(int64_t handle) {
-  const auto entry = entry_of(handle);
-  return entry->plan->first_layer() == bnn_cpu::FirstLayer::floats && !entry->pixel_table.empty();
+  const auto plan = plan_of(handle);
+  return plan->first_layer() == bnn_cpu::FirstLayer::floats && plan->takes_pixels();
 }
 
 std::vector<at::Tensor> plan_trace(int64_t handle, const at::Tensor& x) { return run_plan(handle, x, true); }
