@@ -14,8 +14,9 @@ thread count, over every image the timed calls reached); one that differs, or fa
 The floor: a call reads the model's packed weights at least once, so it takes at least their bytes over the read
 bandwidth of a buffer their size, or of the level of the memory hierarchy they fit in where the record has no
 ladder of sizes (``timing.weight_floor``, from the newest ``tools/cpu_peaks`` record of this CPU in ``--out`` or
-``results/bench``). Each latency's ``share_of_floor`` is floor / median: 1 at the floor. The default engine variant for the batch (``infer.variants.default_variant``) is
-named per thread count beside the fastest one measured, so a record shows where the rule and the clock part.
+``results/bench``). Each latency's ``share_of_floor`` is floor / median: 1 at the floor. The default engine
+variant for the batch (``infer.variants.default_variant``) is named per thread count beside the fastest one
+measured, so a record shows where the rule and the clock part.
 """
 from __future__ import annotations
 

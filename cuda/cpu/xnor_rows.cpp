@@ -264,7 +264,8 @@ BNN_TARGET_AVX2 void float_sign_word_avx2(const float* x, int64_t n, int64_t k, 
     for (int v = 0; v < 8; ++v) acc[v] = _mm256_setzero_ps();
     for (int64_t p = 0; p < k; ++p) {
       const uint64_t w = negative[p * words + wd];
-      const __m256i low = _mm256_set1_epi32((int32_t)(uint32_t)w), high = _mm256_set1_epi32((int32_t)(uint32_t)(w >> 32));
+      const __m256i low = _mm256_set1_epi32((int32_t)(uint32_t)w);
+      const __m256i high = _mm256_set1_epi32((int32_t)(uint32_t)(w >> 32));
       const __m256 a = _mm256_broadcast_ss(xi + p), negated = _mm256_xor_ps(a, sign);
       for (int v = 0; v < 8; ++v) {
         const __m256i top = _mm256_sllv_epi32(v < 4 ? low : high, to_top[v % 4]);
